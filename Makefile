@@ -1,0 +1,32 @@
+# rtsoak: every target creates its own virtual environment first (.venv, rebuilt when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SCENARIO ?= scenarios/smoke.toml
+RUN ?=
+ARGS ?=
+
+.PHONY: soak test report lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+soak: $(VENV)/.installed
+	$(BIN)/rtsoak run $(SCENARIO) $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q $(ARGS)
+
+report: $(VENV)/.installed
+	@test -n "$(RUN)" || { echo "usage: make report RUN=reports/<run dir>"; exit 2; }
+	$(BIN)/rtsoak report $(RUN)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check harness tests
+	$(BIN)/ruff format --check harness tests
+
+clean:
+	rm -rf $(VENV) reports/*/ .pytest_cache .hypothesis build *.egg-info

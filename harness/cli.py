@@ -1,0 +1,130 @@
+"""rtsoak command line: run | serve | report | validate.
+
+Exit codes: 0 ok, 1 thresholds failed, 2 usage or configuration error, 130 interrupted.
+User mistakes print one clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from harness.audio import AudioError
+from harness.config import ConfigError, parse_duration
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A mistake in how rtsoak was called."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtsoak", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario and write its report")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--workers", type=int)
+    run.add_argument("--duration", type=_duration, help="scenario time, e.g. 90s, 25m")
+    run.add_argument("--time-scale", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
+    run.add_argument("--no-report", action="store_true", help="record only")
+
+    serve = sub.add_parser("serve", help="run the fake Realtime transcription server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--faults", type=Path, help="TOML with [faults.*] (a scenario works)")
+    serve.add_argument("--time-scale", type=float, default=1.0)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--out", type=Path, help="log the server's view of every session here")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="listen on a non-loopback host")
+    serve.add_argument("--sync-stdin", action="store_true", help=argparse.SUPPRESS)
+
+    report = sub.add_parser("report", help="(re)build the report of run directories")
+    report.add_argument("runs", type=Path, nargs="+")
+    report.add_argument("--out", type=Path, help="report directory (default RUN/report)")
+
+    validate = sub.add_parser("validate", help="check scenario files")
+    validate.add_argument("files", type=Path, nargs="+")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, AudioError, UsageError) as exc:
+        print(f"rtsoak: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import run_scenario
+    from harness.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario).with_overrides(
+        workers=args.workers, duration=args.duration, time_scale=args.time_scale, seed=args.seed)
+    result = run_scenario(scenario, args.out)
+    print(f"rtsoak: run finished in {result.wall_seconds:.1f} s wall: {result.run_dir}")
+    code = EXIT_OK
+    if not args.no_report:
+        from harness.report import build_report
+
+        report = build_report([result.run_dir])
+        print(f"rtsoak: report {report.index}")
+        print(report.headline)
+    return EXIT_INTERRUPTED if result.interrupted else code
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from harness.fakeserver.process import LOOPBACK, load_server_config, serve
+
+    if args.host not in LOOPBACK and not args.allow_remote:
+        raise UsageError(f"--host {args.host} is not a loopback address; the fake server is "
+                         "for this machine. Add --allow-remote if you really mean it.")
+    if args.time_scale <= 0:
+        raise UsageError("--time-scale must be positive")
+    config = load_server_config(args.faults, args.seed)
+    try:
+        asyncio.run(serve(args.host, args.port, config, args.time_scale, args.out,
+                          args.sync_stdin))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    report = build_report(args.runs, out=args.out)
+    print(f"rtsoak: report {report.index}")
+    print(report.headline)
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from harness.scenario import load_scenario
+
+    for path in args.files:
+        scenario = load_scenario(path)
+        print(f"{path}: ok ({scenario.run.workers} workers, {scenario.run.duration:g} s at "
+              f"{scenario.run.time_scale:g}x)")
+    return EXIT_OK
+
+
+_COMMANDS = {"run": _cmd_run, "serve": _cmd_serve, "report": _cmd_report,
+             "validate": _cmd_validate}

@@ -1,0 +1,2 @@
+"""Fake Realtime transcription server: a pure per-session core (session.py, faults.py) and a
+thin aiohttp edge (app.py)."""

@@ -1,0 +1,136 @@
+"""Running the fake server as its own process: `rtsoak serve`, and the embedded server a run
+starts on the other core (one Python process cannot both pace hundreds of sockets and parse
+their frames at 60x).
+
+The embedded server shares the run's clock: both processes read the system-wide monotonic clock,
+and the runner hands over its origin on the server's stdin once the server is listening. When
+the runner's end of stdin closes, the server exits, so it never outlives its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from harness.clock import ScaledClock
+from harness.config import ConfigError, load_toml, read_section
+from harness.fakeserver.app import FakeServer, ServerConfig
+from harness.fakeserver.faults import parse_faults
+from harness.fakeserver.session import SessionLimits
+from harness.recorder import Recorder
+
+__all__ = ["EmbeddedServer", "load_server_config", "serve"]
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def load_server_config(path: Path | None, seed: int) -> ServerConfig:
+    """A TOML (or JSON) file with `[faults.*]` policies and an optional `[server]` table of
+    limits; a scenario file works as it is."""
+    if path is None:
+        return ServerConfig(seed=seed)
+    if path.suffix == ".json":
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(path), "", f"cannot be read as JSON: {exc}") from None
+    else:
+        doc = load_toml(path)
+    from harness.scenario import ServerSection
+
+    server = read_section(ServerSection, doc.get("server"), str(path), "server")
+    limits = SessionLimits(max_duration=server.max_session, latency_base=server.latency_base,
+                           latency_per_audio_second=server.latency_per_audio_second)
+    return ServerConfig(faults=parse_faults(doc.get("faults"), str(path), seed=seed),
+                        limits=limits, seed=seed)
+
+
+async def serve(host: str, port: int, config: ServerConfig, scale: float, out: Path | None,
+                sync_stdin: bool) -> None:
+    """Serve until interrupted (or, embedded, until stdin closes)."""
+    loop = asyncio.get_running_loop()
+    recorder = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        recorder = Recorder(out / "events-server.arrows")
+        recorder.start()
+    clock = ScaledClock(scale)
+    server = FakeServer(clock, config, recorder)
+    if sync_stdin:
+        server.clock_ready.clear()
+    url = await server.start(host, port)
+    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else _banner(url),
+          flush=True)
+    try:
+        if sync_stdin:
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            line = await reader.readline()
+            if line.strip():
+                clock.origin = float(line)
+            server.clock_ready.set()
+            await reader.read()  # EOF: the runner is done with us
+        else:
+            await asyncio.Event().wait()
+    finally:
+        await server.stop()
+        if recorder is not None:
+            await recorder.aclose()
+
+
+def _banner(url: str) -> str:
+    base = url.split("/v1/realtime")[0]
+    return "\n".join([
+        f"rtsoak fake server listening on {url}",
+        "Point the official SDK at it:",
+        f"  export OPENAI_BASE_URL={base.replace('ws://', 'http://')}/v1",
+        f"  AsyncOpenAI(api_key='any', websocket_base_url='{base}/v1')",
+        "Stop with Ctrl-C.",
+    ])
+
+
+class EmbeddedServer:
+    """The fake server in a child process, for the duration of a run."""
+
+    def __init__(self, config_path: Path, out: Path, scale: float, seed: int) -> None:
+        self.args = [sys.executable, "-m", "harness", "serve", "--port", "0", "--sync-stdin",
+                     "--faults", str(config_path), "--time-scale", repr(scale),
+                     "--seed", str(seed), "--out", str(out)]
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the server and return its URL; it serves once `set_origin` is called."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=env, start_new_session=True)
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait(timeout)
+            raise RuntimeError(f"embedded fake server exited with {code} before listening")
+        ready: dict[str, Any] = json.loads(line)
+        self.url = ready["url"]
+        return self.url
+
+    def set_origin(self, origin: float) -> None:
+        """Hand over the run clock's origin: from now on both sides agree on scenario time."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(f"{origin!r}\n")
+        self.proc.stdin.flush()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,94 @@
+"""Durable, append-only event log: one Arrow IPC stream per process in the run directory.
+
+Rows are tuples appended to a list (cheap on the per-frame path) and written as one record
+batch every `flush_every` wall seconds, so a SIGKILL loses at most that much. A batch torn by a
+crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged: bytes,
+audio milliseconds and CRCs stand for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+__all__ = ["EVENT_SCHEMA", "Recorder"]
+
+# One row per event sent, received or observed. `detail` holds a JSON object for the rare
+# meta rows (connection and utterance summaries), never for per-frame rows.
+EVENT_SCHEMA = pa.schema([
+    ("wall", pa.float64()),      # epoch seconds
+    ("t", pa.float64()),         # scenario seconds
+    ("src", pa.string()),        # client | server
+    ("variant", pa.string()),
+    ("worker", pa.int32()),
+    ("conn", pa.int32()),        # connection attempt number within the worker (server: -1)
+    ("dir", pa.string()),        # send | recv | meta
+    ("type", pa.string()),       # event type, or meta kind
+    ("bytes", pa.int32()),       # frame size on the wire (JSON text)
+    ("audio_ms", pa.float32()),  # audio carried by an append
+    ("lag_ms", pa.float32()),    # send lateness against its deadline, wall milliseconds
+    ("code", pa.int32()),        # close code or HTTP status
+    ("item", pa.string()),       # item id / request id / utterance key
+    ("text", pa.string()),       # transcript, error code, close reason
+    ("detail", pa.string()),     # JSON object for meta rows
+])
+_FIELDS = EVENT_SCHEMA.names
+_TYPES = [f.type for f in EVENT_SCHEMA]
+
+
+class Recorder:
+    """Appends rows and persists them in batches. `row()` is the only per-frame call."""
+
+    def __init__(self, path: Path, flush_every: float = 0.2) -> None:
+        self.path = path
+        self.flush_every = flush_every
+        self.rows: list[tuple] = []
+        self.count = 0
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, EVENT_SCHEMA)
+        self._task: asyncio.Task | None = None
+
+    def row(self, wall: float, t: float, src: str, variant: str | None, worker: int, conn: int,
+            dir_: str, type_: str, bytes_: int | None = None, audio_ms: float | None = None,
+            lag_ms: float | None = None, code: int | None = None, item: str | None = None,
+            text: str | None = None, detail: dict[str, Any] | None = None) -> None:
+        self.rows.append((wall, t, src, variant, worker, conn, dir_, type_, bytes_, audio_ms,
+                          lag_ms, code, item, text,
+                          None if detail is None else json.dumps(detail, default=str)))
+
+    def flush(self) -> None:
+        rows, self.rows = self.rows, []
+        if not rows:
+            return
+        columns = list(zip(*rows, strict=True))
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(col, type=typ) for col, typ in zip(columns, _TYPES, strict=True)],
+            names=_FIELDS)
+        self._writer.write_batch(batch)
+        self._sink.flush()
+        self.count += len(rows)
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_every)
+            self.flush()
+
+    def start(self) -> None:
+        """Begin periodic flushing on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._flush_periodically())
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        self.flush()
+        if not self._sink.closed:
+            self._writer.close()
+            self._sink.close()
