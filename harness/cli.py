@@ -13,6 +13,7 @@ from pathlib import Path
 
 from harness.audio import AudioError
 from harness.config import ConfigError, parse_duration
+from harness.frames import RunDirError
 
 __all__ = ["main"]
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AudioError, UsageError) as exc:
+    except (ConfigError, AudioError, UsageError, RunDirError) as exc:
         print(f"rtsoak: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

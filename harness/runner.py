@@ -30,7 +30,7 @@ from harness.scenario import Scenario
 from harness.target import Target
 from harness.worker import Worker, WorkerSetup
 
-__all__ = ["RunResult", "run_scenario", "new_run_dir"]
+__all__ = ["RunResult", "new_run_dir", "run_scenario", "run_workers", "manifest", "write_json"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -62,13 +62,13 @@ def _git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
+def write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str))
     tmp.replace(path)
 
 
-def _manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
+def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
     import aiohttp as _aiohttp
 
     return {
@@ -84,9 +84,9 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
     library = AudioLibrary.from_dir(scenario.audio_dir())
     run_dir = new_run_dir(out_base, scenario.run.name)
     started = datetime.now(UTC).isoformat()
-    manifest = _manifest(scenario, None, started)
-    _write_json(run_dir / "manifest.json", manifest)
-    _write_json(run_dir / "server.json", {"faults": scenario.raw_faults,
+    doc = manifest(scenario, None, started)
+    write_json(run_dir / "manifest.json", doc)
+    write_json(run_dir / "server.json", {"faults": scenario.raw_faults,
                                           "server": scenario.to_dict()["server"]})
     server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
                             scenario.run.seed)
@@ -96,15 +96,16 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
         clock = ScaledClock(scenario.run.time_scale)
         server.set_origin(clock.origin)
         target = Target.fake(url)
-        manifest["target"] = target.describe()
-        _write_json(run_dir / "manifest.json", manifest)
+        doc["target"] = target.describe()
+        write_json(run_dir / "manifest.json", doc)
         log(f"rtsoak: {scenario.run.workers} workers, {scenario.run.duration:.0f} s scenario "
             f"time at {clock.scale:g}x against {url}")
-        interrupted = _event_loop_run(_soak(scenario, clock, target, library, run_dir, log))
+        interrupted = _event_loop_run(run_workers(scenario, clock, target, library, run_dir,
+                                                  log))
     finally:
         server.stop()
-    manifest.update(ended=datetime.now(UTC).isoformat(), interrupted=interrupted)
-    _write_json(run_dir / "manifest.json", manifest)
+    doc.update(ended=datetime.now(UTC).isoformat(), interrupted=interrupted)
+    write_json(run_dir / "manifest.json", doc)
     return RunResult(run_dir, interrupted, time.monotonic() - wall0)
 
 
@@ -116,8 +117,11 @@ def _event_loop_run(coro) -> Any:
     return uvloop.run(coro)
 
 
-async def _soak(scenario: Scenario, clock: ScaledClock, target: Target, library: AudioLibrary,
-                run_dir: Path, log) -> bool:
+async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
+                      library: AudioLibrary, run_dir: Path, log=print,
+                      handle_signals: bool = True) -> bool:
+    """Run the scenario's workers against `target` until its duration (or a signal); record
+    into run_dir/events-client.arrows. Returns whether the run was interrupted."""
     loop = asyncio.get_running_loop()
     recorder = Recorder(run_dir / "events-client.arrows")
     recorder.start()
@@ -133,7 +137,8 @@ async def _soak(scenario: Scenario, clock: ScaledClock, target: Target, library:
         log("rtsoak: interrupted; closing connections (again to quit at once)")
         stop.set_result(True)
 
-    for sig in SIGNALS:
+    signals = SIGNALS if handle_signals else ()
+    for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     run = scenario.run
     workers = [
@@ -159,7 +164,7 @@ async def _soak(scenario: Scenario, clock: ScaledClock, target: Target, library:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     log(f"rtsoak: worker failed: {task.exception()!r}")
     finally:
-        for sig in SIGNALS:
+        for sig in signals:
             loop.remove_signal_handler(sig)
         await recorder.aclose()
     return interrupted

@@ -1,0 +1,99 @@
+"""Matplotlib charts of the frames. Each takes an Axes, draws, and returns it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from lifelines import KaplanMeierFitter  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: E402
+
+__all__ = ["close_code_chart", "survival_chart", "timeline_chart", "utterance_chart", "save"]
+
+_MINUTES = FuncFormatter(lambda x, _pos: f"{x / 60:g}")
+_MINUTE_STEPS = (0.25, 0.5, 1, 2, 5, 10, 15, 30, 60, 120)
+
+
+def _minute_axis(ax: Axes) -> None:
+    """Label a seconds axis in minutes, with ticks on round minutes."""
+    span = max(ax.get_xlim()[1], 1.0) / 60
+    step = next((s for s in _MINUTE_STEPS if span / s <= 10), _MINUTE_STEPS[-1])
+    ax.xaxis.set_major_locator(MultipleLocator(step * 60))
+    ax.xaxis.set_major_formatter(_MINUTES)
+CODE_COLOURS = {"1006": "#d62728", "1000": "#7f7f7f", "1001": "#ff7f0e", "1011": "#9467bd",
+                "1012": "#8c564b", "1013": "#e377c2", "none": "#bcbd22"}
+
+
+def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
+    for kmf in fitters.values():
+        kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True,
+                                   censor_styles={"marker": "|", "ms": 8})
+    ax.set_xlim(left=0)
+    _minute_axis(ax)
+    ax.set_xlabel("connection age (minutes, scenario time)")
+    ax.set_ylabel("share of connections still open")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Connection survival (Kaplan-Meier, 95 % CI; | = censored)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="variant")
+    return ax
+
+
+def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
+    table = codes.assign(label=codes["close_code"].astype(str) + " " + codes["cause"].astype(str))
+    pivot = table.pivot_table(index="variant", columns="label", values="connections",
+                              aggfunc="sum", fill_value=0, observed=True)
+    colours = [CODE_COLOURS.get(str(label).split(" ")[0], None) for label in pivot.columns]
+    pivot.plot.barh(ax=ax, stacked=True, color=colours)
+    ax.set_xlabel("connections")
+    ax.set_ylabel("variant")
+    ax.set_title("How connections ended (close code and cause)")
+    ax.legend(title="code cause", fontsize=8)
+    return ax
+
+
+def utterance_chart(ax: Axes, outcomes: pd.DataFrame) -> Axes:
+    colours = {"completed": "#2ca02c", "unfinished": "#c7c7c7", "lost": "#d62728",
+               "failed": "#ff7f0e", "timeout": "#9467bd", "mismatch": "#8c564b",
+               "rejected": "#e377c2"}
+    outcomes.plot.barh(ax=ax, stacked=True,
+                       color=[colours.get(str(c), None) for c in outcomes.columns])
+    ax.set_xlabel("utterances")
+    ax.set_ylabel("variant")
+    ax.set_title("Utterance outcomes (unfinished = cut by the end of the run)")
+    ax.legend(title="status", fontsize=8)
+    return ax
+
+
+def timeline_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
+    """One row per worker: each connection a bar, each drop a mark coloured by close code."""
+    conns = connections[connections["established"].notna()].copy()
+    rows = {key: i for i, key in enumerate(conns[["variant", "worker"]].drop_duplicates()
+                                            .itertuples(index=False, name=None))}
+    for c in conns.itertuples(index=False):
+        y = rows[(c.variant, c.worker)]
+        ax.plot([c.established, c.closed], [y, y], color="#1f77b4", lw=3, solid_capstyle="butt")
+        if c.dropped:
+            code = "none" if pd.isna(c.close_code) else str(c.close_code)
+            ax.plot(c.closed, y, "x", color=CODE_COLOURS.get(code, "black"), ms=8, mew=2,
+                    label=f"drop {code}")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
+    ax.set_yticks(list(rows.values()), [f"{v} w{w}" for v, w in rows], fontsize=7)
+    _minute_axis(ax)
+    ax.set_xlabel("scenario time (minutes)")
+    ax.set_title("Every connection per worker (x = drop, coloured by close code)")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def save(fig: plt.Figure, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,87 @@
+"""Scenario and duration parsing: good files load, bad ones name file, field and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.config import ConfigError, parse_duration
+from harness.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@given(st.integers(min_value=0, max_value=10**6),
+       st.sampled_from([("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]))
+def test_duration_units(n: int, unit: tuple[str, float]) -> None:
+    assert parse_duration(f"{n}{unit[0]}") == pytest.approx(n * unit[1])
+
+
+@given(st.text(max_size=20))
+def test_duration_parser_never_crashes_on_hostile_text(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        assert "duration" in str(exc)
+    else:
+        assert value >= 0
+
+
+@pytest.mark.parametrize("bad", [-1, True, "ten minutes", "5 parsecs", [1]])
+def test_duration_rejects_nonsense(bad) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_shipped_smoke_scenario_loads() -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "smoke.toml")
+    assert scenario.run.workers == 10
+    assert scenario.run.duration == 1800
+    assert scenario.run.time_scale == 60
+    assert scenario.faults.describe()["session_age"]["mean"] == 480
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "field", "hint"), [
+    ("[run]\nworkerz = 3\n", "run.workerz", "did you mean 'workers'"),
+    ("[run]\nworkers = 'many'\n", "run.workers", "whole number"),
+    ("[run]\nworkers = 0\n", "run.workers", "at least 1"),
+    ("[run]\nduration = 'forever'\n", "run.duration", "duration"),
+    ("[pacing]\nchunk_ms = 1\n", "pacing.chunk_ms", "at least 5"),
+    ("[runn]\n", "runn", "unknown section"),
+    ("[faults.gremlins]\n", "faults.gremlins", "known: session_age"),
+    ("[faults.session_age]\ndistribution = 'gaussian'\n", "faults.session_age.distribution",
+     "choose one of"),
+])
+def test_bad_scenarios_name_field_and_fix(tmp_path: Path, text: str, field: str,
+                                          hint: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_scenario(_write(tmp_path, text))
+    message = str(info.value)
+    assert str(tmp_path / "s.toml") in message
+    assert field in message
+    assert hint in message
+
+
+def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="s.toml: is not valid TOML"):
+        load_scenario(_write(tmp_path, "[run\nworkers = 3"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_scenario(tmp_path / "nope.toml")
+
+
+def test_command_line_overrides_win(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, "[run]\nworkers = 3\nseed = 4\n"))
+    changed = scenario.with_overrides(workers=7, seed=None, duration=30.0)
+    assert (changed.run.workers, changed.run.seed, changed.run.duration) == (7, 4, 30.0)

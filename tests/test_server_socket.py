@@ -1,0 +1,107 @@
+"""The fake server over real loopback sockets, seen by a plain aiohttp client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+
+import aiohttp
+import pytest
+
+from harness.clock import ScaledClock
+from harness.fakeserver.app import SESSION_KEY_HEADER, ServerConfig
+from harness.fakeserver.faults import parse_faults
+from harness.fakeserver.session import SessionLimits
+from harness.fakeserver.transcript import parse_transcript
+
+AUTH = {"Authorization": "Bearer test-key"}
+
+
+async def next_event(ws: aiohttp.ClientWebSocketResponse) -> dict:
+    msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.TEXT, msg
+    return json.loads(msg.data)
+
+
+async def test_one_utterance_end_to_end(fake_server) -> None:
+    server = await fake_server(ServerConfig(limits=SessionLimits(latency_base=0.05,
+                                                                 latency_per_audio_second=0)))
+    pcm = bytes(range(256)) * 30
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        assert ws._response.headers["x-request-id"].startswith("req_")
+        assert (await next_event(ws))["type"] == "session.created"
+        await ws.send_json({"type": "session.update", "session": {
+            "type": "transcription", "audio": {"input": {"turn_detection": None}}}})
+        assert (await next_event(ws))["type"] == "session.updated"
+        await ws.send_json({"type": "input_audio_buffer.append",
+                            "audio": base64.b64encode(pcm).decode()})
+        await ws.send_json({"type": "input_audio_buffer.commit"})
+        seen = []
+        while not seen or seen[-1]["type"] != (
+                "conversation.item.input_audio_transcription.completed"):
+            seen.append(await next_event(ws))
+        assert seen[0]["type"] == "input_audio_buffer.committed"
+        assert parse_transcript(seen[-1]["transcript"]).crc32 == zlib.crc32(pcm)
+
+
+async def test_age_hazard_abort_is_seen_as_1006_without_close_frame(fake_server) -> None:
+    faults = parse_faults({"session_age": {"mean": "50ms"}}, "t", seed=1)
+    server = await fake_server(ServerConfig(faults=faults))
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url, headers={**AUTH, SESSION_KEY_HEADER: "k"})
+        types = []
+        while True:
+            msg = await ws.receive(timeout=10)
+            types.append(msg.type)
+            if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+        assert aiohttp.WSMsgType.CLOSE not in types  # no close frame ever arrived
+        assert ws.close_code == 1006
+
+
+async def test_close_frame_action_carries_code_and_reason(fake_server) -> None:
+    faults = parse_faults({"session_age": {"mean": "50ms", "action": "close", "code": 1011,
+                                           "reason": "internal"}}, "t", seed=1)
+    server = await fake_server(ServerConfig(faults=faults))
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url, headers=AUTH)
+        await next_event(ws)
+        msg = await ws.receive(timeout=10)
+        assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 1011, "internal")
+
+
+async def test_session_expiry_sends_error_then_closes_1001(fake_server) -> None:
+    server = await fake_server(ServerConfig(limits=SessionLimits(max_duration=6.0)),
+                               clock=ScaledClock(60.0))  # 6 scenario s = 0.1 s wall
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url, headers=AUTH)
+        await next_event(ws)
+        error = await next_event(ws)
+        assert error["error"]["code"] == "session_expired"
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+
+
+@pytest.mark.parametrize(("path", "headers", "status"), [
+    ("/v1/realtime?intent=transcription", {}, 401),
+    ("/v1/realtime?intent=transcription", {"Authorization": "Bearer "}, 401),
+    ("/v2/elsewhere", AUTH, 404),
+])
+async def test_handshake_refusals(fake_server, path: str, headers: dict, status: int) -> None:
+    server = await fake_server()
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await http.ws_connect(f"ws://127.0.0.1:{server.port}{path}", headers=headers)
+        assert info.value.status == status
+
+
+@pytest.mark.parametrize("path", ["/openai/v1/realtime?intent=transcription&deployment=d",
+                                  "/openai/realtime?api-version=2025-04-01-preview"
+                                  "&intent=transcription&deployment=d&model=x"])
+async def test_azure_paths_and_api_key_header(fake_server, path: str) -> None:
+    server = await fake_server()
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"ws://127.0.0.1:{server.port}{path}", headers={"api-key": "k"}) as ws:
+        assert "apim-request-id" in ws._response.headers
+        assert (await next_event(ws))["type"] == "session.created"

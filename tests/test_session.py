@@ -1,0 +1,123 @@
+"""The fake server's pure session state machine: events in, events out, time injected."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import zlib
+
+from harness.fakeserver.faults import Close, CloseKind
+from harness.fakeserver.session import SessionLimits, TranscriptionSession
+from harness.fakeserver.transcript import parse_transcript
+
+
+def session(**limits) -> TranscriptionSession:
+    return TranscriptionSession("sess_test", 0.0, 1_700_000_000.0, random.Random(1),
+                                SessionLimits(**limits))
+
+
+def append(pcm: bytes) -> str:
+    return json.dumps({"type": "input_audio_buffer.append",
+                       "audio": base64.b64encode(pcm).decode()})
+
+
+def types(outputs) -> list[str]:
+    return [o["type"] if isinstance(o, dict) else "CLOSE" for o in outputs]
+
+
+def test_open_sends_session_created_with_server_vad_default() -> None:
+    s = session()
+    (created,) = s.open()
+    assert created["type"] == "session.created"
+    assert created["event_id"].startswith("event_") and len(created["event_id"]) == 28
+    assert created["session"]["type"] == "transcription"
+    assert created["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+    assert created["session"]["expires_at"] == 1_700_000_000 + 3600
+
+
+def test_update_turns_vad_off_and_echoes_effective_config() -> None:
+    s = session()
+    (updated,) = s.receive(json.dumps({"type": "session.update", "session": {
+        "type": "transcription", "include": ["item.input_audio_transcription.logprobs"],
+        "audio": {"input": {"turn_detection": None,
+                            "transcription": {"model": "gpt-4o-transcribe", "language": "en"}}}}}),
+        0.0)
+    assert updated["type"] == "session.updated"
+    assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert updated["session"]["audio"]["input"]["format"]["rate"] == 24000
+    assert updated["session"]["include"] == ["item.input_audio_transcription.logprobs"]
+
+
+def test_utterance_flow_transcribes_exactly_the_committed_audio() -> None:
+    s = session(latency_base=0.5, latency_per_audio_second=0.0)
+    pcm = bytes(range(256)) * 48  # 12288 bytes = 256 ms
+    assert types(s.receive(json.dumps({"type": "input_audio_buffer.clear"}), 0.0)) == [
+        "input_audio_buffer.cleared"]
+    assert s.receive(append(pcm[:6000]), 0.1) == []
+    assert s.receive(append(pcm[6000:]), 0.2) == []
+    out = s.receive(json.dumps({"type": "input_audio_buffer.commit"}), 0.3)
+    assert types(out) == ["input_audio_buffer.committed", "conversation.item.added",
+                          "conversation.item.done"]
+    item_id = out[0]["item_id"]
+    assert out[0]["previous_item_id"] is None
+    assert s.next_deadline() == 0.8
+    assert s.poll(0.79) == []
+    done = s.poll(0.8)
+    assert types(done)[-1] == "conversation.item.input_audio_transcription.completed"
+    completed = done[-1]
+    assert completed["item_id"] == item_id
+    mark = parse_transcript(completed["transcript"])
+    assert mark is not None and mark.crc32 == zlib.crc32(pcm)
+    assert mark.seconds == round(len(pcm) / 48000, 3)
+    assert "".join(d["delta"] for d in done[:-1]) == completed["transcript"]
+    assert completed["usage"]["type"] == "tokens"
+    assert completed["logprobs"] is None  # not asked for with include
+
+
+def test_items_chain_with_previous_item_id() -> None:
+    s = session()
+    ids = []
+    for _ in range(2):
+        s.receive(append(b"\0" * 9600), 0.0)
+        committed = s.receive(json.dumps({"type": "input_audio_buffer.commit"}), 0.0)[0]
+        ids.append((committed["item_id"], committed["previous_item_id"]))
+    assert ids[1][1] == ids[0][0]
+
+
+def test_commit_under_100ms_is_an_error_and_session_stays_open() -> None:
+    s = session()
+    s.receive(append(b"\0" * 480), 0.0)  # 240 samples = 10 ms
+    (error,) = s.receive(json.dumps({"type": "input_audio_buffer.commit", "event_id": "c1"}), 0)
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+    assert "10.00ms" in error["error"]["message"]
+    assert error["error"]["event_id"] == "c1"
+    assert not s.expired
+
+
+def test_bad_inputs_get_error_events() -> None:
+    s = session()
+    cases = {
+        "not json": "invalid_json",
+        "[1, 2]": "invalid_event",
+        json.dumps({"no": "type"}): "invalid_event",
+        json.dumps({"type": "response.create"}): "invalid_event",
+        json.dumps({"type": "input_audio_buffer.append"}): "invalid_event",
+        json.dumps({"type": "input_audio_buffer.append", "audio": "!!!"}): "invalid_value",
+        append(b"\0\0\0"): "invalid_value",
+        json.dumps({"type": "session.update", "session": {"type": "realtime"}}): "invalid_value",
+    }
+    for text, code in cases.items():
+        (error,) = s.receive(text, 0.0)
+        assert error["type"] == "error" and error["error"]["code"] == code, text
+    assert s.buffer_bytes == 0
+
+
+def test_session_expires_with_error_then_close_1001() -> None:
+    s = session(max_duration=60.0)
+    assert s.next_deadline() == 60.0
+    out = s.poll(60.0)
+    assert out[0]["error"]["code"] == "session_expired"
+    assert "maximum duration of 1 minutes" in out[0]["error"]["message"]
+    assert out[1] == Close(CloseKind.CLOSE, 1001, out[0]["error"]["message"], "session_expired")
+    assert s.receive(append(b"\0" * 4800), 61.0) == []
