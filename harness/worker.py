@@ -62,6 +62,7 @@ class Conn:
     audio_ms: float = 0.0
     completed: int = 0
     client_closing: bool = False
+    closed_at: float | None = None  # when the close was seen (or begun, by us): the lifetime's end
     client_cause: CloseCause = CloseCause.SCENARIO_END
     close_frame: tuple[int, str] | None = None
     transport_error: str | None = None
@@ -79,9 +80,14 @@ class Worker:
         self.utterance_no = 0
 
     # recording ------------------------------------------------------------------------------
-    def _row(self, conn: int, dir_: str, type_: str, **kw: Any) -> None:
-        self.s.recorder.row(self.clock.wall(), self.clock.now(), "client", self.s.variant,
-                            self.s.worker, conn, dir_, type_, **kw)
+    def _row(self, conn: int, dir_: str, type_: str, t: float | None = None, **kw: Any) -> None:
+        now = self.clock.now()
+        wall = self.clock.wall()
+        if t is not None:  # a moment observed earlier than this row is written
+            wall -= (now - t) / self.clock.scale
+            now = t
+        self.s.recorder.row(wall, now, "client", self.s.variant, self.s.worker, conn, dir_,
+                            type_, **kw)
 
     # waiting --------------------------------------------------------------------------------
     def stopping(self) -> bool:
@@ -154,6 +160,7 @@ class Worker:
             # transport is gone and the reader is about to report how.
             if conn.transport_error is None and not conn.closed.done() and not ws.closed:
                 conn.client_closing = True
+                conn.closed_at = self.clock.now()
                 if not self.stopping():
                     conn.client_cause = CloseCause.PROTOCOL_ERROR
                 try:
@@ -188,8 +195,8 @@ class Worker:
 
     def _summary(self, conn: Conn, who: ClosedBy, cause: CloseCause, code: int | None,
                  reason: str) -> None:
-        now = self.clock.now()
-        self._row(conn.attempt, "meta", "conn_close", code=code, item=conn.request_id,
+        now = conn.closed_at if conn.closed_at is not None else self.clock.now()
+        self._row(conn.attempt, "meta", "conn_close", t=now, code=code, item=conn.request_id,
                   text=reason, detail={
                       "closed_by": str(who), "cause": str(cause), "state": str(conn.state),
                       "opened": conn.opened,
@@ -217,6 +224,8 @@ class Worker:
                 else:  # CLOSING / CLOSED
                     break
         finally:
+            if conn.closed_at is None:
+                conn.closed_at = self.clock.now()
             if not conn.closed.done():
                 conn.closed.set_result(None)
 

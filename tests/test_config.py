@@ -57,7 +57,7 @@ def _write(tmp_path: Path, text: str) -> Path:
     ("[run]\nduration = 'forever'\n", "run.duration", "duration"),
     ("[pacing]\nchunk_ms = 1\n", "pacing.chunk_ms", "at least 5"),
     ("[runn]\n", "runn", "unknown section"),
-    ("[faults.gremlins]\n", "faults.gremlins", "known: session_age"),
+    ("[faults.gremlins]\n", "faults.gremlins", "unknown fault policy"),
     ("[faults.session_age]\ndistribution = 'gaussian'\n", "faults.session_age.distribution",
      "choose one of"),
 ])

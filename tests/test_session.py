@@ -7,7 +7,7 @@ import json
 import random
 import zlib
 
-from harness.fakeserver.faults import Close, CloseKind
+from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.fakeserver.transcript import parse_transcript
 
@@ -119,5 +119,5 @@ def test_session_expires_with_error_then_close_1001() -> None:
     out = s.poll(60.0)
     assert out[0]["error"]["code"] == "session_expired"
     assert "maximum duration of 1 minutes" in out[0]["error"]["message"]
-    assert out[1] == Close(CloseKind.CLOSE, 1001, out[0]["error"]["message"], "session_expired")
+    assert out[1] == Fault(FaultKind.CLOSE, "max_duration", 1001, out[0]["error"]["message"])
     assert s.receive(append(b"\0" * 4800), 61.0) == []

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
+from helpers import scenario_from, soak
 
-from harness.clock import ScaledClock
-from harness.fakeserver.app import ServerConfig
 from harness.fakeserver.faults import parse_faults
-from harness.fakeserver.session import SessionLimits
 from harness.fakeserver.transcript import parse_transcript
 from harness.frames import load
-from harness.recorder import Recorder
 from harness.report import build_report
-from harness.runner import manifest, run_workers, write_json
-from harness.scenario import Scenario, load_scenario
-from harness.target import Target
 
 SCENARIO = """
 [run]
@@ -39,31 +31,9 @@ mean = "40s"
 """
 
 
-def scenario_from(tmp_path: Path, text: str = SCENARIO) -> Scenario:
-    path = tmp_path / "t.toml"
-    path.write_text(text)
-    return load_scenario(path)
-
-
-async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path:
-    """What `rtsoak run` does, with the fake server in this process."""
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_json(run_dir / "manifest.json", manifest(scenario, None, datetime.now(UTC).isoformat()))
-    clock = ScaledClock(scenario.run.time_scale)
-    server_log = Recorder(run_dir / "events-server.arrows")
-    limits = SessionLimits(latency_base=0.2, latency_per_audio_second=0.05)
-    server = await fake_server(ServerConfig(faults=scenario.faults, limits=limits,
-                                            seed=scenario.run.seed), clock, server_log)
-    await run_workers(scenario, clock, Target.fake(server.url), library, run_dir,
-                      log=lambda *_: None, handle_signals=False)
-    server_log.close()
-    return run_dir
-
-
 async def test_soak_records_drops_reconnects_and_censored_ends(tmp_path, tone_library,
                                                                fake_server) -> None:
-    scenario = scenario_from(tmp_path)
+    scenario = scenario_from(tmp_path, SCENARIO)
     run_dir = await soak(tmp_path, scenario, tone_library, fake_server)
     frames = load(run_dir)
     conns = frames.connections
@@ -93,7 +63,7 @@ async def test_soak_records_drops_reconnects_and_censored_ends(tmp_path, tone_li
 
 
 async def test_report_of_a_soak(tmp_path, tone_library, fake_server) -> None:
-    run_dir = await soak(tmp_path, scenario_from(tmp_path), tone_library, fake_server)
+    run_dir = await soak(tmp_path, scenario_from(tmp_path, SCENARIO), tone_library, fake_server)
     report = build_report([run_dir])
     assert report.index.is_file()
     for name in ("survival", "close_codes", "utterances", "timeline"):
@@ -109,7 +79,7 @@ async def test_report_of_a_soak(tmp_path, tone_library, fake_server) -> None:
 
 
 async def test_no_drops_without_faults(tmp_path, tone_library, fake_server) -> None:
-    scenario = scenario_from(tmp_path)
+    scenario = scenario_from(tmp_path, SCENARIO)
     scenario = dataclasses.replace(scenario, faults=parse_faults(None, "t"))
     frames = load(await soak(tmp_path, scenario, tone_library, fake_server))
     assert not frames.connections["dropped"].any()

@@ -1,4 +1,4 @@
-"""The fake server's aiohttp edge: handshake, auth, frames in and out, carrying out closes.
+"""The fake server's aiohttp edge: handshake, auth, frames in and out, carrying out faults.
 
 All protocol and fault decisions come from the pure session and fault policies; this module only
 moves frames, keeps time through the shared Clock, and logs the server's ground truth (which
@@ -8,15 +8,19 @@ policy ended which connection) when given a Recorder.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
+import socket
+import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from harness.clock import Clock
-from harness.fakeserver.faults import Close, CloseKind, FaultProfile
+from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
 
@@ -27,6 +31,10 @@ __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig"]
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
+_HTTP_ERRORS = {401: ("invalid_api_key", "Incorrect API key provided."),
+                429: ("rate_limit_exceeded", "Too many concurrent sessions. Try again later."),
+                500: ("server_error", "The server had an error while processing your request."),
+                503: ("service_unavailable", "The server is overloaded. Try again later.")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +45,26 @@ class ServerConfig:
     api_keys: frozenset[str] = frozenset()  # empty: any non-empty key is accepted
 
 
+@dataclass(slots=True)
+class LiveSession:
+    client_key: str
+    opened: float
+    inject: Callable[[Fault], Awaitable[None]]
+
+
 def _client_key(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer ") and auth[7:].strip():
         return auth[7:].strip()
     return request.headers.get("api-key") or None
+
+
+def _error_response(status: int, code: str | None = None, message: str | None = None,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    default_code, default_message = _HTTP_ERRORS.get(status, ("error", "Request failed."))
+    body = {"error": {"message": message or default_message, "type": "invalid_request_error",
+                      "code": code or default_code, "param": None}}
+    return web.json_response(body, status=status, headers=headers)
 
 
 class FakeServer:
@@ -54,12 +77,15 @@ class FakeServer:
         self.recorder = recorder
         self._rng = random.Random(config.seed)
         self._arrivals = 0
+        self._live: dict[str, LiveSession] = {}
         self._runner: web.AppRunner | None = None
-        self._tasks: set[asyncio.Task] = set()
         self.port = 0
         self.host = "127.0.0.1"
         self.clock_ready = asyncio.Event()  # cleared while an embedding runner sets the origin
         self.clock_ready.set()
+        max_session = config.faults.max_session
+        self.limits = (config.limits if max_session is None
+                       else dataclasses.replace(config.limits, max_duration=max_session))
 
     @property
     def url(self) -> str:
@@ -84,6 +110,9 @@ class FakeServer:
             await self._runner.cleanup()
             self._runner = None
 
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds / self.clock.scale))
+
     # logging --------------------------------------------------------------------------------
     def _log(self, type_: str, request_id: str, code: int | None = None, text: str | None = None,
              detail: dict[str, Any] | None = None) -> None:
@@ -96,49 +125,92 @@ class FakeServer:
         await self.clock_ready.wait()
         path = "/" + request.match_info["path"]
         if path not in PATHS:
-            return web.json_response({"error": {"message": f"Unknown path {path}", "type":
-                                      "invalid_request_error", "code": "not_found"}}, status=404)
+            return _error_response(404, "not_found", f"Unknown path {path}")
         key = _client_key(request)
         if key is None or (self.config.api_keys and key not in self.config.api_keys):
-            return web.json_response({"error": {"message": "Incorrect API key provided.",
-                                      "type": "invalid_request_error", "code": "invalid_api_key"}},
-                                     status=401)
+            return _error_response(401)
         request_id = "req_" + "%032x" % self._rng.getrandbits(128)
         id_header = "apim-request-id" if PATHS[path] == "azure" else "x-request-id"
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=True)
-        ws.headers[id_header] = request_id
-        await ws.prepare(request)
         self._arrivals += 1
         session_key = request.headers.get(SESSION_KEY_HEADER) or f"arrival-{self._arrivals}"
-        await self._serve(request, ws, request_id, session_key)
+        refusal = await self._admit(session_key, key, request_id, {id_header: request_id})
+        if refusal is not None:
+            return refusal
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False)
+        ws.headers[id_header] = request_id
+        await ws.prepare(request)
+        await self._serve(request, ws, request_id, session_key, key)
         return ws
+
+    async def _admit(self, session_key: str, client_key: str, request_id: str,
+                     headers: dict[str, str]) -> web.Response | None:
+        """Apply handshake policies: maybe wait, evict older sessions, or refuse."""
+        live = [(k, s.client_key, s.opened) for k, s in self._live.items()]
+        decision = self.config.faults.handshake(session_key, client_key, self.clock.now(), live)
+        if decision.policy is None:
+            return None
+        self._log("handshake_fault", request_id, code=decision.status, text=decision.policy,
+                  detail={"delay": decision.delay, "evict": list(decision.evict),
+                          "session_key": session_key})
+        if decision.delay:
+            await self._sleep(decision.delay)
+        for victim in decision.evict:
+            if victim in self._live:
+                cap = dict(self.config.faults.policies)["concurrency_cap"]
+                asyncio.get_running_loop().create_task(
+                    self._live[victim].inject(cap.fault("concurrency_cap")))
+        if decision.status is not None:
+            return _error_response(decision.status, headers=headers)
+        return None
 
     # one connection -------------------------------------------------------------------------
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, request_id: str,
-                     session_key: str) -> None:
+                     session_key: str, client_key: str) -> None:
         now = self.clock.now()
         rng = random.Random(f"{self.config.seed}/{session_key}")
         session = TranscriptionSession("sess_" + "%022x" % rng.getrandbits(88), now,
-                                       self.clock.wall(), rng, self.config.limits)
+                                       self.clock.wall(), rng, self.limits)
         faults = self.config.faults.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,
                   detail={"session_key": session_key, "peer": request.remote})
         wake = asyncio.Event()
-        state = {"closed_by": None}
+        state: dict[str, Any] = {"ended_by": None, "silent": False}
 
-        async def carry_out(outputs: list) -> bool:
+        async def send(outputs: list) -> bool:
+            """Send session outputs; False once a fault has ended the connection."""
             for out in outputs:
-                if isinstance(out, Close):
-                    await self._close(request, ws, out, request_id, now=self.clock.now())
-                    state["closed_by"] = out.policy
+                if isinstance(out, Fault):
+                    await inject(out)
                     return False
-                if not ws.closed:
+                if not ws.closed and not state["silent"]:
                     await ws.send_str(json.dumps(out))
-            return True
+            return not ws.closed and state["ended_by"] is None
+
+        async def inject(fault: Fault) -> None:
+            if state["ended_by"] is not None:
+                return
+            if fault.kind is not FaultKind.ERROR:
+                state["ended_by"] = fault.policy
+            self._log("fault", request_id, code=fault.code, text=fault.policy,
+                      detail={"kind": str(fault.kind), "reason": fault.reason,
+                              "age": self.clock.now() - session.opened,
+                              "due_age": None if fault.due is None else fault.due - session.opened,
+                              "session_key": session_key})
+            if fault.error_code and not ws.closed:
+                await ws.send_str(json.dumps(session.error_event(fault.error_code,
+                                                                 fault.error_message)))
+            await self._carry_out(request, ws, fault, state)
+            wake.set()
+
+        async def observe(fault: Fault | None) -> bool:
+            if fault is not None:
+                await inject(fault)
+            return state["ended_by"] is None
 
         async def timers() -> None:
-            while not ws.closed:
-                deadlines = [d for d in (session.next_deadline(), faults.next_deadline()) if d]
+            while not ws.closed and state["ended_by"] is None:
+                deadlines = [d for d in (session.next_deadline(), faults.next_deadline())
+                             if d is not None]
                 wake.clear()
                 if deadlines:
                     delay = (min(deadlines) - self.clock.now()) / self.clock.scale
@@ -147,41 +219,86 @@ class FakeServer:
                             await asyncio.wait_for(wake.wait(), delay)
                         except TimeoutError:
                             pass
+                        continue  # deadlines may have moved: look again
                 else:
                     await wake.wait()
+                    continue
                 now = self.clock.now()
-                fired = faults.poll(now)
-                if fired is not None:
-                    await carry_out([fired])
-                    return
-                if not await carry_out(session.poll(now)):
+                if not await observe(faults.poll(now)) or not await send(session.poll(now)):
                     return
 
+        self._live[session_key] = LiveSession(client_key, now, inject)
         timer_task = asyncio.create_task(timers())
         try:
-            if await carry_out(session.open()):
+            if await send(session.open()):
                 async for msg in ws:
-                    if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                        before = session.next_deadline()
-                        if not await carry_out(session.receive(msg.data, self.clock.now())):
+                    now = self.clock.now()
+                    if msg.type is WSMsgType.PING:
+                        if not await observe(faults.on_frame(now, "ping")):
                             break
-                        if session.next_deadline() != before:
-                            wake.set()
+                        await ws.pong(msg.data)
+                        continue
+                    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                        continue
+                    before = min(session.next_deadline() or float("inf"),
+                                 faults.next_deadline() or float("inf"))
+                    if not await send(session.receive(msg.data, now)):
+                        break
+                    pcm = session.last_pcm
+                    if faults.policies:
+                        fault = faults.on_frame(now, "event" if pcm is None else "audio")
+                        if fault is None and pcm is not None and faults.wants_audio:
+                            fault = faults.on_audio(now, pcm, session.buffer_bytes)
+                        if not await observe(fault):
+                            break
+                    after = min(session.next_deadline() or float("inf"),
+                                faults.next_deadline() or float("inf"))
+                    if after < before:
+                        wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            self._live.pop(session_key, None)
+            hold = state.get("hold")
+            if hold is not None:  # a half-open or delayed fault is still holding the socket
+                await asyncio.gather(hold, return_exceptions=True)
             timer_task.cancel()
             await asyncio.gather(timer_task, return_exceptions=True)
             self._log("session_close", request_id, code=ws.close_code,
-                      text=state["closed_by"] or "client",
+                      text=state["ended_by"] or "client",
                       detail={"buffer_ms": session.buffer_ms})
 
-    async def _close(self, request: web.Request, ws: web.WebSocketResponse, close: Close,
-                     request_id: str, now: float) -> None:
-        self._log("fault", request_id, code=close.code, text=close.policy,
-                  detail={"kind": str(close.kind), "reason": close.reason})
-        if close.kind is CloseKind.ABORT:
-            if request.transport is not None:
-                request.transport.abort()
-        else:
-            await ws.close(code=close.code or 1000, message=close.reason.encode()[:123])
+    async def _carry_out(self, request: web.Request, ws: web.WebSocketResponse, fault: Fault,
+                         state: dict[str, Any]) -> None:
+        transport = request.transport
+        kind = fault.kind
+        if kind is FaultKind.ERROR:
+            return
+        if kind is FaultKind.ABORT:
+            if transport is not None:
+                transport.abort()
+        elif kind is FaultKind.RESET:
+            if transport is not None:
+                sock = transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+        elif kind is FaultKind.CLOSE:
+            await ws.close(code=fault.code or 1000, message=fault.reason.encode()[:123])
+        else:  # HALF_OPEN or DELAYED_CLOSE: go silent now, act later
+            state["silent"] = True
+            if transport is not None:
+                transport.pause_reading()
+            state["hold"] = asyncio.get_running_loop().create_task(
+                self._later(transport, ws, fault))
+
+    async def _later(self, transport, ws: web.WebSocketResponse, fault: Fault) -> None:
+        if fault.kind is FaultKind.HALF_OPEN:
+            await self._sleep(fault.hold)
+            if transport is not None:
+                transport.abort()
+            return
+        await self._sleep(fault.delay)
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+        await ws.close(code=fault.code or 1000, message=fault.reason.encode()[:123])

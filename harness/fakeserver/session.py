@@ -2,7 +2,7 @@
 
 `receive(text, now)` takes one client frame and returns what the server sends at once;
 `poll(now)` returns what has come due since (transcriptions finish after a latency, sessions
-expire). Outputs are event dicts to send as JSON, or a `Close` for the edge to carry out.
+expire). Outputs are event dicts to send as JSON, or a `Fault` (here: session expiry) for the edge to carry out.
 Nothing here reads a clock or touches a socket.
 """
 
@@ -17,12 +17,12 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from harness.fakeserver.faults import Close, CloseKind
+from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
 
 __all__ = ["SessionLimits", "TranscriptionSession", "Output"]
 
-Output = dict[str, Any] | Close
+Output = dict[str, Any] | Fault
 
 MIN_COMMIT_MS = 100.0
 _ALNUM = string.ascii_letters + string.digits
@@ -65,6 +65,7 @@ class TranscriptionSession:
         self.buffer_crc = 0
         self.last_item_id: str | None = None
         self.expired = False
+        self.last_pcm: bytes | None = None  # audio of the last accepted append, for fault policies
         self._due: list[tuple[float, int, list[Output]]] = []  # heap of (time, seq, outputs)
         self._seq = 0
         self._schedule(opened + limits.max_duration, self._expire)
@@ -75,6 +76,11 @@ class TranscriptionSession:
 
     def _event(self, type_: str, **fields: Any) -> dict[str, Any]:
         return {"type": type_, "event_id": self._id("event_"), **fields}
+
+    def error_event(self, code: str, message: str) -> dict[str, Any]:
+        """An `error` event in the service's shape, for faults that complain before acting."""
+        return self._error(code, message, type_="server_error" if code == "server_error"
+                           else "invalid_request_error")
 
     def _error(self, code: str, message: str, *, param: str | None = None,
                event_id: str | None = None, type_: str = "invalid_request_error") -> dict:
@@ -96,6 +102,7 @@ class TranscriptionSession:
 
     # inputs ---------------------------------------------------------------------------------
     def receive(self, text: str | bytes, now: float) -> list[Output]:
+        self.last_pcm = None
         if self.expired:
             return []
         try:
@@ -134,6 +141,7 @@ class TranscriptionSession:
                                 "bytes.", param="audio", event_id=event_id)]
         self.buffer_bytes += len(pcm)
         self.buffer_crc = zlib.crc32(pcm, self.buffer_crc)
+        self.last_pcm = pcm
         return []
 
     def _commit(self, event: dict, event_id: str | None, now: float) -> list[Output]:
@@ -227,4 +235,4 @@ class TranscriptionSession:
         minutes = round(self.limits.max_duration / 60)
         message = f"Your session hit the maximum duration of {minutes} minutes."
         return [self._error("session_expired", message),
-                Close(CloseKind.CLOSE, 1001, message, "session_expired")]
+                Fault(FaultKind.CLOSE, "max_duration", 1001, message)]

@@ -1,0 +1,36 @@
+"""In-process soaks for tests: what `rtsoak run` does, with the fake server in this process."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from harness.clock import ScaledClock
+from harness.fakeserver.app import ServerConfig
+from harness.fakeserver.session import SessionLimits
+from harness.recorder import Recorder
+from harness.runner import manifest, run_workers, write_json
+from harness.scenario import Scenario, load_scenario
+from harness.target import Target
+
+
+def scenario_from(tmp_path: Path, text: str) -> Scenario:
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return load_scenario(path)
+
+
+async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path:
+    """What `rtsoak run` does, with the fake server in this process."""
+    run_dir = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+    run_dir.mkdir()
+    write_json(run_dir / "manifest.json", manifest(scenario, None, datetime.now(UTC).isoformat()))
+    clock = ScaledClock(scenario.run.time_scale)
+    server_log = Recorder(run_dir / "events-server.arrows")
+    limits = SessionLimits(latency_base=0.2, latency_per_audio_second=0.05)
+    server = await fake_server(ServerConfig(faults=scenario.faults, limits=limits,
+                                            seed=scenario.run.seed), clock, server_log)
+    await run_workers(scenario, clock, Target.fake(server.url), library, run_dir,
+                      log=lambda *_: None, handle_signals=False)
+    server_log.close()
+    return run_dir
