@@ -17,6 +17,7 @@ __all__ = ["RATE", "AudioError", "AudioLibrary", "Utterance", "silence", "noise"
 
 RATE = 24_000
 AUDIO_SUFFIXES = (".wav", ".flac")
+_APPEND = '{"type":"input_audio_buffer.append","audio":"%s"}'
 
 
 class AudioError(Exception):
@@ -48,11 +49,9 @@ class Utterance:
         cached = self._frames.get(chunk_ms)
         if cached is None:
             step = RATE * 2 * chunk_ms // 1000
-            cached = tuple(
-                Frame('{"type":"input_audio_buffer.append","audio":"%s"}'
-                      % base64.b64encode(self.pcm[i:i + step]).decode("ascii"),
-                      len(self.pcm[i:i + step]))
-                for i in range(0, len(self.pcm), step))
+            chunks = [self.pcm[i:i + step] for i in range(0, len(self.pcm), step)]
+            cached = tuple(Frame(_APPEND % base64.b64encode(c).decode("ascii"), len(c))
+                           for c in chunks)
             self._frames[chunk_ms] = cached
         return cached
 

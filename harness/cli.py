@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check scenario files")
     validate.add_argument("files", type=Path, nargs="+")
+
+    listing = sub.add_parser("list", help="shipped scenarios and fault profiles")
+    listing.add_argument("--scenarios", type=Path, default=Path("scenarios"))
     return parser
 
 
@@ -127,5 +130,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from harness.fakeserver.faults import shipped_profiles
+
+    scenarios = sorted(args.scenarios.glob("*.toml")) if args.scenarios.is_dir() else []
+    if scenarios:
+        print("scenarios:")
+        for path in scenarios:
+            print(f"  {path.stem:<20} {_first_comment(path)}")
+    print("fault profiles (use with [faults] profile = \"NAME\" or rtsoak serve --faults NAME):")
+    for name, (description, _) in shipped_profiles().items():
+        print(f"  {name:<20} {description}")
+    return EXIT_OK
+
+
+def _first_comment(path: Path) -> str:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
 _COMMANDS = {"run": _cmd_run, "serve": _cmd_serve, "report": _cmd_report,
-             "validate": _cmd_validate}
+             "validate": _cmd_validate, "list": _cmd_list}

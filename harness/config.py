@@ -62,7 +62,7 @@ def load_toml(path: Path) -> dict[str, Any]:
     except IsADirectoryError:
         raise ConfigError(str(path), "", "is a directory, not a TOML file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot be read ({exc.__class__.__name__}: {exc})") from None
+        raise ConfigError(str(path), "", f"cannot be read ({type(exc).__name__}: {exc})") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

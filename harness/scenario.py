@@ -43,6 +43,17 @@ class TurnsSection:
 
 
 @dataclass(frozen=True, slots=True)
+class KeepaliveSection:
+    """WebSocket pings from the client: the only way to notice a half-open connection."""
+
+    ping_interval: float = spec(20.0, kind="duration")  # 0: no pings; the pong is due within half
+
+    def heartbeat(self, scale: float) -> float | None:
+        """aiohttp's heartbeat works in wall seconds."""
+        return self.ping_interval / scale if self.ping_interval > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolSection:
     model: str = "gpt-4o-transcribe"
     language: str = "en"
@@ -76,6 +87,7 @@ class Scenario:
     pacing: PacingSection
     turns: TurnsSection
     protocol: ProtocolSection
+    keepalive: KeepaliveSection
     reconnect: Backoff
     server: ServerSection
     faults: FaultProfile = field(default_factory=FaultProfile)
@@ -106,7 +118,8 @@ class Scenario:
 
 _SECTIONS = {
     "run": RunSection, "audio": AudioSection, "pacing": PacingSection, "turns": TurnsSection,
-    "protocol": ProtocolSection, "reconnect": Backoff, "server": ServerSection,
+    "protocol": ProtocolSection, "keepalive": KeepaliveSection, "reconnect": Backoff,
+    "server": ServerSection,
 }
 
 

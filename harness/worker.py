@@ -133,9 +133,12 @@ class Worker:
         self._row(attempt, "meta", "conn_open")
         headers = dict(self.s.target.headers)
         headers[SESSION_KEY_HEADER] = f"{self.s.variant}/{self.s.worker}/{attempt}"
+        scale = self.clock.scale
+        timeouts = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=max(0.5, 10.0 / scale))
         try:
-            ws = await http.ws_connect(self.s.target.url, headers=headers, max_msg_size=0,
-                                       autoping=True)
+            ws = await http.ws_connect(
+                self.s.target.url, headers=headers, max_msg_size=0, autoping=True,
+                heartbeat=self.s.scenario.keepalive.heartbeat(scale), timeout=timeouts)
         except aiohttp.WSServerHandshakeError as exc:
             request_id = (exc.headers or {}).get("x-request-id") if exc.headers else None
             self._handshake_failed(conn, exc.status, f"HTTP {exc.status}", request_id)

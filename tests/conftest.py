@@ -28,9 +28,9 @@ async def fake_server() -> AsyncIterator[Callable]:
     """Factory: start a FakeServer on 127.0.0.1:0 with a config and clock; all stop at teardown."""
     servers: list[FakeServer] = []
 
-    async def start(config: ServerConfig = ServerConfig(), clock=None,
+    async def start(config: ServerConfig | None = None, clock=None,
                     recorder: Recorder | None = None) -> FakeServer:
-        server = FakeServer(clock or ScaledClock(1.0), config, recorder)
+        server = FakeServer(clock or ScaledClock(1.0), config or ServerConfig(), recorder)
         await server.start("127.0.0.1", 0)
         servers.append(server)
         return server

@@ -77,3 +77,40 @@ mean = "30s"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["seed"] == 5 and manifest["interrupted"] is False
     assert "rtsoak-fake-key" not in (run_dir / "manifest.json").read_text()
+
+
+def test_list_shows_every_shipped_profile_and_scenario() -> None:
+    from harness.fakeserver.faults import shipped_profiles
+
+    result = rtsoak("list")
+    assert result.returncode == 0
+    for name in shipped_profiles():
+        assert f"  {name} " in result.stdout
+    assert "  smoke " in result.stdout
+
+
+def test_serve_with_a_shipped_profile_listens_on_loopback() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "serve", "--faults",
+                             "bad-key-loop", "--port", "0"], stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("rtsoak fake server listening on ws://127.0.0.1:")
+        import asyncio
+
+        import aiohttp
+
+        url = first.split(" on ")[1].strip()
+
+        async def observe() -> tuple[int | None, str]:
+            async with aiohttp.ClientSession() as http, http.ws_connect(
+                    url, headers={"Authorization": "Bearer k"}) as ws:
+                while True:
+                    msg = await ws.receive(timeout=10)
+                    if msg.type is aiohttp.WSMsgType.CLOSE:
+                        return msg.data, msg.extra
+
+        assert asyncio.run(observe()) == (1008, "Invalid API key")
+    finally:
+        proc.terminate()
+        proc.wait(10)

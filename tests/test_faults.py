@@ -189,7 +189,7 @@ def test_every_shipped_profile_parses_and_has_a_description() -> None:
     profiles = shipped_profiles()
     assert len(profiles) >= 10
     covered = set()
-    for name, (description, table) in profiles.items():
+    for name, (description, _table) in profiles.items():
         assert description, name
         covered |= set(parse_faults({"profile": name}, "t").names)
     assert covered >= {"session_age", "random_loss", "idle_timeout", "buffer_pressure", "rate",

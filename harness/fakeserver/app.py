@@ -129,7 +129,7 @@ class FakeServer:
         key = _client_key(request)
         if key is None or (self.config.api_keys and key not in self.config.api_keys):
             return _error_response(401)
-        request_id = "req_" + "%032x" % self._rng.getrandbits(128)
+        request_id = "req_" + f"{self._rng.getrandbits(128):032x}"
         id_header = "apim-request-id" if PATHS[path] == "azure" else "x-request-id"
         self._arrivals += 1
         session_key = request.headers.get(SESSION_KEY_HEADER) or f"arrival-{self._arrivals}"
@@ -168,7 +168,7 @@ class FakeServer:
                      session_key: str, client_key: str) -> None:
         now = self.clock.now()
         rng = random.Random(f"{self.config.seed}/{session_key}")
-        session = TranscriptionSession("sess_" + "%022x" % rng.getrandbits(88), now,
+        session = TranscriptionSession("sess_" + f"{rng.getrandbits(88):022x}", now,
                                        self.clock.wall(), rng, self.limits)
         faults = self.config.faults.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,

@@ -165,7 +165,8 @@ def parse_faults(table: Any, source: str, seed: int = 0) -> FaultProfile:
     if table is None:
         return FaultProfile((), seed)
     if not isinstance(table, dict):
-        raise ConfigError(source, "faults", "must be a table of policies, e.g. [faults.idle_timeout]")
+        raise ConfigError(source, "faults", "must be a table of policies, e.g. "
+                          "[faults.idle_timeout]")
     table = dict(table)
     profile = table.pop("profile", None)
     if profile is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from harness.clock import ScaledClock
 from harness.config import ConfigError, load_toml, read_section
 from harness.fakeserver.app import FakeServer, ServerConfig
-from harness.fakeserver.faults import parse_faults
+from harness.fakeserver.faults import parse_faults, shipped_profiles
 from harness.fakeserver.session import SessionLimits
 from harness.recorder import Recorder
 
@@ -34,6 +34,9 @@ def load_server_config(path: Path | None, seed: int) -> ServerConfig:
     limits; a scenario file works as it is."""
     if path is None:
         return ServerConfig(seed=seed)
+    if not path.exists() and path.suffix == "" and str(path) in shipped_profiles():
+        return ServerConfig(faults=parse_faults({"profile": str(path)}, str(path), seed=seed),
+                            seed=seed)
     if path.suffix == ".json":
         try:
             doc = json.loads(path.read_text())

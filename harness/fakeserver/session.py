@@ -2,7 +2,8 @@
 
 `receive(text, now)` takes one client frame and returns what the server sends at once;
 `poll(now)` returns what has come due since (transcriptions finish after a latency, sessions
-expire). Outputs are event dicts to send as JSON, or a `Fault` (here: session expiry) for the edge to carry out.
+expire). Outputs are event dicts to send as JSON, or a `Fault` (here: session expiry) for the
+edge to carry out.
 Nothing here reads a clock or touches a socket.
 """
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from harness import analysis
 from harness.frames import Frames, RunDirError, load, pacing_lateness, write_frames
@@ -120,7 +119,8 @@ def _charts(frames: Frames, out: Path) -> dict[str, Path]:
 
 _CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.6em; margin-bottom: .2em; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 14px; }
 td, th { border: 1px solid #ddd; padding: 3px 9px; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
