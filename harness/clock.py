@@ -2,7 +2,8 @@
 
 At time scale k one scenario second takes 1/k wall seconds. Everything that timestamps or
 sleeps goes through a Clock, so the same code runs at 1x against a real service, at 60x
-against the fake server, and under a ManualClock in tests.
+against the fake server. Pure modules (session, faults, pacing, reconnect) take `now` as an
+argument instead, which is how tests drive them by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "ScaledClock", "ManualClock"]
+__all__ = ["Clock", "ScaledClock"]
 
 
 class Clock(Protocol):
@@ -58,31 +59,3 @@ class ScaledClock:
 
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self.scale})"
-
-
-class ManualClock:
-    """A clock that moves only when told: pure code under test reads `now` from it, and
-    `sleep_until` advances time instantly (each sleeper jumps the clock forward)."""
-
-    __slots__ = ("scale", "t", "wall_origin")
-
-    def __init__(self, t: float = 0.0) -> None:
-        self.scale = 1.0
-        self.t = t
-        self.wall_origin = 1_700_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def wall(self) -> float:
-        return self.wall_origin + self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-    async def sleep_until(self, t: float) -> None:
-        self.t = max(self.t, t)
-        await asyncio.sleep(0)
-
-    async def sleep(self, seconds: float) -> None:
-        await self.sleep_until(self.t + seconds)

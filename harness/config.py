@@ -87,7 +87,14 @@ def read_section(cls: type, table: Any, source: str, section: str) -> Any:
             values[key] = _convert(fields[key], raw)
         except ValueError as exc:
             raise ConfigError(source, where, str(exc)) from None
-    return cls(**values)
+    built = cls(**values)
+    check = getattr(built, "check", None)  # rules that span fields
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(source, section, str(exc)) from None
+    return built
 
 
 def _kind(value: Any) -> str:

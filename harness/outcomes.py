@@ -37,6 +37,7 @@ class ConnState(StrEnum):
 
 class UtteranceStatus(StrEnum):
     COMPLETED = "completed"      # transcript arrived and its CRC matches what was sent
+    RETRIED_OK = "retried_ok"    # completed on a replay after a drop lost the first attempt
     MISMATCH = "mismatch"        # transcript arrived but names other audio
     FAILED = "failed"            # transcription.failed
     TIMEOUT = "timeout"          # no transcript within the timeout

@@ -1,4 +1,5 @@
-"""Pure send schedules: when each append frame of an utterance is due, in scenario seconds.
+"""Pure send schedules: when each append frame of an utterance is due, in scenario seconds
+from the utterance's start.
 
 Frames are sent on absolute deadlines (start + offset), never "sleep chunk_ms after the last
 send", so lateness never accumulates into drift.
@@ -6,11 +7,34 @@ send", so lateness never accumulates into drift.
 
 from __future__ import annotations
 
-__all__ = ["steady_offsets"]
+from typing import Any
+
+import numpy as np
+
+__all__ = ["schedule", "steady_offsets"]
 
 
 def steady_offsets(frame_count: int, chunk_ms: int, speed: float = 1.0) -> list[float]:
-    """Offsets from the utterance start at which each frame is due: one every chunk_ms of audio,
-    `speed` times faster than real time."""
+    """One frame every chunk_ms of audio, `speed` times faster than real time."""
     step = chunk_ms / 1000.0 / speed
     return [i * step for i in range(frame_count)]
+
+
+def schedule(frame_count: int, pacing: Any, rng: np.random.Generator,
+             pause_at: int | None = None, pause: float = 0.0) -> list[float]:
+    """Offsets for `frame_count` frames under a [pacing] section: steady; jitter (each deadline
+    moved by up to +-jitter_ms, kept in order); burst (burst_frames at once every
+    burst_every_ms). A pause of `pause` seconds is inserted before frame `pause_at`."""
+    if pacing.mode == "burst":
+        every = pacing.burst_every_ms / 1000.0 / pacing.speed
+        offsets = [(i // pacing.burst_frames) * every for i in range(frame_count)]
+    else:
+        offsets = steady_offsets(frame_count, pacing.chunk_ms, pacing.speed)
+        if pacing.mode == "jitter" and frame_count:
+            j = pacing.jitter_ms / 1000.0
+            moved = np.asarray(offsets) + rng.uniform(-j, j, frame_count)
+            # keep order and never before the utterance starts: each at least its predecessor
+            offsets = np.maximum.accumulate(np.maximum(moved, 0.0)).tolist()
+    if pause_at is not None and pause > 0:
+        offsets = [o + pause if i >= pause_at else o for i, o in enumerate(offsets)]
+    return offsets

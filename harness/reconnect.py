@@ -1,33 +1,109 @@
-"""Pure reconnect policy: how long to wait before the next connection attempt, or give up."""
+"""Pure reconnect policy: after a close, wait how long and reconnect, or stop; when to rotate.
+
+Strategies:
+- `on-drop`: exponential backoff with jitter, close-code rules (stop on 1008 and 4xxx, back off
+  longer on 1013 and 429), bounded by consecutive unhealthy attempts.
+- `none`: one connection per worker; a drop ends the worker.
+- `sdk-default`: what the official `openai` SDK does (shared/protocol.md): retries 1001, 1005,
+  1006, 1011, 1012, 1013, 1015 after min(0.5 * 2^(k-1), 8) s x U(0.75, 1), 5 attempts; the new
+  session is not reconfigured and buffered audio is lost.
+Proactive rotation (`rotate_every`), replay of interrupted utterances and make-before-break
+combine with `on-drop`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from harness.config import spec
 
-__all__ = ["Backoff"]
+__all__ = ["ReconnectPolicy", "SDK_RETRIED_CODES"]
+
+SDK_RETRIED_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with proportional jitter, bounded in attempts.
+def _matches(rules: list[Any], code: int | None) -> bool:
+    """A rule is a code (1008), or a pattern of a code class ("4xxx", "5xx")."""
+    if code is None:
+        return False
+    for rule in rules:
+        if isinstance(rule, int) and rule == code:
+            return True
+        if isinstance(rule, str) and rule.endswith("x"):
+            prefix = rule.rstrip("x")
+            if len(rule) == len(str(code)) and str(code).startswith(prefix):
+                return True
+    return False
 
-    `failures` counts consecutive attempts that failed since the last good connection (0 right
-    after a drop of a good one)."""
 
-    strategy: str = spec("on-drop", choices=("on-drop", "none"))
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    strategy: str = spec("on-drop", choices=("on-drop", "none", "sdk-default"))
     initial: float = spec(0.5, kind="duration")
     max: float = spec(8.0, kind="duration")
     multiplier: float = spec(2.0, lo=1.0, hi=10.0)
     jitter: float = spec(0.25, lo=0.0, hi=1.0)
     max_attempts: int = spec(10, lo=1, hi=1000)
+    # a connection that lived less than this counts as a failed attempt (bounds accept-then-close
+    # loops, whose handshakes all succeed)
+    healthy_after: float = spec(10.0, kind="duration")
+    stop_on: list = field(default_factory=lambda: [1008, "4xxx", 401, 403, 404])
+    slow_on: list = field(default_factory=lambda: [1013, 429])
+    slow_factor: float = spec(4.0, lo=1.0, hi=100.0)
+    rotate_every: float = spec(0.0, kind="duration")   # 0: never rotate proactively
+    rotate_jitter: float = spec(0.0, kind="duration")  # rotation at rotate_every +- this
+    replay: bool = False              # re-send an utterance a drop interrupted
+    make_before_break: bool = False   # rotate by opening the new connection first
 
-    def delay(self, failures: int, rng: np.random.Generator) -> float | None:
-        """Seconds to wait before reconnecting, or None to stop the worker."""
-        if self.strategy == "none" or failures >= self.max_attempts:
+    def check(self) -> None:
+        for name in ("stop_on", "slow_on"):
+            for rule in getattr(self, name):
+                if not (isinstance(rule, int) and not isinstance(rule, bool)) and not (
+                        isinstance(rule, str) and rule.rstrip("x").isdigit()
+                        and rule.endswith("x")):
+                    raise ValueError(f"{name}: {rule!r} is not a close code, HTTP status or "
+                                     "pattern like \"4xxx\"")
+        if self.rotate_jitter > self.rotate_every:
+            raise ValueError("rotate_jitter cannot exceed rotate_every")
+
+    @property
+    def reconfigures(self) -> bool:
+        """Does a reconnected session get its session.update again? (The SDK's does not.)"""
+        return self.strategy != "sdk-default"
+
+    @property
+    def replays(self) -> bool:
+        return self.replay and self.strategy == "on-drop"
+
+    def after_close(self, code: int | None, status: int | None, failures: int,
+                    rng: np.random.Generator) -> float | None:
+        """Seconds to wait before reconnecting, or None to stop the worker.
+
+        `code` is the WebSocket close code (None when the handshake failed), `status` the HTTP
+        status of a failed handshake, `failures` the consecutive unhealthy attempts so far,
+        this one included (0 after a healthy connection dropped)."""
+        if self.strategy == "none":
             return None
-        base = min(self.initial * self.multiplier ** failures, self.max)
-        return base * (1.0 - self.jitter * float(rng.random()))
+        if self.strategy == "sdk-default":
+            if code is not None and code not in SDK_RETRIED_CODES:
+                return None
+            attempt = failures + 1
+            if attempt > 5:
+                return None
+            return min(0.5 * 2 ** (attempt - 1), 8.0) * float(rng.uniform(0.75, 1.0))
+        if failures >= self.max_attempts or _matches(self.stop_on, code) or _matches(
+                self.stop_on, status):
+            return None
+        delay = min(self.initial * self.multiplier ** failures, self.max)
+        if _matches(self.slow_on, code) or _matches(self.slow_on, status):
+            delay *= self.slow_factor
+        return delay * (1.0 - self.jitter * float(rng.random()))
+
+    def rotation_age(self, rng: np.random.Generator) -> float | None:
+        """The connection age at which to rotate proactively, or None."""
+        if self.rotate_every <= 0 or self.strategy != "on-drop":
+            return None
+        return self.rotate_every + float(rng.uniform(-1.0, 1.0)) * self.rotate_jitter

@@ -80,14 +80,19 @@ def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) ->
     }
 
 
+def server_config_doc(scenario: Scenario) -> dict[str, Any]:
+    """What the embedded fake server needs: limits, and each variant's fault policies."""
+    return {"faults": scenario.raw_faults, "server": scenario.to_dict()["server"],
+            "variants": {v.variant: v.raw_faults for v in scenario.variants}}
+
+
 def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
     library = AudioLibrary.from_dir(scenario.audio_dir())
     run_dir = new_run_dir(out_base, scenario.run.name)
     started = datetime.now(UTC).isoformat()
     doc = manifest(scenario, None, started)
     write_json(run_dir / "manifest.json", doc)
-    write_json(run_dir / "server.json", {"faults": scenario.raw_faults,
-                                          "server": scenario.to_dict()["server"]})
+    write_json(run_dir / "server.json", server_config_doc(scenario))
     server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
                             scenario.run.seed)
     wall0 = time.monotonic()
@@ -98,8 +103,10 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
         target = Target.fake(url)
         doc["target"] = target.describe()
         write_json(run_dir / "manifest.json", doc)
-        log(f"rtsoak: {scenario.run.workers} workers, {scenario.run.duration:.0f} s scenario "
-            f"time at {clock.scale:g}x against {url}")
+        variants = scenario.variants or (scenario,)
+        workers = sum(v.run.workers for v in variants)
+        log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
+            f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}")
         interrupted = _event_loop_run(run_workers(scenario, clock, target, library, run_dir,
                                                   log))
     finally:
@@ -141,12 +148,14 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     run = scenario.run
-    workers = [
-        Worker(WorkerSetup(worker=i, variant=run.name, scenario=scenario, clock=clock,
-                           recorder=recorder, target=target, library=library, stop=stop,
-                           start_at=run.ramp_up * i / max(1, run.workers)))
-        for i in range(run.workers)
-    ]
+    workers = []
+    for variant in scenario.variants or (scenario,):
+        n = variant.run.workers
+        workers += [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
+                                       clock=clock, recorder=recorder, target=target,
+                                       library=library, stop=stop,
+                                       start_at=run.ramp_up * i / max(1, n)))
+                    for i in range(n)]
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:

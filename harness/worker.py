@@ -1,5 +1,6 @@
-"""One simulated caller: connect, configure, then clear -> paced appends -> commit -> await the
-transcript, utterance after utterance; on a drop, classify it and reconnect with backoff.
+"""One simulated caller: connect, configure, then utterance after utterance (clear -> paced
+appends -> commit -> await the transcript, or server-VAD turns); on a drop, classify it and
+reconnect as the scenario's ReconnectPolicy says; rotate proactively; replay lost utterances.
 
 This is the client's I/O edge. aiohttp errors are mapped here, once, into a close
 classification; pacing and reconnect decisions come from the pure modules. Every frame sent or
@@ -16,12 +17,13 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from harness.audio import AudioLibrary, Utterance
+from harness.audio import AudioLibrary, Frame, Utterance, noise, to_pcm16
 from harness.clock import Clock
 from harness.fakeserver.app import SESSION_KEY_HEADER
 from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.pacing import steady_offsets
+from harness.pacing import schedule, steady_offsets
+from harness.protocol import BETA_HEADER, CREATED, UPDATED
 from harness.recorder import Recorder
 from harness.scenario import Scenario
 from harness.target import Target
@@ -31,6 +33,7 @@ __all__ = ["Worker", "WorkerSetup"]
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 FAILED = "conversation.item.input_audio_transcription.failed"
 _SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
+_NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
 
 
 @dataclass(slots=True)
@@ -53,6 +56,11 @@ class Conn:
     attempt: int
     opened: float
     closed: asyncio.Future
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    reader: asyncio.Task | None = None
+    established: float | None = None
+    handshake_status: int | None = None
+    rotate_at: float | None = None
     state: ConnState = ConnState.CONNECTING
     request_id: str | None = None
     session_id: str | None = None
@@ -62,22 +70,33 @@ class Conn:
     audio_ms: float = 0.0
     completed: int = 0
     client_closing: bool = False
-    closed_at: float | None = None  # when the close was seen (or begun, by us): the lifetime's end
     client_cause: CloseCause = CloseCause.SCENARIO_END
+    closed_at: float | None = None  # when the close was seen (or begun, by us): the lifetime's end
+    close_code: int | None = None
     close_frame: tuple[int, str] | None = None
     transport_error: str | None = None
     expired: bool = False
+    summarized: bool = False
     updated: asyncio.Future | None = None
     committed: asyncio.Future | None = None
     results: dict[str, asyncio.Future] = field(default_factory=dict)
+    vad_results: asyncio.Queue | None = None
 
 
 class Worker:
     def __init__(self, setup: WorkerSetup) -> None:
         self.s = setup
+        self.sc = setup.scenario
         self.clock = setup.clock
-        self.rng = np.random.default_rng([setup.scenario.run.seed, setup.worker])
+        self.rng = np.random.default_rng([self.sc.run.seed, setup.worker])
+        self.policy_rng = np.random.default_rng([self.sc.run.seed, setup.worker, 1])
+        self.attempt = 0
         self.utterance_no = 0
+        self.next_utterance = 0
+        self.replay: tuple[str, Utterance, int] | None = None
+        self._silence = self._silence_frames()
+        self._silence_i = 0
+        self._paused: dict[str, Utterance] = {}
 
     # recording ------------------------------------------------------------------------------
     def _row(self, conn: int, dir_: str, type_: str, t: float | None = None, **kw: Any) -> None:
@@ -111,78 +130,136 @@ class Worker:
 
     # the worker's life ----------------------------------------------------------------------
     async def run(self, http: aiohttp.ClientSession) -> None:
-        policy = self.s.scenario.reconnect
+        policy = self.sc.reconnect
         await self._wait(None, self.s.start_at)
-        attempt, failures = 0, 0
+        failures = 0
+        conn: Conn | None = None
         while not self.stopping():
-            attempt += 1
-            opened = await self._connection(http, attempt)
-            failures = 0 if opened else failures + 1
+            if conn is None:
+                conn = await self._open(http, configure=self.attempt == 0 or policy.reconfigures)
+            if conn.ws is not None and not conn.closed.done():
+                outcome = await self._talk(conn)
+                if outcome == "stopped":
+                    await self._close(conn, CloseCause.SCENARIO_END)
+                    return
+                if outcome == "rotate":
+                    conn = await self._rotate(http, conn)
+                    continue
+            await self._finish(conn)  # it failed to open, or the server or transport ended it
             if self.stopping():
-                break
-            delay = policy.delay(failures, self.rng)
+                return
+            lived = (conn.closed_at or 0.0) - (conn.established or conn.opened)
+            healthy = conn.established is not None and lived >= policy.healthy_after
+            failures = 0 if healthy else failures + 1
+            delay = policy.after_close(conn.close_code, conn.handshake_status,
+                                       0 if healthy else failures, self.policy_rng)
             if delay is None:
-                self._row(attempt, "meta", "worker_stopped",
-                          detail={"reason": "reconnect policy gave up", "failures": failures})
-                break
+                self._row(conn.attempt, "meta", "worker_stopped", code=conn.close_code,
+                          detail={"reason": "reconnect policy stops here", "failures": failures,
+                                  "status": conn.handshake_status})
+                return
+            conn = None
             await self._wait(None, self.clock.now() + delay)
 
-    async def _connection(self, http: aiohttp.ClientSession, attempt: int) -> bool:
+    async def _open(self, http: aiohttp.ClientSession, configure: bool) -> Conn:
+        """Connect and configure; the Conn returned is open, or closed with its reason."""
+        self.attempt += 1
         loop = asyncio.get_running_loop()
-        conn = Conn(attempt, self.clock.now(), loop.create_future())
-        self._row(attempt, "meta", "conn_open")
+        conn = Conn(self.attempt, self.clock.now(), loop.create_future())
+        self._row(conn.attempt, "meta", "conn_open")
         headers = dict(self.s.target.headers)
-        headers[SESSION_KEY_HEADER] = f"{self.s.variant}/{self.s.worker}/{attempt}"
+        headers[SESSION_KEY_HEADER] = f"{self.s.variant}/{self.s.worker}/{conn.attempt}"
+        if self.sc.protocol.dialect == "beta":
+            headers[BETA_HEADER[0]] = BETA_HEADER[1]
         scale = self.clock.scale
         timeouts = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=max(0.5, 10.0 / scale))
         try:
             ws = await http.ws_connect(
                 self.s.target.url, headers=headers, max_msg_size=0, autoping=True,
-                heartbeat=self.s.scenario.keepalive.heartbeat(scale), timeout=timeouts)
+                heartbeat=self.sc.keepalive.heartbeat(scale), timeout=timeouts)
         except aiohttp.WSServerHandshakeError as exc:
-            request_id = (exc.headers or {}).get("x-request-id") if exc.headers else None
+            headers_in = exc.headers or {}
+            request_id = headers_in.get("x-request-id") or headers_in.get("apim-request-id")
             self._handshake_failed(conn, exc.status, f"HTTP {exc.status}", request_id)
-            return False
+            return conn
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._handshake_failed(conn, None, type(exc).__name__, None)
-            return False
+            return conn
         response = getattr(ws, "_response", None)
         if response is not None:
             conn.request_id = (response.headers.get("x-request-id")
                                or response.headers.get("apim-request-id"))
-        latency = self.clock.now() - conn.opened
-        self._row(attempt, "meta", "handshake", code=101, item=conn.request_id,
-                  detail={"latency": latency})
-        reader = asyncio.create_task(self._read(ws, conn))
-        try:
-            await self._converse(ws, conn)
-        except _SEND_ERRORS as exc:
-            conn.transport_error = conn.transport_error or type(exc).__name__
-        finally:
-            # Close from our side only if the socket still works; a failed send means the
-            # transport is gone and the reader is about to report how.
-            if conn.transport_error is None and not conn.closed.done() and not ws.closed:
-                conn.client_closing = True
-                conn.closed_at = self.clock.now()
-                if not self.stopping():
-                    conn.client_cause = CloseCause.PROTOCOL_ERROR
-                try:
-                    await ws.close(code=1000, message=conn.client_cause.encode())
-                except _SEND_ERRORS:
-                    pass
+        conn.ws, conn.established, conn.handshake_status = ws, self.clock.now(), 101
+        self._row(conn.attempt, "meta", "handshake", code=101, item=conn.request_id,
+                  detail={"latency": conn.established - conn.opened})
+        if self.sc.turns.mode == "server_vad":
+            conn.vad_results = asyncio.Queue()
+        conn.reader = loop.create_task(self._read(conn))
+        rotate_age = self.sc.reconnect.rotation_age(self.policy_rng)
+        if rotate_age is not None:
+            conn.rotate_at = conn.established + rotate_age
+        if configure:
+            conn.state = ConnState.CONFIGURING
+            conn.updated = loop.create_future()
+            try:
+                await self._send(conn, self.sc.session_update())
+            except _SEND_ERRORS as exc:
+                conn.transport_error = type(exc).__name__
+                return conn
+            until = self.clock.now() + self.sc.turns.transcript_timeout
+            if await self._wait(conn.updated, until, conn) == "timeout":
+                await self._close(conn, CloseCause.PROTOCOL_ERROR)
+                return conn
+        conn.state = ConnState.IDLE
+        return conn
+
+    async def _rotate(self, http: aiohttp.ClientSession, old: Conn) -> Conn | None:
+        """Planned rotation: the new connection first (make-before-break) or after."""
+        if self.sc.reconnect.make_before_break:
+            new = await self._open(http, configure=True)
+            if new.ws is not None and not new.closed.done():
+                await self._close(old, CloseCause.PROACTIVE)
+                return new
+            await self._finish(new)
+            old.rotate_at = self.clock.now() + self.sc.reconnect.initial  # try again soon
+            return old
+        await self._close(old, CloseCause.PROACTIVE)
+        return None
+
+    async def _close(self, conn: Conn, cause: CloseCause) -> None:
+        """Close from our side (1000), if the socket still works, and record the connection."""
+        ws = conn.ws
+        if ws is not None and conn.transport_error is None and not conn.closed.done() \
+                and not ws.closed:
+            conn.client_closing, conn.client_cause = True, cause
+            conn.closed_at = self.clock.now()
+            try:
+                await ws.close(code=1000, message=str(cause).encode())
+            except _SEND_ERRORS:
+                pass
+        await self._finish(conn)
+
+    async def _finish(self, conn: Conn) -> None:
+        """Wait (bounded) for the reader to report how the connection ended; record it once."""
+        if conn.summarized:
+            return
+        if conn.ws is not None:
             await self._wait(conn.closed, self.clock.now() + 5.0 * self.clock.scale)
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        self._closed(conn, ws)
-        return True
+            if conn.reader is not None:
+                conn.reader.cancel()
+                await asyncio.gather(conn.reader, return_exceptions=True)
+            self._classify(conn)
 
     def _handshake_failed(self, conn: Conn, status: int | None, reason: str,
                           request_id: str | None) -> None:
+        conn.handshake_status, conn.request_id = status, request_id
+        conn.closed_at = self.clock.now()
         self._row(conn.attempt, "meta", "handshake", code=status, item=request_id,
-                  text=reason, detail={"latency": self.clock.now() - conn.opened})
+                  text=reason, detail={"latency": conn.closed_at - conn.opened})
         self._summary(conn, ClosedBy.NONE, CloseCause.HANDSHAKE_FAILED, status, reason)
+        conn.closed.set_result(None)
 
-    def _closed(self, conn: Conn, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def _classify(self, conn: Conn) -> None:
         if conn.client_closing:
             who, cause = ClosedBy.CLIENT, conn.client_cause
             code, reason = 1000, str(conn.client_cause)
@@ -192,24 +269,28 @@ class Worker:
             cause = CloseCause.EXPIRED if conn.expired else CloseCause.SERVER_CLOSE
         else:
             who, cause = ClosedBy.TRANSPORT, CloseCause.ABNORMAL
-            code = ws.close_code if ws.close_code not in (None, 1000) else 1006
+            ws_code = conn.ws.close_code if conn.ws is not None else None
+            code = ws_code if ws_code not in (None, 1000) else 1006
             reason = conn.transport_error or ""
+        conn.close_code = code
         self._summary(conn, who, cause, code, reason)
 
     def _summary(self, conn: Conn, who: ClosedBy, cause: CloseCause, code: int | None,
                  reason: str) -> None:
+        conn.summarized = True
         now = conn.closed_at if conn.closed_at is not None else self.clock.now()
         self._row(conn.attempt, "meta", "conn_close", t=now, code=code, item=conn.request_id,
                   text=reason, detail={
                       "closed_by": str(who), "cause": str(cause), "state": str(conn.state),
-                      "opened": conn.opened,
                       "since_sent": None if conn.last_sent is None else now - conn.last_sent,
                       "since_recv": None if conn.last_recv is None else now - conn.last_recv,
                       "uncommitted_ms": conn.uncommitted_ms, "audio_ms": conn.audio_ms,
                       "completed": conn.completed, "session_id": conn.session_id})
 
     # receiving ------------------------------------------------------------------------------
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, conn: Conn) -> None:
+    async def _read(self, conn: Conn) -> None:
+        ws = conn.ws
+        assert ws is not None
         try:
             while True:
                 msg = await ws.receive()
@@ -261,16 +342,19 @@ class Worker:
                 conn.expired = True
             elif conn.committed is not None and not conn.committed.done():
                 conn.committed.set_result(None)  # the commit was refused
-        elif type_ in ("session.created", "session.updated"):
+        elif type_ in CREATED or type_ in UPDATED:
             session = event.get("session") or {}
             conn.session_id = session.get("id") or conn.session_id
-            if type_ == "session.updated" and conn.updated and not conn.updated.done():
+            if type_ in UPDATED and conn.updated and not conn.updated.done():
                 conn.updated.set_result(True)
         self._row(conn.attempt, "recv", type_, bytes_=len(data), item=item, text=text)
 
     @staticmethod
     def _resolve(conn: Conn, item: Any, result: tuple[str, Any]) -> None:
         if not isinstance(item, str):
+            return
+        if conn.vad_results is not None:
+            conn.vad_results.put_nowait((item, *result))
             return
         fut = conn.results.get(item)
         if fut is None:
@@ -279,58 +363,25 @@ class Worker:
             fut.set_result(result)
 
     # sending --------------------------------------------------------------------------------
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, conn: Conn, event: dict) -> None:
+    async def _send(self, conn: Conn, event: dict) -> None:
+        assert conn.ws is not None
         text = json.dumps(event)
-        await ws.send_str(text)
+        await conn.ws.send_str(text)
         conn.last_sent = self.clock.now()
         self._row(conn.attempt, "send", event["type"], bytes_=len(text))
 
-    async def _converse(self, ws: aiohttp.ClientWebSocketResponse, conn: Conn) -> None:
-        scenario = self.s.scenario
-        loop = asyncio.get_running_loop()
-        conn.state = ConnState.CONFIGURING
-        conn.updated = loop.create_future()
-        await self._send(ws, conn, scenario.protocol.session_update())
-        if await self._wait(conn.updated, self.clock.now() + scenario.turns.transcript_timeout,
-                            conn) != "done":
-            return
-        conn.state = ConnState.IDLE
-        while not self.stopping() and not conn.closed.done():
-            await self._utterance(ws, conn, self.s.library.pick(self.rng))
-            if conn.closed.done() or self.stopping():
-                return
-            conn.state = ConnState.IDLE
-            outcome = await self._wait(None, self.clock.now() + scenario.turns.gap, conn)
-            if outcome != "timeout":
-                return
-
-    async def _utterance(self, ws: aiohttp.ClientWebSocketResponse, conn: Conn,
-                         utt: Utterance) -> None:
-        self.utterance_no += 1
-        key = f"{self.s.variant}/{self.s.worker}/{self.utterance_no}"
-        self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
-                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm)})
-        try:
-            await self._utterance_turn(ws, conn, utt, key)
-        except _SEND_ERRORS:
-            self._utterance_end(conn, key, UtteranceStatus.LOST)
-            raise
-
-    async def _utterance_turn(self, ws: aiohttp.ClientWebSocketResponse, conn: Conn,
-                              utt: Utterance, key: str) -> None:
-        scenario, clock = self.s.scenario, self.clock
-        conn.state = ConnState.STREAMING
-        await self._send(ws, conn, {"type": "input_audio_buffer.clear"})
-        conn.uncommitted_ms = 0.0
-        chunk_ms = scenario.pacing.chunk_ms
-        frames = utt.frames(chunk_ms)
-        start = clock.now()
-        scale = clock.scale
-        row = self.s.recorder.row
-        for frame, offset in zip(frames, steady_offsets(len(frames), chunk_ms,
-                                                        scenario.pacing.speed), strict=True):
-            if conn.closed.done() or self.stopping():
-                return self._utterance_end(conn, key, UtteranceStatus.LOST)
+    async def _stream(self, conn: Conn, frames: list[Frame] | tuple[Frame, ...],
+                      offsets: list[float]) -> bool:
+        """Send frames on absolute deadlines; False if the connection closed or the run
+        stopped first. This is the per-frame hot path: keep it lean."""
+        clock, ws, row = self.clock, conn.ws, self.s.recorder.row
+        assert ws is not None
+        start, scale = clock.now(), clock.scale
+        variant, worker, attempt = self.s.variant, self.s.worker, conn.attempt
+        closed, stop = conn.closed, self.s.stop
+        for frame, offset in zip(frames, offsets, strict=True):
+            if closed.done() or stop.done():
+                return False
             due = start + offset
             if clock.now() < due:
                 await clock.sleep_until(due)
@@ -340,37 +391,185 @@ class Worker:
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
             conn.audio_ms += audio_ms
-            row(clock.wall(), sent, "client", self.s.variant, self.s.worker, conn.attempt, "send",
+            row(clock.wall(), sent, "client", variant, worker, attempt, "send",
                 "input_audio_buffer.append", len(frame.json), audio_ms,
                 (sent - due) * 1000.0 / scale)
+        return True
+
+    # conversation ---------------------------------------------------------------------------
+    async def _talk(self, conn: Conn) -> str:
+        """Utterances until the connection closes ('closed'), the run ends ('stopped') or a
+        planned rotation is due ('rotate')."""
+        try:
+            while True:
+                if self.stopping():
+                    return "stopped"
+                if conn.closed.done():
+                    return "closed"
+                if conn.rotate_at is not None and self.clock.now() >= conn.rotate_at:
+                    return "rotate"
+                if self.sc.turns.mode == "server_vad":
+                    await self._vad_turn(conn)
+                else:
+                    await self._client_turn(conn)
+        except _SEND_ERRORS as exc:
+            conn.transport_error = conn.transport_error or type(exc).__name__
+            return "closed"
+
+    def _next(self) -> tuple[str, Utterance, int]:
+        """The next utterance: one a drop interrupted (when replaying), else a new one."""
+        if self.replay is not None:
+            replay, self.replay = self.replay, None
+            return replay
+        self.utterance_no += 1
+        utterances = self.s.library.utterances
+        if self.sc.audio.selection == "sequential":
+            utt = utterances[self.next_utterance % len(utterances)]
+            self.next_utterance += 1
+        else:
+            utt = self.s.library.pick(self.rng)
+        return f"{self.s.variant}/{self.s.worker}/{self.utterance_no}", self._with_pause(utt), 1
+
+    async def _client_turn(self, conn: Conn) -> None:
+        key, utt, attempt = self._next()
+        self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
+                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
+                          "attempt": attempt})
+        status = UtteranceStatus.LOST
+        try:
+            status = await self._utterance(conn, utt, key)
+        except _SEND_ERRORS:
+            self._utterance_end(conn, key, status)
+            raise
+        finally:
+            policy = self.sc.reconnect
+            if policy.replays and attempt < policy.max_attempts and status in (
+                    UtteranceStatus.LOST, UtteranceStatus.TIMEOUT) and not self.stopping():
+                self.replay = (key, utt, attempt + 1)
+        if attempt > 1 and status is UtteranceStatus.COMPLETED:
+            status = UtteranceStatus.RETRIED_OK
+        self._utterance_end(conn, key, status, *self._last_result)
+        if not conn.closed.done() and not self.stopping():
+            await self._gap(conn)
+
+    async def _utterance(self, conn: Conn, utt: Utterance, key: str) -> UtteranceStatus:
+        """clear -> appends -> commit -> transcript; the status, with details kept aside."""
+        sc, clock = self.sc, self.clock
+        self._last_result: tuple = ()
+        conn.state = ConnState.STREAMING
+        await self._send(conn, {"type": "input_audio_buffer.clear"})
+        conn.uncommitted_ms = 0.0
+        frames = utt.frames(sc.pacing.chunk_ms)
+        pause_at = len(frames) // 2 if sc.silence.fill == "idle" and sc.silence.pause else None
+        offsets = schedule(len(frames), sc.pacing, self.rng, pause_at, sc.silence.pause)
+        if not await self._stream(conn, frames, offsets):
+            return self._interrupted("closed" if conn.closed.done() else "stopped")
         conn.committed = asyncio.get_running_loop().create_future()
-        await self._send(ws, conn, {"type": "input_audio_buffer.commit"})
+        await self._send(conn, {"type": "input_audio_buffer.commit"})
         committed_at = clock.now()
         conn.state = ConnState.AWAITING
-        deadline = committed_at + scenario.turns.transcript_timeout
+        deadline = committed_at + sc.turns.transcript_timeout
         outcome = await self._wait(conn.committed, deadline, conn)
         if outcome != "done":
-            return self._utterance_end(conn, key, self._interrupted(outcome))
+            return self._interrupted(outcome)
         item_id = conn.committed.result()
         conn.uncommitted_ms = 0.0
         if item_id is None:
-            return self._utterance_end(conn, key, UtteranceStatus.REJECTED)
+            return UtteranceStatus.REJECTED
         fut = conn.results.get(item_id)
         if fut is None:
             fut = conn.results[item_id] = asyncio.get_running_loop().create_future()
         outcome = await self._wait(fut, deadline, conn)
         if outcome != "done":
-            return self._utterance_end(conn, key, self._interrupted(outcome), item_id)
+            self._last_result = (item_id, None, None, committed_at)
+            return self._interrupted(outcome)
         kind, text = conn.results.pop(item_id).result()
+        latency = clock.now() - committed_at
+        self._last_result = (item_id, text, latency, committed_at)
         if kind == "failed":
-            return self._utterance_end(conn, key, UtteranceStatus.FAILED, item_id, text)
+            return UtteranceStatus.FAILED
         mark = parse_transcript(text)
-        ok = mark is None or mark.crc32 == utt.crc32
-        if ok:
-            conn.completed += 1
-        status = UtteranceStatus.COMPLETED if ok else UtteranceStatus.MISMATCH
-        self._utterance_end(conn, key, status, item_id, text,
-                            latency=clock.now() - committed_at)
+        if mark is not None and mark.crc32 != utt.crc32:
+            return UtteranceStatus.MISMATCH
+        conn.completed += 1
+        return UtteranceStatus.COMPLETED
+
+    async def _vad_turn(self, conn: Conn) -> None:
+        """Server VAD: stream the utterance and then silence (so the server hears its end);
+        never clear or commit; take the next transcript the server produces."""
+        key, utt, attempt = self._next()
+        self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
+                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
+                          "attempt": attempt})
+        self._last_result = ()
+        conn.state = ConnState.STREAMING
+        frames = utt.frames(self.sc.pacing.chunk_ms)
+        sent = await self._stream(conn, frames, schedule(len(frames), self.sc.pacing, self.rng))
+        started = self.clock.now()
+        if sent:
+            await self._gap(conn, at_least=1.0)
+        status = self._interrupted("closed" if conn.closed.done() else "stopped")
+        if sent and not conn.closed.done() and not self.stopping():
+            conn.state = ConnState.AWAITING
+            assert conn.vad_results is not None
+            getter = asyncio.ensure_future(conn.vad_results.get())
+            outcome = await self._wait(getter, started + self.sc.turns.transcript_timeout, conn)
+            if outcome == "done":
+                item_id, kind, text = getter.result()
+                conn.uncommitted_ms = 0.0
+                self._last_result = (item_id, text, self.clock.now() - started, None)
+                status = (UtteranceStatus.FAILED if kind == "failed"
+                          else UtteranceStatus.COMPLETED)
+                conn.completed += status is UtteranceStatus.COMPLETED
+            else:
+                getter.cancel()
+                status = self._interrupted(outcome)
+        self._utterance_end(conn, key, status, *self._last_result)
+
+    async def _gap(self, conn: Conn, at_least: float = 0.0) -> None:
+        """Between utterances: idle, or streamed silence that stays uncommitted until the next
+        clear (server VAD needs streamed silence to hear an utterance end)."""
+        gap = max(self.sc.silence.gap, at_least)
+        conn.state = ConnState.IDLE
+        if self.sc.silence.fill == "idle" and not at_least:
+            await self._wait(None, self.clock.now() + gap, conn)
+            return
+        chunk_ms = self.sc.pacing.chunk_ms
+        count = max(1, round(gap * 1000 / chunk_ms))
+        frames = [self._silence[(self._silence_i + i) % len(self._silence)]
+                  for i in range(count)]
+        self._silence_i += count
+        await self._stream(conn, frames, steady_offsets(count, chunk_ms))
+
+    # audio as sent ---------------------------------------------------------------------------
+    def _silence_frames(self) -> list[Frame]:
+        """Pre-encoded streamed-silence frames: digital zero, or a pool of noise frames."""
+        chunk_s = self.sc.pacing.chunk_ms / 1000.0
+        fill = self.sc.silence.fill
+        if fill != "noise":
+            return list(Utterance("silence", bytes(int(chunk_s * 48000) // 2 * 2))
+                        .frames(self.sc.pacing.chunk_ms))
+        rng = np.random.default_rng([self.sc.run.seed, self.s.worker, 2])
+        pcm = to_pcm16(noise(chunk_s * _NOISE_POOL, self.sc.silence.noise_dbfs, rng), 24000)
+        return list(Utterance("noise", pcm).frames(self.sc.pacing.chunk_ms))
+
+    def _with_pause(self, utt: Utterance) -> Utterance:
+        """The utterance as sent when a streamed pause splits it (idle pauses are a gap in the
+        schedule instead, and leave the audio as it is)."""
+        silence = self.sc.silence
+        if not silence.pause or silence.fill == "idle":
+            return utt
+        cached = self._paused.get(utt.name)
+        if cached is None:
+            half = len(utt.pcm) // 4 * 2
+            if silence.fill == "zeros":
+                gap = bytes(int(silence.pause * 24000) * 2)
+            else:
+                rng = np.random.default_rng([self.sc.run.seed, 3])
+                gap = to_pcm16(noise(silence.pause, silence.noise_dbfs, rng), 24000)
+            cached = self._paused[utt.name] = Utterance(
+                utt.name + "+pause", utt.pcm[:half] + gap + utt.pcm[half:])
+        return cached
 
     @staticmethod
     def _interrupted(outcome: str) -> UtteranceStatus:
@@ -379,9 +578,9 @@ class Worker:
 
     def _utterance_end(self, conn: Conn, key: str, status: UtteranceStatus,
                        item_id: str | None = None, transcript: str | None = None,
-                       latency: float | None = None) -> None:
+                       latency: float | None = None, committed: float | None = None) -> None:
         if status is UtteranceStatus.LOST and self.stopping():
             status = UtteranceStatus.UNFINISHED
         self._row(conn.attempt, "meta", "utt_end", item=key, text=str(status),
                   detail={"item_id": item_id, "transcript": transcript, "latency": latency,
-                          "uncommitted_ms": conn.uncommitted_ms})
+                          "committed": committed, "uncommitted_ms": conn.uncommitted_ms})

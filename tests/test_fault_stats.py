@@ -21,7 +21,7 @@ workers = 10
 time_scale = {scale}
 [pacing]
 chunk_ms = 100
-[turns]
+[silence]
 gap = "{gap}"
 [reconnect]
 initial = "{backoff}"

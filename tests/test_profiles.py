@@ -31,7 +31,7 @@ profile = "{profile}"
 OVERRIDES = {
     "age-hazard": '[faults.session_age]\nmean = "40s"\n',
     "half-open": '[faults.session_age]\nmean = "30s"\naction = "half_open"\nhold = "2m"\n',
-    "idle-timeout": '[faults.idle_timeout]\nafter = "1500ms"\n[turns]\ngap = "3s"\n',
+    "idle-timeout": '[faults.idle_timeout]\nafter = "1500ms"\n[silence]\ngap = "3s"\n',
     "session-expiry": '[faults.max_duration]\nafter = "40s"\n',
 }
 EXPECTED_CAUSE = {

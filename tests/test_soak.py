@@ -21,8 +21,9 @@ workers = 4
 time_scale = 120
 [pacing]
 chunk_ms = 100
-[turns]
+[silence]
 gap = "1s"
+[turns]
 transcript_timeout = "10s"
 [reconnect]
 initial = "200ms"

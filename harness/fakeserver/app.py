@@ -43,6 +43,12 @@ class ServerConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     seed: int = 0
     api_keys: frozenset[str] = frozenset()  # empty: any non-empty key is accepted
+    # rtsoak variants may each have their own faults, chosen by the session key's variant
+    variant_faults: dict[str, FaultProfile] = field(default_factory=dict)
+
+    def faults_for(self, session_key: str) -> FaultProfile:
+        variant = session_key.split("/", 1)[0] if "/" in session_key else None
+        return self.variant_faults.get(variant, self.faults) if variant else self.faults
 
 
 @dataclass(slots=True)
@@ -83,9 +89,6 @@ class FakeServer:
         self.host = "127.0.0.1"
         self.clock_ready = asyncio.Event()  # cleared while an embedding runner sets the origin
         self.clock_ready.set()
-        max_session = config.faults.max_session
-        self.limits = (config.limits if max_session is None
-                       else dataclasses.replace(config.limits, max_duration=max_session))
 
     @property
     def url(self) -> str:
@@ -109,6 +112,12 @@ class FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def _limits(self, faults: FaultProfile) -> SessionLimits:
+        """A max_duration policy shortens the service's session limit."""
+        if faults.max_session is None:
+            return self.config.limits
+        return dataclasses.replace(self.config.limits, max_duration=faults.max_session)
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds / self.clock.scale))
@@ -146,7 +155,8 @@ class FakeServer:
                      headers: dict[str, str]) -> web.Response | None:
         """Apply handshake policies: maybe wait, evict older sessions, or refuse."""
         live = [(k, s.client_key, s.opened) for k, s in self._live.items()]
-        decision = self.config.faults.handshake(session_key, client_key, self.clock.now(), live)
+        faults = self.config.faults_for(session_key)
+        decision = faults.handshake(session_key, client_key, self.clock.now(), live)
         if decision.policy is None:
             return None
         self._log("handshake_fault", request_id, code=decision.status, text=decision.policy,
@@ -156,7 +166,7 @@ class FakeServer:
             await self._sleep(decision.delay)
         for victim in decision.evict:
             if victim in self._live:
-                cap = dict(self.config.faults.policies)["concurrency_cap"]
+                cap = dict(faults.policies)["concurrency_cap"]
                 asyncio.get_running_loop().create_task(
                     self._live[victim].inject(cap.fault("concurrency_cap")))
         if decision.status is not None:
@@ -168,9 +178,10 @@ class FakeServer:
                      session_key: str, client_key: str) -> None:
         now = self.clock.now()
         rng = random.Random(f"{self.config.seed}/{session_key}")
+        profile = self.config.faults_for(session_key)
         session = TranscriptionSession("sess_" + f"{rng.getrandbits(88):022x}", now,
-                                       self.clock.wall(), rng, self.limits)
-        faults = self.config.faults.start(session_key, now)
+                                       self.clock.wall(), rng, self._limits(profile))
+        faults = profile.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,
                   detail={"session_key": session_key, "peer": request.remote})
         wake = asyncio.Event()

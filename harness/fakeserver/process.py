@@ -49,8 +49,10 @@ def load_server_config(path: Path | None, seed: int) -> ServerConfig:
     server = read_section(ServerSection, doc.get("server"), str(path), "server")
     limits = SessionLimits(max_duration=server.max_session, latency_base=server.latency_base,
                            latency_per_audio_second=server.latency_per_audio_second)
+    variants = {name: parse_faults(table, str(path), seed=seed)
+                for name, table in (doc.get("variants") or {}).items()}
     return ServerConfig(faults=parse_faults(doc.get("faults"), str(path), seed=seed),
-                        limits=limits, seed=seed)
+                        limits=limits, seed=seed, variant_faults=variants)
 
 
 async def serve(host: str, port: int, config: ServerConfig, scale: float, out: Path | None,
