@@ -161,7 +161,9 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks = [loop.create_task(w.run(http)) for w in workers]
             end_wait = loop.create_task(clock.sleep_until(run.duration))
-            await asyncio.wait([stop, end_wait], return_when=asyncio.FIRST_COMPLETED)
+            all_done = asyncio.gather(*tasks, return_exceptions=True)
+            # the run ends at its duration, on a signal, or when every worker has stopped
+            await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
             end_wait.cancel()
             if not stop.done():
                 stop.set_result(True)

@@ -6,10 +6,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.clock import ScaledClock
-from harness.fakeserver.app import ServerConfig
-from harness.fakeserver.session import SessionLimits
+from harness.fakeserver.process import server_config_from_doc
 from harness.recorder import Recorder
-from harness.runner import manifest, run_workers, write_json
+from harness.runner import manifest, run_workers, server_config_doc, write_json
 from harness.scenario import Scenario, load_scenario
 from harness.target import Target
 
@@ -27,9 +26,9 @@ async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path
     write_json(run_dir / "manifest.json", manifest(scenario, None, datetime.now(UTC).isoformat()))
     clock = ScaledClock(scenario.run.time_scale)
     server_log = Recorder(run_dir / "events-server.arrows")
-    limits = SessionLimits(latency_base=0.2, latency_per_audio_second=0.05)
-    server = await fake_server(ServerConfig(faults=scenario.faults, limits=limits,
-                                            seed=scenario.run.seed), clock, server_log)
+    config = server_config_from_doc(server_config_doc(scenario), scenario.source,
+                                    scenario.run.seed)
+    server = await fake_server(config, clock, server_log)
     await run_workers(scenario, clock, Target.fake(server.url), library, run_dir,
                       log=lambda *_: None, handle_signals=False)
     server_log.close()

@@ -85,3 +85,69 @@ def test_command_line_overrides_win(tmp_path: Path) -> None:
     scenario = load_scenario(_write(tmp_path, "[run]\nworkers = 3\nseed = 4\n"))
     changed = scenario.with_overrides(workers=7, seed=None, duration=30.0)
     assert (changed.run.workers, changed.run.seed, changed.run.duration) == (7, 4, 30.0)
+
+
+VARIANTS = """
+[run]
+name = "cmp"
+workers = 2
+[pacing]
+chunk_ms = 20
+[faults.session_age]
+mean = "8m"
+
+[[variant]]
+name = "steady"
+
+[[variant]]
+name = "rotating"
+reconnect.rotate_every = "5m"
+faults.session_age.mean = "2m"
+
+[matrix]
+pacing.chunk_ms = [20, 100]
+"""
+
+
+def test_variants_times_matrix(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, VARIANTS))
+    names = [v.variant for v in scenario.variants]
+    assert names == ["steady,chunk_ms=20", "steady,chunk_ms=100", "rotating,chunk_ms=20",
+                     "rotating,chunk_ms=100"]
+    by_name = {v.variant: v for v in scenario.variants}
+    assert by_name["rotating,chunk_ms=100"].pacing.chunk_ms == 100
+    assert by_name["rotating,chunk_ms=100"].reconnect.rotate_every == 300
+    assert by_name["steady,chunk_ms=100"].reconnect.rotate_every == 0
+    assert by_name["rotating,chunk_ms=20"].faults.describe()["session_age"]["mean"] == 120
+    assert by_name["steady,chunk_ms=20"].faults.describe()["session_age"]["mean"] == 480
+    # command-line overrides reach every variant
+    shorter = scenario.with_overrides(duration=30.0)
+    assert {v.run.duration for v in shorter.variants} == {30.0}
+
+
+def test_a_scenario_without_variants_is_its_own_variant(tmp_path: Path) -> None:
+    scenario = load_scenario(_write(tmp_path, "[run]\nname = 'solo'\n"))
+    assert [v.variant for v in scenario.variants] == ["solo"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[[variant]]\nname = 'a'\nrun.duration = '5m'\n", "only run.workers may differ"),
+    ("[[variant]]\nname = 'a'\n[[variant]]\nname = 'a'\n", "duplicate variant 'a'"),
+    ("[matrix]\npacing.chunk_ms = 20\n", "must be a non-empty list"),
+    ("[[variant]]\nname = 'a'\npacing.chunk_ms = 'fast'\n",
+     "variant 'a': pacing.chunk_ms: expected a whole number"),
+    ("[[variant]]\nname = 'a/b'\n", "use letters, digits"),
+])
+def test_bad_variants_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_scenario(_write(tmp_path, text))
+
+
+def test_errors_point_at_the_line(tmp_path: Path) -> None:
+    text = "[run]\nname = 'x'\n\n[pacing]\nchunk_ms = 20\nmode = 'wobbly'\n"
+    with pytest.raises(ConfigError) as info:
+        load_scenario(_write(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 's.toml'}:6: pacing.mode: 'wobbly' is not "
+                                      "allowed; choose one of: steady, jitter, burst")
+    with pytest.raises(ConfigError, match=r"s.toml:3: variant 'v': pacing.chunk_ms"):
+        load_scenario(_write(tmp_path, "[[variant]]\nname = 'v'\npacing.chunk_ms = 1\n"))

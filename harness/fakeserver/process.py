@@ -24,7 +24,7 @@ from harness.fakeserver.faults import parse_faults, shipped_profiles
 from harness.fakeserver.session import SessionLimits
 from harness.recorder import Recorder
 
-__all__ = ["EmbeddedServer", "load_server_config", "serve"]
+__all__ = ["EmbeddedServer", "load_server_config", "serve", "server_config_from_doc"]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -44,14 +44,19 @@ def load_server_config(path: Path | None, seed: int) -> ServerConfig:
             raise ConfigError(str(path), "", f"cannot be read as JSON: {exc}") from None
     else:
         doc = load_toml(path)
+    return server_config_from_doc(doc, str(path), seed)
+
+
+def server_config_from_doc(doc: dict[str, Any], source: str, seed: int) -> ServerConfig:
+    """`[server]` limits, `[faults.*]` policies and (from a run) each variant's faults."""
     from harness.scenario import ServerSection
 
-    server = read_section(ServerSection, doc.get("server"), str(path), "server")
+    server = read_section(ServerSection, doc.get("server"), source, "server")
     limits = SessionLimits(max_duration=server.max_session, latency_base=server.latency_base,
                            latency_per_audio_second=server.latency_per_audio_second)
-    variants = {name: parse_faults(table, str(path), seed=seed)
+    variants = {name: parse_faults(table, source, seed=seed)
                 for name, table in (doc.get("variants") or {}).items()}
-    return ServerConfig(faults=parse_faults(doc.get("faults"), str(path), seed=seed),
+    return ServerConfig(faults=parse_faults(doc.get("faults"), source, seed=seed),
                         limits=limits, seed=seed, variant_faults=variants)
 
 
