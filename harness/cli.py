@@ -14,6 +14,7 @@ from pathlib import Path
 from harness.audio import AudioError
 from harness.config import ConfigError, parse_duration
 from harness.frames import RunDirError
+from harness.target import TargetError
 
 __all__ = ["main"]
 
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--time-scale", type=float)
     run.add_argument("--seed", type=int)
     run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
+    run.add_argument("--target", choices=("fake", "openai", "azure", "url"),
+                     help="override run.target; real targets read keys from the environment")
+    run.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
+    run.add_argument("--max-audio-hours", type=float,
+                     help="cap (real targets): audio hours sent")
     run.add_argument("--no-report", action="store_true", help="record only")
 
     serve = sub.add_parser("serve", help="run the fake Realtime transcription server")
@@ -71,18 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AudioError, UsageError, RunDirError) as exc:
+    except (ConfigError, AudioError, UsageError, RunDirError, TargetError) as exc:
         print(f"rtsoak: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import run_scenario
+    from harness.runner import Caps, run_scenario
     from harness.scenario import load_scenario
 
     scenario = load_scenario(args.scenario).with_overrides(
-        workers=args.workers, duration=args.duration, time_scale=args.time_scale, seed=args.seed)
-    result = run_scenario(scenario, args.out)
+        workers=args.workers, duration=args.duration, time_scale=args.time_scale, seed=args.seed,
+        target=args.target)
+    caps = Caps(max_minutes=args.max_minutes, max_audio_hours=args.max_audio_hours)
+    result = run_scenario(scenario, args.out, caps=caps)
     print(f"rtsoak: run finished in {result.wall_seconds:.1f} s wall: {result.run_dir}")
     code = EXIT_OK
     if not args.no_report:

@@ -27,12 +27,61 @@ from harness.clock import ScaledClock
 from harness.fakeserver.process import EmbeddedServer
 from harness.recorder import Recorder
 from harness.scenario import Scenario
-from harness.target import Target
+from harness.target import Target, TargetError, build_target
 from harness.worker import Worker, WorkerSetup
 
-__all__ = ["RunResult", "new_run_dir", "run_scenario", "run_workers", "manifest", "write_json"]
+__all__ = ["AudioBudget", "Caps", "RunResult", "manifest", "new_run_dir", "run_scenario",
+           "run_workers", "server_config_doc", "write_json"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class AudioBudget:
+    """Audio a run may still send to a paid endpoint, shared by its workers."""
+
+    def __init__(self, hours: float) -> None:
+        self.remaining_ms = hours * 3_600_000.0
+
+    def take(self, ms: float) -> bool:
+        self.remaining_ms -= ms
+        return self.remaining_ms >= 0
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Limits a run against a real endpoint must be given: wall minutes and audio hours."""
+
+    max_minutes: float | None = None
+    max_audio_hours: float | None = None
+
+
+def planned_audio_hours(scenario: Scenario, library: AudioLibrary) -> float:
+    """About how much audio the run sends: what a real endpoint bills."""
+    mean_utt = sum(u.seconds for u in library.utterances) / len(library.utterances)
+    hours = 0.0
+    for v in scenario.variants or (scenario,):
+        streamed = v.silence.fill != "idle" or v.turns.mode == "server_vad"
+        share = 1.0 if streamed else mean_utt / (mean_utt + v.silence.gap + 0.5)
+        hours += share * v.run.duration * v.run.workers / 3600.0
+    return hours
+
+
+def check_real_target(scenario: Scenario, library: AudioLibrary, caps: Caps, log) -> None:
+    """Refuse to start a run against a paid endpoint that is unbounded or over its caps."""
+    if caps.max_minutes is None or caps.max_audio_hours is None:
+        raise TargetError("a real target needs caps: give --max-minutes and --max-audio-hours")
+    if scenario.run.time_scale != 1:
+        raise TargetError("a real endpoint runs in real time: set run.time_scale = 1 "
+                          "(or --time-scale 1)")
+    if scenario.run.duration > caps.max_minutes * 60:
+        raise TargetError(f"run.duration is {scenario.run.duration / 60:.1f} min, over "
+                          f"--max-minutes {caps.max_minutes:g}; shorten it with --duration")
+    hours = planned_audio_hours(scenario, library)
+    log(f"rtsoak: this run will send about {hours:.2f} audio hours "
+        f"(cap {caps.max_audio_hours:g}) to {scenario.run.target}")
+    if hours > caps.max_audio_hours:
+        raise TargetError(f"about {hours:.2f} audio hours is over --max-audio-hours "
+                          f"{caps.max_audio_hours:g}; use fewer workers or a shorter duration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,21 +135,36 @@ def server_config_doc(scenario: Scenario) -> dict[str, Any]:
             "variants": {v.variant: v.raw_faults for v in scenario.variants}}
 
 
-def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
+def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps()) -> RunResult:
     library = AudioLibrary.from_dir(scenario.audio_dir())
+    if scenario.run.target != "fake":
+        target = build_target(scenario.run.target, scenario.target)
+        check_real_target(scenario, library, caps, log)
+        budget = AudioBudget(caps.max_audio_hours or 0.0)
+        return _run(scenario, library, out_base, log, target, budget)
+    return _run(scenario, library, out_base, log, None, None)
+
+
+def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
+         target: Target | None, budget: AudioBudget | None) -> RunResult:
     run_dir = new_run_dir(out_base, scenario.run.name)
     started = datetime.now(UTC).isoformat()
     doc = manifest(scenario, None, started)
     write_json(run_dir / "manifest.json", doc)
     write_json(run_dir / "server.json", server_config_doc(scenario))
-    server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
-                            scenario.run.seed)
+    server = None
+    if target is None:
+        server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
+                                scenario.run.seed)
     wall0 = time.monotonic()
     try:
-        url = server.start()
+        if server is not None:
+            target = Target.fake(server.start())
         clock = ScaledClock(scenario.run.time_scale)
-        server.set_origin(clock.origin)
-        target = Target.fake(url)
+        if server is not None:
+            server.set_origin(clock.origin)
+        assert target is not None
+        url = target.url
         doc["target"] = target.describe()
         write_json(run_dir / "manifest.json", doc)
         variants = scenario.variants or (scenario,)
@@ -108,9 +172,10 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print) -> RunResult:
         log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
             f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}")
         interrupted = _event_loop_run(run_workers(scenario, clock, target, library, run_dir,
-                                                  log))
+                                                  log, budget=budget))
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     doc.update(ended=datetime.now(UTC).isoformat(), interrupted=interrupted)
     write_json(run_dir / "manifest.json", doc)
     return RunResult(run_dir, interrupted, time.monotonic() - wall0)
@@ -126,7 +191,7 @@ def _event_loop_run(coro) -> Any:
 
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
-                      handle_signals: bool = True) -> bool:
+                      handle_signals: bool = True, budget: AudioBudget | None = None) -> bool:
     """Run the scenario's workers against `target` until its duration (or a signal); record
     into run_dir/events-client.arrows. Returns whether the run was interrupted."""
     loop = asyncio.get_running_loop()
@@ -153,7 +218,7 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
         n = variant.run.workers
         workers += [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
                                        clock=clock, recorder=recorder, target=target,
-                                       library=library, stop=stop,
+                                       library=library, stop=stop, budget=budget,
                                        start_at=run.ramp_up * i / max(1, n)))
                     for i in range(n)]
     connector = aiohttp.TCPConnector(limit=0)

@@ -1,10 +1,26 @@
-"""Where workers connect: URL and headers, and a description with secrets redacted."""
+"""Where workers connect: URL and headers, and a description with secrets redacted.
+
+Keys come only from the environment (named as the official SDK names them) and travel only in
+request headers; `describe()` and `repr()` never show them. Anything but loopback must be TLS.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
 
-__all__ = ["Target"]
+__all__ = ["Target", "TargetError", "build_target"]
+
+OPENAI_BASE = "https://api.openai.com/v1"
+LOOPBACK_NAMES = ("localhost",)
+
+
+class TargetError(Exception):
+    """A real target that cannot be used as configured: says which setting to fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,9 +33,76 @@ class Target:
     def fake(cls, url: str) -> Target:
         return cls("fake", url, {"Authorization": "Bearer rtsoak-fake-key"})
 
+    @property
+    def real(self) -> bool:
+        return self.kind != "fake"
+
     def describe(self) -> dict[str, str]:
         """What may be written to manifests and reports: never header values."""
         return {"kind": self.kind, "url": self.url, "headers": ", ".join(sorted(self.headers))}
 
     def __repr__(self) -> str:
         return f"Target(kind={self.kind!r}, url={self.url!r}, headers=<redacted>)"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ws_url(base: str, setting: str) -> str:
+    """http(s):// or ws(s):// base -> ws(s)://; plain ws:// only to this machine."""
+    parts = urlsplit(base)
+    scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise TargetError(f"{setting}={base!r} is not an http(s) or ws(s) URL")
+    if scheme == "ws" and not _is_loopback(parts.hostname):
+        raise TargetError(f"{setting}={base!r}: only loopback may be reached without TLS; "
+                          "use https:// or wss://")
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _key(env: Mapping[str, str], name: str) -> str:
+    key = env.get(name, "").strip()
+    if not key:
+        raise TargetError(f"set {name} in the environment (the key is read from there only)")
+    return key
+
+
+def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) -> Target:
+    """URL and headers for a real target from the scenario's [target] and the environment."""
+    env = os.environ if env is None else env
+    if kind == "openai":
+        base = _ws_url(env.get("OPENAI_BASE_URL") or OPENAI_BASE, "OPENAI_BASE_URL")
+        return Target("openai", f"{base}/realtime?intent=transcription",
+                      {"Authorization": f"Bearer {_key(env, 'OPENAI_API_KEY')}"})
+    if kind == "azure":
+        endpoint = env.get("AZURE_OPENAI_ENDPOINT", "")
+        if not endpoint:
+            raise TargetError("set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com)")
+        if not section.deployment:
+            raise TargetError("set [target] deployment to your Azure deployment name")
+        base = _ws_url(endpoint, "AZURE_OPENAI_ENDPOINT")
+        if section.api_version:  # the preview path, still spoken by older deployments
+            query = {"api-version": section.api_version, "intent": "transcription",
+                     "deployment": section.deployment}
+            url = f"{base}/openai/realtime?{urlencode(query)}"
+        else:
+            query = {"intent": "transcription", "deployment": section.deployment}
+            url = f"{base}/openai/v1/realtime?{urlencode(query)}"
+        return Target("azure", url, {"api-key": _key(env, "AZURE_OPENAI_API_KEY")})
+    if kind == "url":
+        if not section.url:
+            raise TargetError("set [target] url to a ws:// or wss:// URL")
+        url = _ws_url(section.url, "[target] url")
+        query = urlsplit(section.url).query
+        key = _key(env, section.key_env)
+        value = f"Bearer {key}" if section.header.lower() == "authorization" else key
+        return Target("url", url + (f"?{query}" if query else ""), {section.header: value})
+    raise TargetError(f"unknown target {kind!r}; use fake, openai, azure or url")

@@ -47,6 +47,7 @@ class WorkerSetup:
     library: AudioLibrary
     stop: asyncio.Future  # resolved when the run ends; workers then close with 1000
     start_at: float = 0.0
+    budget: Any = None    # AudioBudget against a paid endpoint: spent, it ends the run
 
 
 @dataclass(slots=True)
@@ -416,6 +417,14 @@ class Worker:
             conn.transport_error = conn.transport_error or type(exc).__name__
             return "closed"
 
+    def _afford(self, ms: float) -> bool:
+        """Spend audio from the run's budget; when it runs out, end the run."""
+        if self.s.budget is None or self.s.budget.take(ms):
+            return True
+        if not self.s.stop.done():
+            self.s.stop.set_result("audio budget spent")
+        return False
+
     def _next(self) -> tuple[str, Utterance, int]:
         """The next utterance: one a drop interrupted (when replaying), else a new one."""
         if self.replay is not None:
@@ -432,6 +441,8 @@ class Worker:
 
     async def _client_turn(self, conn: Conn) -> None:
         key, utt, attempt = self._next()
+        if not self._afford(utt.seconds * 1000):
+            return
         self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
                   detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
                           "attempt": attempt})
@@ -498,6 +509,8 @@ class Worker:
         """Server VAD: stream the utterance and then silence (so the server hears its end);
         never clear or commit; take the next transcript the server produces."""
         key, utt, attempt = self._next()
+        if not self._afford(utt.seconds * 1000 + max(self.sc.silence.gap, 1.0) * 1000):
+            return
         self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
                   detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
                           "attempt": attempt})
@@ -533,6 +546,8 @@ class Worker:
         conn.state = ConnState.IDLE
         if self.sc.silence.fill == "idle" and not at_least:
             await self._wait(None, self.clock.now() + gap, conn)
+            return
+        if not at_least and not self._afford(gap * 1000):  # server-VAD turns paid ahead
             return
         chunk_ms = self.sc.pacing.chunk_ms
         count = max(1, round(gap * 1000 / chunk_ms))

@@ -183,7 +183,8 @@ class FakeServer:
                                        self.clock.wall(), rng, self._limits(profile))
         faults = profile.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,
-                  detail={"session_key": session_key, "peer": request.remote})
+                  detail={"session_key": session_key, "peer": request.remote,
+                          "path": request.path_qs, "headers": sorted(request.headers)})
         wake = asyncio.Event()
         state: dict[str, Any] = {"ended_by": None, "silent": False}
 
