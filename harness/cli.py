@@ -133,8 +133,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     for path in args.files:
         scenario = load_scenario(path)
-        print(f"{path}: ok ({scenario.run.workers} workers, {scenario.run.duration:g} s at "
-              f"{scenario.run.time_scale:g}x)")
+        workers = sum(v.run.workers for v in scenario.variants)
+        print(f"{path}: ok ({len(scenario.variants)} variant(s), {workers} workers, "
+              f"{scenario.run.duration:g} s at {scenario.run.time_scale:g}x)")
     return EXIT_OK
 
 

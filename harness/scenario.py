@@ -64,6 +64,7 @@ class SilenceSection:
     or silence is streamed as digital zero or as noise at `noise_dbfs`."""
 
     gap: float = spec(1.0, kind="duration")
+    gap_max: float = spec(0.0, kind="duration")  # > gap: each gap drawn between gap and gap_max
     fill: str = spec("idle", choices=("idle", "zeros", "noise"))
     noise_dbfs: float = spec(-60.0, lo=-120.0, hi=0.0)
     pause: float = spec(0.0, kind="duration")   # a pause in the middle of each utterance

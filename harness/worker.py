@@ -542,7 +542,11 @@ class Worker:
     async def _gap(self, conn: Conn, at_least: float = 0.0) -> None:
         """Between utterances: idle, or streamed silence that stays uncommitted until the next
         clear (server VAD needs streamed silence to hear an utterance end)."""
-        gap = max(self.sc.silence.gap, at_least)
+        silence = self.sc.silence
+        gap = silence.gap
+        if silence.gap_max > gap:
+            gap = float(self.rng.uniform(gap, silence.gap_max))
+        gap = max(gap, at_least)
         conn.state = ConnState.IDLE
         if self.sc.silence.fill == "idle" and not at_least:
             await self._wait(None, self.clock.now() + gap, conn)

@@ -84,6 +84,7 @@ class FakeServer:
         self._rng = random.Random(config.seed)
         self._arrivals = 0
         self._live: dict[str, LiveSession] = {}
+        self._held: set[asyncio.Task] = set()  # half-open and delayed closes still pending
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.host = "127.0.0.1"
@@ -109,6 +110,8 @@ class FakeServer:
         return self.url
 
     async def stop(self) -> None:
+        for task in list(self._held):  # held sockets end with the server, not their hold
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -301,16 +304,25 @@ class FakeServer:
             state["silent"] = True
             if transport is not None:
                 transport.pause_reading()
-            state["hold"] = asyncio.get_running_loop().create_task(
-                self._later(transport, ws, fault))
+            hold = asyncio.get_running_loop().create_task(self._later(transport, ws, fault))
+            self._held.add(hold)
+            hold.add_done_callback(self._held.discard)
+            state["hold"] = hold
 
     async def _later(self, transport, ws: web.WebSocketResponse, fault: Fault) -> None:
         if fault.kind is FaultKind.HALF_OPEN:
-            await self._sleep(fault.hold)
+            try:
+                await self._sleep(fault.hold)
+            finally:
+                if transport is not None:
+                    transport.abort()
+            return
+        try:
+            await self._sleep(fault.delay)
+        except asyncio.CancelledError:
             if transport is not None:
                 transport.abort()
-            return
-        await self._sleep(fault.delay)
+            raise
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
         await ws.close(code=fault.code or 1000, message=fault.reason.encode()[:123])
