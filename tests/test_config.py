@@ -151,3 +151,15 @@ def test_errors_point_at_the_line(tmp_path: Path) -> None:
                                       "allowed; choose one of: steady, jitter, burst")
     with pytest.raises(ConfigError, match=r"s.toml:3: variant 'v': pacing.chunk_ms"):
         load_scenario(_write(tmp_path, "[[variant]]\nname = 'v'\npacing.chunk_ms = 1\n"))
+
+
+def test_docs_describe_every_scenario_key() -> None:
+    import dataclasses
+
+    from harness.scenario import _SECTIONS
+
+    docs = (ROOT / "docs" / "scenarios.md").read_text()
+    for section, cls in _SECTIONS.items():
+        assert f"[{section}]" in docs, section
+        for f in dataclasses.fields(cls):
+            assert f"`{f.name}`" in docs, f"{section}.{f.name} is not in docs/scenarios.md"
