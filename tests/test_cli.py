@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def rtsoak(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+from conftest import rtsoak
 
 
 def test_missing_scenario_is_exit_2_without_traceback(tmp_path: Path) -> None:
@@ -43,33 +36,9 @@ def test_serve_refuses_a_non_loopback_host() -> None:
     assert "--allow-remote" in result.stderr
 
 
-def test_run_end_to_end_with_embedded_server(tmp_path: Path) -> None:
+def test_run_end_to_end_with_embedded_server(finished_run: Path) -> None:
     """`rtsoak run` starts the fake server in its own process, soaks it, writes the report."""
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    import numpy as np
-    import soundfile
-
-    t = np.arange(16000) / 16000  # 1 s at 16 kHz: loading resamples to 24 kHz
-    soundfile.write(audio / "a.wav", 0.3 * np.sin(2 * np.pi * 300 * t), 16000)
-    scenario = tmp_path / "s.toml"
-    scenario.write_text(f"""
-[run]
-name = "cli"
-workers = 3
-duration = "3m"
-time_scale = 120
-[audio]
-dir = "{audio}"
-[pacing]
-chunk_ms = 50
-[faults.session_age]
-mean = "30s"
-""")
-    result = rtsoak("run", str(scenario), "--out", str(tmp_path / "runs"), "--seed", "5")
-    assert result.returncode == 0, result.stderr
-    assert "report " in result.stdout
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = finished_run
     assert (run_dir / "report" / "index.html").is_file()
     assert (run_dir / "events-server.arrows").stat().st_size > 0
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
