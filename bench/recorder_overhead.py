@@ -147,6 +147,20 @@ def run_sender(port: int, connections: int, seconds: float, record: bool, paced:
     return uvloop.run(coro)
 
 
+def capacity(port: int, steps: list[int], seconds: float, log_dir: Path) -> None:
+    """The paced sender's throughput ceiling: the most connections (x 50 frames/s) whose
+    p99 send lateness stays within 10 ms, with and without a recorder row per frame."""
+    best: dict[bool, int] = {False: 0, True: 0}
+    for conns in steps:
+        for record in (False, True):
+            r = run_sender(port, conns, seconds, record, True, log_dir)
+            print(json.dumps({"record": record, "connections": conns, **r}), flush=True)
+            if r["lateness_p99_ms"] <= 10.0:
+                best[record] = max(best[record], conns)
+    print(json.dumps({"capacity_connections": {"without": best[False], "with": best[True]}}),
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=300)
@@ -154,6 +168,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--micro-rows", type=int, default=1_000_000)
+    parser.add_argument("--capacity", type=int, nargs="*", metavar="N",
+                        help="paced connection counts to step through: the most that keep "
+                             "p99 lateness <= 10 ms, with and without recording")
     args = parser.parse_args()
 
     print("## micro: Recorder.row + flush", flush=True)
@@ -164,6 +181,9 @@ def main() -> None:
     try:
         port = int(sink.stdout.readline())
         with tempfile.TemporaryDirectory() as tmp:
+            if args.capacity:
+                capacity(port, args.capacity, args.seconds, Path(tmp))
+                return
             for paced, conns in ((True, args.connections), (False, args.flood_connections)):
                 mode = f"paced, {conns} connections x 50 frames/s" if paced else \
                     f"flood, {conns} connections"

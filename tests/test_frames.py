@@ -89,3 +89,15 @@ def test_a_run_with_no_events_yet_loads_to_the_same_schema(tmp_path: Path,
 def test_a_run_loaded_twice_is_refused(finished_run: Path) -> None:
     with pytest.raises(RunDirError, match="already loaded"):
         load([finished_run, finished_run])
+
+
+def test_meta_details_that_disagree_on_types_still_parse() -> None:
+    """Arrow's JSON reader wants one type per field; rows that disagree fall back to json."""
+    from harness.frames import _details
+
+    details = [json.dumps({"latency": 0.1, "x": "a"}), None, json.dumps({"latency": "slow"})]
+    rows = pd.DataFrame({"detail": pd.array(details, dtype="string[pyarrow]")}, index=[5, 6, 7])
+    parsed = _details(rows)
+    assert list(parsed.index) == [5, 6, 7]
+    assert parsed.loc[5, "latency"] == 0.1 and parsed.loc[7, "latency"] == "slow"
+    assert pd.isna(parsed.loc[6, "latency"])

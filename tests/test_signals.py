@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, rtsoak, write_scenario
 
-from harness.frames import load
+from harness.frames import is_run_dir, load
 
 if sys.platform == "win32":
     pytest.skip("POSIX signals", allow_module_level=True)
@@ -44,7 +44,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
-            if self.out.is_dir() and any(self.out.iterdir()):
+            if self.out.is_dir() and any(self.out.iterdir()) and is_run_dir(self.run_dir):
                 frames = load(self.run_dir)
                 appends = (frames.events["type"] == "input_audio_buffer.append").sum()
                 if frames.connections["established"].notna().sum() >= 3 and appends > 50:
