@@ -3,9 +3,9 @@
 Rows are tuples appended to a list (cheap on the per-frame path) and written every
 `flush_every` wall seconds, so a SIGKILL loses at most that much (plus the slices still being
 written). The periodic flush writes in slices of `slice_rows` with a yield to the event loop
-between them, so a busy run never stalls its senders for more than about a millisecond. A batch torn by a
-crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged: bytes,
-audio milliseconds and CRCs stand for it.
+between them, so a busy run never stalls its senders for more than about a millisecond. A batch
+torn by a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever
+logged: bytes, audio milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
