@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -82,24 +83,59 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import Caps, run_scenario
+    from harness.runner import Caps, OutputDirError, run_scenario
     from harness.scenario import load_scenario
 
     scenario = load_scenario(args.scenario).with_overrides(
         workers=args.workers, duration=args.duration, time_scale=args.time_scale, seed=args.seed,
         target=args.target)
     caps = Caps(max_minutes=args.max_minutes, max_audio_hours=args.max_audio_hours)
-    result = run_scenario(scenario, args.out, caps=caps)
-    print(f"rtsoak: run finished in {result.wall_seconds:.1f} s wall: {result.run_dir}")
-    code = EXIT_OK
-    if not args.no_report:
+    # Until the workers' loop takes over the signals (and again once it gives them back), a
+    # SIGTERM is a KeyboardInterrupt like SIGINT: the embedded server is stopped, no traceback.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_scenario(scenario, args.out, caps=caps)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("rtsoak: interrupted before the workers started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    done = "interrupted" if result.interrupted else "finished"
+    print(f"rtsoak: run {done} after {result.wall_seconds:.1f} s wall: {result.run_dir}")
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        _frames_and_report(result.run_dir, report=not args.no_report)
+    except KeyboardInterrupt:
+        print(f"rtsoak: interrupted again; the event log in {result.run_dir} is complete, "
+              "`rtsoak report` rebuilds frames and report from it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except RunDirError as exc:
+        if not result.interrupted:
+            raise
+        print(f"rtsoak: {exc}", file=sys.stderr)  # stopped before anything happened
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def _frames_and_report(run_dir: Path, report: bool) -> None:
+    """frames/*.parquet always (they are the run's data); the report unless --no-report (it
+    says when the run was interrupted: a partial report)."""
+    from harness.frames import load, write_frames
+
+    frames = load(run_dir)
+    write_frames(frames, run_dir / "frames")
+    print(f"rtsoak: frames {run_dir / 'frames'}")
+    if report:
         from harness.report import build_report
 
-        report = build_report([result.run_dir])
-        print(f"rtsoak: report {report.index}")
-        print(report.headline)
-    return EXIT_INTERRUPTED if result.interrupted else code
+        built = build_report([run_dir], frames=frames)
+        print(f"rtsoak: report {built.index}")
+        print(built.headline)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Durable, append-only event log: one Arrow IPC stream per process in the run directory.
 
-Rows are tuples appended to a list (cheap on the per-frame path) and written as one record
-batch every `flush_every` wall seconds, so a SIGKILL loses at most that much. A batch torn by a
-crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged: bytes,
-audio milliseconds and CRCs stand for it.
+Rows are tuples appended to a list (cheap on the per-frame path) and written every
+`flush_every` wall seconds, so a SIGKILL loses at most that much (plus the slices still being
+written). The periodic flush writes in slices of `slice_rows` with a yield to the event loop
+between them, so a busy run never stalls its senders for more than about a millisecond. A batch
+torn by a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever
+logged: bytes, audio milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-__all__ = ["EVENT_SCHEMA", "Recorder"]
+__all__ = ["EVENT_SCHEMA", "LatenessHistogram", "Recorder"]
 
 # One row per event sent, received or observed. `detail` holds a JSON object for the rare
 # meta rows (connection and utterance summaries), never for per-frame rows.
@@ -36,21 +39,58 @@ EVENT_SCHEMA = pa.schema([
     ("text", pa.string()),       # transcript, error code, close reason
     ("detail", pa.string()),     # JSON object for meta rows
 ])
-_FIELDS = EVENT_SCHEMA.names
-_TYPES = [f.type for f in EVENT_SCHEMA]
+# Rows convert to Arrow as one struct array: no Python-side transposition into columns,
+# which cost as much again as the conversion itself (bench/recorder_overhead.py).
+_ROW = pa.struct(list(EVENT_SCHEMA))
+_LAG = EVENT_SCHEMA.names.index("lag_ms")
+
+
+class LatenessHistogram:
+    """Send lateness of every row that has one, in 0.1 ms bins up to 1 s (one overflow bin):
+    enough to say at the end of a run whether the sender kept its deadlines, at the cost of
+    one vectorised pass per flush rather than work per row."""
+
+    RESOLUTION_MS = 0.1
+    BINS = 10_000
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS + 1, dtype=np.int64)
+
+    def add(self, lag_ms: pa.Array) -> None:
+        values = lag_ms.drop_null().to_numpy(zero_copy_only=False)
+        if len(values):
+            bins = np.clip(values / self.RESOLUTION_MS, 0, self.BINS).astype(np.int64)
+            self.counts += np.bincount(bins, minlength=self.BINS + 1)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def quantile(self, q: float) -> float | None:
+        """Upper edge of the bin holding quantile q, in wall ms (inf past 1 s; None if empty)."""
+        if not self.total:
+            return None
+        i = int(np.searchsorted(np.cumsum(self.counts), q * self.total))
+        return float("inf") if i >= self.BINS else round((i + 1) * self.RESOLUTION_MS, 1)
 
 
 class Recorder:
     """Appends rows and persists them in batches. `row()` is the only per-frame call."""
 
-    def __init__(self, path: Path, flush_every: float = 0.2) -> None:
+    def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 2000) -> None:
         self.path = path
         self.flush_every = flush_every
+        self.slice_rows = slice_rows
         self.rows: list[tuple] = []
+        self._pending: list[tuple] = []  # taken from `rows`, being written slice by slice
         self.count = 0
+        self.lateness = LatenessHistogram()
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_stream(self._sink, EVENT_SCHEMA)
         self._task: asyncio.Task | None = None
+        # pyarrow initialises its conversion machinery on first use (~150 ms): pay that
+        # now, not in the first flush of a running soak, where it stalls every sender.
+        pa.array([], type=_ROW)
 
     def row(self, wall: float, t: float, src: str, variant: str | None, worker: int, conn: int,
             dir_: str, type_: str, bytes_: int | None = None, audio_ms: float | None = None,
@@ -60,22 +100,31 @@ class Recorder:
                           lag_ms, code, item, text,
                           None if detail is None else json.dumps(detail, default=str)))
 
-    def flush(self) -> None:
-        rows, self.rows = self.rows, []
-        if not rows:
-            return
-        columns = list(zip(*rows, strict=True))
-        batch = pa.RecordBatch.from_arrays(
-            [pa.array(col, type=typ) for col, typ in zip(columns, _TYPES, strict=True)],
-            names=_FIELDS)
+    def _write(self, rows: list[tuple]) -> None:
+        batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=_ROW))
         self._writer.write_batch(batch)
         self._sink.flush()
         self.count += len(rows)
+        self.lateness.add(batch.column(_LAG))
+
+    def flush(self) -> None:
+        """Write everything recorded so far, at once (at close, or before a hard exit)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._write(pending)
+        rows, self.rows = self.rows, []
+        if rows:
+            self._write(rows)
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
-            self.flush()
+            self._pending, self.rows = self.rows, []
+            # `flush()` may run between slices (a second signal) and take what is left.
+            while self._pending:
+                self._write(self._pending[:self.slice_rows])
+                del self._pending[:self.slice_rows]
+                await asyncio.sleep(0)
 
     def start(self) -> None:
         """Begin periodic flushing on the running loop."""

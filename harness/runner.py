@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,10 +31,21 @@ from harness.scenario import Scenario
 from harness.target import Target, TargetError, build_target
 from harness.worker import Worker, WorkerSetup
 
-__all__ = ["AudioBudget", "Caps", "RunResult", "manifest", "new_run_dir", "run_scenario",
-           "run_workers", "server_config_doc", "write_json"]
+__all__ = ["AudioBudget", "Caps", "OutputDirError", "RunResult", "WorkersResult",
+           "check_output_dir", "manifest", "new_run_dir", "run_scenario", "run_workers",
+           "server_config_doc", "write_json"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A run whose append frames left this late (p99, wall ms) measured its own client, not the
+# service: the manifest says so and reports should too.
+SATURATED_P99_MS = 10.0
+# Refuse to start below this much free space: a run that dies of a full disk at minute 40
+# leaves a log cut short for a reason that has nothing to do with the service.
+MIN_FREE_BYTES = 64 * 2**20
+
+
+class OutputDirError(Exception):
+    """The output directory cannot take a run (unwritable, not a directory, or full)."""
 
 
 class AudioBudget:
@@ -91,6 +103,37 @@ class RunResult:
     wall_seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class WorkersResult:
+    interrupted: bool
+    rows: int
+    append_lateness_p99_ms: float | None  # wall ms; None when no append was sent
+
+
+def check_output_dir(base: Path, min_free: int = MIN_FREE_BYTES) -> None:
+    """Fail before the run, naming the path, if run directories cannot be written under
+    `base`: a probe file is written and synced, then free space is checked."""
+    probe = base / f".rtsoak-probe-{os.getpid()}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(64 * 1024))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise OutputDirError(f"{base}: cannot write a run directory here "
+                             f"({exc.strerror or exc}); pass a writable --out") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    free = shutil.disk_usage(base).free
+    if free < min_free:
+        raise OutputDirError(f"{base}: only {free / 2**20:.1f} MiB free, a run needs at least "
+                             f"{min_free / 2**20:.0f} MiB; free space or pass another --out")
+
+
 def new_run_dir(base: Path, name: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = base / f"{name}-{stamp}"
@@ -117,15 +160,39 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
-    import aiohttp as _aiohttp
+def _versions() -> dict[str, str | None]:
+    import numpy
+    import pandas
+    import pyarrow
 
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    return {"rtsoak": __version__, "python": sys.version.split()[0],
+            "aiohttp": aiohttp.__version__, "numpy": numpy.__version__,
+            "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
+            "uvloop": getattr(uvloop, "__version__", None)}
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
+    """What a run was, for whoever reads its directory later: written at the start (so a
+    crashed run has one) and completed at the end (`ended`, `interrupted`, `saturated`)."""
     return {
-        "rtsoak": __version__, "git_revision": _git_revision(), "scenario": scenario.to_dict(),
-        "seed": scenario.run.seed, "time_scale": scenario.run.time_scale, "target": target,
-        "host": {"python": sys.version.split()[0], "platform": platform.platform(),
-                 "cpus": os.cpu_count(), "aiohttp": _aiohttp.__version__},
+        "versions": _versions(), "git_revision": _git_revision(),
+        "scenario": scenario.to_dict(), "seed": scenario.run.seed,
+        "time_scale": scenario.run.time_scale, "target": target,
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                 "machine": platform.machine(), "memory_bytes": _memory_bytes()},
         "started": started, "ended": None, "interrupted": None,
+        "saturated": None, "append_lateness_p99_ms": None, "rows": None,
     }
 
 
@@ -136,13 +203,15 @@ def server_config_doc(scenario: Scenario) -> dict[str, Any]:
 
 
 def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps()) -> RunResult:
+    """Check everything a user can get wrong before writing anything, then run."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
+    target, budget = None, None
     if scenario.run.target != "fake":
         target = build_target(scenario.run.target, scenario.target)
         check_real_target(scenario, library, caps, log)
         budget = AudioBudget(caps.max_audio_hours or 0.0)
-        return _run(scenario, library, out_base, log, target, budget)
-    return _run(scenario, library, out_base, log, None, None)
+    check_output_dir(out_base)
+    return _run(scenario, library, out_base, log, target, budget)
 
 
 def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
@@ -171,14 +240,20 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
         workers = sum(v.run.workers for v in variants)
         log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
             f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}")
-        interrupted = _event_loop_run(run_workers(scenario, clock, target, library, run_dir,
-                                                  log, budget=budget))
+        result = _event_loop_run(run_workers(scenario, clock, target, library, run_dir, log,
+                                             budget=budget))
     finally:
         if server is not None:
             server.stop()
-    doc.update(ended=datetime.now(UTC).isoformat(), interrupted=interrupted)
+    p99 = result.append_lateness_p99_ms
+    doc.update(ended=datetime.now(UTC).isoformat(), interrupted=result.interrupted,
+               rows=result.rows, append_lateness_p99_ms=p99,
+               saturated=None if p99 is None else p99 > SATURATED_P99_MS)
     write_json(run_dir / "manifest.json", doc)
-    return RunResult(run_dir, interrupted, time.monotonic() - wall0)
+    if doc["saturated"]:
+        log(f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
+            f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process")
+    return RunResult(run_dir, result.interrupted, time.monotonic() - wall0)
 
 
 def _event_loop_run(coro) -> Any:
@@ -191,9 +266,11 @@ def _event_loop_run(coro) -> Any:
 
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
-                      handle_signals: bool = True, budget: AudioBudget | None = None) -> bool:
+                      handle_signals: bool = True,
+                      budget: AudioBudget | None = None) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
-    into run_dir/events-client.arrows. Returns whether the run was interrupted."""
+    into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
+    flushes the log and exits 130 at once."""
     loop = asyncio.get_running_loop()
     recorder = Recorder(run_dir / "events-client.arrows")
     recorder.start()
@@ -202,8 +279,10 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
 
     def on_signal() -> None:
         nonlocal interrupted
-        if stop.done():  # second signal: leave now, the log is flushed by the OS buffer
+        if stop.done():  # second signal: flush what is recorded and leave at once
             recorder.flush()
+            log("rtsoak: interrupted again: exiting now; the event log is intact, "
+                "`rtsoak report` rebuilds frames and report from it")
             os._exit(130)
         interrupted = True
         log("rtsoak: interrupted; closing connections (again to quit at once)")
@@ -243,4 +322,4 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
         for sig in signals:
             loop.remove_signal_handler(sig)
         await recorder.aclose()
-    return interrupted
+    return WorkersResult(interrupted, recorder.count, recorder.lateness.quantile(0.99))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,8 @@ from harness.audio import RATE, AudioLibrary, Utterance, to_pcm16
 from harness.clock import ScaledClock
 from harness.fakeserver.app import FakeServer, ServerConfig
 from harness.recorder import Recorder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def tone(seconds: float, hz: float = 220.0) -> Utterance:
@@ -38,3 +43,47 @@ async def fake_server() -> AsyncIterator[Callable]:
     yield start
     for server in servers:
         await server.stop()
+
+
+def rtsoak(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`python -m harness ...` as a user runs it, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout)
+
+
+def write_scenario(tmp_path: Path, name: str = "cli", workers: int = 3, duration: str = "3m",
+                   time_scale: float = 120, extra: str = "") -> Path:
+    """A small scenario over a synthetic 1 s tone (16 kHz: loading resamples to 24 kHz), with a
+    session-age fault so runs see drops."""
+    import soundfile
+
+    audio = tmp_path / "audio"
+    audio.mkdir(exist_ok=True)
+    t = np.arange(16000) / 16000
+    soundfile.write(audio / "a.wav", 0.3 * np.sin(2 * np.pi * 300 * t), 16000)
+    scenario = tmp_path / f"{name}.toml"
+    scenario.write_text(f"""
+[run]
+name = "{name}"
+workers = {workers}
+duration = "{duration}"
+time_scale = {time_scale}
+[audio]
+dir = "{audio}"
+[pacing]
+chunk_ms = 50
+[faults.session_age]
+mean = "30s"
+{extra}
+""")
+    return scenario
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real `rtsoak run` (embedded server process, loopback), shared by read-only tests."""
+    tmp = tmp_path_factory.mktemp("finished")
+    result = rtsoak("run", str(write_scenario(tmp)), "--out", str(tmp / "runs"), "--seed", "5")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp / "runs").iterdir()
+    return run_dir

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import pytest
+from conftest import ROOT, rtsoak, write_scenario
 
-
-def rtsoak(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+from harness.runner import OutputDirError, check_output_dir
 
 
 def test_missing_scenario_is_exit_2_without_traceback(tmp_path: Path) -> None:
@@ -43,33 +42,9 @@ def test_serve_refuses_a_non_loopback_host() -> None:
     assert "--allow-remote" in result.stderr
 
 
-def test_run_end_to_end_with_embedded_server(tmp_path: Path) -> None:
+def test_run_end_to_end_with_embedded_server(finished_run: Path) -> None:
     """`rtsoak run` starts the fake server in its own process, soaks it, writes the report."""
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    import numpy as np
-    import soundfile
-
-    t = np.arange(16000) / 16000  # 1 s at 16 kHz: loading resamples to 24 kHz
-    soundfile.write(audio / "a.wav", 0.3 * np.sin(2 * np.pi * 300 * t), 16000)
-    scenario = tmp_path / "s.toml"
-    scenario.write_text(f"""
-[run]
-name = "cli"
-workers = 3
-duration = "3m"
-time_scale = 120
-[audio]
-dir = "{audio}"
-[pacing]
-chunk_ms = 50
-[faults.session_age]
-mean = "30s"
-""")
-    result = rtsoak("run", str(scenario), "--out", str(tmp_path / "runs"), "--seed", "5")
-    assert result.returncode == 0, result.stderr
-    assert "report " in result.stdout
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = finished_run
     assert (run_dir / "report" / "index.html").is_file()
     assert (run_dir / "events-server.arrows").stat().st_size > 0
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
@@ -114,3 +89,45 @@ def test_serve_with_a_shipped_profile_listens_on_loopback() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_manifest_says_what_the_run_was(finished_run: Path) -> None:
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    assert manifest["scenario"]["run"]["workers"] == 3 and manifest["seed"] == 5
+    assert set(manifest["versions"]) >= {"rtsoak", "python", "aiohttp", "numpy", "pandas",
+                                         "pyarrow"}
+    assert all(manifest["versions"][k] for k in ("rtsoak", "python", "pyarrow"))
+    assert "git_revision" in manifest
+    assert manifest["host"]["cpus"] >= 1 and manifest["host"]["memory_bytes"] > 0
+    assert manifest["target"]["kind"] == "fake" and "Authorization" in manifest["target"]["headers"]
+    assert manifest["started"] < manifest["ended"]
+    assert manifest["rows"] > 0 and manifest["append_lateness_p99_ms"] >= 0
+    assert manifest["saturated"] is (manifest["append_lateness_p99_ms"] > 10)
+    for name in ("events", "connections", "utterances"):
+        assert (finished_run / "frames" / f"{name}.parquet").is_file()
+
+
+def test_output_dir_that_cannot_be_written_is_exit_2_naming_it(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = rtsoak("run", str(scenario), "--out", str(blocker / "runs"))
+    assert result.returncode == 2
+    assert f"{blocker / 'runs'}: cannot write a run directory here" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir_is_exit_2(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path)
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o500)
+    result = rtsoak("run", str(scenario), "--out", str(out))
+    assert result.returncode == 2 and f"{out}: cannot write" in result.stderr
+
+
+def test_full_output_dir_is_refused_before_the_run(tmp_path: Path) -> None:
+    """A disk with less room than a run needs (here: asking for more than any disk has)."""
+    with pytest.raises(OutputDirError, match=f"{tmp_path}: only .* MiB free"):
+        check_output_dir(tmp_path, min_free=2**62)
+    assert list(tmp_path.iterdir()) == []  # the probe is gone

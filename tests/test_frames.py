@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from harness.frames import load
+from harness.frames import RunDirError, load
 from harness.recorder import Recorder
 
 
@@ -62,3 +63,41 @@ def test_torn_last_batch_is_skipped_and_counted(tmp_path: Path) -> None:
     frames = load(run_dir)
     assert frames.torn_batches == 1
     assert len(frames.connections) >= 1  # the first batch survives whole
+
+
+def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:
+    utts = load(finished_run).utterances
+    done = utts[utts["status"] == "completed"]
+    assert len(done) >= 5 and done["crc_match"].all() and (done["attempts"] == 1).all()
+    assert (done["started"] < done["committed"]).all() and (done["committed"] < done["ended"]).all()
+    assert (done["latency"] - (done["ended"] - done["committed"])).abs().max() < 0.05
+    assert utts.loc[utts["status"] == "lost", "crc_match"].isna().all()
+
+
+def test_a_run_with_no_events_yet_loads_to_the_same_schema(tmp_path: Path,
+                                                          finished_run: Path) -> None:
+    run_dir = tmp_path / "empty"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text("{}")
+    empty, full = load(run_dir), load(finished_run)
+    for name in ("events", "connections", "utterances"):
+        frame = getattr(empty, name)
+        assert frame.empty
+        assert frame.dtypes.map(str).to_dict() == getattr(full, name).dtypes.map(str).to_dict()
+
+
+def test_a_run_loaded_twice_is_refused(finished_run: Path) -> None:
+    with pytest.raises(RunDirError, match="already loaded"):
+        load([finished_run, finished_run])
+
+
+def test_meta_details_that_disagree_on_types_still_parse() -> None:
+    """Arrow's JSON reader wants one type per field; rows that disagree fall back to json."""
+    from harness.frames import _details
+
+    details = [json.dumps({"latency": 0.1, "x": "a"}), None, json.dumps({"latency": "slow"})]
+    rows = pd.DataFrame({"detail": pd.array(details, dtype="string[pyarrow]")}, index=[5, 6, 7])
+    parsed = _details(rows)
+    assert list(parsed.index) == [5, 6, 7]
+    assert parsed.loc[5, "latency"] == 0.1 and parsed.loc[7, "latency"] == "slow"
+    assert pd.isna(parsed.loc[6, "latency"])

@@ -46,15 +46,20 @@ def _minutes(seconds: float) -> str:
     return "not reached" if not math.isfinite(seconds) else f"{seconds / 60:.1f} min"
 
 
-def build_report(run_dirs: list[Path], out: Path | None = None) -> Report:
-    frames = load(run_dirs)
+def build_report(run_dirs: list[Path], out: Path | None = None,
+                 frames: Frames | None = None) -> Report:
+    """Report of run directories into `out` (default RUN/report). Pass `frames` already
+    loaded from exactly these runs to skip loading them again; when it loads them itself, a
+    single run's frames/*.parquet are (re)written too."""
+    write = frames is None and len(run_dirs) == 1
+    frames = frames if frames is not None else load(run_dirs)
     if frames.connections.empty:
         raise RunDirError(f"{', '.join(map(str, run_dirs))}: no connections recorded yet; "
                           "nothing to report")
     out = out or (run_dirs[0] / "report" if len(run_dirs) == 1
                   else run_dirs[0].parent / f"compare-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
     out.mkdir(parents=True, exist_ok=True)
-    if len(run_dirs) == 1:
+    if write:
         write_frames(frames, run_dirs[0] / "frames")
     summary = _summary(frames)
     images = _charts(frames, out)
@@ -75,7 +80,8 @@ def _summary(frames: Frames) -> dict[str, Any]:
         "generated": datetime.now(UTC).isoformat(),
         "runs": {name: {"seed": m.get("seed"), "time_scale": m.get("time_scale"),
                         "started": m.get("started"), "ended": m.get("ended"),
-                        "interrupted": m.get("interrupted"), "target": m.get("target")}
+                        "interrupted": m.get("interrupted"), "status": _run_status(m),
+                        "saturated": m.get("saturated"), "target": m.get("target")}
                  for name, m in manifests.items()},
         "variants": [asdict(s) for s in survival],
         "close_codes": codes.astype({"close_code": str}).to_dict(orient="records"),
@@ -85,6 +91,14 @@ def _summary(frames: Frames) -> dict[str, Any]:
         "torn_batches": frames.torn_batches,
         "events": len(frames.events),
     }
+
+
+def _run_status(m: dict[str, Any]) -> str:
+    """finished, interrupted (signal: workers closed cleanly) or crashed (no end written: the
+    process died, or is still running); the last two make a partial report."""
+    if m.get("ended") is None:
+        return "crashed"
+    return "interrupted" if m.get("interrupted") else "finished"
 
 
 def _headline(v: dict[str, Any]) -> str:
@@ -156,8 +170,18 @@ def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
                      median_ci=f"{_minutes(v['median_ci_s'][0])} – {_minutes(v['median_ci_s'][1])}",
                      rate_ci=v["drops_per_hour_ci"]) for v in summary["variants"]]
     runs = "; ".join(f"{html.escape(name)} (seed {r['seed']}, {r['time_scale']}x"
-                     f"{', interrupted' if r['interrupted'] else ''})"
+                     f"{'' if r['status'] == 'finished' else ', ' + r['status']})"
                      for name, r in summary["runs"].items())
+    partial = [f"{html.escape(name)} {r['status']}" for name, r in summary["runs"].items()
+               if r["status"] != "finished"]
+    notes = (f"<p class=\"headline\">Partial report: {'; '.join(partial)}. It covers what was "
+             "recorded until then; connections still open count as censored.</p>"
+             if partial else "")
+    saturated = [html.escape(name) for name, r in summary["runs"].items() if r["saturated"]]
+    if saturated:
+        notes += (f"<p class=\"headline\">Client saturated in {', '.join(saturated)}: append "
+                  "frames left more than 10 ms late (p99), so timings describe this machine as "
+                  "much as the service. Run fewer workers per process.</p>")
     outcome_rows = [{"variant": v, **counts} for v, counts in summary["utterances"].items()]
     statuses = sorted({k for counts in summary["utterances"].values() for k in counts})
     lateness = summary["pacing_lateness_ms"]
@@ -169,6 +193,7 @@ def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
 <h1>rtsoak disconnect report</h1>
 <p class="meta">{runs} · {summary['events']:,} events · generated {summary['generated']}</p>
 <pre class="headline">{html.escape(headline)}</pre>
+{notes}
 <h2>How long connections live</h2>
 {_img(images['survival'], 'Kaplan-Meier survival curves')}
 {_table(variants, [("variant", "variant"), ("connections", "connections"), ("drops", "drops"),

@@ -1,0 +1,215 @@
+"""What recording every append costs: (1) rows/s the Recorder absorbs and CPU per row, flushes
+included; (2) a paced sender over loopback WebSockets with and without a `Recorder.row` per
+frame: its CPU per frame, send lateness and achieved rate; (3) the same sender unpaced (flood),
+where recording can only show up as lost throughput.
+
+The sender mirrors the worker's hot path (harness/worker.py `_utterance_turn`): clock sleep to
+the deadline, `ws.send_str` of a pre-built ~2.6 KB append, one `row(...)` call. The sink is a
+bare aiohttp server in another process that reads and discards, so the client is what is
+measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 10 --repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness.recorder import Recorder  # noqa: E402
+
+CHUNK_MS = 20
+FRAME = json.dumps({"type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(bytes(CHUNK_MS * 48)).decode()})
+
+
+def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[str, float]:
+    """Recorder.row + flush alone, append-shaped rows, flushing every `batch` rows (300
+    connections x 50 frames/s fill 0.2 s with 3,000 rows). Median of `repeats` after a
+    warm-up (the first conversion pays pyarrow's lazy initialisation)."""
+    _micro_once(10_000, batch)
+    runs = sorted((_micro_once(rows, batch) for _ in range(repeats)),
+                  key=lambda r: r["cpu_us_per_row"])
+    return runs[len(runs) // 2]
+
+
+def _micro_once(rows: int, batch: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = Recorder(Path(tmp) / "events.arrows")
+        row = rec.row
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i in range(rows):
+            row(1.7e9 + i, i * 0.02, "client", "v", i % 300, 1, "send",
+                "input_audio_buffer.append", 2618, 20.0, 0.3)
+            if i % batch == batch - 1:
+                rec.flush()
+        rec.close()
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        size = (Path(tmp) / "events.arrows").stat().st_size
+    return {"rows": rows, "rows_per_s": rows / wall, "cpu_us_per_row": cpu / rows * 1e6,
+            "bytes_per_row": size / rows}
+
+
+SINK = """
+import asyncio, sys
+from aiohttp import web
+async def ws(request):
+    w = web.WebSocketResponse(max_msg_size=0)
+    await w.prepare(request)
+    async for _ in w:
+        pass
+    return w
+async def main():
+    app = web.Application(); app.router.add_get("/", ws)
+    runner = web.AppRunner(app); await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0); await site.start()
+    print(site._server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+try:
+    import uvloop; uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+async def sender(port: int, connections: int, seconds: float, record: bool, paced: bool,
+                 log_dir: Path) -> dict[str, float]:
+    import aiohttp
+
+    rec = Recorder(log_dir / f"events-{record}-{paced}.arrows") if record else None
+    if rec is not None:
+        rec.start()
+    lateness: list[float] = []
+    sent = 0
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets = [await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
+                   for _ in range(connections)]
+        start = loop.time() + 0.2
+        end = start + seconds
+
+        async def one(i: int, ws) -> None:
+            nonlocal sent
+            row = rec.row if rec is not None else None
+            k = 0
+            due = start + i * CHUNK_MS / 1000 / connections  # spread the phases
+            while True:
+                if paced:
+                    now = loop.time()
+                    if now < due:
+                        await asyncio.sleep(due - now)
+                now = loop.time()
+                if now >= end:
+                    break
+                await ws.send_str(FRAME)
+                lag = (now - due) * 1000.0
+                if row is not None:
+                    row(time.time(), now, "client", "v", i, 1, "send",
+                        "input_audio_buffer.append", len(FRAME), float(CHUNK_MS), lag)
+                if paced and k % 10 == 0:
+                    lateness.append(lag)
+                k += 1
+                due += CHUNK_MS / 1000
+                if not paced and k % 8 == 0:
+                    await asyncio.sleep(0)  # let the others in, as a real loop would
+            sent += k
+
+        await asyncio.sleep(max(0.0, start - loop.time()))
+        cpu0 = time.process_time()
+        await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)))
+        cpu = time.process_time() - cpu0
+        for ws in sockets:
+            await ws.close()
+    if rec is not None:
+        await rec.aclose()
+    lateness.sort()
+    p99 = lateness[int(0.99 * (len(lateness) - 1))] if lateness else float("nan")
+    return {"frames_per_s": sent / seconds, "cpu_us_per_frame": cpu / sent * 1e6,
+            "cpu_share": cpu / seconds, "lateness_p99_ms": p99}
+
+
+def run_sender(port: int, connections: int, seconds: float, record: bool, paced: bool,
+               log_dir: Path) -> dict[str, float]:
+    coro = sender(port, connections, seconds, record, paced, log_dir)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def capacity(port: int, steps: list[int], seconds: float, log_dir: Path) -> None:
+    """The paced sender's throughput ceiling: the most connections (x 50 frames/s) whose
+    p99 send lateness stays within 10 ms, with and without a recorder row per frame."""
+    best: dict[bool, int] = {False: 0, True: 0}
+    for conns in steps:
+        for record in (False, True):
+            r = run_sender(port, conns, seconds, record, True, log_dir)
+            print(json.dumps({"record": record, "connections": conns, **r}), flush=True)
+            if r["lateness_p99_ms"] <= 10.0:
+                best[record] = max(best[record], conns)
+    print(json.dumps({"capacity_connections": {"without": best[False], "with": best[True]}}),
+          flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=300)
+    parser.add_argument("--flood-connections", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--micro-rows", type=int, default=1_000_000)
+    parser.add_argument("--capacity", type=int, nargs="*", metavar="N",
+                        help="paced connection counts to step through: the most that keep "
+                             "p99 lateness <= 10 ms, with and without recording")
+    args = parser.parse_args()
+
+    print("## micro: Recorder.row + flush", flush=True)
+    print(json.dumps(micro(args.micro_rows)), flush=True)
+
+    sink = subprocess.Popen([sys.executable, "-c", SINK], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(sink.stdout.readline())
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.capacity:
+                capacity(port, args.capacity, args.seconds, Path(tmp))
+                return
+            for paced, conns in ((True, args.connections), (False, args.flood_connections)):
+                mode = f"paced, {conns} connections x 50 frames/s" if paced else \
+                    f"flood, {conns} connections"
+                print(f"## {mode}", flush=True)
+                results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+                for rep in range(args.repeats):  # interleaved, so drift hits both alike
+                    for record in (False, True):
+                        r = run_sender(port, conns, args.seconds, record, paced, Path(tmp))
+                        results[record].append(r)
+                        print(json.dumps({"record": record, "repeat": rep, **r}), flush=True)
+                for record in (False, True):
+                    med = {k: statistics.median(r[k] for r in results[record])
+                           for k in results[record][0]}
+                    print(json.dumps({"record": record, "median": med}), flush=True)
+                off = statistics.median(r["frames_per_s"] for r in results[False])
+                on = statistics.median(r["frames_per_s"] for r in results[True])
+                cpu_off = statistics.median(r["cpu_us_per_frame"] for r in results[False])
+                cpu_on = statistics.median(r["cpu_us_per_frame"] for r in results[True])
+                print(json.dumps({"mode": mode, "throughput_change_pct": (on / off - 1) * 100,
+                                  "cpu_per_frame_change_pct": (cpu_on / cpu_off - 1) * 100}),
+                      flush=True)
+    finally:
+        sink.stdin.close()
+        sink.wait(10)
+    print(json.dumps({"cpus": os.cpu_count(), "python": sys.version.split()[0]}))
+
+
+if __name__ == "__main__":
+    main()
