@@ -264,6 +264,24 @@ def _event_loop_run(coro) -> Any:
     return uvloop.run(coro)
 
 
+async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock,
+                           period: float = 0.05) -> None:
+    """Once a second, record how late this event loop woke from short sleeps (wall ms): the
+    lag every timer in the process suffers, so a saturated client shows in its data."""
+    loop = asyncio.get_running_loop()
+    worst, samples, window_start = 0.0, 0, loop.time()
+    while True:
+        asked = loop.time()
+        await asyncio.sleep(period)
+        now = loop.time()
+        worst = max(worst, (now - asked - period) * 1000.0)
+        samples += 1
+        if now - window_start >= 1.0:
+            recorder.row(clock.wall(), clock.now(), "client", None, -1, -1, "meta", "loop_lag",
+                         lag_ms=worst, detail={"samples": samples})
+            worst, samples, window_start = 0.0, 0, now
+
+
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
                       handle_signals: bool = True,
@@ -304,11 +322,13 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks = [loop.create_task(w.run(http)) for w in workers]
+            lag_monitor = loop.create_task(monitor_loop_lag(recorder, clock))
             end_wait = loop.create_task(clock.sleep_until(run.duration))
             all_done = asyncio.gather(*tasks, return_exceptions=True)
             # the run ends at its duration, on a signal, or when every worker has stopped
             await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
             end_wait.cancel()
+            lag_monitor.cancel()
             if not stop.done():
                 stop.set_result(True)
             # Workers close with 1000 and stop; bounded so a stuck socket cannot hang the run.

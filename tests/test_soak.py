@@ -58,6 +58,8 @@ async def test_soak_records_drops_reconnects_and_censored_ends(tmp_path, tone_li
     appends = frames.events[frames.events["type"] == "input_audio_buffer.append"]
     assert appends["audio_ms"].max() == pytest.approx(100)
     assert appends["detail"].isna().all()  # no per-frame payloads
+    lag = frames.events[frames.events["type"] == "loop_lag"]
+    assert len(lag) >= 1 and (lag["lag_ms"] >= 0).all()  # the event loop watched itself
 
 
 async def test_report_of_a_soak(tmp_path, tone_library, fake_server) -> None:
