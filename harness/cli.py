@@ -49,7 +49,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
     run.add_argument("--max-audio-hours", type=float,
                      help="cap (real targets): audio hours sent")
+    run.add_argument("--procs", type=int, help="client processes (default: 1 per 300 workers, "
+                     "as the cores allow)")
     run.add_argument("--no-report", action="store_true", help="record only")
+
+    part = sub.add_parser("run-part", help=argparse.SUPPRESS)  # a --procs child
+    part.add_argument("run_dir", type=Path)
+    part.add_argument("--part", required=True)
+    part.add_argument("--url", default="")
+    part.add_argument("--audio-hours", type=float)
 
     serve = sub.add_parser("serve", help="run the fake Realtime transcription server")
     serve.add_argument("--host", default="127.0.0.1")
@@ -99,7 +107,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # SIGTERM is a KeyboardInterrupt like SIGINT: the embedded server is stopped, no traceback.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run_scenario(scenario, args.out, caps=caps)
+        if args.procs is not None and args.procs < 1:
+            raise UsageError("--procs must be at least 1")
+        result = run_scenario(scenario, args.out, caps=caps, procs=args.procs)
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
@@ -196,5 +206,13 @@ def _first_comment(path: Path) -> str:
     return ""
 
 
-_COMMANDS = {"run": _cmd_run, "serve": _cmd_serve, "report": _cmd_report,
-             "validate": _cmd_validate, "list": _cmd_list}
+def _cmd_run_part(args: argparse.Namespace) -> int:
+    from harness.runner import run_part
+
+    k, n = (int(x) for x in args.part.split("/"))
+    result = run_part(args.run_dir, (k, n), args.url, args.audio_hours)
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+_COMMANDS = {"run": _cmd_run, "run-part": _cmd_run_part, "serve": _cmd_serve,
+             "report": _cmd_report, "validate": _cmd_validate, "list": _cmd_list}

@@ -7,7 +7,9 @@ end of the run. Workers record; nothing here computes statistics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -36,6 +38,7 @@ __all__ = ["AudioBudget", "Caps", "OutputDirError", "RunResult", "WorkersResult"
            "server_config_doc", "write_json"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WORKERS_PER_PROC = 300  # one core paces about this many 20 ms sockets (bench/RESULTS.md)
 # A run whose append frames left this late (p99, wall ms) measured its own client, not the
 # service: the manifest says so and reports should too.
 SATURATED_P99_MS = 10.0
@@ -202,7 +205,16 @@ def server_config_doc(scenario: Scenario) -> dict[str, Any]:
             "variants": {v.variant: v.raw_faults for v in scenario.variants}}
 
 
-def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps()) -> RunResult:
+def default_procs(scenario: Scenario) -> int:
+    """Client processes for a run: one per WORKERS_PER_PROC workers, as the cores allow
+    (the embedded fake server keeps a core of its own)."""
+    workers = sum(v.run.workers for v in scenario.variants or (scenario,))
+    spare = max(1, (os.cpu_count() or 1) - (1 if scenario.run.target == "fake" else 0))
+    return max(1, min(spare, math.ceil(workers / WORKERS_PER_PROC)))
+
+
+def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps(),
+                 procs: int | None = None) -> RunResult:
     """Check everything a user can get wrong before writing anything, then run."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target, budget = None, None
@@ -211,40 +223,58 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Cap
         check_real_target(scenario, library, caps, log)
         budget = AudioBudget(caps.max_audio_hours or 0.0)
     check_output_dir(out_base)
-    return _run(scenario, library, out_base, log, target, budget)
+    return _run(scenario, library, out_base, log, target, budget,
+                procs or default_procs(scenario))
 
 
 def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
-         target: Target | None, budget: AudioBudget | None) -> RunResult:
+         target: Target | None, budget: AudioBudget | None, procs: int) -> RunResult:
     run_dir = new_run_dir(out_base, scenario.run.name)
     started = datetime.now(UTC).isoformat()
     doc = manifest(scenario, None, started)
+    doc["procs"] = procs
     write_json(run_dir / "manifest.json", doc)
     write_json(run_dir / "server.json", server_config_doc(scenario))
+    write_json(run_dir / "scenario.json", {"source": scenario.source, "doc": scenario.doc})
     server = None
     if target is None:
         server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
                                 scenario.run.seed)
     wall0 = time.monotonic()
+    parts: list[subprocess.Popen] = []
     try:
         if server is not None:
             target = Target.fake(server.start())
-        clock = ScaledClock(scenario.run.time_scale)
-        if server is not None:
-            server.set_origin(clock.origin)
         assert target is not None
+        hours = None if budget is None else budget.remaining_ms / 3_600_000.0 / procs
+        parts = [_start_part(run_dir, k, procs, target, hours) for k in range(1, procs)]
+        # everyone is loaded and listening: now the clock starts, the same for all
+        clock = ScaledClock(scenario.run.time_scale)
+        for child in ([server.proc] if server is not None else []) + parts:
+            assert child is not None and child.stdin is not None
+            child.stdin.write(f"{clock.origin!r}\n")
+            child.stdin.flush()
         url = target.url
         doc["target"] = target.describe()
         write_json(run_dir / "manifest.json", doc)
         variants = scenario.variants or (scenario,)
         workers = sum(v.run.workers for v in variants)
         log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
-            f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}")
-        result = _event_loop_run(run_workers(scenario, clock, target, library, run_dir, log,
-                                             budget=budget))
+            f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}"
+            + (f", {procs} processes" if procs > 1 else ""))
+        if budget is not None:
+            budget.remaining_ms /= procs
+        result = None
+        try:
+            result = _event_loop_run(run_workers(scenario, clock, target, library, run_dir, log,
+                                                 budget=budget, part=(0, procs)))
+        finally:
+            result_parts = _join_parts(parts, run_dir, scenario, clock,
+                                       interrupted=result is None or result.interrupted)
     finally:
         if server is not None:
             server.stop()
+    result = _merge_results([result, *result_parts])
     p99 = result.append_lateness_p99_ms
     doc.update(ended=datetime.now(UTC).isoformat(), interrupted=result.interrupted,
                rows=result.rows, append_lateness_p99_ms=p99,
@@ -254,6 +284,68 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
         log(f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
             f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process")
     return RunResult(run_dir, result.interrupted, time.monotonic() - wall0)
+
+
+def _start_part(run_dir: Path, k: int, procs: int, target: Target,
+                hours: float | None) -> subprocess.Popen:
+    """A child process for slice k of the workers; returns once it is loaded and waits for
+    the clock's origin on its stdin."""
+    args = [sys.executable, "-m", "harness", "run-part", str(run_dir), "--part", f"{k}/{procs}",
+            "--url", target.url if target.kind == "fake" else ""]
+    if hours is not None:
+        args += ["--audio-hours", repr(hours)]
+    proc = subprocess.Popen(args, env=dict(os.environ, PYTHONUNBUFFERED="1"), text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"client process {k}/{procs} failed to start ({proc.wait(30)})")
+    return proc
+
+
+def _join_parts(parts: list[subprocess.Popen], run_dir: Path, scenario: Scenario,
+                clock: ScaledClock, interrupted: bool) -> list[WorkersResult]:
+    """Wait for the child processes (bounded: the rest of the duration and their own 30 s to
+    close), then read what each recorded. An interrupt is passed on to them."""
+    deadline = time.monotonic() + max(0.0, (scenario.run.duration - clock.now()) / clock.scale)
+    for proc in parts:
+        if interrupted and proc.poll() is None:
+            proc.terminate()  # a SIGTERM stops their workers gracefully, as ours
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()) + 40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    results = []
+    for k in range(1, len(parts) + 1):
+        path = run_dir / f"part-{k}.json"
+        if path.is_file():
+            results.append(WorkersResult(**json.loads(path.read_text())))
+    return results
+
+
+def _merge_results(results: list[WorkersResult]) -> WorkersResult:
+    p99s = [r.append_lateness_p99_ms for r in results if r.append_lateness_p99_ms is not None]
+    return WorkersResult(any(r.interrupted for r in results), sum(r.rows for r in results),
+                         max(p99s) if p99s else None)
+
+
+def run_part(run_dir: Path, part: tuple[int, int], url: str,
+             audio_hours: float | None) -> WorkersResult:
+    """The child side of --procs: slice `part` of the workers, recorded beside the others.
+    Says "ready" once loaded, then takes the clock's origin from stdin."""
+    from harness.scenario import scenario_from_doc
+
+    saved = json.loads((run_dir / "scenario.json").read_text())
+    scenario = scenario_from_doc(saved["doc"], saved["source"])
+    library = AudioLibrary.from_dir(scenario.audio_dir())
+    target = Target.fake(url) if url else build_target(scenario.run.target, scenario.target)
+    print("ready", flush=True)
+    clock = ScaledClock(scenario.run.time_scale, float(sys.stdin.readline()))
+    budget = None if audio_hours is None else AudioBudget(audio_hours)
+    result = _event_loop_run(run_workers(scenario, clock, target, library, run_dir,
+                                         log=lambda *_: None, budget=budget, part=part))
+    write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
+    return result
 
 
 def _event_loop_run(coro) -> Any:
@@ -284,13 +376,15 @@ async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock,
 
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
-                      handle_signals: bool = True,
-                      budget: AudioBudget | None = None) -> WorkersResult:
+                      handle_signals: bool = True, budget: AudioBudget | None = None,
+                      part: tuple[int, int] = (0, 1)) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
     into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
     flushes the log and exits 130 at once."""
     loop = asyncio.get_running_loop()
-    recorder = Recorder(run_dir / "events-client.arrows")
+    k, procs = part
+    recorder = Recorder(run_dir / ("events-client.arrows" if procs == 1
+                                   else f"events-client-{k}.arrows"))
     recorder.start()
     stop: asyncio.Future = loop.create_future()
     interrupted = False
@@ -310,14 +404,13 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     run = scenario.run
-    workers = []
-    for variant in scenario.variants or (scenario,):
-        n = variant.run.workers
-        workers += [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
-                                       clock=clock, recorder=recorder, target=target,
-                                       library=library, stop=stop, budget=budget,
-                                       start_at=run.ramp_up * i / max(1, n)))
-                    for i in range(n)]
+    slots = [(variant, i) for variant in scenario.variants or (scenario,)
+             for i in range(variant.run.workers)]
+    workers = [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
+                                  clock=clock, recorder=recorder, target=target,
+                                  library=library, stop=stop, budget=budget,
+                                  start_at=run.ramp_up * i / max(1, variant.run.workers)))
+               for n, (variant, i) in enumerate(slots) if n % procs == k]
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:

@@ -131,3 +131,23 @@ def test_full_output_dir_is_refused_before_the_run(tmp_path: Path) -> None:
     with pytest.raises(OutputDirError, match=f"{tmp_path}: only .* MiB free"):
         check_output_dir(tmp_path, min_free=2**62)
     assert list(tmp_path.iterdir()) == []  # the probe is gone
+
+
+def test_procs_spread_workers_over_processes_into_one_run(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path, name="procs", workers=5, duration="2m")
+    result = rtsoak("run", str(scenario), "--out", str(tmp_path / "runs"), "--procs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 processes" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    logs = sorted(p.name for p in run_dir.glob("events-client*.arrows"))
+    assert logs == ["events-client-0.arrows", "events-client-1.arrows"]
+    from harness.frames import load
+
+    frames = load(run_dir)
+    assert set(frames.connections["worker"]) == {0, 1, 2, 3, 4}
+    # one clock: both processes' first connections open within the ramp-free first seconds
+    first = frames.connections.groupby("worker")["opened"].min()
+    assert first.max() < 5.0
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["procs"] == 2 and manifest["rows"] == len(frames.events[
+        frames.events["src"] == "client"])

@@ -115,7 +115,8 @@ class EmbeddedServer:
         self.url = ""
 
     def start(self, timeout: float = 30.0) -> str:
-        """Start the server and return its URL; it serves once `set_origin` is called."""
+        """Start the server and return its URL; it serves once the run clock's origin is
+        written to its stdin."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True, env=env, start_new_session=True)
@@ -128,11 +129,6 @@ class EmbeddedServer:
         self.url = ready["url"]
         return self.url
 
-    def set_origin(self, origin: float) -> None:
-        """Hand over the run clock's origin: from now on both sides agree on scenario time."""
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(f"{origin!r}\n")
-        self.proc.stdin.flush()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
