@@ -64,8 +64,8 @@ UTTERANCE_COLUMNS: dict[str, Any] = {
     "run": "category", "variant": "category", "worker": "Int32", "conn": "Int32",
     "utterance": _STRING, "source": _STRING, "audio_ms": "float64", "crc32": "Int64",
     "started": "float64", "committed": "float64", "ended": "float64",
-    "latency": "float64", "status": _cat(UtteranceStatus), "attempts": "Int32",
-    "item_id": _STRING, "transcript": _STRING, "crc_match": "boolean",
+    "latency": "float64", "status": _cat(UtteranceStatus), "attempt": "Int32",
+    "final": "bool", "item_id": _STRING, "transcript": _STRING, "crc_match": "boolean",
 }
 
 
@@ -258,10 +258,15 @@ def utterances_frame(events: pd.DataFrame) -> pd.DataFrame:
         "item_id": end_detail.get("item_id"), "transcript": end_detail.get("transcript"),
         "latency": end_detail.get("latency"),
     })
-    utts = utts.merge(ends, on=["run", "utterance"], how="left").reset_index(drop=True)
+    # a replayed utterance starts and ends once per attempt, in order: pair them by number
+    utts = utts.sort_values("started", kind="stable")
+    utts["attempt"] = utts.groupby(["run", "utterance"], observed=True).cumcount() + 1
+    ends["attempt"] = ends.groupby(["run", "utterance"], observed=True).cumcount() + 1
+    utts = utts.merge(ends, on=["run", "utterance", "attempt"], how="left")
+    utts = utts.sort_values(["run", "started"], kind="stable").reset_index(drop=True)
+    utts["final"] = ~utts.duplicated(["run", "utterance"], keep="last")
     utts["status"] = utts["status"].astype(object).fillna(str(UtteranceStatus.UNFINISHED))
     utts["committed"] = _commit_times(events, utts)
-    utts["attempts"] = 1  # the worker does not retry an utterance (yet)
     utts["crc_match"] = _crc_match(utts)
     return _conform(utts, UTTERANCE_COLUMNS)
 

@@ -68,7 +68,7 @@ def test_torn_last_batch_is_skipped_and_counted(tmp_path: Path) -> None:
 def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:
     utts = load(finished_run).utterances
     done = utts[utts["status"] == "completed"]
-    assert len(done) >= 5 and done["crc_match"].all() and (done["attempts"] == 1).all()
+    assert len(done) >= 5 and done["crc_match"].all() and (done["attempt"] == 1).all()
     assert (done["started"] < done["committed"]).all() and (done["committed"] < done["ended"]).all()
     assert (done["latency"] - (done["ended"] - done["committed"])).abs().max() < 0.05
     assert utts.loc[utts["status"] == "lost", "crc_match"].isna().all()

@@ -34,7 +34,7 @@ async def run(tmp_path, tone_library, fake_server, extra: str, duration: str = "
 
 def last_attempts(utts: pd.DataFrame) -> pd.Series:
     """Each utterance's final status (replays are later rows with the same key)."""
-    return utts.groupby("utterance", sort=False)["status"].last().astype(str)
+    return utts.loc[utts["final"]].set_index("utterance")["status"].astype(str)
 
 
 async def test_rotation_closes_proactively_and_is_censored(tmp_path, tone_library,
@@ -73,6 +73,9 @@ async def test_replay_loses_no_utterance(tmp_path, tone_library, fake_server) ->
     final = last_attempts(frames.utterances)
     assert set(final) <= {"completed", "retried_ok", "unfinished"}, final.value_counts()
     assert (final == "retried_ok").sum() >= 3
+    retried = frames.utterances[frames.utterances["status"] == "retried_ok"]
+    assert (retried["attempt"] >= 2).all() and retried["final"].all()
+    assert frames.utterances.groupby("utterance")["final"].sum().eq(1).all()
     done = frames.utterances[frames.utterances["status"].isin(["completed", "retried_ok"])]
     for row in done.itertuples():  # exactly the audio sent, as the server's CRC says
         assert parse_transcript(row.transcript).crc32 == row.crc32
