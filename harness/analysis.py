@@ -7,6 +7,7 @@ observations, not drops.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,3 +97,149 @@ def percentiles(values: np.ndarray, qs: tuple[float, ...] = (50, 90, 99)) -> dic
     if len(values) == 0:
         return {f"p{q:g}": float("nan") for q in qs}
     return {f"p{q:g}": float(v) for q, v in zip(qs, np.percentile(values, qs), strict=True)}
+
+
+# --- comparisons ------------------------------------------------------------------------------
+def survival_at(kmf: KaplanMeierFitter, age: float) -> tuple[float, float, float]:
+    """S(age) with its 95 % CI (lower, upper)."""
+    s = float(kmf.survival_function_at_times(age).iloc[0])
+    ci = kmf.confidence_interval_survival_function_
+    before = ci[ci.index <= age]
+    if before.empty:
+        return s, 1.0, 1.0
+    lo, hi = before.iloc[-1]
+    return s, float(lo), float(hi)
+
+
+def pairwise_logrank(connections: pd.DataFrame) -> pd.DataFrame:
+    """Log-rank test for every pair of variants, p-values Holm-corrected for the number of
+    pairs (so a table of many comparisons does not find differences by chance)."""
+    from lifelines.statistics import pairwise_logrank_test
+
+    conns = observed_connections(connections)
+    if conns["variant"].nunique() < 2:
+        return pd.DataFrame(columns=["a", "b", "statistic", "p", "p_holm"])
+    result = pairwise_logrank_test(conns["lifetime"].to_numpy(float),
+                                   conns["variant"].astype(str).to_numpy(),
+                                   conns["dropped"].to_numpy(bool)).summary
+    table = result.reset_index().rename(columns={"level_0": "a", "level_1": "b",
+                                                 "test_statistic": "statistic"})
+    table = table[["a", "b", "statistic", "p"]].sort_values("p").reset_index(drop=True)
+    m = len(table)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * table["p"].to_numpy()))
+    table["p_holm"] = adjusted
+    return table
+
+
+def hazard_by_age(connections: pd.DataFrame, bins: int = 8) -> pd.DataFrame:
+    """Drops per connection-hour in bands of connection age, with exact Poisson CIs: a flat
+    profile is random loss; a rising one, sessions that wear out."""
+    conns = observed_connections(connections)
+    if conns.empty:
+        return pd.DataFrame()
+    edges = np.linspace(0.0, float(conns["lifetime"].max()), bins + 1)
+    rows = []
+    for variant, group in conns.groupby("variant", observed=True):
+        life = group["lifetime"].to_numpy(float)
+        dropped = group["dropped"].to_numpy(bool)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            exposure = float(np.clip(life - lo, 0.0, hi - lo).sum()) / 3600.0
+            events = int(((life > lo) & (life <= hi) & dropped).sum())
+            ci = poisson_rate_ci(events, exposure)
+            rows.append({"variant": str(variant), "age_from": lo, "age_to": hi, "drops": events,
+                         "connection_hours": exposure,
+                         "per_hour": events / exposure if exposure > 0 else float("nan"),
+                         "per_hour_lo": ci[0], "per_hour_hi": ci[1]})
+    return pd.DataFrame(rows)
+
+
+def variant_factors(variants: list[str]) -> pd.DataFrame:
+    """Factors a variant name encodes: `block,key=value,...` from [[variant]] x [matrix]."""
+    rows = []
+    for name in variants:
+        row: dict[str, object] = {"variant": name}
+        for part in name.split(","):
+            key, sep, value = part.partition("=")
+            if sep:
+                number = pd.to_numeric(value, errors="coerce")
+                row[key] = value if pd.isna(number) else float(number)
+            else:
+                row["block"] = part
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
+    """A Cox proportional-hazards model of lifetime over the factors the variants vary (when
+    two or more vary): each factor's hazard ratio with its 95 % CI and p-value."""
+    from lifelines import CoxPHFitter
+
+    conns = observed_connections(connections)
+    factors = variant_factors(sorted(conns["variant"].astype(str).unique()))
+    varied = [c for c in factors.columns if factors[c].nunique(dropna=False) > 1]
+    if len(varied) < 2 or conns["dropped"].sum() < 5:
+        return None
+    data = conns[["lifetime", "dropped", "variant"]].astype({"variant": str}).join(
+        factors[varied], on="variant").drop(columns="variant")
+    data = pd.get_dummies(data, drop_first=True, dtype=float)
+    data = data.loc[:, data.nunique() > 1]
+    try:
+        fitted = CoxPHFitter(penalizer=0.01).fit(data, "lifetime", "dropped")
+    except Exception:  # lifelines raises several kinds on degenerate data
+        return None
+    summary = fitted.summary
+    return pd.DataFrame({"factor": summary.index, "hazard_ratio": summary["exp(coef)"],
+                         "lo": summary["exp(coef) lower 95%"],
+                         "hi": summary["exp(coef) upper 95%"], "p": summary["p"]}
+                        ).reset_index(drop=True)
+
+
+Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided 5 %, 80 % power
+
+
+def power(drops: int, drops_per_hour: float) -> dict[str, float]:
+    """Schoenfeld's approximation for a log-rank comparison of two equal arms: the smallest
+    hazard ratio a comparison with this many drops detects (80 % power, 5 % two-sided), and
+    the drops and connection-hours needed to detect a 2x hazard."""
+    z = Z_ALPHA + Z_POWER
+    detectable = math.exp(z / math.sqrt(0.25 * drops)) if drops > 0 else float("inf")
+    needed = (z / (0.5 * math.log(2.0))) ** 2
+    hours = needed / drops_per_hour if drops_per_hour > 0 else float("inf")
+    return {"detectable_hazard_ratio": detectable, "drops_for_2x": needed,
+            "connection_hours_for_2x": hours}
+
+
+# --- utterances and recovery ----------------------------------------------------------------
+def latency_percentiles(utterances: pd.DataFrame) -> pd.DataFrame:
+    done = utterances[utterances["latency"].notna()]
+    rows = [{"variant": str(v), "transcripts": len(g), **percentiles(
+        g["latency"].to_numpy(float), (50, 90, 99))}
+        for v, g in done.groupby("variant", observed=True)]
+    return pd.DataFrame(rows)
+
+
+def final_outcomes(utterances: pd.DataFrame) -> pd.DataFrame:
+    """Each utterance counted once, by its last attempt."""
+    return utterance_outcomes(utterances[utterances["final"]])
+
+
+def recovery(connections: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFrame:
+    """Per drop: seconds from the drop to the first transcript completed on a later
+    connection of the same worker (NA if none came), and audio lost at the drop."""
+    drops = connections[connections["dropped"]]
+    if drops.empty:
+        return pd.DataFrame(columns=["variant", "worker", "conn", "dropped_at", "recovery",
+                                     "uncommitted_ms"])
+    good = utterances[utterances["status"].isin(["completed", "retried_ok"])]
+    done_at = good.groupby(["run", "worker", "conn"], observed=True)["ended"].min()
+    rows = []
+    for d in drops.itertuples(index=False):
+        later = done_at.loc[(d.run, d.worker)] if (d.run, d.worker) in done_at.index else None
+        first = np.nan
+        if later is not None:
+            after = later[(later.index > d.conn) & (later >= d.closed)]
+            first = float(after.min()) - d.closed if len(after) else np.nan
+        rows.append({"variant": str(d.variant), "worker": d.worker, "conn": d.conn,
+                     "dropped_at": d.closed, "recovery": first,
+                     "uncommitted_ms": d.uncommitted_ms})
+    return pd.DataFrame(rows)

@@ -120,7 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        _frames_and_report(result.run_dir, report=not args.no_report)
+        failed = _frames_and_report(result.run_dir, report=not args.no_report)
     except KeyboardInterrupt:
         print(f"rtsoak: interrupted again; the event log in {result.run_dir} is complete, "
               "`rtsoak report` rebuilds frames and report from it", file=sys.stderr)
@@ -129,10 +129,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not result.interrupted:
             raise
         print(f"rtsoak: {exc}", file=sys.stderr)  # stopped before anything happened
-    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_THRESHOLDS if failed else EXIT_OK
 
 
-def _frames_and_report(run_dir: Path, report: bool) -> None:
+def _frames_and_report(run_dir: Path, report: bool) -> bool:
     """frames/*.parquet always (they are the run's data); the report unless --no-report (it
     says when the run was interrupted: a partial report)."""
     from harness.frames import load, write_frames
@@ -146,6 +148,10 @@ def _frames_and_report(run_dir: Path, report: bool) -> None:
         built = build_report([run_dir], frames=frames)
         print(f"rtsoak: report {built.index}")
         print(built.headline)
+        if built.verdict_table:
+            print(built.verdict_table)
+        return built.failed
+    return False
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -171,7 +177,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report = build_report(args.runs, out=args.out)
     print(f"rtsoak: report {report.index}")
     print(report.headline)
-    return EXIT_OK
+    if report.verdict_table:
+        print(report.verdict_table)
+    return EXIT_THRESHOLDS if report.failed else EXIT_OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

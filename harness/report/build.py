@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pandas as pd
 
 from harness import analysis
 from harness.frames import Frames, RunDirError, load, pacing_lateness, write_frames
 from harness.report import charts
+from harness.report.findings import agreement_table, findings
+from harness.report.thresholds import Verdict, console_table, judge, write_junit
 
 __all__ = ["Report", "build_report"]
 
@@ -29,6 +32,16 @@ class Report:
     index: Path
     summary: dict[str, Any]
     headline: str
+    verdicts: tuple[Verdict, ...] = ()
+
+    @property
+    def failed(self) -> bool:
+        """Some threshold failed: `rtsoak` exits 1."""
+        return any(not v.passed for v in self.verdicts)
+
+    @property
+    def verdict_table(self) -> str:
+        return console_table(list(self.verdicts))
 
 
 def _finite(value: Any) -> Any:
@@ -61,21 +74,48 @@ def build_report(run_dirs: list[Path], out: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     if write:
         write_frames(frames, run_dirs[0] / "frames")
-    summary = _summary(frames)
+    frames = _label_runs(frames)
+    thresholds = next(iter(frames.manifests.values())).get("scenario", {}).get("thresholds", {})
+    verdicts = judge(thresholds, frames.connections, frames.utterances)
+    summary = _summary(frames, verdicts)
     images = _charts(frames, out)
     (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+    write_junit(verdicts, out / "junit.xml", suite="/".join(frames.manifests))
     headline = "\n".join(_headline(v) for v in summary["variants"])
     index = out / "index.html"
     index.write_text(_html(frames, summary, images, headline))
-    return Report(index, summary, headline)
+    return Report(index, summary, headline, tuple(verdicts))
 
 
-def _summary(frames: Frames) -> dict[str, Any]:
-    survival, _ = analysis.survival_by_variant(frames.connections)
+def _label_runs(frames: Frames) -> Frames:
+    """Several runs that reuse variant names are told apart as `run:variant`."""
+    if len(frames.manifests) < 2:
+        return frames
+    pairs = frames.connections[["run", "variant"]].drop_duplicates().astype(str)
+    if not pairs["variant"].duplicated().any():
+        return frames
+
+    def relabel(df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        out["variant"] = (df["run"].astype(str) + ":" + df["variant"].astype(str)).astype(
+            "category")
+        return out
+
+    return Frames(relabel(frames.events), relabel(frames.connections),
+                  relabel(frames.utterances), frames.manifests, frames.torn_batches)
+
+
+def _summary(frames: Frames, verdicts: list[Verdict]) -> dict[str, Any]:
+    conns, utts = frames.connections, frames.utterances
+    survival, _ = analysis.survival_by_variant(conns)
     lateness = pacing_lateness(frames.events)
-    outcomes = analysis.utterance_outcomes(frames.utterances)
-    codes = analysis.close_codes(frames.connections)
+    outcomes = analysis.final_outcomes(utts)
+    codes = analysis.close_codes(conns)
     manifests = frames.manifests
+    drops = sum(s.drops for s in survival)
+    hours = sum(s.connection_hours for s in survival)
+    recovery = analysis.recovery(conns, utts)
+    cox = analysis.cox_by_factors(conns)
     return {
         "generated": datetime.now(UTC).isoformat(),
         "runs": {name: {"seed": m.get("seed"), "time_scale": m.get("time_scale"),
@@ -88,6 +128,17 @@ def _summary(frames: Frames) -> dict[str, Any]:
         "utterances": {str(v): {str(k): int(n) for k, n in row.items()}
                        for v, row in outcomes.iterrows()},
         "pacing_lateness_ms": analysis.percentiles(lateness),
+        "logrank": analysis.pairwise_logrank(conns).to_dict(orient="records"),
+        "cox": None if cox is None else cox.to_dict(orient="records"),
+        "power": analysis.power(drops, drops / hours if hours else 0.0),
+        "hazard_by_age": analysis.hazard_by_age(conns).to_dict(orient="records"),
+        "latency_s": analysis.latency_percentiles(utts).to_dict(orient="records"),
+        "recovery_s": [{"variant": v, "drops": len(g), "recovered": int(g["recovery"].notna()
+                                                                         .sum()),
+                        **analysis.percentiles(g["recovery"].dropna().to_numpy(float))}
+                       for v, g in recovery.groupby("variant")],
+        "findings": findings(conns, frames.events),
+        "thresholds": [asdict(v) for v in verdicts],
         "torn_batches": frames.torn_batches,
         "events": len(frames.events),
     }
@@ -112,12 +163,21 @@ def _headline(v: dict[str, Any]) -> str:
 def _charts(frames: Frames, out: Path) -> dict[str, Path]:
     _, fitters = analysis.survival_by_variant(frames.connections)
     images: dict[str, Path] = {}
+    conns = frames.connections
     plans = [
         ("survival", (9, 5), lambda ax: charts.survival_chart(ax, fitters)),
+        ("hazard", (9, 4), lambda ax: charts.hazard_chart(ax, analysis.hazard_by_age(conns))),
+        ("state_at_drop", (9, 3), lambda ax: charts.state_at_drop_chart(ax, conns)),
+        ("quiet_before_drop", (9, 2.6), lambda ax: charts.since_sent_chart(ax, conns)),
+        ("latency", (9, 3), lambda ax: charts.latency_chart(
+            ax, analysis.latency_percentiles(frames.utterances))),
+        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.events)),
+        ("recovery", (9, 3), lambda ax: charts.recovery_chart(
+            ax, analysis.recovery(conns, frames.utterances))),
         ("close_codes", (9, 3.5), lambda ax: charts.close_code_chart(
             ax, analysis.close_codes(frames.connections))),
         ("utterances", (9, 3), lambda ax: charts.utterance_chart(
-            ax, analysis.utterance_outcomes(frames.utterances))),
+            ax, analysis.final_outcomes(frames.utterances))),
         ("timeline", (10, 1.5 + 0.3 * frames.connections[["variant", "worker"]]
                       .drop_duplicates().shape[0]),
          lambda ax: charts.timeline_chart(ax, frames.connections)),
@@ -187,6 +247,8 @@ def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
     lateness = summary["pacing_lateness_ms"]
     torn = (f"<p>{summary['torn_batches']} torn batch(es) from a crash were skipped.</p>"
             if summary["torn_batches"] else "")
+    power = summary["power"]
+    agreement = agreement_table(frames.connections, frames.events)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rtsoak report</title>
 <style>{_CSS}</style></head><body>
@@ -194,6 +256,9 @@ def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
 <p class="meta">{runs} · {summary['events']:,} events · generated {summary['generated']}</p>
 <pre class="headline">{html.escape(headline)}</pre>
 {notes}
+{_thresholds_html(summary['thresholds'])}
+<h2>Findings</h2>
+{_table(summary['findings'], [("hypothesis", "hypothesis"), ("finding", "what the data says")])}
 <h2>How long connections live</h2>
 {_img(images['survival'], 'Kaplan-Meier survival curves')}
 {_table(variants, [("variant", "variant"), ("connections", "connections"), ("drops", "drops"),
@@ -202,24 +267,83 @@ def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
                    ("median", "median lifetime"), ("median_ci", "95 % CI")])}
 <p>Connections closed by the harness itself (end of run, planned rotation) are censored: they
 count as "survived at least this long", not as drops. Rates use exact Poisson intervals.</p>
+{_logrank_html(summary['logrank'])}
+{_cox_html(summary['cox'])}
+<p>Power: with {sum(v['drops'] for v in summary['variants'])} drops, a comparison of two equal
+groups this size detects a hazard ratio of {_cell(power['detectable_hazard_ratio'])} or more
+(80 % power, 5 % two-sided); detecting 2&times; needs about
+{_cell(power['drops_for_2x'])} drops, about {_cell(power['connection_hours_for_2x'])}
+connection-hours at this drop rate.</p>
+<h2>Hazard by session age</h2>
+{_img(images['hazard'], 'hazard by session age')}
 <h2>How connections ended</h2>
 {_img(images['close_codes'], 'close codes by variant')}
 {_table(summary['close_codes'], [("variant", "variant"), ("close_code", "close code"),
                                  ("cause", "cause"), ("closed_by", "closed by"),
                                  ("connections", "connections")])}
+{_img(images['state_at_drop'], 'state at drop')}
+{_img(images['quiet_before_drop'], 'time since last sent and received at drop')}
+{_agreement_html(agreement)}
 <h2>Every connection</h2>
 {_img(images['timeline'], 'timeline of connections per worker')}
 <h2>Utterances</h2>
 {_img(images['utterances'], 'utterance outcomes')}
 {_table(outcome_rows, [("variant", "variant")] + [(s, s) for s in statuses])}
-<p>Completed means the transcript arrived and its CRC32 matches the audio sent; lost means the
-connection dropped before the transcript came.</p>
+<p>Each utterance counts once, by its last attempt. Completed means the transcript arrived and
+its CRC32 matches the audio sent; retried_ok that it completed on a replay after a drop; lost
+that the connection dropped before the transcript came and it was not sent again.</p>
+{_img(images['latency'], 'transcription latency percentiles')}
+<h2>Recovery after a drop</h2>
+{_img(images['recovery'], 'recovery after a drop')}
+{_table(summary['recovery_s'], [("variant", "variant"), ("drops", "drops"),
+                                ("recovered", "recovered"), ("p50", "p50 s"), ("p90", "p90 s"),
+                                ("p99", "p99 s")])}
 <h2>Pacing</h2>
+{_img(images['lateness'], 'send lateness of append frames')}
 <p>Send lateness of append frames against their deadlines (wall milliseconds):
 p50 {_cell(lateness['p50'])} ms, p90 {_cell(lateness['p90'])} ms,
 p99 {_cell(lateness['p99'])} ms.</p>
 {torn}
 <p class="meta">Data: frames/*.parquet and *.csv in the run directory;
-machine-readable summary: summary.json.</p>
+machine-readable summary: summary.json (docs/report.md); thresholds: junit.xml.</p>
 </body></html>
 """
+
+
+def _thresholds_html(verdicts: list[dict[str, Any]]) -> str:
+    if not verdicts:
+        return ""
+    failed = sum(not v["passed"] for v in verdicts)
+    rows = [dict(v, result="pass" if v["passed"] else "FAIL") for v in verdicts]
+    title = (f"Thresholds: {failed} of {len(verdicts)} failed" if failed
+             else f"Thresholds: all {len(verdicts)} passed")
+    return f"<h2>{title}</h2>" + _table(rows, [("variant", "variant"), ("threshold", "threshold"),
+                                              ("limit", "limit"), ("observed", "observed"),
+                                              ("result", "result")])
+
+
+def _logrank_html(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    return ("<h3>Do the variants differ?</h3><p>Pairwise log-rank tests of connection "
+            "lifetime; p-values Holm-corrected for the number of pairs.</p>"
+            + _table(rows, [("a", "variant"), ("b", "vs variant"), ("statistic", "chi2"),
+                            ("p", "p"), ("p_holm", "p (Holm)")]))
+
+
+def _cox_html(rows: list[dict[str, Any]] | None) -> str:
+    if not rows:
+        return ""
+    return ("<h3>Which factor matters?</h3><p>Cox proportional-hazards model over the factors "
+            "the variants vary: a hazard ratio above 1 means shorter-lived connections.</p>"
+            + _table(rows, [("factor", "factor"), ("hazard_ratio", "hazard ratio"),
+                            ("lo", "95 % CI low"), ("hi", "95 % CI high"), ("p", "p")]))
+
+
+def _agreement_html(table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    rows = [{"injected": k, **{c: int(n) for c, n in row.items()}} for k, row in table.iterrows()]
+    return ("<h3>Diagnosis against the fake server's ground truth</h3><p>Rows: the fault the "
+            "server injected; columns: what the client-side diagnosis (docs/report.md) says.</p>"
+            + _table(rows, [("injected", "injected")] + [(c, c) for c in table.columns]))

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from lifelines import KaplanMeierFitter  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -97,3 +98,106 @@ def save(fig: plt.Figure, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _variant_colours(variants: list[str]) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {v: cycle[i % len(cycle)] for i, v in enumerate(variants)}
+
+
+def hazard_chart(ax: Axes, hazard: pd.DataFrame) -> Axes:
+    """Drops per connection-hour by age band, per variant, with exact Poisson 95 % CIs."""
+    variants = list(dict.fromkeys(hazard["variant"]))
+    colours = _variant_colours(variants)
+    for v in variants:
+        rows = hazard[hazard["variant"] == v]
+        mid = (rows["age_from"] + rows["age_to"]) / 2
+        ax.step(mid, rows["per_hour"], where="mid", color=colours[v], label=v)
+        ax.fill_between(mid, rows["per_hour_lo"], rows["per_hour_hi"], step="mid",
+                        color=colours[v], alpha=0.15)
+    ax.set_xlim(left=0)
+    _minute_axis(ax)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("connection age (minutes, scenario time)")
+    ax.set_ylabel("drops per connection-hour")
+    ax.set_title("Hazard by session age (95 % CI): flat = random loss, rising = wear-out")
+    ax.grid(alpha=0.3)
+    ax.legend(title="variant", fontsize=8)
+    return ax
+
+
+def state_at_drop_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
+    """What the client was doing when its connection dropped, per variant."""
+    drops = connections[connections["dropped"]]
+    table = pd.crosstab(drops["variant"].astype(str), drops["state"].astype(str))
+    colours = {"idle": "#7f7f7f", "streaming": "#1f77b4", "awaiting_transcript": "#ff7f0e",
+               "configuring": "#9467bd", "connecting": "#8c564b"}
+    if table.empty:
+        ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
+    else:
+        table.plot.barh(ax=ax, stacked=True, color=[colours.get(c) for c in table.columns])
+        ax.legend(title="state at drop", fontsize=8)
+    ax.set_xlabel("drops")
+    ax.set_ylabel("variant")
+    ax.set_title("State at drop")
+    return ax
+
+
+def since_sent_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
+    """Time since the last frame sent and received when the connection dropped."""
+    drops = connections[connections["dropped"]]
+    data = [drops["since_sent"].dropna(), drops["since_recv"].dropna()]
+    if all(len(d) == 0 for d in data):
+        ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.boxplot([d.to_numpy() for d in data], vert=False, showfliers=True)
+        ax.set_yticks([1, 2], ["since last sent", "since last received"])
+    ax.set_xlabel("seconds (scenario time) before the drop")
+    ax.set_title("Quiet before the drop (long quiet points at idle timeouts)")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def latency_chart(ax: Axes, latency: pd.DataFrame) -> Axes:
+    """Transcription latency p50 / p90 / p99 per variant."""
+    if latency.empty:
+        ax.text(0.5, 0.5, "no transcripts", ha="center", va="center", transform=ax.transAxes)
+    else:
+        latency.set_index("variant")[["p50", "p90", "p99"]].plot.barh(ax=ax)
+        ax.legend(title="percentile", fontsize=8)
+    ax.set_xlabel("seconds from commit to transcript (scenario time)")
+    ax.set_ylabel("variant")
+    ax.set_title("Transcription latency")
+    return ax
+
+
+def lateness_chart(ax: Axes, events: pd.DataFrame) -> Axes:
+    """How late append frames left against their deadlines: a CDF per variant."""
+    appends = events[events["type"] == "input_audio_buffer.append"]
+    for v, group in appends.groupby("variant", observed=True):
+        lag = np.sort(group["lag_ms"].dropna().to_numpy(float))
+        if len(lag):
+            ax.plot(np.maximum(lag, 0.01), np.arange(1, len(lag) + 1) / len(lag), label=str(v))
+    ax.set_xscale("log")
+    ax.axvline(10, color="#d62728", ls="--", lw=1, label="10 ms: saturated above (p99)")
+    ax.set_xlabel("send lateness (wall ms, log scale)")
+    ax.set_ylabel("share of appends")
+    ax.set_title("Pacing accuracy: how late appends left")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def recovery_chart(ax: Axes, recovery: pd.DataFrame) -> Axes:
+    """Seconds from each drop to the next completed transcript, per variant."""
+    if recovery.empty or recovery["recovery"].notna().sum() == 0:
+        ax.text(0.5, 0.5, "no recoveries to show", ha="center", va="center",
+                transform=ax.transAxes)
+    else:
+        groups = [(v, g["recovery"].dropna().to_numpy()) for v, g in recovery.groupby("variant")]
+        ax.boxplot([g for _, g in groups], vert=False)
+        ax.set_yticks(range(1, len(groups) + 1), [v for v, _ in groups], fontsize=8)
+    ax.set_xlabel("seconds (scenario time) from drop to the next completed transcript")
+    ax.set_title("Recovery after a drop")
+    ax.grid(axis="x", alpha=0.3)
+    return ax
