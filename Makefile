@@ -6,7 +6,7 @@ SCENARIO ?= scenarios/smoke.toml
 RUN ?=
 ARGS ?=
 
-.PHONY: soak test report lint bench clean
+.PHONY: soak test report screenshot lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ test: $(VENV)/.installed
 report: $(VENV)/.installed
 	@test -n "$(RUN)" || { echo "usage: make report RUN=reports/<run dir>"; exit 2; }
 	$(BIN)/rtsoak report $(RUN)
+
+# A screenshot of a run's report in headless chromium (apt-get install chromium), to look at.
+screenshot:
+	@test -n "$(RUN)" || { echo "usage: make screenshot RUN=reports/<run dir>"; exit 2; }
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+	  --disable-background-networking --disable-component-update --disable-sync \
+	  --user-data-dir=$$(mktemp -d) --window-size=1200,7000 \
+	  --screenshot=$(RUN)/report/screenshot.png file://$(abspath $(RUN))/report/index.html
+	@echo "screenshot: $(RUN)/report/screenshot.png"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check harness tests

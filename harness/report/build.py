@@ -197,7 +197,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; }
 h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: .6em 0; font-size: 14px; }
 td, th { border: 1px solid #ddd; padding: 3px 9px; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+th { background: #f4f4f4; } td:first-child, th:first-child, td.text { text-align: left; }
 img { max-width: 100%; } .meta { color: #666; font-size: 13px; }
 .headline { background: #f7f7f2; border-left: 4px solid #1f77b4; padding: .6em 1em; }
 """
@@ -211,9 +211,15 @@ def _img(path: Path, alt: str) -> str:
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(key)))}</td>" for key, _ in columns)
+        "<tr>" + "".join(_td(row.get(key)) for key, _ in columns)
         + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _td(value: Any) -> str:
+    """Numbers align right, words left."""
+    css = ' class="text"' if isinstance(value, str) and not value.replace(".", "").isdigit() else ""
+    return f"<td{css}>{html.escape(_cell(value))}</td>"
 
 
 def _cell(value: Any) -> str:

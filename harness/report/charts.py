@@ -150,7 +150,7 @@ def since_sent_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
     if all(len(d) == 0 for d in data):
         ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
     else:
-        ax.boxplot([d.to_numpy() for d in data], vert=False, showfliers=True)
+        ax.boxplot([d.to_numpy() for d in data], orientation="horizontal", showfliers=True)
         ax.set_yticks([1, 2], ["since last sent", "since last received"])
     ax.set_xlabel("seconds (scenario time) before the drop")
     ax.set_title("Quiet before the drop (long quiet points at idle timeouts)")
@@ -195,7 +195,7 @@ def recovery_chart(ax: Axes, recovery: pd.DataFrame) -> Axes:
                 transform=ax.transAxes)
     else:
         groups = [(v, g["recovery"].dropna().to_numpy()) for v, g in recovery.groupby("variant")]
-        ax.boxplot([g for _, g in groups], vert=False)
+        ax.boxplot([g for _, g in groups], orientation="horizontal")
         ax.set_yticks(range(1, len(groups) + 1), [v for v, _ in groups], fontsize=8)
     ax.set_xlabel("seconds (scenario time) from drop to the next completed transcript")
     ax.set_title("Recovery after a drop")
