@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # progress reaches CI logs as it happens
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)

@@ -24,9 +24,11 @@ def schedule(frame_count: int, pacing: Any, rng: np.random.Generator,
              pause_at: int | None = None, pause: float = 0.0) -> list[float]:
     """Offsets for `frame_count` frames under a [pacing] section: steady; jitter (each deadline
     moved by up to +-jitter_ms, kept in order); burst (burst_frames at once every
-    burst_every_ms). A pause of `pause` seconds is inserted before frame `pause_at`."""
+    burst_every_ms, by default as often as keeps the average at real time). A pause of
+    `pause` seconds is inserted before frame `pause_at`."""
     if pacing.mode == "burst":
-        every = pacing.burst_every_ms / 1000.0 / pacing.speed
+        every_ms = pacing.burst_every_ms or pacing.burst_frames * pacing.chunk_ms
+        every = every_ms / 1000.0 / pacing.speed
         offsets = [(i // pacing.burst_frames) * every for i in range(frame_count)]
     else:
         offsets = steady_offsets(frame_count, pacing.chunk_ms, pacing.speed)

@@ -55,7 +55,7 @@ class PacingSection:
     speed: float = spec(1.0, kind="float", lo=0.01, hi=100.0)
     jitter_ms: float = spec(5.0, lo=0.0, hi=10_000.0)
     burst_frames: int = spec(5, lo=1, hi=10_000)
-    burst_every_ms: float = spec(100.0, lo=1.0, hi=600_000.0)
+    burst_every_ms: float = spec(0.0, lo=0.0, hi=600_000.0)  # 0: real time on average
 
 
 @dataclass(frozen=True, slots=True)

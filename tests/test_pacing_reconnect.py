@@ -19,7 +19,8 @@ def pacings(draw) -> PacingSection:
         chunk_ms=draw(st.integers(5, 500)), mode=draw(st.sampled_from(["steady", "jitter",
                                                                         "burst"])),
         speed=draw(st.floats(0.1, 10)), jitter_ms=draw(st.floats(0, 200)),
-        burst_frames=draw(st.integers(1, 20)), burst_every_ms=draw(st.floats(1, 2000)))
+        burst_frames=draw(st.integers(1, 20)),
+        burst_every_ms=draw(st.one_of(st.just(0.0), st.floats(1, 2000))))
 
 
 @given(pacings(), st.integers(0, 3000), st.integers(0, 2**32 - 1))
@@ -34,7 +35,8 @@ def test_schedules_keep_every_frame_in_order_and_bounded(pacing: PacingSection, 
         bound = pacing.jitter_ms / 1000 + 1e-9
         assert all(abs(o - s) <= bound for o, s in zip(offsets, steady, strict=True))
     elif pacing.mode == "burst":
-        every = pacing.burst_every_ms / 1000 / pacing.speed
+        every_ms = pacing.burst_every_ms or pacing.burst_frames * pacing.chunk_ms
+        every = every_ms / 1000 / pacing.speed
         for i, o in enumerate(offsets):  # burst k leaves at k * every, burst_frames at once
             assert o == pytest.approx((i // pacing.burst_frames) * every)
     else:

@@ -5,8 +5,10 @@ The diagnosis is a rule over what the client saw at the drop, written down so a 
 argue with it:
 - `idle`: nothing sent for `IDLE_S` or more (idle timeout theory);
 - `buffer`: at least `BUFFER_MS` of uncommitted audio (buffer pressure);
-- `burst`: appends in the `BURST_WINDOW_S` before the drop left `BURST_LAG_MS` or more late,
-  so they arrived bunched (micro-burst theory);
+- `fast`: more than `FAST_SPEED` x real time of audio sent in the `WINDOW_S` before the drop
+  (audio-too-fast theory);
+- `burst`: in that window, `BUNCH_FRAMES` appends within `BUNCH_S`, or an append `BURST_LAG_MS`
+  or more late (frames arriving bunched: micro-burst theory);
 - `handshake`: the connection never opened;
 - `age`: none of those: the session simply died at its age (hot sessions, random loss).
 """
@@ -25,14 +27,17 @@ __all__ = ["diagnose", "findings", "INJECTED_TO_DIAGNOSIS"]
 
 IDLE_S = 10.0
 BUFFER_MS = 10_000.0
-BURST_WINDOW_S = 2.0
+WINDOW_S = 2.0
+FAST_SPEED = 1.25
+BUNCH_FRAMES = 5
+BUNCH_S = 0.02
 BURST_LAG_MS = 20.0
 COINCIDENCE_S = 1.0
 
 # what each fault policy should look like from the client, for the agreement table
 INJECTED_TO_DIAGNOSIS = {
     "idle_timeout": "idle", "buffer_pressure": "buffer", "micro_burst": "burst",
-    "rate": "burst", "session_age": "age", "random_loss": "age", "silence_hazard": "age",
+    "rate": "fast", "session_age": "age", "random_loss": "age", "silence_hazard": "age",
     "concurrency_cap": "age", "max_duration": "age", "accept_then_close": "age",
     "handshake_faults": "handshake",
 }
@@ -41,19 +46,27 @@ INJECTED_TO_DIAGNOSIS = {
 def diagnose(connections: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     """The rule above, for every dropped connection (index aligned with `connections`)."""
     drops = connections[connections["dropped"]]
-    appends = events[events["type"] == "input_audio_buffer.append"]
-    late = appends[appends["lag_ms"] >= BURST_LAG_MS]
-    late_keys = late.groupby(["run", "worker", "conn"], observed=True)["t"].apply(np.asarray)
+    key = ["run", "worker", "conn"]
+    appends = events.loc[events["type"] == "input_audio_buffer.append",
+                         [*key, "t", "audio_ms", "lag_ms"]]
+    appends = appends.merge(drops[key].drop_duplicates(), on=key)  # only dropped connections
+    by_conn = {k: g[["t", "audio_ms", "lag_ms"]].to_numpy(float)
+               for k, g in appends.groupby(["run", "worker", "conn"], observed=True)}
     out = pd.Series(pd.NA, index=connections.index, dtype="object")
     for idx, d in drops.iterrows():
-        key = (d["run"], d["worker"], d["conn"])
-        times = late_keys.get(key, np.empty(0))
-        bursty = bool(((times >= d["closed"] - BURST_WINDOW_S) & (times <= d["closed"])).any())
+        sent = by_conn.get((d["run"], d["worker"], d["conn"]), np.empty((0, 3)))
+        recent = sent[(sent[:, 0] >= d["closed"] - WINDOW_S) & (sent[:, 0] <= d["closed"])]
+        times = np.sort(recent[:, 0])
+        k = BUNCH_FRAMES
+        bunched = len(times) >= k and bool((times[k - 1:] - times[:len(times) - k + 1]
+                                            <= BUNCH_S).any())
         if pd.notna(d["since_sent"]) and d["since_sent"] >= IDLE_S:
             out[idx] = "idle"
         elif pd.notna(d["uncommitted_ms"]) and d["uncommitted_ms"] >= BUFFER_MS:
             out[idx] = "buffer"
-        elif bursty:
+        elif recent[:, 1].sum() > FAST_SPEED * WINDOW_S * 1000:
+            out[idx] = "fast"
+        elif bunched or (recent[:, 2] >= BURST_LAG_MS).any():
             out[idx] = "burst"
         else:
             out[idx] = "age"
@@ -115,8 +128,11 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
     bursty = int((diagnosis == "burst").sum())
     appends = events[events["type"] == "input_audio_buffer.append"]["lag_ms"].dropna()
     p99 = float(np.percentile(appends, 99)) if len(appends) else math.nan
-    say("bursts", f"{_share(bursty, n)} drops followed appends that left {BURST_LAG_MS:g} ms "
-        f"or more late within {BURST_WINDOW_S:g} s (all appends: p99 lateness {p99:.1f} ms).")
+    fast = int((diagnosis == "fast").sum())
+    say("bursts", f"{_share(bursty, n)} drops followed bunched appends ({BUNCH_FRAMES} within "
+        f"{BUNCH_S * 1000:g} ms, or one {BURST_LAG_MS:g} ms late) and {_share(fast, n)} audio "
+        f"faster than {FAST_SPEED:g}x real time, in the {WINDOW_S:g} s before the drop (all "
+        f"appends: p99 lateness {p99:.1f} ms).")
     # concurrency: drops of different workers close together, against chance
     times = drops.sort_values("closed")[["closed", "worker"]].to_numpy()
     together = sum(1 for i, (t, w) in enumerate(times) if any(
