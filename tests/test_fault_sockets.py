@@ -82,6 +82,9 @@ async def test_error_action_sends_an_error_event_and_keeps_the_session(fake_serv
                                                                  "action": "error"}})
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
         await ws.receive_json(timeout=5)  # session.created
+        await ws.send_json({"type": "session.update", "session": {"audio": {"input": {
+            "turn_detection": None}}}})
+        assert (await ws.receive_json(timeout=5))["type"] == "session.updated"
         for _ in range(2):
             await ws.send_json({"type": "input_audio_buffer.append", "audio": LOUD})
         error = await ws.receive_json(timeout=5)

@@ -12,9 +12,17 @@ from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.fakeserver.transcript import parse_transcript
 
 
-def session(**limits) -> TranscriptionSession:
-    return TranscriptionSession("sess_test", 0.0, 1_700_000_000.0, random.Random(1),
-                                SessionLimits(**limits))
+def session(vad: bool = False, dialect: str = "ga", **limits) -> TranscriptionSession:
+    """A session as the field's clients use it: their own VAD (turn_detection null)."""
+    s = TranscriptionSession("sess_test", 0.0, 1_700_000_000.0, random.Random(1),
+                             SessionLimits(**limits), dialect=dialect)
+    if not vad:
+        update = ({"type": "transcription_session.update", "session": {"turn_detection": None}}
+                  if dialect == "beta" else
+                  {"type": "session.update", "session": {"audio": {"input": {
+                      "turn_detection": None}}}})
+        s.receive(json.dumps(update), 0.0)
+    return s
 
 
 def append(pcm: bytes) -> str:
@@ -27,7 +35,7 @@ def types(outputs) -> list[str]:
 
 
 def test_open_sends_session_created_with_server_vad_default() -> None:
-    s = session()
+    s = session(vad=True)
     (created,) = s.open()
     assert created["type"] == "session.created"
     assert created["event_id"].startswith("event_") and len(created["event_id"]) == 28
@@ -37,7 +45,7 @@ def test_open_sends_session_created_with_server_vad_default() -> None:
 
 
 def test_update_turns_vad_off_and_echoes_effective_config() -> None:
-    s = session()
+    s = session(vad=True)
     (updated,) = s.receive(json.dumps({"type": "session.update", "session": {
         "type": "transcription", "include": ["item.input_audio_transcription.logprobs"],
         "audio": {"input": {"turn_detection": None,

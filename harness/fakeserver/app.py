@@ -58,11 +58,22 @@ class LiveSession:
     inject: Callable[[Fault], Awaitable[None]]
 
 
+BROWSER_KEY_PREFIX = "openai-insecure-api-key."
+
+
 def _client_key(request: web.Request) -> str | None:
+    """The key from `Authorization: Bearer`, `api-key`, or (browser clients) the
+    `openai-insecure-api-key.<KEY>` subprotocol."""
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer ") and auth[7:].strip():
         return auth[7:].strip()
-    return request.headers.get("api-key") or None
+    if request.headers.get("api-key"):
+        return request.headers["api-key"]
+    for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        proto = proto.strip()
+        if proto.startswith(BROWSER_KEY_PREFIX) and len(proto) > len(BROWSER_KEY_PREFIX):
+            return proto[len(BROWSER_KEY_PREFIX):]
+    return None
 
 
 def _error_response(status: int, code: str | None = None, message: str | None = None,
@@ -148,7 +159,8 @@ class FakeServer:
         refusal = await self._admit(session_key, key, request_id, {id_header: request_id})
         if refusal is not None:
             return refusal
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False,
+                                   protocols=("realtime",))
         ws.headers[id_header] = request_id
         await ws.prepare(request)
         await self._serve(request, ws, request_id, session_key, key)
@@ -182,8 +194,10 @@ class FakeServer:
         now = self.clock.now()
         rng = random.Random(f"{self.config.seed}/{session_key}")
         profile = self.config.faults_for(session_key)
+        beta = request.headers.get("OpenAI-Beta", "").replace(" ", "").lower() == "realtime=v1"
         session = TranscriptionSession("sess_" + f"{rng.getrandbits(88):022x}", now,
-                                       self.clock.wall(), rng, self._limits(profile))
+                                       self.clock.wall(), rng, self._limits(profile),
+                                       dialect="beta" if beta else "ga")
         faults = profile.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,
                   detail={"session_key": session_key, "peer": request.remote,

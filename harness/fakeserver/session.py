@@ -1,10 +1,13 @@
-"""One Realtime transcription session as a pure state machine (GA dialect).
+"""One Realtime transcription session as a pure state machine, in both dialects.
 
 `receive(text, now)` takes one client frame and returns what the server sends at once;
 `poll(now)` returns what has come due since (transcriptions finish after a latency, sessions
 expire). Outputs are event dicts to send as JSON, or a `Fault` (here: session expiry) for the
-edge to carry out.
-Nothing here reads a clock or touches a socket.
+edge to carry out. Nothing here reads a clock or touches a socket.
+
+GA speaks `session.update`/`session.*` and `conversation.item.added`/`.done`; beta (header
+`OpenAI-Beta: realtime=v1`) speaks `transcription_session.update`/`transcription_session.*`
+and `conversation.item.created`. The configuration is kept in GA shape and shown in either.
 """
 
 from __future__ import annotations
@@ -20,13 +23,20 @@ from typing import Any
 
 from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
+from harness.fakeserver.vad import ServerVad
 
-__all__ = ["SessionLimits", "TranscriptionSession", "Output"]
+__all__ = ["SessionLimits", "TranscriptionSession", "Output", "NO_VAD_MODELS"]
 
 Output = dict[str, Any] | Fault
 
 MIN_COMMIT_MS = 100.0
+NO_VAD_MODELS = frozenset({"gpt-realtime-whisper"})
+LOGPROBS = "item.input_audio_transcription.logprobs"
 _ALNUM = string.ascii_letters + string.digits
+_GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
+_BETA_FORMATS = {beta: ga for ga, beta in _GA_FORMATS.items()}
+SERVER_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
+              "silence_duration_ms": 500}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +45,31 @@ class SessionLimits:
 
     max_duration: float = 3600.0
     max_append_bytes: int = 15 * 1024 * 1024
+    max_buffer_bytes: int = 15 * 60 * BYTES_PER_SECOND  # uncommitted audio (not documented)
     latency_base: float = 0.25  # transcription latency = base + per_audio_second * audio seconds
     latency_per_audio_second: float = 0.08
 
 
-def _default_input() -> dict[str, Any]:
+def _default_input(model: str = "gpt-4o-transcribe") -> dict[str, Any]:
     return {
         "format": {"type": "audio/pcm", "rate": 24000},
         "noise_reduction": None,
-        "transcription": {"model": "gpt-4o-transcribe", "language": None, "prompt": ""},
-        "turn_detection": {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-                           "silence_duration_ms": 500},
+        "transcription": {"model": model, "language": None, "prompt": ""},
+        "turn_detection": None if model in NO_VAD_MODELS else dict(SERVER_VAD),
     }
 
 
 class TranscriptionSession:
-    """Server-side state of one connection: configuration, the uncommitted audio buffer (only
-    its length and CRC32 are kept), committed items and transcriptions in flight."""
+    """Server-side state of one connection: configuration, the uncommitted audio buffer (its
+    length and CRC32; under server VAD also the audio a segment needs), committed items and
+    transcriptions in flight."""
 
     def __init__(self, session_id: str, opened: float, wall_opened: float, rng: random.Random,
-                 limits: SessionLimits = SessionLimits()) -> None:
+                 limits: SessionLimits = SessionLimits(), dialect: str = "ga") -> None:
         self.session_id = session_id
         self.opened = opened
         self.limits = limits
+        self.dialect = dialect
         self._rng = rng
         self.include: list[str] | None = None
         self.input = _default_input()
@@ -67,11 +79,14 @@ class TranscriptionSession:
         self.last_item_id: str | None = None
         self.expired = False
         self.last_pcm: bytes | None = None  # audio of the last accepted append, for fault policies
-        self._due: list[tuple[float, int, list[Output]]] = []  # heap of (time, seq, outputs)
+        self.vad: ServerVad | None = None
+        self._vad_item: str | None = None
+        self._due: list[tuple[float, int, Any]] = []  # heap of (time, seq, make outputs)
         self._seq = 0
+        self._configure_vad()
         self._schedule(opened + limits.max_duration, self._expire)
 
-    # ids ------------------------------------------------------------------------------------
+    # ids and shapes -------------------------------------------------------------------------
     def _id(self, prefix: str) -> str:
         return prefix + "".join(self._rng.choices(_ALNUM, k=22))
 
@@ -88,14 +103,29 @@ class TranscriptionSession:
         return self._event("error", error={"type": type_, "code": code, "message": message,
                                            "param": param, "event_id": event_id})
 
-    # session --------------------------------------------------------------------------------
+    @property
+    def beta(self) -> bool:
+        return self.dialect == "beta"
+
     def session_object(self) -> dict[str, Any]:
-        return {"type": "transcription", "object": "realtime.transcription_session",
-                "id": self.session_id, "expires_at": self.expires_at,
-                "include": self.include, "audio": {"input": self.input}}
+        if not self.beta:
+            return {"type": "transcription", "object": "realtime.transcription_session",
+                    "id": self.session_id, "expires_at": self.expires_at,
+                    "include": self.include, "audio": {"input": self.input}}
+        return {"id": self.session_id, "object": "realtime.transcription_session",
+                "expires_at": self.expires_at, "modalities": ["text"],
+                "input_audio_format": _GA_FORMATS[self.input["format"]["type"]],
+                "input_audio_transcription": self.input["transcription"],
+                "turn_detection": self.input["turn_detection"],
+                "input_audio_noise_reduction": self.input["noise_reduction"],
+                "include": self.include,
+                # the SDK's beta model requires it; sessions over a socket have no real one
+                "client_secret": {"value": "ek_fake_" + self.session_id[5:],
+                                  "expires_at": self.expires_at}}
 
     def open(self) -> list[Output]:
-        return [self._event("session.created", session=self.session_object())]
+        kind = "transcription_session.created" if self.beta else "session.created"
+        return [self._event(kind, session=self.session_object())]
 
     @property
     def buffer_ms(self) -> float:
@@ -108,16 +138,16 @@ class TranscriptionSession:
             return []
         try:
             event = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return [self._error("invalid_json", "The message is not valid JSON.")]
         if not isinstance(event, dict):
             return [self._error("invalid_event", "The event must be a JSON object.")]
         type_ = event.get("type")
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        handler = self._HANDLERS.get(type_) if isinstance(type_, str) else None
         if type_ is None:
             return [self._error("invalid_event", "The 'type' field is missing.",
                                 event_id=event_id)]
+        handler = self._HANDLERS.get(type_) if isinstance(type_, str) else None
         if handler is None:
             return [self._error("invalid_event", f"Invalid value: '{type_}'. Supported values "
                                 "are transcription client events.", param="type",
@@ -140,9 +170,14 @@ class TranscriptionSession:
         if len(pcm) % 2:
             return [self._error("invalid_value", "PCM16 audio must have an even number of "
                                 "bytes.", param="audio", event_id=event_id)]
+        if self.buffer_bytes + len(pcm) > self.limits.max_buffer_bytes:
+            return [self._error("input_audio_buffer_full", "The input audio buffer is full; "
+                                "commit or clear it.", param="audio", event_id=event_id)]
+        self.last_pcm = pcm
+        if self.vad is not None:
+            return self._vad_feed(pcm, now)
         self.buffer_bytes += len(pcm)
         self.buffer_crc = zlib.crc32(pcm, self.buffer_crc)
-        self.last_pcm = pcm
         return []
 
     def _commit(self, event: dict, event_id: str | None, now: float) -> list[Output]:
@@ -152,49 +187,148 @@ class TranscriptionSession:
                 "Error committing input audio buffer: buffer too small. Expected at least "
                 f"100ms of audio, but buffer only has {self.buffer_ms:.2f}ms of audio.",
                 event_id=event_id)]
-        item_id, previous = self._id("item_"), self.last_item_id
-        self.last_item_id = item_id
         nbytes, crc = self.buffer_bytes, self.buffer_crc
+        if self.vad is not None:  # under server VAD the buffer is the audio the VAD kept
+            crc = zlib.crc32(self.vad.kept)
+        self._reset_buffer()
+        return self._committed(self._id("item_"), nbytes, crc, now)
+
+    def _clear(self, event: dict, event_id: str | None, now: float) -> list[Output]:
+        self._reset_buffer()
+        return [self._event("input_audio_buffer.cleared")]
+
+    def _reset_buffer(self) -> None:
         self.buffer_bytes, self.buffer_crc = 0, 0
+        if self.vad is not None:
+            self.vad.clear()
+            self._vad_item = None
+
+    def _committed(self, item_id: str, nbytes: int, crc: int, now: float) -> list[Output]:
+        """committed + the item events, and the transcription scheduled after its latency."""
+        previous, self.last_item_id = self.last_item_id, item_id
         item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
                 "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
         seconds = nbytes / BYTES_PER_SECOND
         latency = self.limits.latency_base + self.limits.latency_per_audio_second * seconds
         self._schedule(now + latency, lambda: self._transcribed(item_id, nbytes, crc))
-        return [
-            self._event("input_audio_buffer.committed", item_id=item_id,
-                        previous_item_id=previous),
+        events = [self._event("input_audio_buffer.committed", item_id=item_id,
+                              previous_item_id=previous)]
+        if self.beta:
+            return events + [self._event("conversation.item.created", item=item,
+                                         previous_item_id=previous)]
+        return events + [
             self._event("conversation.item.added", item=item, previous_item_id=previous),
-            self._event("conversation.item.done", item=item, previous_item_id=previous),
-        ]
+            self._event("conversation.item.done", item=item, previous_item_id=previous)]
 
-    def _clear(self, event: dict, event_id: str | None, now: float) -> list[Output]:
-        self.buffer_bytes, self.buffer_crc = 0, 0
-        return [self._event("input_audio_buffer.cleared")]
+    # server VAD -----------------------------------------------------------------------------
+    def _configure_vad(self) -> None:
+        td = self.input.get("turn_detection")
+        if isinstance(td, dict) and td.get("type") in ("server_vad", "semantic_vad"):
+            self.vad = ServerVad(td.get("threshold", 0.5), td.get("prefix_padding_ms", 300),
+                                 td.get("silence_duration_ms", 500))
+        else:
+            self.vad = None
 
+    def _vad_feed(self, pcm: bytes, now: float) -> list[Output]:
+        assert self.vad is not None
+        out: list[Output] = []
+        for kind, value in self.vad.feed(pcm):
+            if kind == "started":
+                self._vad_item = self._id("item_")
+                out.append(self._event("input_audio_buffer.speech_started",
+                                       audio_start_ms=value, item_id=self._vad_item))
+                continue
+            item_id = self._vad_item or self._id("item_")
+            self._vad_item = None
+            out.append(self._event("input_audio_buffer.speech_stopped",
+                                   audio_end_ms=value.end_ms, item_id=item_id))
+            out += self._committed(item_id, len(value.pcm), zlib.crc32(value.pcm), now)
+        self.buffer_bytes = len(self.vad.kept)  # what a commit now would contain
+        return out
+
+    # configuration --------------------------------------------------------------------------
     def _session_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         session = event.get("session")
         if not isinstance(session, dict):
             return [self._error("invalid_event", "Missing required parameter: 'session'.",
                                 param="session", event_id=event_id)]
+        if self.beta:
+            return [self._error("invalid_event", "This is a beta transcription session: use "
+                                "transcription_session.update.", param="type",
+                                event_id=event_id)]
         if session.get("type", "transcription") != "transcription":
             return [self._error("invalid_value", "This is a transcription session; "
                                 "session.type must be 'transcription'.",
                                 param="session.type", event_id=event_id)]
-        if "include" in session:
-            self.include = session["include"]
         audio_input = (session.get("audio") or {}).get("input")
-        if isinstance(audio_input, dict):
-            for key in ("format", "noise_reduction", "transcription", "turn_detection"):
-                if key in audio_input:
-                    self.input[key] = audio_input[key]
-        return [self._event("session.updated", session=self.session_object())]
+        changes = ({k: audio_input[k] for k in ("format", "noise_reduction", "transcription",
+                                                "turn_detection") if k in audio_input}
+                   if isinstance(audio_input, dict) else {})
+        return self._apply(changes, session, event_id, "session.updated",
+                           "session.audio.input")
+
+    def _beta_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
+        session = event.get("session")
+        if not isinstance(session, dict):
+            return [self._error("invalid_event", "Missing required parameter: 'session'.",
+                                param="session", event_id=event_id)]
+        if not self.beta:
+            return [self._error("invalid_event", "transcription_session.update is the beta "
+                                "event; send session.update, or connect with "
+                                "OpenAI-Beta: realtime=v1.", param="type", event_id=event_id)]
+        changes: dict[str, Any] = {}
+        if "input_audio_format" in session:
+            fmt = _BETA_FORMATS.get(session["input_audio_format"])
+            if fmt is None:
+                return [self._error("invalid_value", "Unsupported input_audio_format "
+                                    f"{session['input_audio_format']!r}; use pcm16, g711_ulaw "
+                                    "or g711_alaw.", param="session.input_audio_format",
+                                    event_id=event_id)]
+            changes["format"] = {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {
+                "type": fmt}
+        for beta_key, key in (("input_audio_transcription", "transcription"),
+                              ("turn_detection", "turn_detection"),
+                              ("input_audio_noise_reduction", "noise_reduction")):
+            if beta_key in session:
+                changes[key] = session[beta_key]
+        return self._apply(changes, session, event_id, "transcription_session.updated",
+                           "session")
+
+    def _apply(self, changes: dict[str, Any], session: dict, event_id: str | None,
+               reply: str, where: str) -> list[Output]:
+        """Check a partial update whole, then apply it: a bad field changes nothing."""
+        fmt = changes.get("format")
+        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in _GA_FORMATS
+                                or (fmt.get("type") == "audio/pcm"
+                                    and fmt.get("rate", 24000) != 24000)):
+            return [self._error("invalid_value", "Unsupported audio format; use audio/pcm at "
+                                "24000 Hz, audio/pcmu or audio/pcma.", param=f"{where}.format",
+                                event_id=event_id)]
+        merged = {**self.input, **changes}
+        model = (merged.get("transcription") or {}).get("model")
+        if model in NO_VAD_MODELS and merged.get("turn_detection") is not None:
+            if "turn_detection" in changes:
+                return [self._error("invalid_value", f"{model} does not support turn "
+                                    "detection; set turn_detection to null.",
+                                    param=f"{where}.turn_detection", event_id=event_id)]
+            merged["turn_detection"] = None
+        include = session.get("include", self.include)
+        if include is not None and (not isinstance(include, list) or any(
+                i != LOGPROBS for i in include)):
+            return [self._error("invalid_value", f"include may only contain '{LOGPROBS}'.",
+                                param="session.include", event_id=event_id)]
+        vad_changed = merged.get("turn_detection") != self.input.get("turn_detection")
+        self.input, self.include = merged, include
+        if vad_changed:
+            self._configure_vad()
+        return [self._event(reply, session=self.session_object())]
 
     _HANDLERS = {
         "input_audio_buffer.append": _append,
         "input_audio_buffer.commit": _commit,
         "input_audio_buffer.clear": _clear,
         "session.update": _session_update,
+        "transcription_session.update": _beta_update,
     }
 
     # time -----------------------------------------------------------------------------------
@@ -214,14 +348,14 @@ class TranscriptionSession:
 
     def _transcribed(self, item_id: str, nbytes: int, crc: int) -> list[Output]:
         text = make_transcript(nbytes, crc)
-        logprobs = None
-        if self.include and "item.input_audio_transcription.logprobs" in self.include:
-            logprobs = [{"token": w, "logprob": -0.01, "bytes": list(w.encode())}
-                        for w in text.split(" ")]
         words = text.split(" ")
+        logprobs = None
+        if self.include and LOGPROBS in self.include:
+            logprobs = [{"token": w, "logprob": -0.01, "bytes": list(w.encode())} for w in words]
         deltas = [self._event("conversation.item.input_audio_transcription.delta",
                               item_id=item_id, content_index=0,
-                              delta=(w if i == 0 else " " + w), logprobs=None)
+                              delta=(w if i == 0 else " " + w),
+                              logprobs=None if logprobs is None else [logprobs[i]])
                   for i, w in enumerate(words)]
         audio_tokens = max(1, round(nbytes / BYTES_PER_SECOND * 10))
         usage = {"type": "tokens", "input_tokens": audio_tokens, "output_tokens": len(words),
