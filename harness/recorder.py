@@ -69,11 +69,12 @@ class LatenessHistogram:
         return int(self.counts.sum())
 
     def quantile(self, q: float) -> float | None:
-        """Upper edge of the bin holding quantile q, in wall ms (inf past 1 s; None if empty)."""
+        """Upper edge of the bin holding quantile q, in wall ms; 1000.0 means "1 s or more"
+        (a finite number, so manifests stay valid JSON). None if nothing was recorded."""
         if not self.total:
             return None
         i = int(np.searchsorted(np.cumsum(self.counts), q * self.total))
-        return float("inf") if i >= self.BINS else round((i + 1) * self.RESOLUTION_MS, 1)
+        return round(min(i + 1, self.BINS) * self.RESOLUTION_MS, 1)
 
 
 class Recorder:
