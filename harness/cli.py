@@ -114,7 +114,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
-        print("rtsoak: interrupted before the workers started", file=sys.stderr)
+        # before the workers took over the signals, or while the embedded server stopped
+        print("rtsoak: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     done = "interrupted" if result.interrupted else "finished"
     print(f"rtsoak: run {done} after {result.wall_seconds:.1f} s wall: {result.run_dir}")

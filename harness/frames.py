@@ -130,11 +130,6 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper=_PANDAS_TYPES.get, self_destruct=True)
 
 
-def read_events(run_dir: Path) -> tuple[pd.DataFrame, int]:
-    table, torn = _read_run(run_dir)
-    return _to_pandas(table), torn
-
-
 def _details(rows: pd.DataFrame) -> pd.DataFrame:
     """The JSON `detail` of meta rows as columns. Parsed by Arrow's JSON reader in one block
     (hundreds of thousands of rows in a long soak); json.loads row by row if the rows

@@ -1,6 +1,8 @@
 """Durable, append-only event log: one Arrow IPC stream per process in the run directory.
 
-Rows are tuples appended to a list (cheap on the per-frame path) and written every
+Rows are appended flat to one list (cheap on the per-frame path, and no object per row that
+the garbage collector must track: a tuple per row made full collections four times as
+frequent, each a pause of tens of ms with hundreds of sockets open) and written every
 `flush_every` wall seconds, so a SIGKILL loses at most that much (plus the slices still being
 written). The periodic flush writes in slices of `slice_rows` with a yield to the event loop
 between them, so a busy run never stalls its senders for more than about a millisecond. A batch
@@ -39,10 +41,10 @@ EVENT_SCHEMA = pa.schema([
     ("text", pa.string()),       # transcript, error code, close reason
     ("detail", pa.string()),     # JSON object for meta rows
 ])
-# Rows convert to Arrow as one struct array: no Python-side transposition into columns,
-# which cost as much again as the conversion itself (bench/recorder_overhead.py).
-_ROW = pa.struct(list(EVENT_SCHEMA))
-_LAG = EVENT_SCHEMA.names.index("lag_ms")
+_FIELDS = EVENT_SCHEMA.names
+_TYPES = [f.type for f in EVENT_SCHEMA]
+_WIDTH = len(_FIELDS)
+_LAG = _FIELDS.index("lag_ms")
 
 
 class LatenessHistogram:
@@ -67,11 +69,12 @@ class LatenessHistogram:
         return int(self.counts.sum())
 
     def quantile(self, q: float) -> float | None:
-        """Upper edge of the bin holding quantile q, in wall ms (inf past 1 s; None if empty)."""
+        """Upper edge of the bin holding quantile q, in wall ms; 1000.0 means "1 s or more"
+        (a finite number, so manifests stay valid JSON). None if nothing was recorded."""
         if not self.total:
             return None
         i = int(np.searchsorted(np.cumsum(self.counts), q * self.total))
-        return float("inf") if i >= self.BINS else round((i + 1) * self.RESOLUTION_MS, 1)
+        return round(min(i + 1, self.BINS) * self.RESOLUTION_MS, 1)
 
 
 class Recorder:
@@ -81,8 +84,8 @@ class Recorder:
         self.path = path
         self.flush_every = flush_every
         self.slice_rows = slice_rows
-        self.rows: list[tuple] = []
-        self._pending: list[tuple] = []  # taken from `rows`, being written slice by slice
+        self.rows: list[Any] = []  # flat: _WIDTH values per row
+        self._pending: list[Any] = []  # taken from `rows`, being written slice by slice
         self.count = 0
         self.lateness = LatenessHistogram()
         self._sink = pa.OSFile(str(path), "wb")
@@ -90,22 +93,23 @@ class Recorder:
         self._task: asyncio.Task | None = None
         # pyarrow initialises its conversion machinery on first use (~150 ms): pay that
         # now, not in the first flush of a running soak, where it stalls every sender.
-        pa.array([], type=_ROW)
+        pa.RecordBatch.from_arrays([pa.array([], t) for t in _TYPES], names=_FIELDS)
 
     def row(self, wall: float, t: float, src: str, variant: str | None, worker: int, conn: int,
             dir_: str, type_: str, bytes_: int | None = None, audio_ms: float | None = None,
             lag_ms: float | None = None, code: int | None = None, item: str | None = None,
             text: str | None = None, detail: dict[str, Any] | None = None) -> None:
-        self.rows.append((wall, t, src, variant, worker, conn, dir_, type_, bytes_, audio_ms,
+        # extend() with a tuple: the tuple dies at once, so the collector's count stays put
+        self.rows.extend((wall, t, src, variant, worker, conn, dir_, type_, bytes_, audio_ms,
                           lag_ms, code, item, text,
                           None if detail is None else json.dumps(detail, default=str)))
 
-    def _write(self, rows: list[tuple]) -> None:
-        batch = pa.RecordBatch.from_struct_array(pa.array(rows, type=_ROW))
-        self._writer.write_batch(batch)
+    def _write(self, flat: list[Any]) -> None:
+        columns = [pa.array(flat[i::_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
+        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, names=_FIELDS))
         self._sink.flush()
-        self.count += len(rows)
-        self.lateness.add(batch.column(_LAG))
+        self.count += len(flat) // _WIDTH
+        self.lateness.add(columns[_LAG])
 
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
@@ -121,9 +125,10 @@ class Recorder:
             await asyncio.sleep(self.flush_every)
             self._pending, self.rows = self.rows, []
             # `flush()` may run between slices (a second signal) and take what is left.
+            step = self.slice_rows * _WIDTH
             while self._pending:
-                self._write(self._pending[:self.slice_rows])
-                del self._pending[:self.slice_rows]
+                self._write(self._pending[:step])
+                del self._pending[:step]
                 await asyncio.sleep(0)
 
     def start(self) -> None:

@@ -83,10 +83,12 @@ def background_run(tmp_path: Path):
         run.kill()
 
 
-def test_sigint_stops_cleanly_writes_frames_and_partial_report(background_run) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_first_signal_stops_cleanly_writes_frames_and_partial_report(background_run,
+                                                                    sig: int) -> None:
     run = background_run()
     run.wait_for_rows()
-    run.proc.send_signal(signal.SIGINT)
+    run.proc.send_signal(sig)
     assert run.wait() == 130, run.output()
     run_dir = run.run_dir
     for name in ("events", "connections", "utterances"):
