@@ -7,7 +7,6 @@ User mistakes print one clear line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import sys
 from pathlib import Path
@@ -164,10 +163,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                          "for this machine. Add --allow-remote if you really mean it.")
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
+    from harness.runner import run_event_loop
+
     config = load_server_config(args.faults, args.seed)
     try:
-        asyncio.run(serve(args.host, args.port, config, args.time_scale, args.out,
-                          args.sync_stdin))
+        run_event_loop(serve(args.host, args.port, config, args.time_scale, args.out,
+                             args.sync_stdin))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_OK
