@@ -94,12 +94,16 @@ async def serve(host: str, port: int, config: ServerConfig, scale: float, out: P
 
 
 def _banner(url: str) -> str:
-    base = url.split("/v1/realtime")[0]
+    """How to point the official SDK (or any client) at this server."""
+    http = url.split("/v1/realtime")[0].replace("ws://", "http://")
+    ws = http.replace("http://", "ws://")
     return "\n".join([
         f"rtsoak fake server listening on {url}",
-        "Point the official SDK at it:",
-        f"  export OPENAI_BASE_URL={base.replace('ws://', 'http://')}/v1",
-        f"  AsyncOpenAI(api_key='any', websocket_base_url='{base}/v1')",
+        "Point the official openai SDK at it (any non-empty key is accepted):",
+        f"  export OPENAI_BASE_URL={http}/v1 OPENAI_API_KEY=any-key",
+        f"  or AsyncOpenAI(api_key='any-key', websocket_base_url='{ws}/v1')",
+        "Azure clients (GA and preview paths both work):",
+        f"  export AZURE_OPENAI_ENDPOINT={http} AZURE_OPENAI_API_KEY=any-key",
         "Stop with Ctrl-C.",
     ])
 
