@@ -8,6 +8,7 @@ observations, not drops.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +174,7 @@ def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
     """A Cox proportional-hazards model of lifetime over the factors the variants vary (when
     two or more vary): each factor's hazard ratio with its 95 % CI and p-value."""
     from lifelines import CoxPHFitter
+    from lifelines.exceptions import ConvergenceWarning
 
     conns = observed_connections(connections)
     factors = variant_factors(sorted(conns["variant"].astype(str).unique()))
@@ -183,10 +185,14 @@ def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
         factors[varied], on="variant").drop(columns="variant")
     data = pd.get_dummies(data, drop_first=True, dtype=float)
     data = data.loc[:, data.nunique() > 1]
-    try:
-        fitted = CoxPHFitter(penalizer=0.01).fit(data, "lifetime", "dropped")
-    except Exception:  # lifelines raises several kinds on degenerate data
-        return None
+    with warnings.catch_warnings():
+        # a factor that separates drops from survivors completely (a profile where every
+        # connection drops at once) has no finite hazard ratio: show no model then
+        warnings.simplefilter("error", ConvergenceWarning)
+        try:
+            fitted = CoxPHFitter(penalizer=0.01).fit(data, "lifetime", "dropped")
+        except Exception:  # lifelines raises several kinds on degenerate data
+            return None
     summary = fitted.summary
     return pd.DataFrame({"factor": summary.index, "hazard_ratio": summary["exp(coef)"],
                          "lo": summary["exp(coef) lower 95%"],

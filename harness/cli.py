@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="(re)build the report of run directories")
     report.add_argument("runs", type=Path, nargs="+")
     report.add_argument("--out", type=Path, help="report directory (default RUN/report)")
+    report.add_argument("--history", action="store_true",
+                        help="a night-over-night trend of these runs (trend.html)")
 
     validate = sub.add_parser("validate", help="check scenario files")
     validate.add_argument("files", type=Path, nargs="+")
@@ -177,6 +179,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
+    if args.history:
+        from harness.report.history import build_history
+
+        out = args.out or args.runs[0].parent / "trend"
+        print(f"rtsoak: trend {build_history(args.runs, out)}")
+        return EXIT_OK
     report = build_report(args.runs, out=args.out)
     print(f"rtsoak: report {report.index}")
     print(report.headline)

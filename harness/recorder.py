@@ -104,6 +104,11 @@ class Recorder:
                           lag_ms, code, item, text,
                           None if detail is None else json.dumps(detail, default=str)))
 
+    @property
+    def recorded(self) -> int:
+        """Rows recorded so far, written or not."""
+        return self.count + (len(self.rows) + len(self._pending)) // _WIDTH
+
     def _write(self, flat: list[Any]) -> None:
         columns = [pa.array(flat[i::_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
         self._writer.write_batch(pa.RecordBatch.from_arrays(columns, names=_FIELDS))

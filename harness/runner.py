@@ -31,7 +31,7 @@ from harness.fakeserver.process import EmbeddedServer
 from harness.recorder import Recorder
 from harness.scenario import Scenario
 from harness.target import Target, TargetError, build_target
-from harness.worker import Worker, WorkerSetup
+from harness.worker import Progress, Worker, WorkerSetup
 
 __all__ = ["AudioBudget", "Caps", "OutputDirError", "RunResult", "WorkersResult",
            "check_output_dir", "manifest", "new_run_dir", "run_scenario", "run_workers",
@@ -375,6 +375,26 @@ async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock,
             worst, samples, window_start = 0.0, 0, now
 
 
+async def report_progress(progress: Progress, recorder: Recorder, clock: ScaledClock,
+                          duration: float, log, tty: bool, period: float | None = None) -> None:
+    """A live line on a terminal (every 0.5 s, in place); a plain line every 10 s in CI."""
+    period = period or (0.5 if tty else 10.0)
+    last_rows, last = recorder.recorded, time.monotonic()
+    while True:
+        await asyncio.sleep(period)
+        rows = recorder.recorded
+        now = time.monotonic()
+        rate = (rows - last_rows) / (now - last)
+        last_rows, last = rows, now
+        line = (f"rtsoak: {clock.now() / 60:5.1f}/{duration / 60:.1f} min  "
+                f"{progress.open} open  {progress.drops} drops  "
+                f"{progress.completed} utterances ({progress.lost} lost)  {rate:,.0f} events/s")
+        if tty:
+            print("\r" + line, end="", flush=True)
+        else:
+            log(line)
+
+
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
                       handle_signals: bool = True, budget: AudioBudget | None = None,
@@ -407,9 +427,10 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     run = scenario.run
     slots = [(variant, i) for variant in scenario.variants or (scenario,)
              for i in range(variant.run.workers)]
+    progress = Progress()
     workers = [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
                                   clock=clock, recorder=recorder, target=target,
-                                  library=library, stop=stop, budget=budget,
+                                  library=library, stop=stop, budget=budget, progress=progress,
                                   start_at=run.ramp_up * i / max(1, variant.run.workers)))
                for n, (variant, i) in enumerate(slots) if n % procs == k]
     connector = aiohttp.TCPConnector(limit=0)
@@ -417,12 +438,19 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks = [loop.create_task(w.run(http)) for w in workers]
             lag_monitor = loop.create_task(monitor_loop_lag(recorder, clock))
+            tty = sys.stdout.isatty() and k == 0 and handle_signals
+            ticker = loop.create_task(report_progress(progress, recorder, clock, run.duration,
+                                                      log, tty)) if k == 0 else None
             end_wait = loop.create_task(clock.sleep_until(run.duration))
             all_done = asyncio.gather(*tasks, return_exceptions=True)
             # the run ends at its duration, on a signal, or when every worker has stopped
             await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
             end_wait.cancel()
             lag_monitor.cancel()
+            if ticker is not None:
+                ticker.cancel()
+                if tty:
+                    print()
             if not stop.done():
                 stop.set_result(True)
             # Workers close with 1000 and stop; bounded so a stuck socket cannot hang the run.

@@ -192,6 +192,8 @@ class Scenario:
         out.update(source=self.source, variant=self.variant, faults=self.raw_faults)
         if self.variants:
             out["variants"] = [v.variant for v in self.variants]
+            out["thresholds_by_variant"] = {v.variant: dataclasses.asdict(v.thresholds)
+                                            for v in self.variants}
         return out
 
 

@@ -37,6 +37,16 @@ _NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
 
 
 @dataclass(slots=True)
+class Progress:
+    """Counters the workers bump and the runner prints; never read by the workers."""
+
+    open: int = 0
+    drops: int = 0
+    completed: int = 0
+    lost: int = 0
+
+
+@dataclass(slots=True)
 class WorkerSetup:
     worker: int
     variant: str
@@ -48,6 +58,7 @@ class WorkerSetup:
     stop: asyncio.Future  # resolved when the run ends; workers then close with 1000
     start_at: float = 0.0
     budget: Any = None    # AudioBudget against a paid endpoint: spent, it ends the run
+    progress: Progress = field(default_factory=Progress)
 
 
 @dataclass(slots=True)
@@ -191,6 +202,7 @@ class Worker:
             conn.request_id = (response.headers.get("x-request-id")
                                or response.headers.get("apim-request-id"))
         conn.ws, conn.established, conn.handshake_status = ws, self.clock.now(), 101
+        self.s.progress.open += 1
         self._row(conn.attempt, "meta", "handshake", code=101, item=conn.request_id,
                   detail={"latency": conn.established - conn.opened})
         if self.sc.turns.mode == "server_vad":
@@ -274,6 +286,8 @@ class Worker:
             code = ws_code if ws_code not in (None, 1000) else 1006
             reason = conn.transport_error or ""
         conn.close_code = code
+        self.s.progress.open -= 1
+        self.s.progress.drops += who is not ClosedBy.CLIENT
         self._summary(conn, who, cause, code, reason)
 
     def _summary(self, conn: Conn, who: ClosedBy, cause: CloseCause, code: int | None,
@@ -600,6 +614,9 @@ class Worker:
                        latency: float | None = None, committed: float | None = None) -> None:
         if status is UtteranceStatus.LOST and self.stopping():
             status = UtteranceStatus.UNFINISHED
+        progress = self.s.progress
+        progress.completed += status in (UtteranceStatus.COMPLETED, UtteranceStatus.RETRIED_OK)
+        progress.lost += status is UtteranceStatus.LOST
         self._row(conn.attempt, "meta", "utt_end", item=key, text=str(status),
                   detail={"item_id": item_id, "transcript": transcript, "latency": latency,
                           "committed": committed, "uncommitted_ms": conn.uncommitted_ms})

@@ -98,3 +98,21 @@ def test_report_renders_in_headless_chromium(finished_run: Path, tmp_path: Path)
                     (finished_run / "report" / "index.html").as_uri()],
                    capture_output=True, timeout=90, check=False)
     assert shot.stat().st_size > 50_000  # a page with charts, not a blank or error page
+
+
+def test_history_trends_several_nights(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed in ("1", "2"):
+        result = rtsoak("run", str(write_scenario(tmp_path, name="nightly")), "--out", str(runs),
+                        "--seed", seed, "--no-report")
+        assert result.returncode == 0, result.stderr
+    nights = sorted(runs.iterdir())
+    result = rtsoak("report", "--history", *map(str, nights), "--out", str(tmp_path / "trend"))
+    assert result.returncode == 0, result.stderr
+    trend = json.loads((tmp_path / "trend" / "trend.json").read_text())
+    overall = [r for r in trend if r["variant"] == "all"]
+    assert [r["run"] for r in overall] == [n.name for n in nights]
+    assert all(r["drops"] >= 1 and r["drops_per_hour_lo"] <= r["drops_per_hour"]
+               for r in overall)
+    assert (tmp_path / "trend" / "trend.png").stat().st_size > 10_000
+    assert "night over night" in (tmp_path / "trend" / "trend.html").read_text()

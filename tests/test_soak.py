@@ -84,3 +84,23 @@ async def test_no_drops_without_faults(tmp_path, tone_library, fake_server) -> N
     frames = load(await soak(tmp_path, scenario, tone_library, fake_server))
     assert not frames.connections["dropped"].any()
     assert (frames.connections["cause"] == "scenario_end").all()
+
+
+async def test_progress_lines_count_what_workers_do(tmp_path) -> None:
+    import asyncio
+
+    from harness.clock import ScaledClock
+    from harness.recorder import Recorder
+    from harness.runner import report_progress
+    from harness.worker import Progress
+
+    progress, lines = Progress(open=3, drops=2, completed=40, lost=1), []
+    recorder = Recorder(tmp_path / "events-client.arrows")
+    task = asyncio.ensure_future(report_progress(progress, recorder, ScaledClock(60.0), 1800.0,
+                                                 lines.append, tty=False, period=0.01))
+    while not lines:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    recorder.close()
+    assert "3 open  2 drops  40 utterances (1 lost)" in lines[0]
+    assert "/30.0 min" in lines[0] and "events/s" in lines[0]

@@ -136,3 +136,18 @@ faults.session_age.mean = "10s"
     assert set(conns["variant"]) == {"calm", "stormy"}
     assert conns.loc[conns["variant"] == "calm", "dropped"].sum() == 0
     assert conns.loc[conns["variant"] == "stormy", "dropped"].sum() >= 5
+
+
+async def test_a_concurrency_cap_in_one_variant_spares_the_others(tmp_path, tone_library,
+                                                                 fake_server) -> None:
+    frames = await run(tmp_path, tone_library, fake_server, """
+[[variant]]
+name = "capped"
+faults.concurrency_cap.max_sessions = 2
+faults.concurrency_cap.over = "drop_oldest"
+[[variant]]
+name = "free"
+""")
+    conns = frames.connections
+    assert conns.loc[conns["variant"] == "capped", "dropped"].sum() >= 1
+    assert conns.loc[conns["variant"] == "free", "dropped"].sum() == 0

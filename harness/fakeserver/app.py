@@ -47,8 +47,13 @@ class ServerConfig:
     variant_faults: dict[str, FaultProfile] = field(default_factory=dict)
 
     def faults_for(self, session_key: str) -> FaultProfile:
-        variant = session_key.split("/", 1)[0] if "/" in session_key else None
+        variant = variant_of(session_key)
         return self.variant_faults.get(variant, self.faults) if variant else self.faults
+
+
+def variant_of(session_key: str) -> str | None:
+    """The variant an rtsoak session key names (`variant/worker/attempt`), if any."""
+    return session_key.split("/", 1)[0] if "/" in session_key else None
 
 
 @dataclass(slots=True)
@@ -169,7 +174,10 @@ class FakeServer:
     async def _admit(self, session_key: str, client_key: str, request_id: str,
                      headers: dict[str, str]) -> web.Response | None:
         """Apply handshake policies: maybe wait, evict older sessions, or refuse."""
-        live = [(k, s.client_key, s.opened) for k, s in self._live.items()]
+        # each variant meets its own service: caps count only sessions of the same variant
+        variant = variant_of(session_key)
+        live = [(k, s.client_key, s.opened) for k, s in self._live.items()
+                if variant_of(k) == variant]
         faults = self.config.faults_for(session_key)
         decision = faults.handshake(session_key, client_key, self.clock.now(), live)
         if decision.policy is None:

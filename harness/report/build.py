@@ -75,8 +75,9 @@ def build_report(run_dirs: list[Path], out: Path | None = None,
     if write:
         write_frames(frames, run_dirs[0] / "frames")
     frames = _label_runs(frames)
-    thresholds = next(iter(frames.manifests.values())).get("scenario", {}).get("thresholds", {})
-    verdicts = judge(thresholds, frames.connections, frames.utterances)
+    scenario = next(iter(frames.manifests.values())).get("scenario", {})
+    verdicts = judge(scenario.get("thresholds", {}), frames.connections, frames.utterances,
+                     scenario.get("thresholds_by_variant"))
     summary = _summary(frames, verdicts)
     images = _charts(frames, out)
     (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))

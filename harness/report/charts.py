@@ -29,6 +29,12 @@ CODE_COLOURS = {"1006": "#d62728", "1000": "#7f7f7f", "1001": "#ff7f0e", "1011":
                 "1012": "#8c564b", "1013": "#e377c2", "none": "#bcbd22"}
 
 
+def _palette(labels, known: dict[str, str]) -> list[str]:
+    """Fixed colours where a label has one (1006 is always red), the default cycle else."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [known.get(str(label), cycle[i % len(cycle)]) for i, label in enumerate(labels)]
+
+
 def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
     for kmf in fitters.values():
         kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True,
@@ -48,8 +54,8 @@ def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
     table = codes.assign(label=codes["close_code"].astype(str) + " " + codes["cause"].astype(str))
     pivot = table.pivot_table(index="variant", columns="label", values="connections",
                               aggfunc="sum", fill_value=0, observed=True)
-    colours = [CODE_COLOURS.get(str(label).split(" ")[0], None) for label in pivot.columns]
-    pivot.plot.barh(ax=ax, stacked=True, color=colours)
+    codes = [str(label).split(" ")[0] for label in pivot.columns]
+    pivot.plot.barh(ax=ax, stacked=True, color=_palette(codes, CODE_COLOURS))
     ax.set_xlabel("connections")
     ax.set_ylabel("variant")
     ax.set_title("How connections ended (close code and cause)")
@@ -61,8 +67,7 @@ def utterance_chart(ax: Axes, outcomes: pd.DataFrame) -> Axes:
     colours = {"completed": "#2ca02c", "unfinished": "#c7c7c7", "lost": "#d62728",
                "failed": "#ff7f0e", "timeout": "#9467bd", "mismatch": "#8c564b",
                "rejected": "#e377c2"}
-    outcomes.plot.barh(ax=ax, stacked=True,
-                       color=[colours.get(str(c), None) for c in outcomes.columns])
+    outcomes.plot.barh(ax=ax, stacked=True, color=_palette(outcomes.columns, colours))
     ax.set_xlabel("utterances")
     ax.set_ylabel("variant")
     ax.set_title("Utterance outcomes (unfinished = cut by the end of the run)")
@@ -135,7 +140,7 @@ def state_at_drop_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
     if table.empty:
         ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
     else:
-        table.plot.barh(ax=ax, stacked=True, color=[colours.get(c) for c in table.columns])
+        table.plot.barh(ax=ax, stacked=True, color=_palette(table.columns, colours))
         ax.legend(title="state at drop", fontsize=8)
     ax.set_xlabel("drops")
     ax.set_ylabel("variant")

@@ -30,16 +30,16 @@ def _fmt(x: float, unit: str = "") -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}{unit}"
 
 
-def judge(thresholds: dict[str, Any], connections: pd.DataFrame, utterances: pd.DataFrame
-          ) -> list[Verdict]:
-    """Every configured threshold for every variant. Unset thresholds (0, or -1 for counts)
-    are not judged."""
-    t = thresholds or {}
+def judge(thresholds: dict[str, Any], connections: pd.DataFrame, utterances: pd.DataFrame,
+          by_variant: dict[str, dict[str, Any]] | None = None) -> list[Verdict]:
+    """Every configured threshold for every variant: its own `[thresholds]` when it has
+    them (`by_variant`), else `thresholds`. Unset ones (0, or -1 for counts) are not judged."""
     summaries, fitters = analysis.survival_by_variant(connections)
     recoveries = analysis.recovery(connections, utterances)
     verdicts: list[Verdict] = []
     for s in summaries:
         v = s.variant
+        t = (by_variant or {}).get(v, thresholds) or {}
         checks: list[tuple[str, str, str, bool]] = []
         if t.get("max_drops_per_hour", 0) > 0:
             limit = t["max_drops_per_hour"]
