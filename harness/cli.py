@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="cap (real targets): audio hours sent")
     run.add_argument("--procs", type=int, help="client processes (default: 1 per 300 workers, "
                      "as the cores allow)")
+    run.add_argument("--shard", help="K/N: run the K-th of N deterministic slices of the "
+                     "workers (K from 0), for soaks spread over machines")
     run.add_argument("--no-report", action="store_true", help="record only")
 
     part = sub.add_parser("run-part", help=argparse.SUPPRESS)  # a --procs child
@@ -111,7 +113,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.procs is not None and args.procs < 1:
             raise UsageError("--procs must be at least 1")
-        result = run_scenario(scenario, args.out, caps=caps, procs=args.procs)
+        result = run_scenario(scenario, args.out, caps=caps, procs=args.procs,
+                              shard=_shard(args.shard))
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
@@ -223,6 +226,15 @@ def _first_comment(path: Path) -> str:
         if line.startswith("#"):
             return line.lstrip("# ").strip()
     return ""
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise UsageError(f"--shard {text!r}: write K/N with 0 <= K < N, e.g. --shard 0/4")
+    return int(k), int(n)
 
 
 def _cmd_run_part(args: argparse.Namespace) -> int:

@@ -214,7 +214,7 @@ def default_procs(scenario: Scenario) -> int:
 
 
 def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps(),
-                 procs: int | None = None) -> RunResult:
+                 procs: int | None = None, shard: tuple[int, int] = (0, 1)) -> RunResult:
     """Check everything a user can get wrong before writing anything, then run."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target, budget = None, None
@@ -224,18 +224,24 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Cap
         budget = AudioBudget(caps.max_audio_hours or 0.0)
     check_output_dir(out_base)
     return _run(scenario, library, out_base, log, target, budget,
-                procs or default_procs(scenario))
+                procs or default_procs(scenario), shard)
 
 
 def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
-         target: Target | None, budget: AudioBudget | None, procs: int) -> RunResult:
-    run_dir = new_run_dir(out_base, scenario.run.name)
+         target: Target | None, budget: AudioBudget | None, procs: int,
+         shard: tuple[int, int]) -> RunResult:
+    name = scenario.run.name
+    if shard[1] > 1:
+        name += f"-shard{shard[0]}of{shard[1]}"
+    run_dir = new_run_dir(out_base, name)
     started = datetime.now(UTC).isoformat()
     doc = manifest(scenario, None, started)
     doc["procs"] = procs
+    doc["shard"] = {"index": shard[0], "count": shard[1]}
     write_json(run_dir / "manifest.json", doc)
     write_json(run_dir / "server.json", server_config_doc(scenario))
-    write_json(run_dir / "scenario.json", {"source": scenario.source, "doc": scenario.doc})
+    write_json(run_dir / "scenario.json", {"source": scenario.source, "doc": scenario.doc,
+                                           "shard": list(shard)})
     server = None
     if target is None:
         server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
@@ -267,7 +273,7 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
         result = None
         try:
             result = run_event_loop(run_workers(scenario, clock, target, library, run_dir, log,
-                                                 budget=budget, part=(0, procs)))
+                                                budget=budget, part=(0, procs), shard=shard))
         finally:
             result_parts = _join_parts(parts, run_dir, scenario, clock,
                                        interrupted=result is None or result.interrupted)
@@ -343,7 +349,8 @@ def run_part(run_dir: Path, part: tuple[int, int], url: str,
     clock = ScaledClock(scenario.run.time_scale, float(sys.stdin.readline()))
     budget = None if audio_hours is None else AudioBudget(audio_hours)
     result = run_event_loop(run_workers(scenario, clock, target, library, run_dir,
-                                         log=lambda *_: None, budget=budget, part=part))
+                                        log=lambda *_: None, budget=budget, part=part,
+                                        shard=tuple(saved.get("shard", (0, 1)))))
     write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
     return result
 
@@ -398,7 +405,8 @@ async def report_progress(progress: Progress, recorder: Recorder, clock: ScaledC
 async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
                       library: AudioLibrary, run_dir: Path, log=print,
                       handle_signals: bool = True, budget: AudioBudget | None = None,
-                      part: tuple[int, int] = (0, 1)) -> WorkersResult:
+                      part: tuple[int, int] = (0, 1),
+                      shard: tuple[int, int] = (0, 1)) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
     into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
     flushes the log and exits 130 at once."""
@@ -425,8 +433,11 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     for sig in signals:
         loop.add_signal_handler(sig, on_signal)
     run = scenario.run
-    slots = [(variant, i) for variant in scenario.variants or (scenario,)
-             for i in range(variant.run.workers)]
+    # a shard takes every shard_count-th worker of the whole run, keeping global worker
+    # numbers (and so the seeds and fault draws of a single run); processes split the shard
+    everyone = [(variant, i) for variant in scenario.variants or (scenario,)
+                for i in range(variant.run.workers)]
+    slots = [slot for n, slot in enumerate(everyone) if n % shard[1] == shard[0]]
     progress = Progress()
     workers = [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
                                   clock=clock, recorder=recorder, target=target,

@@ -151,3 +151,47 @@ def test_procs_spread_workers_over_processes_into_one_run(tmp_path: Path) -> Non
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["procs"] == 2 and manifest["rows"] == len(frames.events[
         frames.events["src"] == "client"])
+
+
+def test_two_shards_merge_into_the_same_run_as_one(tmp_path: Path) -> None:
+    """One scenario as 2 shards and as 1 run, same seed: the same connections and utterances
+    (up to timing) and the same faults at the same session ages."""
+    from harness.frames import load
+
+    scenario = write_scenario(tmp_path, name="shard", workers=5, duration="2m")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert rtsoak("run", str(scenario), "--out", str(whole), "--no-report").returncode == 0
+    for k in ("0/2", "1/2"):
+        result = rtsoak("run", str(scenario), "--out", str(parts), "--shard", k, "--no-report")
+        assert result.returncode == 0, result.stderr
+    shard_dirs = sorted(parts.iterdir())
+    assert [d.name.split("-")[1] for d in shard_dirs] == ["shard0of2", "shard1of2"]
+    merged = rtsoak("report", *map(str, shard_dirs), "--out", str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    assert merged.stdout.count("shard:") == 1  # one variant, not one per shard
+    one, two = load(next(whole.iterdir())), load(shard_dirs)
+    assert sorted(one.connections["worker"].unique()) == sorted(
+        two.connections["worker"].unique()) == [0, 1, 2, 3, 4]
+    assert set(two.connections.groupby("worker")["run"].nunique()) == {1}  # disjoint slices
+
+    def fault_ages(frames) -> dict[str, float]:
+        ev = frames.events
+        faults = ev[(ev["src"] == "server") & (ev["type"] == "fault")]
+        return {d["session_key"]: d["due_age"] for d in map(json.loads, faults["detail"])}
+
+    a, b = fault_ages(one), fault_ages(two)
+    common = set(a) & set(b)
+    assert len(common) >= 0.8 * max(len(a), len(b)) and len(common) >= 3
+    assert all(a[k] == b[k] for k in common)
+    assert abs(len(one.utterances) - len(two.utterances)) <= 0.2 * len(one.utterances)
+
+
+def test_shards_of_different_seeds_are_refused(tmp_path: Path) -> None:
+    scenario = write_scenario(tmp_path, name="mix", duration="30s")
+    for k, seed in (("0/2", "1"), ("1/2", "2")):
+        assert rtsoak("run", str(scenario), "--out", str(tmp_path / "r"), "--shard", k,
+                      "--seed", seed, "--no-report").returncode == 0
+    result = rtsoak("report", *map(str, sorted((tmp_path / "r").iterdir())))
+    assert result.returncode == 2 and "refusing to merge shards" in result.stderr
+    bad = rtsoak("run", str(scenario), "--shard", "2/2")
+    assert bad.returncode == 2 and "0 <= K < N" in bad.stderr

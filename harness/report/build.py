@@ -88,9 +88,26 @@ def build_report(run_dirs: list[Path], out: Path | None = None,
     return Report(index, summary, headline, tuple(verdicts))
 
 
+def _shards_of_one_run(manifests: dict[str, dict[str, Any]]) -> bool:
+    """True when the runs are shards of one run (merge them); refuses shards that are not."""
+    shards = {name: m.get("shard") or {"index": 0, "count": 1} for name, m in manifests.items()}
+    if all(s["count"] == 1 for s in shards.values()):
+        return False
+    same = {(json.dumps(m.get("scenario"), sort_keys=True), m.get("seed"),
+             shards[name]["count"]) for name, m in manifests.items()}
+    if len(same) > 1:
+        raise RunDirError(f"{', '.join(manifests)}: refusing to merge shards of different "
+                          "scenarios, seeds or shard counts; report them apart")
+    indices = [s["index"] for s in shards.values()]
+    if len(set(indices)) < len(indices):
+        raise RunDirError(f"{', '.join(manifests)}: the same shard is given twice")
+    return True
+
+
 def _label_runs(frames: Frames) -> Frames:
-    """Several runs that reuse variant names are told apart as `run:variant`."""
-    if len(frames.manifests) < 2:
+    """Several runs that reuse variant names are told apart as `run:variant`; shards of one
+    run merge into it."""
+    if len(frames.manifests) < 2 or _shards_of_one_run(frames.manifests):
         return frames
     pairs = frames.connections[["run", "variant"]].drop_duplicates().astype(str)
     if not pairs["variant"].duplicated().any():
