@@ -86,15 +86,17 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
         endpoint = env.get("AZURE_OPENAI_ENDPOINT", "")
         if not endpoint:
             raise TargetError("set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com)")
-        if not section.deployment:
-            raise TargetError("set [target] deployment to your Azure deployment name")
+        deployment = section.deployment or env.get("AZURE_OPENAI_DEPLOYMENT", "")
+        if not deployment:
+            raise TargetError("set [target] deployment (or AZURE_OPENAI_DEPLOYMENT) to your "
+                              "Azure deployment name")
         base = _ws_url(endpoint, "AZURE_OPENAI_ENDPOINT")
         if section.api_version:  # the preview path, still spoken by older deployments
             query = {"api-version": section.api_version, "intent": "transcription",
-                     "deployment": section.deployment}
+                     "deployment": deployment}
             url = f"{base}/openai/realtime?{urlencode(query)}"
         else:
-            query = {"intent": "transcription", "deployment": section.deployment}
+            query = {"intent": "transcription", "deployment": deployment}
             url = f"{base}/openai/v1/realtime?{urlencode(query)}"
         return Target("azure", url, {"api-key": _key(env, "AZURE_OPENAI_API_KEY")})
     if kind == "url":
