@@ -264,7 +264,8 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
         doc["target"] = target.describe()
         write_json(run_dir / "manifest.json", doc)
         variants = scenario.variants or (scenario,)
-        workers = sum(v.run.workers for v in variants)
+        total = sum(v.run.workers for v in variants)
+        workers = len(range(shard[0], total, shard[1]))  # this shard's share
         log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
             f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}"
             + (f", {procs} processes" if procs > 1 else ""))

@@ -95,6 +95,17 @@ class Conn:
     vad_results: asyncio.Queue | None = None
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _error_text(event: dict) -> str | None:
+    error = event.get("error")
+    if not isinstance(error, dict):
+        return None
+    return _str(error.get("code")) or _str(error.get("message"))
+
+
 class Worker:
     def __init__(self, setup: WorkerSetup) -> None:
         self.s = setup
@@ -338,28 +349,28 @@ class Worker:
         if not isinstance(type_, str):
             self._row(conn.attempt, "recv", "unparseable", bytes_=len(data))
             return
-        item = event.get("item_id")
+        # peers may send anything: only strings of the expected fields are believed or logged
+        item = _str(event.get("item_id"))
         text = None
         if type_ == COMPLETED:
-            text = event.get("transcript")
+            text = _str(event.get("transcript"))
             self._resolve(conn, item, ("completed", text))
         elif type_ == FAILED:
-            error = event.get("error") or {}
-            text = error.get("code") or error.get("message")
+            text = _error_text(event)
             self._resolve(conn, item, ("failed", text))
         elif type_ == "input_audio_buffer.committed":
             if conn.committed is not None and not conn.committed.done():
                 conn.committed.set_result(item)
         elif type_ == "error":
-            error = event.get("error") or {}
-            text = error.get("code") or error.get("message")
+            text = _error_text(event)
             if text == "session_expired":
                 conn.expired = True
             elif conn.committed is not None and not conn.committed.done():
                 conn.committed.set_result(None)  # the commit was refused
         elif type_ in CREATED or type_ in UPDATED:
-            session = event.get("session") or {}
-            conn.session_id = session.get("id") or conn.session_id
+            session = event.get("session")
+            if isinstance(session, dict):
+                conn.session_id = _str(session.get("id")) or conn.session_id
             if type_ in UPDATED and conn.updated and not conn.updated.done():
                 conn.updated.set_result(True)
         self._row(conn.attempt, "recv", type_, bytes_=len(data), item=item, text=text)
