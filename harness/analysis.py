@@ -177,6 +177,8 @@ def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
     from lifelines.exceptions import ConvergenceWarning
 
     conns = observed_connections(connections)
+    if conns.empty:
+        return None
     factors = variant_factors(sorted(conns["variant"].astype(str).unique()))
     varied = [c for c in factors.columns if factors[c].nunique(dropna=False) > 1]
     if len(varied) < 2 or conns["dropped"].sum() < 5:

@@ -260,7 +260,7 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
             assert child is not None and child.stdin is not None
             child.stdin.write(f"{clock.origin!r}\n")
             child.stdin.flush()
-        url = target.url
+        url = target.describe()["url"]
         doc["target"] = target.describe()
         write_json(run_dir / "manifest.json", doc)
         variants = scenario.variants or (scenario,)

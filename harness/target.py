@@ -11,12 +11,29 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["Target", "TargetError", "build_target"]
 
 OPENAI_BASE = "https://api.openai.com/v1"
 LOOPBACK_NAMES = ("localhost",)
+SECRET_WORDS = ("key", "token", "secret", "sig", "password", "auth")
+
+
+def secret_params(url: str) -> list[str]:
+    """Query parameters of a URL whose names suggest a credential."""
+    return [k for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+            if any(word in k.lower() for word in SECRET_WORDS)]
+
+
+def redact_url(url: str) -> str:
+    """The URL with the values of credential-like query parameters replaced."""
+    parts = urlsplit(url)
+    if not secret_params(url):
+        return url
+    query = [(k, "***" if k in secret_params(url) else v)
+             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return parts._replace(query=urlencode(query, safe="*")).geturl()
 
 
 class TargetError(Exception):
@@ -38,11 +55,13 @@ class Target:
         return self.kind != "fake"
 
     def describe(self) -> dict[str, str]:
-        """What may be written to manifests and reports: never header values."""
-        return {"kind": self.kind, "url": self.url, "headers": ", ".join(sorted(self.headers))}
+        """What may be written to manifests, logs and reports: never header values, never a
+        credential-looking query value."""
+        return {"kind": self.kind, "url": redact_url(self.url),
+                "headers": ", ".join(sorted(self.headers))}
 
     def __repr__(self) -> str:
-        return f"Target(kind={self.kind!r}, url={self.url!r}, headers=<redacted>)"
+        return f"Target(kind={self.kind!r}, url={redact_url(self.url)!r}, headers=<redacted>)"
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -102,6 +121,10 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
     if kind == "url":
         if not section.url:
             raise TargetError("set [target] url to a ws:// or wss:// URL")
+        if secret_params(section.url):
+            raise TargetError(f"[target] url carries {', '.join(secret_params(section.url))} "
+                              "in its query: keys belong in the environment (set [target] "
+                              "key_env and header), never in files rtsoak copies into runs")
         url = _ws_url(section.url, "[target] url")
         query = urlsplit(section.url).query
         key = _key(env, section.key_env)

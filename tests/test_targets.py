@@ -161,3 +161,85 @@ async def test_real_target_refuses_to_start_without_caps(tmp_path) -> None:
     assert code == 2 and "real time" in out
     assert not (tmp_path / "r").exists()  # refused before anything was written
     assert CANARY not in out
+
+
+def test_keys_in_url_queries_are_refused_and_redacted() -> None:
+    from harness.target import Target, redact_url
+
+    with pytest.raises(TargetError, match="api-key in its query: keys belong in the environment"):
+        build_target("url", TargetSection(url=f"wss://stt.example/rt?api-key={CANARY}"),
+                     {"OPENAI_API_KEY": "k"})
+    assert CANARY not in redact_url(f"ws://127.0.0.1:1/v1/realtime?x=1&token={CANARY}")
+    leaky = Target("url", f"wss://h/rt?sig={CANARY}&intent=transcription")
+    assert CANARY not in repr(leaky) and CANARY not in json.dumps(leaky.describe())
+    assert "intent=transcription" in leaky.describe()["url"]
+
+
+URL_SCENARIO = """
+[run]
+name = "url"
+duration = "2s"
+workers = 1
+target = "url"
+[audio]
+dir = "{audio}"
+[pacing]
+chunk_ms = 100
+[target]
+url = "ws://127.0.0.1:{port}/openai/v1/realtime?intent=transcription"
+header = "api-key"
+key_env = "MY_STT_KEY"
+"""
+
+
+async def test_url_target_sends_the_key_only_in_its_header(tmp_path, fake_server) -> None:
+    server = await fake_server(ServerConfig(api_keys=frozenset({CANARY})))
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(URL_SCENARIO.format(audio=_audio(tmp_path), port=server.port))
+    env = dict(os.environ, MY_STT_KEY=CANARY)
+    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "runs"),
+                               "--max-minutes", "1", "--max-audio-hours", "0.01"], env)
+    assert code == 0, out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    from harness.frames import load
+
+    assert (load(run_dir).connections["handshake_status"] == 101).all()
+    assert CANARY not in out
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
+
+
+async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
+    """A handshake answered with a redirect to another host fails; nothing connects there."""
+    from aiohttp import web
+
+    elsewhere = await fake_server()
+    elsewhere_log = Recorder(tmp_path / "elsewhere.arrows")
+    elsewhere.recorder = elsewhere_log
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.2:{elsewhere.port}/v1/realtime?intent=transcription")
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    env = dict(os.environ, OPENAI_API_KEY=CANARY, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO.format(kind="openai", audio=_audio(tmp_path)))
+    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "runs"),
+                               "--max-minutes", "1", "--max-audio-hours", "0.01"], env)
+    await runner.cleanup()
+    elsewhere_log.close()
+    assert code == 0, out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    from harness.frames import load
+
+    conns = load(run_dir).connections
+    assert set(conns["handshake_status"].dropna()) <= {301, 302, 303, 307, 308}
+    assert (conns["cause"] == "handshake_failed").all()
+    assert load_stand_in(tmp_path / "elsewhere.arrows") == []  # nobody reached the other host

@@ -23,6 +23,7 @@ from harness.clock import Clock
 from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
+from harness.target import redact_url
 
 __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig"]
 
@@ -209,7 +210,8 @@ class FakeServer:
         faults = profile.start(session_key, now)
         self._log("session_open", request_id, text=session.session_id,
                   detail={"session_key": session_key, "peer": request.remote,
-                          "path": request.path_qs, "headers": sorted(request.headers)})
+                          "path": redact_url(request.path_qs),
+                          "headers": sorted(request.headers)})
         wake = asyncio.Event()
         state: dict[str, Any] = {"ended_by": None, "silent": False}
 

@@ -35,6 +35,13 @@ def _palette(labels, known: dict[str, str]) -> list[str]:
     return [known.get(str(label), cycle[i % len(cycle)]) for i, label in enumerate(labels)]
 
 
+def _nothing(ax: Axes, message: str) -> Axes:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return ax
+
+
 def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
     for kmf in fitters.values():
         kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True,
@@ -51,6 +58,8 @@ def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
 
 
 def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
+    if codes.empty:
+        return _nothing(ax, "no connection")
     table = codes.assign(label=codes["close_code"].astype(str) + " " + codes["cause"].astype(str))
     pivot = table.pivot_table(index="variant", columns="label", values="connections",
                               aggfunc="sum", fill_value=0, observed=True)
@@ -64,6 +73,8 @@ def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
 
 
 def utterance_chart(ax: Axes, outcomes: pd.DataFrame) -> Axes:
+    if outcomes.empty or outcomes.to_numpy().sum() == 0:
+        return _nothing(ax, "no utterance was sent")
     colours = {"completed": "#2ca02c", "unfinished": "#c7c7c7", "lost": "#d62728",
                "failed": "#ff7f0e", "timeout": "#9467bd", "mismatch": "#8c564b",
                "rejected": "#e377c2"}
@@ -112,6 +123,8 @@ def _variant_colours(variants: list[str]) -> dict[str, str]:
 
 def hazard_chart(ax: Axes, hazard: pd.DataFrame) -> Axes:
     """Drops per connection-hour by age band, per variant, with exact Poisson 95 % CIs."""
+    if hazard.empty:
+        return _nothing(ax, "no connection opened")
     variants = list(dict.fromkeys(hazard["variant"]))
     colours = _variant_colours(variants)
     for v in variants:
