@@ -6,7 +6,7 @@ SCENARIO ?= scenarios/smoke.toml
 RUN ?=
 ARGS ?=
 
-.PHONY: soak test report screenshot lint bench clean
+.PHONY: soak test test-slow report screenshot lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ soak: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 report: $(VENV)/.installed
 	@test -n "$(RUN)" || { echo "usage: make report RUN=reports/<run dir>"; exit 2; }

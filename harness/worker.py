@@ -153,6 +153,26 @@ class Worker:
 
     # the worker's life ----------------------------------------------------------------------
     async def run(self, http: aiohttp.ClientSession) -> None:
+        try:
+            await self._live(http)
+        finally:
+            self._end_pending_replay()
+
+    def _end_pending_replay(self) -> None:
+        """A replay the run's end cut off is unfinished, not lost: its attempt is recorded as
+        such. (When the reconnect policy gave up instead, the loss is real and stays.)"""
+        if self.replay is None or not self.stopping():
+            return
+        key, utt, attempt = self.replay
+        self.replay = None
+        self._row(self.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
+                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
+                          "attempt": attempt})
+        self._row(self.attempt, "meta", "utt_end", item=key, text=str(UtteranceStatus.UNFINISHED),
+                  detail={"item_id": None, "transcript": None, "latency": None,
+                          "committed": None, "uncommitted_ms": 0.0})
+
+    async def _live(self, http: aiohttp.ClientSession) -> None:
         policy = self.sc.reconnect
         await self._wait(None, self.s.start_at)
         failures = 0
