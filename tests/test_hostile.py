@@ -117,6 +117,22 @@ def test_a_hostile_server_never_crashes_a_worker(tmp_path_factory, tone_library,
         assert (frames_.events["type"] == "worker_stopped").any()  # stop codes stop it
 
 
+async def open_pair(http: aiohttp.ClientSession, url: str) -> tuple:
+    """A bystander and a hostile client, both past session.created."""
+    pair = []
+    for key in ("b", "h"):
+        ws = await http.ws_connect(url, headers={"Authorization": f"Bearer {key}"})
+        await ws.receive_json(timeout=5)
+        pair.append(ws)
+    return tuple(pair)
+
+
+async def assert_still_served(bystander: aiohttp.ClientWebSocketResponse) -> None:
+    await bystander.send_json({"type": "input_audio_buffer.clear"})
+    assert (await bystander.receive_json(timeout=5))["type"] == "input_audio_buffer.cleared"
+    await bystander.close()
+
+
 @pytest.mark.parametrize("frame", [
     b"\x00\xff binary garbage",
     "{not json",
@@ -128,26 +144,18 @@ async def test_a_hostile_client_gets_errors_and_the_server_serves_others(fake_se
                                                                          frame) -> None:
     server = await fake_server()
     async with aiohttp.ClientSession() as http:
-        bystander = await http.ws_connect(server.url, headers={"Authorization": "Bearer b"})
-        await bystander.receive_json(timeout=5)
-        hostile = await http.ws_connect(server.url, headers={"Authorization": "Bearer h"})
-        await hostile.receive_json(timeout=5)
+        bystander, hostile = await open_pair(http, server.url)
         await (hostile.send_bytes(frame) if isinstance(frame, bytes) else hostile.send_str(frame))
         reply = await hostile.receive_json(timeout=5)
         assert reply["type"] == "error" and reply["error"]["message"]
-        await bystander.send_json({"type": "input_audio_buffer.clear"})
-        assert (await bystander.receive_json(timeout=5))["type"] == "input_audio_buffer.cleared"
         await hostile.close()
-        await bystander.close()
+        await assert_still_served(bystander)
 
 
 async def test_an_oversize_frame_closes_only_that_connection(fake_server) -> None:
     server = await fake_server()
     async with aiohttp.ClientSession() as http:
-        bystander = await http.ws_connect(server.url, headers={"Authorization": "Bearer b"})
-        await bystander.receive_json(timeout=5)
-        hostile = await http.ws_connect(server.url, headers={"Authorization": "Bearer h"})
-        await hostile.receive_json(timeout=5)
+        bystander, hostile = await open_pair(http, server.url)
         try:
             await hostile.send_str("x" * (MAX_FRAME_BYTES + 1))
             msg = await hostile.receive(timeout=10)
@@ -157,6 +165,4 @@ async def test_an_oversize_frame_closes_only_that_connection(fake_server) -> Non
             assert msg.type is not aiohttp.WSMsgType.CLOSE or msg.data == 1009
         except ConnectionError:
             pass  # closed while the frame was still being written
-        await bystander.send_json({"type": "input_audio_buffer.clear"})
-        assert (await bystander.receive_json(timeout=5))["type"] == "input_audio_buffer.cleared"
-        await bystander.close()
+        await assert_still_served(bystander)

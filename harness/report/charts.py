@@ -64,11 +64,18 @@ def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
     pivot = table.pivot_table(index="variant", columns="label", values="connections",
                               aggfunc="sum", fill_value=0, observed=True)
     codes = [str(label).split(" ")[0] for label in pivot.columns]
-    pivot.plot.barh(ax=ax, stacked=True, color=_palette(codes, CODE_COLOURS))
-    ax.set_xlabel("connections")
+    return _stacked(ax, pivot, _palette(codes, CODE_COLOURS), "connections",
+                    "How connections ended (close code and cause)", "code cause")
+
+
+def _stacked(ax: Axes, table: pd.DataFrame, colours: list[str], unit: str, title: str,
+             legend: str) -> Axes:
+    """Horizontal stacked bars, one per variant."""
+    table.plot.barh(ax=ax, stacked=True, color=colours)
+    ax.set_xlabel(unit)
     ax.set_ylabel("variant")
-    ax.set_title("How connections ended (close code and cause)")
-    ax.legend(title="code cause", fontsize=8)
+    ax.set_title(title)
+    ax.legend(title=legend, fontsize=8)
     return ax
 
 
@@ -78,12 +85,8 @@ def utterance_chart(ax: Axes, outcomes: pd.DataFrame) -> Axes:
     colours = {"completed": "#2ca02c", "unfinished": "#c7c7c7", "lost": "#d62728",
                "failed": "#ff7f0e", "timeout": "#9467bd", "mismatch": "#8c564b",
                "rejected": "#e377c2"}
-    outcomes.plot.barh(ax=ax, stacked=True, color=_palette(outcomes.columns, colours))
-    ax.set_xlabel("utterances")
-    ax.set_ylabel("variant")
-    ax.set_title("Utterance outcomes (unfinished = cut by the end of the run)")
-    ax.legend(title="status", fontsize=8)
-    return ax
+    return _stacked(ax, outcomes, _palette(outcomes.columns, colours), "utterances",
+                    "Utterance outcomes (unfinished = cut by the end of the run)", "status")
 
 
 def timeline_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
