@@ -53,30 +53,57 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (float(s) for s in args.scales.split(",")):
             path = Path(tmp) / f"s{scale:g}.toml"
-            path.write_text(SCENARIO.format(minutes=args.minutes, workers=args.workers,
-                                            scale=scale, mean=args.mean,
-                                            audio=ROOT / "fixtures" / "audio"))
+            path.write_text(
+                SCENARIO.format(
+                    minutes=args.minutes,
+                    workers=args.workers,
+                    scale=scale,
+                    mean=args.mean,
+                    audio=ROOT / "fixtures" / "audio",
+                )
+            )
             out = Path(tmp) / f"runs{scale:g}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "harness", "run", str(path), "--out", str(out),
-                            "--no-report"], check=True, capture_output=True, cwd=ROOT)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "harness",
+                    "run",
+                    str(path),
+                    "--out",
+                    str(out),
+                    "--no-report",
+                ],
+                check=True,
+                capture_output=True,
+                cwd=ROOT,
+            )
             wall = time.perf_counter() - t0
             (run_dir,) = out.iterdir()
             frames = load(run_dir)
             (s,), _ = analysis.survival_by_variant(frames.connections)
             manifest = json.loads((run_dir / "manifest.json").read_text())
-            rows.append({"scale": scale, "wall_s": round(wall, 1), "drops": s.drops,
-                         "median_s": round(s.median_s, 1),
-                         "median_ci_s": [round(x, 1) for x in s.median_ci_s],
-                         "drops_per_hour": round(s.drops_per_hour, 1),
-                         "drops_per_hour_ci": [round(x, 1) for x in s.drops_per_hour_ci],
-                         "lateness_p99_ms": manifest.get("append_lateness_p99_ms"),
-                         "saturated": manifest.get("saturated")})
+            rows.append(
+                {
+                    "scale": scale,
+                    "wall_s": round(wall, 1),
+                    "drops": s.drops,
+                    "median_s": round(s.median_s, 1),
+                    "median_ci_s": [round(x, 1) for x in s.median_ci_s],
+                    "drops_per_hour": round(s.drops_per_hour, 1),
+                    "drops_per_hour_ci": [round(x, 1) for x in s.drops_per_hour_ci],
+                    "lateness_p99_ms": manifest.get("append_lateness_p99_ms"),
+                    "saturated": manifest.get("saturated"),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]
     for r in rows[1:]:
-        agree = (r["median_ci_s"][0] <= base["median_s"] <= r["median_ci_s"][1]
-                 and base["median_ci_s"][0] <= r["median_s"] <= base["median_ci_s"][1])
+        agree = (
+            r["median_ci_s"][0] <= base["median_s"] <= r["median_ci_s"][1]
+            and base["median_ci_s"][0] <= r["median_s"] <= base["median_ci_s"][1]
+        )
         print(f"{r['scale']:g}x vs {base['scale']:g}x: medians agree within CIs: {agree}")
 
 

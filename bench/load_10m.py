@@ -30,15 +30,23 @@ from harness.recorder import EVENT_SCHEMA  # noqa: E402
 
 WORKERS, UTTS, APPENDS, CHUNK_S, GAP_S = 200, 10, 50, 0.02, 2.0
 # One utterance, row by row: (dir, type, bytes, audio_ms)
-UTT = ([("meta", "utt_start", None, 1000.0), ("send", "input_audio_buffer.clear", 36, None)]
-       + [("send", "input_audio_buffer.append", 2618, 20.0)] * APPENDS
-       + [("send", "input_audio_buffer.commit", 37, None),
-          ("recv", "input_audio_buffer.committed", 180, None),
-          ("recv", "conversation.item.input_audio_transcription.completed", 260, None),
-          ("meta", "utt_end", None, None)])
-HEAD = [("meta", "conn_open", None, None), ("meta", "handshake", None, None),
-        ("send", "session.update", 310, None), ("recv", "session.created", 900, None),
-        ("recv", "session.updated", 900, None)]
+UTT = (
+    [("meta", "utt_start", None, 1000.0), ("send", "input_audio_buffer.clear", 36, None)]
+    + [("send", "input_audio_buffer.append", 2618, 20.0)] * APPENDS
+    + [
+        ("send", "input_audio_buffer.commit", 37, None),
+        ("recv", "input_audio_buffer.committed", 180, None),
+        ("recv", "conversation.item.input_audio_transcription.completed", 260, None),
+        ("meta", "utt_end", None, None),
+    ]
+)
+HEAD = [
+    ("meta", "conn_open", None, None),
+    ("meta", "handshake", None, None),
+    ("send", "session.update", 310, None),
+    ("recv", "session.created", 900, None),
+    ("recv", "session.updated", 900, None),
+]
 CONN = HEAD + UTT * UTTS + [("meta", "conn_close", None, None)]
 UTT_S = APPENDS * CHUNK_S + 0.5 + GAP_S
 
@@ -47,8 +55,9 @@ def _strings(n: int, where: np.ndarray, values: list[str]) -> pa.Array:
     """A string column that is null except at `where`, vectorised (no per-row Python)."""
     mask = np.zeros(n, dtype=bool)
     mask[where] = True
-    return pc.replace_with_mask(pa.nulls(n, pa.string()), pa.array(mask),
-                                pa.array(values, pa.string()))
+    return pc.replace_with_mask(
+        pa.nulls(n, pa.string()), pa.array(mask), pa.array(values, pa.string())
+    )
 
 
 def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.ndarray]:
@@ -63,9 +72,9 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
     for u in range(UTTS):
         base = 0.4 + u * UTT_S
         rows = np.arange(len(UTT))
-        offsets[k:k + len(UTT)] = base + np.minimum(rows, APPENDS + 2) * CHUNK_S
+        offsets[k : k + len(UTT)] = base + np.minimum(rows, APPENDS + 2) * CHUNK_S
         tail = np.array([0.1, 0.5, 0.5])  # committed, completed, utt_end after the commit
-        offsets[k + len(UTT) - 3:k + len(UTT)] = base + APPENDS * CHUNK_S + tail
+        offsets[k + len(UTT) - 3 : k + len(UTT)] = base + APPENDS * CHUNK_S + tail
         k += len(UTT)
     offsets[-1] = offsets[-2] + 0.1
     conn_s = offsets[-1] + 0.5
@@ -78,75 +87,138 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
     ty = np.tile(type_codes, n_conns)
     req = [f"req_{i:032x}" for i in range(n_conns)]
     dropped = rng.random(n_conns) < 0.1
-    meta_rows = {name: np.flatnonzero(ty == kinds.index(name)) for name in
-                 ("handshake", "conn_close", "utt_start", "utt_end")}
+    meta_rows = {
+        name: np.flatnonzero(ty == kinds.index(name))
+        for name in ("handshake", "conn_close", "utt_start", "utt_end")
+    }
     completed = np.flatnonzero(ty == kinds.index(UTT[-2][1]))
     committed = np.flatnonzero(ty == kinds.index(UTT[-4][1]))
-    utt_keys = [f"v/{w}/{i}" for w, i in zip(worker[meta_rows["utt_start"]],
-                                             range(len(meta_rows["utt_start"])), strict=True)]
+    utt_keys = [
+        f"v/{w}/{i}"
+        for w, i in zip(
+            worker[meta_rows["utt_start"]], range(len(meta_rows["utt_start"])), strict=True
+        )
+    ]
     item_ids = [f"item_{i:022x}" for i in range(len(completed))]
     transcript = "audio 1.000s crc32 e371fa09"
-    closes = [json.dumps({"closed_by": "transport" if d else "client",
-                          "cause": "abnormal" if d else "scenario_end", "state": "idle",
-                          "opened": 0.0, "since_sent": 0.1, "since_recv": 0.2,
-                          "uncommitted_ms": 0.0, "audio_ms": 10000.0, "completed": UTTS,
-                          "session_id": f"sess_{i}"}) for i, d in enumerate(dropped)]
+    closes = [
+        json.dumps(
+            {
+                "closed_by": "transport" if d else "client",
+                "cause": "abnormal" if d else "scenario_end",
+                "state": "idle",
+                "opened": 0.0,
+                "since_sent": 0.1,
+                "since_recv": 0.2,
+                "uncommitted_ms": 0.0,
+                "audio_ms": 10000.0,
+                "completed": UTTS,
+                "session_id": f"sess_{i}",
+            }
+        )
+        for i, d in enumerate(dropped)
+    ]
     code = np.full(n, -1, dtype=np.int32)
     code[meta_rows["handshake"]] = 101
     code[meta_rows["conn_close"]] = np.where(dropped, 1006, 1000)
-    item_at = np.concatenate([meta_rows["handshake"], meta_rows["conn_close"],
-                              meta_rows["utt_start"], meta_rows["utt_end"], committed, completed])
-    item_values = (req + req + utt_keys + utt_keys + item_ids + item_ids)
+    item_at = np.concatenate(
+        [
+            meta_rows["handshake"],
+            meta_rows["conn_close"],
+            meta_rows["utt_start"],
+            meta_rows["utt_end"],
+            committed,
+            completed,
+        ]
+    )
+    item_values = req + req + utt_keys + utt_keys + item_ids + item_ids
     item_sort = np.argsort(item_at)
     text_at = np.concatenate([meta_rows["utt_end"], completed])
     text_values = ["completed"] * len(meta_rows["utt_end"]) + [transcript] * len(completed)
     text_sort = np.argsort(text_at)
-    detail_at = np.concatenate([meta_rows["handshake"], meta_rows["conn_close"],
-                                meta_rows["utt_start"], meta_rows["utt_end"]])
-    detail_values = ([json.dumps({"latency": 0.3})] * n_conns + closes
-                     + [json.dumps({"name": "a", "crc32": 3815897609, "bytes": 48000})]
-                     * len(utt_keys)
-                     + [json.dumps({"item_id": i, "transcript": transcript, "latency": 0.5,
-                                    "uncommitted_ms": 0.0}) for i in item_ids])
+    detail_at = np.concatenate(
+        [
+            meta_rows["handshake"],
+            meta_rows["conn_close"],
+            meta_rows["utt_start"],
+            meta_rows["utt_end"],
+        ]
+    )
+    detail_values = (
+        [json.dumps({"latency": 0.3})] * n_conns
+        + closes
+        + [json.dumps({"name": "a", "crc32": 3815897609, "bytes": 48000})] * len(utt_keys)
+        + [
+            json.dumps(
+                {"item_id": i, "transcript": transcript, "latency": 0.5, "uncommitted_ms": 0.0}
+            )
+            for i in item_ids
+        ]
+    )
     detail_sort = np.argsort(detail_at)
-    lag = np.where(np.tile(np.array(types) == "input_audio_buffer.append", n_conns),
-                   rng.exponential(0.4, n).astype(np.float32), np.nan).astype(np.float32)
-    table = pa.table({
-        "wall": pa.array(t0 + t), "t": pa.array(t),
-        "src": pa.array(np.full(n, "client")).cast(pa.string()),
-        "variant": pa.array(np.full(n, "v")).cast(pa.string()),
-        "worker": pa.array(worker), "conn": pa.array(attempt),
-        "dir": pa.array(np.tile(np.array(dirs), n_conns)).cast(pa.string()),
-        "type": pa.DictionaryArray.from_arrays(pa.array(ty), kinds).cast(pa.string()),
-        "bytes": pa.array(np.tile(np.array([b or 0 for b in bytes_], np.int32), n_conns),
-                          mask=np.tile(np.array([b is None for b in bytes_]), n_conns)),
-        "audio_ms": pa.array(np.tile(np.array([a or 0 for a in audio], np.float32), n_conns),
-                             mask=np.tile(np.array([a is None for a in audio]), n_conns)),
-        "lag_ms": pa.array(lag, from_pandas=True),
-        "code": pa.array(code, mask=code < 0),
-        "item": _strings(n, item_at[item_sort], [item_values[i] for i in item_sort]),
-        "text": _strings(n, text_at[text_sort], [text_values[i] for i in text_sort]),
-        "detail": _strings(n, detail_at[detail_sort], [detail_values[i] for i in detail_sort]),
-    }, schema=EVENT_SCHEMA)
+    lag = np.where(
+        np.tile(np.array(types) == "input_audio_buffer.append", n_conns),
+        rng.exponential(0.4, n).astype(np.float32),
+        np.nan,
+    ).astype(np.float32)
+    table = pa.table(
+        {
+            "wall": pa.array(t0 + t),
+            "t": pa.array(t),
+            "src": pa.array(np.full(n, "client")).cast(pa.string()),
+            "variant": pa.array(np.full(n, "v")).cast(pa.string()),
+            "worker": pa.array(worker),
+            "conn": pa.array(attempt),
+            "dir": pa.array(np.tile(np.array(dirs), n_conns)).cast(pa.string()),
+            "type": pa.DictionaryArray.from_arrays(pa.array(ty), kinds).cast(pa.string()),
+            "bytes": pa.array(
+                np.tile(np.array([b or 0 for b in bytes_], np.int32), n_conns),
+                mask=np.tile(np.array([b is None for b in bytes_]), n_conns),
+            ),
+            "audio_ms": pa.array(
+                np.tile(np.array([a or 0 for a in audio], np.float32), n_conns),
+                mask=np.tile(np.array([a is None for a in audio]), n_conns),
+            ),
+            "lag_ms": pa.array(lag, from_pandas=True),
+            "code": pa.array(code, mask=code < 0),
+            "item": _strings(n, item_at[item_sort], [item_values[i] for i in item_sort]),
+            "text": _strings(n, text_at[text_sort], [text_values[i] for i in text_sort]),
+            "detail": _strings(n, detail_at[detail_sort], [detail_values[i] for i in detail_sort]),
+        },
+        schema=EVENT_SCHEMA,
+    )
     return table.take(pa.array(order)), np.flatnonzero(dropped)
 
 
 def server_table(n_conns: int, dropped: np.ndarray) -> pa.Table:
     req = [f"req_{i:032x}" for i in range(n_conns)]
-    rows = ([("session_open", r, None, None) for r in req]
-            + [("fault", req[i], 1006, "session_age") for i in dropped]
-            + [("session_close", r, 1006, None) for r in req])
+    rows = (
+        [("session_open", r, None, None) for r in req]
+        + [("fault", req[i], 1006, "session_age") for i in dropped]
+        + [("session_close", r, 1006, None) for r in req]
+    )
     types, items, codes, texts = zip(*rows, strict=True)
     n = len(rows)
-    return pa.table({
-        "wall": pa.array(np.full(n, 1.79e9)), "t": pa.array(np.zeros(n)),
-        "src": pa.array(["server"] * n), "variant": pa.nulls(n, pa.string()),
-        "worker": pa.array(np.full(n, -1, np.int32)), "conn": pa.array(np.full(n, -1, np.int32)),
-        "dir": pa.array(["meta"] * n), "type": pa.array(types), "bytes": pa.nulls(n, pa.int32()),
-        "audio_ms": pa.nulls(n, pa.float32()), "lag_ms": pa.nulls(n, pa.float32()),
-        "code": pa.array(codes, pa.int32()), "item": pa.array(items), "text": pa.array(texts),
-        "detail": pa.nulls(n, pa.string()),
-    }, schema=EVENT_SCHEMA)
+    return pa.table(
+        {
+            "wall": pa.array(np.full(n, 1.79e9)),
+            "t": pa.array(np.zeros(n)),
+            "src": pa.array(["server"] * n),
+            "variant": pa.nulls(n, pa.string()),
+            "worker": pa.array(np.full(n, -1, np.int32)),
+            "conn": pa.array(np.full(n, -1, np.int32)),
+            "dir": pa.array(["meta"] * n),
+            "type": pa.array(types),
+            "bytes": pa.nulls(n, pa.int32()),
+            "audio_ms": pa.nulls(n, pa.float32()),
+            "lag_ms": pa.nulls(n, pa.float32()),
+            "code": pa.array(codes, pa.int32()),
+            "item": pa.array(items),
+            "text": pa.array(texts),
+            "detail": pa.nulls(n, pa.string()),
+        },
+        schema=EVENT_SCHEMA,
+    )
 
 
 def write_log(table: pa.Table, path: Path, batch_rows: int = 3000) -> None:
@@ -165,8 +237,16 @@ def generate(run_dir: Path, rows: int) -> None:
     write_log(server_table(n_conns, dropped), run_dir / "events-server.arrows")
     (run_dir / "manifest.json").write_text(json.dumps({"seed": 0, "synthetic": True}))
     size = sum(p.stat().st_size for p in run_dir.glob("events-*.arrows"))
-    print(json.dumps({"generated_rows": client.num_rows, "connections": n_conns,
-                      "log_bytes": size, "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "generated_rows": client.num_rows,
+                "connections": n_conns,
+                "log_bytes": size,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
 
 
 def load(run_dir: Path, write: bool) -> None:
@@ -177,16 +257,19 @@ def load(run_dir: Path, write: bool) -> None:
     t0 = time.perf_counter()
     frames = load_frames(run_dir)
     t1 = time.perf_counter()
-    out = {"events": len(frames.events), "connections": len(frames.connections),
-           "utterances": len(frames.utterances), "load_s": round(t1 - t0, 2),
-           "events_memory_bytes": int(frames.events.memory_usage(deep=True).sum()),
-           "rss_before_mib": rss0 // 1024,
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+    out = {
+        "events": len(frames.events),
+        "connections": len(frames.connections),
+        "utterances": len(frames.utterances),
+        "load_s": round(t1 - t0, 2),
+        "events_memory_bytes": int(frames.events.memory_usage(deep=True).sum()),
+        "rss_before_mib": rss0 // 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
     if write:
         write_frames(frames, run_dir / "frames")
         out["write_frames_s"] = round(time.perf_counter() - t1, 2)
-        out["peak_rss_after_write_mib"] = resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss // 1024
+        out["peak_rss_after_write_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     print(json.dumps(out))
 
 

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.recorder import Recorder  # noqa: E402
 
 CHUNK_MS = 20
-FRAME = json.dumps({"type": "input_audio_buffer.append",
-                    "audio": base64.b64encode(bytes(CHUNK_MS * 48)).decode()})
+FRAME = json.dumps(
+    {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(CHUNK_MS * 48)).decode()}
+)
 
 
 def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[str, float]:
@@ -37,8 +38,9 @@ def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[s
     connections x 50 frames/s fill 0.2 s with 3,000 rows). Median of `repeats` after a
     warm-up (the first conversion pays pyarrow's lazy initialisation)."""
     _micro_once(10_000, batch)
-    runs = sorted((_micro_once(rows, batch) for _ in range(repeats)),
-                  key=lambda r: r["cpu_us_per_row"])
+    runs = sorted(
+        (_micro_once(rows, batch) for _ in range(repeats)), key=lambda r: r["cpu_us_per_row"]
+    )
     return runs[len(runs) // 2]
 
 
@@ -48,15 +50,30 @@ def _micro_once(rows: int, batch: int) -> dict[str, float]:
         row = rec.row
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(rows):
-            row(1.7e9 + i, i * 0.02, "client", "v", i % 300, 1, "send",
-                "input_audio_buffer.append", 2618, 20.0, 0.3)
+            row(
+                1.7e9 + i,
+                i * 0.02,
+                "client",
+                "v",
+                i % 300,
+                1,
+                "send",
+                "input_audio_buffer.append",
+                2618,
+                20.0,
+                0.3,
+            )
             if i % batch == batch - 1:
                 rec.flush()
         rec.close()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         size = (Path(tmp) / "events.arrows").stat().st_size
-    return {"rows": rows, "rows_per_s": rows / wall, "cpu_us_per_row": cpu / rows * 1e6,
-            "bytes_per_row": size / rows}
+    return {
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "cpu_us_per_row": cpu / rows * 1e6,
+        "bytes_per_row": size / rows,
+    }
 
 
 SINK = """
@@ -81,8 +98,9 @@ except ImportError:
 """
 
 
-async def sender(port: int, connections: int, seconds: float, record: bool, paced: bool,
-                 log_dir: Path) -> dict[str, float]:
+async def sender(
+    port: int, connections: int, seconds: float, record: bool, paced: bool, log_dir: Path
+) -> dict[str, float]:
     import aiohttp
 
     rec = Recorder(log_dir / f"events-{record}-{paced}.arrows") if record else None
@@ -92,8 +110,10 @@ async def sender(port: int, connections: int, seconds: float, record: bool, pace
     sent = 0
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = [await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
-                   for _ in range(connections)]
+        sockets = [
+            await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
+            for _ in range(connections)
+        ]
         start = loop.time() + 0.2
         end = start + seconds
 
@@ -113,8 +133,19 @@ async def sender(port: int, connections: int, seconds: float, record: bool, pace
                 await ws.send_str(FRAME)
                 lag = (now - due) * 1000.0
                 if row is not None:
-                    row(time.time(), now, "client", "v", i, 1, "send",
-                        "input_audio_buffer.append", len(FRAME), float(CHUNK_MS), lag)
+                    row(
+                        time.time(),
+                        now,
+                        "client",
+                        "v",
+                        i,
+                        1,
+                        "send",
+                        "input_audio_buffer.append",
+                        len(FRAME),
+                        float(CHUNK_MS),
+                        lag,
+                    )
                 if paced and k % 10 == 0:
                     lateness.append(lag)
                 k += 1
@@ -133,12 +164,17 @@ async def sender(port: int, connections: int, seconds: float, record: bool, pace
         await rec.aclose()
     lateness.sort()
     p99 = lateness[int(0.99 * (len(lateness) - 1))] if lateness else float("nan")
-    return {"frames_per_s": sent / seconds, "cpu_us_per_frame": cpu / sent * 1e6,
-            "cpu_share": cpu / seconds, "lateness_p99_ms": p99}
+    return {
+        "frames_per_s": sent / seconds,
+        "cpu_us_per_frame": cpu / sent * 1e6,
+        "cpu_share": cpu / seconds,
+        "lateness_p99_ms": p99,
+    }
 
 
-def run_sender(port: int, connections: int, seconds: float, record: bool, paced: bool,
-               log_dir: Path) -> dict[str, float]:
+def run_sender(
+    port: int, connections: int, seconds: float, record: bool, paced: bool, log_dir: Path
+) -> dict[str, float]:
     coro = sender(port, connections, seconds, record, paced, log_dir)
     try:
         import uvloop
@@ -147,8 +183,7 @@ def run_sender(port: int, connections: int, seconds: float, record: bool, paced:
     return uvloop.run(coro)
 
 
-def capacity(port: int, steps: list[int], seconds: float, repeats: int,
-             log_dir: Path) -> None:
+def capacity(port: int, steps: list[int], seconds: float, repeats: int, log_dir: Path) -> None:
     """The paced sender's throughput ceiling: the most connections (x 50 frames/s) whose
     median (over `repeats`) p99 send lateness stays within 10 ms, with and without a recorder
     row per frame. One run's p99 hangs on a rare stall (a full GC), hence the repeats."""
@@ -159,16 +194,24 @@ def capacity(port: int, steps: list[int], seconds: float, repeats: int,
             for record in (False, True):
                 r = run_sender(port, conns, seconds, record, True, log_dir)
                 p99s[record].append(r["lateness_p99_ms"])
-                print(json.dumps({"record": record, "connections": conns, "repeat": rep, **r}),
-                      flush=True)
+                print(
+                    json.dumps({"record": record, "connections": conns, "repeat": rep, **r}),
+                    flush=True,
+                )
         for record in (False, True):
             median = statistics.median(p99s[record])
-            print(json.dumps({"record": record, "connections": conns,
-                              "median_lateness_p99_ms": median}), flush=True)
+            print(
+                json.dumps(
+                    {"record": record, "connections": conns, "median_lateness_p99_ms": median}
+                ),
+                flush=True,
+            )
             if median <= 10.0:
                 best[record] = max(best[record], conns)
-    print(json.dumps({"capacity_connections": {"without": best[False], "with": best[True]}}),
-          flush=True)
+    print(
+        json.dumps({"capacity_connections": {"without": best[False], "with": best[True]}}),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -178,16 +221,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--micro-rows", type=int, default=1_000_000)
-    parser.add_argument("--capacity", type=int, nargs="*", metavar="N",
-                        help="paced connection counts to step through: the most that keep "
-                             "p99 lateness <= 10 ms, with and without recording")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        nargs="*",
+        metavar="N",
+        help="paced connection counts to step through: the most that keep "
+        "p99 lateness <= 10 ms, with and without recording",
+    )
     args = parser.parse_args()
 
     print("## micro: Recorder.row + flush", flush=True)
     print(json.dumps(micro(args.micro_rows)), flush=True)
 
-    sink = subprocess.Popen([sys.executable, "-c", SINK], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    sink = subprocess.Popen(
+        [sys.executable, "-c", SINK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(sink.stdout.readline())
         with tempfile.TemporaryDirectory() as tmp:
@@ -195,8 +244,11 @@ def main() -> None:
                 capacity(port, args.capacity, args.seconds, args.repeats, Path(tmp))
                 return
             for paced, conns in ((True, args.connections), (False, args.flood_connections)):
-                mode = f"paced, {conns} connections x 50 frames/s" if paced else \
-                    f"flood, {conns} connections"
+                mode = (
+                    f"paced, {conns} connections x 50 frames/s"
+                    if paced
+                    else f"flood, {conns} connections"
+                )
                 print(f"## {mode}", flush=True)
                 results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
                 for rep in range(args.repeats):  # interleaved, so drift hits both alike
@@ -205,16 +257,25 @@ def main() -> None:
                         results[record].append(r)
                         print(json.dumps({"record": record, "repeat": rep, **r}), flush=True)
                 for record in (False, True):
-                    med = {k: statistics.median(r[k] for r in results[record])
-                           for k in results[record][0]}
+                    med = {
+                        k: statistics.median(r[k] for r in results[record])
+                        for k in results[record][0]
+                    }
                     print(json.dumps({"record": record, "median": med}), flush=True)
                 off = statistics.median(r["frames_per_s"] for r in results[False])
                 on = statistics.median(r["frames_per_s"] for r in results[True])
                 cpu_off = statistics.median(r["cpu_us_per_frame"] for r in results[False])
                 cpu_on = statistics.median(r["cpu_us_per_frame"] for r in results[True])
-                print(json.dumps({"mode": mode, "throughput_change_pct": (on / off - 1) * 100,
-                                  "cpu_per_frame_change_pct": (cpu_on / cpu_off - 1) * 100}),
-                      flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "mode": mode,
+                            "throughput_change_pct": (on / off - 1) * 100,
+                            "cpu_per_frame_change_pct": (cpu_on / cpu_off - 1) * 100,
+                        }
+                    ),
+                    flush=True,
+                )
     finally:
         sink.stdin.close()
         sink.wait(10)

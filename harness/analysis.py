@@ -61,8 +61,9 @@ def drop_rate(conns: pd.DataFrame) -> tuple[int, float, float, tuple[float, floa
     return drops, hours, rate, poisson_rate_ci(drops, hours)
 
 
-def survival_by_variant(connections: pd.DataFrame) -> tuple[list[SurvivalSummary],
-                                                             dict[str, KaplanMeierFitter]]:
+def survival_by_variant(
+    connections: pd.DataFrame,
+) -> tuple[list[SurvivalSummary], dict[str, KaplanMeierFitter]]:
     conns = observed_connections(connections)
     summaries, fitters = [], {}
     for variant, group in conns.groupby("variant", observed=True):
@@ -70,23 +71,34 @@ def survival_by_variant(connections: pd.DataFrame) -> tuple[list[SurvivalSummary
         fitters[str(variant)] = kmf
         ci = median_survival_times(kmf.confidence_interval_)
         drops, hours, rate, rate_ci = drop_rate(group)
-        summaries.append(SurvivalSummary(
-            variant=str(variant), connections=len(group), drops=drops,
-            censored=int((~group["dropped"]).sum()), connection_hours=hours,
-            drops_per_hour=rate, drops_per_hour_ci=rate_ci,
-            median_s=float(kmf.median_survival_time_),
-            median_ci_s=(float(ci.iloc[0, 0]), float(ci.iloc[0, 1]))))
+        summaries.append(
+            SurvivalSummary(
+                variant=str(variant),
+                connections=len(group),
+                drops=drops,
+                censored=int((~group["dropped"]).sum()),
+                connection_hours=hours,
+                drops_per_hour=rate,
+                drops_per_hour_ci=rate_ci,
+                median_s=float(kmf.median_survival_time_),
+                median_ci_s=(float(ci.iloc[0, 0]), float(ci.iloc[0, 1])),
+            )
+        )
     return summaries, fitters
 
 
 def close_codes(connections: pd.DataFrame) -> pd.DataFrame:
     """Connections by variant, close code, cause and who closed."""
-    table = (connections.assign(close_code=connections["close_code"].astype("string")
-                                .fillna("none"))
-             .groupby(["variant", "close_code", "cause", "closed_by"], observed=True)
-             .size().rename("connections").reset_index())
-    return table[table["connections"] > 0].sort_values(["variant", "connections"],
-                                                       ascending=[True, False])
+    table = (
+        connections.assign(close_code=connections["close_code"].astype("string").fillna("none"))
+        .groupby(["variant", "close_code", "cause", "closed_by"], observed=True)
+        .size()
+        .rename("connections")
+        .reset_index()
+    )
+    return table[table["connections"] > 0].sort_values(
+        ["variant", "connections"], ascending=[True, False]
+    )
 
 
 def utterance_outcomes(utterances: pd.DataFrame) -> pd.DataFrame:
@@ -120,11 +132,14 @@ def pairwise_logrank(connections: pd.DataFrame) -> pd.DataFrame:
     conns = observed_connections(connections)
     if conns["variant"].nunique() < 2:
         return pd.DataFrame(columns=["a", "b", "statistic", "p", "p_holm"])
-    result = pairwise_logrank_test(conns["lifetime"].to_numpy(float),
-                                   conns["variant"].astype(str).to_numpy(),
-                                   conns["dropped"].to_numpy(bool)).summary
-    table = result.reset_index().rename(columns={"level_0": "a", "level_1": "b",
-                                                 "test_statistic": "statistic"})
+    result = pairwise_logrank_test(
+        conns["lifetime"].to_numpy(float),
+        conns["variant"].astype(str).to_numpy(),
+        conns["dropped"].to_numpy(bool),
+    ).summary
+    table = result.reset_index().rename(
+        columns={"level_0": "a", "level_1": "b", "test_statistic": "statistic"}
+    )
     table = table[["a", "b", "statistic", "p"]].sort_values("p").reset_index(drop=True)
     m = len(table)
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * table["p"].to_numpy()))
@@ -147,10 +162,18 @@ def hazard_by_age(connections: pd.DataFrame, bins: int = 8) -> pd.DataFrame:
             exposure = float(np.clip(life - lo, 0.0, hi - lo).sum()) / 3600.0
             events = int(((life > lo) & (life <= hi) & dropped).sum())
             ci = poisson_rate_ci(events, exposure)
-            rows.append({"variant": str(variant), "age_from": lo, "age_to": hi, "drops": events,
-                         "connection_hours": exposure,
-                         "per_hour": events / exposure if exposure > 0 else float("nan"),
-                         "per_hour_lo": ci[0], "per_hour_hi": ci[1]})
+            rows.append(
+                {
+                    "variant": str(variant),
+                    "age_from": lo,
+                    "age_to": hi,
+                    "drops": events,
+                    "connection_hours": exposure,
+                    "per_hour": events / exposure if exposure > 0 else float("nan"),
+                    "per_hour_lo": ci[0],
+                    "per_hour_hi": ci[1],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -183,8 +206,12 @@ def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
     varied = [c for c in factors.columns if factors[c].nunique(dropna=False) > 1]
     if len(varied) < 2 or conns["dropped"].sum() < 5:
         return None
-    data = conns[["lifetime", "dropped", "variant"]].astype({"variant": str}).join(
-        factors[varied], on="variant").drop(columns="variant")
+    data = (
+        conns[["lifetime", "dropped", "variant"]]
+        .astype({"variant": str})
+        .join(factors[varied], on="variant")
+        .drop(columns="variant")
+    )
     data = pd.get_dummies(data, drop_first=True, dtype=float)
     data = data.loc[:, data.nunique() > 1]
     with warnings.catch_warnings():
@@ -196,10 +223,15 @@ def cox_by_factors(connections: pd.DataFrame) -> pd.DataFrame | None:
         except Exception:  # lifelines raises several kinds on degenerate data
             return None
     summary = fitted.summary
-    return pd.DataFrame({"factor": summary.index, "hazard_ratio": summary["exp(coef)"],
-                         "lo": summary["exp(coef) lower 95%"],
-                         "hi": summary["exp(coef) upper 95%"], "p": summary["p"]}
-                        ).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "factor": summary.index,
+            "hazard_ratio": summary["exp(coef)"],
+            "lo": summary["exp(coef) lower 95%"],
+            "hi": summary["exp(coef) upper 95%"],
+            "p": summary["p"],
+        }
+    ).reset_index(drop=True)
 
 
 Z_ALPHA, Z_POWER = 1.959964, 0.841621  # two-sided 5 %, 80 % power
@@ -213,16 +245,24 @@ def power(drops: int, drops_per_hour: float) -> dict[str, float]:
     detectable = math.exp(z / math.sqrt(0.25 * drops)) if drops > 0 else float("inf")
     needed = (z / (0.5 * math.log(2.0))) ** 2
     hours = needed / drops_per_hour if drops_per_hour > 0 else float("inf")
-    return {"detectable_hazard_ratio": detectable, "drops_for_2x": needed,
-            "connection_hours_for_2x": hours}
+    return {
+        "detectable_hazard_ratio": detectable,
+        "drops_for_2x": needed,
+        "connection_hours_for_2x": hours,
+    }
 
 
 # --- utterances and recovery ----------------------------------------------------------------
 def latency_percentiles(utterances: pd.DataFrame) -> pd.DataFrame:
     done = utterances[utterances["latency"].notna()]
-    rows = [{"variant": str(v), "transcripts": len(g), **percentiles(
-        g["latency"].to_numpy(float), (50, 90, 99))}
-        for v, g in done.groupby("variant", observed=True)]
+    rows = [
+        {
+            "variant": str(v),
+            "transcripts": len(g),
+            **percentiles(g["latency"].to_numpy(float), (50, 90, 99)),
+        }
+        for v, g in done.groupby("variant", observed=True)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -236,8 +276,9 @@ def recovery(connections: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFram
     connection of the same worker (NA if none came), and audio lost at the drop."""
     drops = connections[connections["dropped"]]
     if drops.empty:
-        return pd.DataFrame(columns=["variant", "worker", "conn", "dropped_at", "recovery",
-                                     "uncommitted_ms"])
+        return pd.DataFrame(
+            columns=["variant", "worker", "conn", "dropped_at", "recovery", "uncommitted_ms"]
+        )
     good = utterances[utterances["status"].isin(["completed", "retried_ok"])]
     done_at = good.groupby(["run", "worker", "conn"], observed=True)["ended"].min()
     rows = []
@@ -247,7 +288,14 @@ def recovery(connections: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFram
         if later is not None:
             after = later[(later.index > d.conn) & (later >= d.closed)]
             first = float(after.min()) - d.closed if len(after) else np.nan
-        rows.append({"variant": str(d.variant), "worker": d.worker, "conn": d.conn,
-                     "dropped_at": d.closed, "recovery": first,
-                     "uncommitted_ms": d.uncommitted_ms})
+        rows.append(
+            {
+                "variant": str(d.variant),
+                "worker": d.worker,
+                "conn": d.conn,
+                "dropped_at": d.closed,
+                "recovery": first,
+                "uncommitted_ms": d.uncommitted_ms,
+            }
+        )
     return pd.DataFrame(rows)

@@ -26,8 +26,8 @@ class AudioError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    json: str          # the whole input_audio_buffer.append event
-    audio_bytes: int   # PCM bytes it carries
+    json: str  # the whole input_audio_buffer.append event
+    audio_bytes: int  # PCM bytes it carries
 
 
 @dataclass(slots=True)
@@ -49,9 +49,10 @@ class Utterance:
         cached = self._frames.get(chunk_ms)
         if cached is None:
             step = RATE * 2 * chunk_ms // 1000
-            chunks = [self.pcm[i:i + step] for i in range(0, len(self.pcm), step)]
-            cached = tuple(Frame(_APPEND % base64.b64encode(c).decode("ascii"), len(c))
-                           for c in chunks)
+            chunks = [self.pcm[i : i + step] for i in range(0, len(self.pcm), step)]
+            cached = tuple(
+                Frame(_APPEND % base64.b64encode(c).decode("ascii"), len(c)) for c in chunks
+            )
             self._frames[chunk_ms] = cached
         return cached
 
@@ -93,12 +94,16 @@ class AudioLibrary:
     @classmethod
     def from_dir(cls, directory: Path) -> AudioLibrary:
         if not directory.is_dir():
-            raise AudioError(f"{directory}: audio directory not found; set [audio] dir to a "
-                             "folder of .wav or .flac files")
+            raise AudioError(
+                f"{directory}: audio directory not found; set [audio] dir to a "
+                "folder of .wav or .flac files"
+            )
         files = sorted(p for p in directory.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
         if not files:
-            raise AudioError(f"{directory}: no .wav or .flac files in it; add some or point "
-                             "[audio] dir elsewhere")
+            raise AudioError(
+                f"{directory}: no .wav or .flac files in it; add some or point "
+                "[audio] dir elsewhere"
+            )
         return cls([load_file(p) for p in files])
 
     def pick(self, rng: np.random.Generator) -> Utterance:

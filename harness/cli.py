@@ -43,15 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--time-scale", type=float)
     run.add_argument("--seed", type=int)
     run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
-    run.add_argument("--target", choices=("fake", "openai", "azure", "url"),
-                     help="override run.target; real targets read keys from the environment")
+    run.add_argument(
+        "--target",
+        choices=("fake", "openai", "azure", "url"),
+        help="override run.target; real targets read keys from the environment",
+    )
     run.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
-    run.add_argument("--max-audio-hours", type=float,
-                     help="cap (real targets): audio hours sent")
-    run.add_argument("--procs", type=int, help="client processes (default: 1 per 300 workers, "
-                     "as the cores allow)")
-    run.add_argument("--shard", help="K/N: run the K-th of N deterministic slices of the "
-                     "workers (K from 0), for soaks spread over machines")
+    run.add_argument("--max-audio-hours", type=float, help="cap (real targets): audio hours sent")
+    run.add_argument(
+        "--procs",
+        type=int,
+        help="client processes (default: 1 per 300 workers, as the cores allow)",
+    )
+    run.add_argument(
+        "--shard",
+        help="K/N: run the K-th of N deterministic slices of the "
+        "workers (K from 0), for soaks spread over machines",
+    )
     run.add_argument("--no-report", action="store_true", help="record only")
 
     part = sub.add_parser("run-part", help=argparse.SUPPRESS)  # a --procs child
@@ -67,15 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--time-scale", type=float, default=1.0)
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--out", type=Path, help="log the server's view of every session here")
-    serve.add_argument("--allow-remote", action="store_true",
-                       help="listen on a non-loopback host")
+    serve.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback host")
     serve.add_argument("--sync-stdin", action="store_true", help=argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="(re)build the report of run directories")
     report.add_argument("runs", type=Path, nargs="+")
     report.add_argument("--out", type=Path, help="report directory (default RUN/report)")
-    report.add_argument("--history", action="store_true",
-                        help="a night-over-night trend of these runs (trend.html)")
+    report.add_argument(
+        "--history", action="store_true", help="a night-over-night trend of these runs (trend.html)"
+    )
 
     validate = sub.add_parser("validate", help="check scenario files")
     validate.add_argument("files", type=Path, nargs="+")
@@ -104,8 +112,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.scenario import load_scenario
 
     scenario = load_scenario(args.scenario).with_overrides(
-        workers=args.workers, duration=args.duration, time_scale=args.time_scale, seed=args.seed,
-        target=args.target)
+        workers=args.workers,
+        duration=args.duration,
+        time_scale=args.time_scale,
+        seed=args.seed,
+        target=args.target,
+    )
     caps = Caps(max_minutes=args.max_minutes, max_audio_hours=args.max_audio_hours)
     # Until the workers' loop takes over the signals (and again once it gives them back), a
     # SIGTERM is a KeyboardInterrupt like SIGINT: the embedded server is stopped, no traceback.
@@ -113,8 +125,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         if args.procs is not None and args.procs < 1:
             raise UsageError("--procs must be at least 1")
-        result = run_scenario(scenario, args.out, caps=caps, procs=args.procs,
-                              shard=_shard(args.shard))
+        result = run_scenario(
+            scenario, args.out, caps=caps, procs=args.procs, shard=_shard(args.shard)
+        )
     except OutputDirError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
@@ -128,8 +141,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         failed = _frames_and_report(result.run_dir, report=not args.no_report)
     except KeyboardInterrupt:
-        print(f"rtsoak: interrupted again; the event log in {result.run_dir} is complete, "
-              "`rtsoak report` rebuilds frames and report from it", file=sys.stderr)
+        print(
+            f"rtsoak: interrupted again; the event log in {result.run_dir} is complete, "
+            "`rtsoak report` rebuilds frames and report from it",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except RunDirError as exc:
         if not result.interrupted:
@@ -164,16 +180,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from harness.fakeserver.process import LOOPBACK, load_server_config, serve
 
     if args.host not in LOOPBACK and not args.allow_remote:
-        raise UsageError(f"--host {args.host} is not a loopback address; the fake server is "
-                         "for this machine. Add --allow-remote if you really mean it.")
+        raise UsageError(
+            f"--host {args.host} is not a loopback address; the fake server is "
+            "for this machine. Add --allow-remote if you really mean it."
+        )
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
     from harness.runner import run_event_loop
 
     config = load_server_config(args.faults, args.seed)
     try:
-        run_event_loop(serve(args.host, args.port, config, args.time_scale, args.out,
-                             args.sync_stdin))
+        run_event_loop(
+            serve(args.host, args.port, config, args.time_scale, args.out, args.sync_stdin)
+        )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_OK
@@ -202,8 +221,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     for path in args.files:
         scenario = load_scenario(path)
         workers = sum(v.run.workers for v in scenario.variants)
-        print(f"{path}: ok ({len(scenario.variants)} variant(s), {workers} workers, "
-              f"{scenario.run.duration:g} s at {scenario.run.time_scale:g}x)")
+        print(
+            f"{path}: ok ({len(scenario.variants)} variant(s), {workers} workers, "
+            f"{scenario.run.duration:g} s at {scenario.run.time_scale:g}x)"
+        )
     return EXIT_OK
 
 
@@ -215,7 +236,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print("scenarios:")
         for path in scenarios:
             print(f"  {path.stem:<20} {_first_comment(path)}")
-    print("fault profiles (use with [faults] profile = \"NAME\" or rtsoak serve --faults NAME):")
+    print('fault profiles (use with [faults] profile = "NAME" or rtsoak serve --faults NAME):')
     for name, (description, _) in shipped_profiles().items():
         print(f"  {name:<20} {description}")
     return EXIT_OK
@@ -245,5 +266,11 @@ def _cmd_run_part(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
-_COMMANDS = {"run": _cmd_run, "run-part": _cmd_run_part, "serve": _cmd_serve,
-             "report": _cmd_report, "validate": _cmd_validate, "list": _cmd_list}
+_COMMANDS = {
+    "run": _cmd_run,
+    "run-part": _cmd_run_part,
+    "serve": _cmd_serve,
+    "report": _cmd_report,
+    "validate": _cmd_validate,
+    "list": _cmd_list,
+}

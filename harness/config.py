@@ -44,8 +44,14 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration such as '90s', '25m', '250ms' or seconds, got {value!r}")
 
 
-def spec(default: Any, kind: str = "", lo: float | None = None, hi: float | None = None,
-         choices: tuple[str, ...] = (), doc: str = "") -> Any:
+def spec(
+    default: Any,
+    kind: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+    doc: str = "",
+) -> Any:
     """A dataclass field with how to read it: kind 'duration' parses units; lo/hi bound numbers;
     choices close a string set."""
     return dataclasses.field(
@@ -98,8 +104,14 @@ def read_section(cls: type, table: Any, source: str, section: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def _convert(field: dataclasses.Field, raw: Any) -> Any:

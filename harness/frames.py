@@ -25,8 +25,17 @@ from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.recorder import EVENT_SCHEMA
 
-__all__ = ["CONNECTION_COLUMNS", "CRASHED", "EVENT_COLUMNS", "UTTERANCE_COLUMNS", "Frames",
-           "RunDirError", "is_run_dir", "load", "write_frames"]
+__all__ = [
+    "CONNECTION_COLUMNS",
+    "CRASHED",
+    "EVENT_COLUMNS",
+    "UTTERANCE_COLUMNS",
+    "Frames",
+    "RunDirError",
+    "is_run_dir",
+    "load",
+    "write_frames",
+]
 
 EVENT_LOG_GLOB = "events-*.arrows"
 # A connection with no close row when the log ends: its process died (crash or second signal).
@@ -43,29 +52,72 @@ def _cat(values: Iterable[str]) -> pd.CategoricalDtype:
 # Column -> dtype of each frame, in order. docs/frames.md documents exactly these (a test
 # checks); "category" means categories found in the data, a CategoricalDtype a closed set.
 EVENT_COLUMNS: dict[str, Any] = {
-    "run": "category", "wall": "float64", "t": "float64", "src": "category",
-    "variant": "category", "worker": "Int32", "conn": "Int32", "dir": "category",
-    "type": "category", "bytes": "Int32", "audio_ms": "float32", "lag_ms": "float32",
-    "code": "Int32", "item": _STRING, "text": _STRING, "detail": _STRING,
+    "run": "category",
+    "wall": "float64",
+    "t": "float64",
+    "src": "category",
+    "variant": "category",
+    "worker": "Int32",
+    "conn": "Int32",
+    "dir": "category",
+    "type": "category",
+    "bytes": "Int32",
+    "audio_ms": "float32",
+    "lag_ms": "float32",
+    "code": "Int32",
+    "item": _STRING,
+    "text": _STRING,
+    "detail": _STRING,
 }
 CONNECTION_COLUMNS: dict[str, Any] = {
-    "run": "category", "variant": "category", "worker": "Int32", "conn": "Int32",
-    "opened": "float64", "opened_wall": "float64", "established": "float64",
-    "closed": "float64", "closed_wall": "float64", "lifetime": "float64",
-    "handshake_status": "Int32", "handshake_latency": "float64", "handshake_error": _STRING,
-    "request_id": _STRING, "session_id": _STRING, "close_code": "Int32",
-    "close_reason": _STRING, "closed_by": _cat(ClosedBy),
-    "cause": _cat([*CloseCause, CRASHED]), "censored": "bool", "dropped": "bool",
-    "state": _cat(ConnState), "since_sent": "float64", "since_recv": "float64",
-    "uncommitted_ms": "float64", "audio_sent_ms": "float64",
-    "utterances_completed": "Int32", "injected_fault": "category",
+    "run": "category",
+    "variant": "category",
+    "worker": "Int32",
+    "conn": "Int32",
+    "opened": "float64",
+    "opened_wall": "float64",
+    "established": "float64",
+    "closed": "float64",
+    "closed_wall": "float64",
+    "lifetime": "float64",
+    "handshake_status": "Int32",
+    "handshake_latency": "float64",
+    "handshake_error": _STRING,
+    "request_id": _STRING,
+    "session_id": _STRING,
+    "close_code": "Int32",
+    "close_reason": _STRING,
+    "closed_by": _cat(ClosedBy),
+    "cause": _cat([*CloseCause, CRASHED]),
+    "censored": "bool",
+    "dropped": "bool",
+    "state": _cat(ConnState),
+    "since_sent": "float64",
+    "since_recv": "float64",
+    "uncommitted_ms": "float64",
+    "audio_sent_ms": "float64",
+    "utterances_completed": "Int32",
+    "injected_fault": "category",
 }
 UTTERANCE_COLUMNS: dict[str, Any] = {
-    "run": "category", "variant": "category", "worker": "Int32", "conn": "Int32",
-    "utterance": _STRING, "source": _STRING, "audio_ms": "float64", "crc32": "Int64",
-    "started": "float64", "committed": "float64", "ended": "float64",
-    "latency": "float64", "status": _cat(UtteranceStatus), "attempt": "Int32",
-    "final": "bool", "item_id": _STRING, "transcript": _STRING, "crc_match": "boolean",
+    "run": "category",
+    "variant": "category",
+    "worker": "Int32",
+    "conn": "Int32",
+    "utterance": _STRING,
+    "source": _STRING,
+    "audio_ms": "float64",
+    "crc32": "Int64",
+    "started": "float64",
+    "committed": "float64",
+    "ended": "float64",
+    "latency": "float64",
+    "status": _cat(UtteranceStatus),
+    "attempt": "Int32",
+    "final": "bool",
+    "item_id": _STRING,
+    "transcript": _STRING,
+    "crc_match": "boolean",
 }
 
 
@@ -115,8 +167,9 @@ def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
         tables.append(table)
         torn += t
     table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-    run = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(table), np.int32)),
-                                         pa.array([run_dir.name]))
+    run = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(len(table), np.int32)), pa.array([run_dir.name])
+    )
     return table.add_column(0, "run", run), torn
 
 
@@ -140,8 +193,9 @@ def _details(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(index=rows.index)
     try:
         data = "\n".join(texts).encode()
-        table = pa_json.read_json(io.BytesIO(data),
-                                  read_options=pa_json.ReadOptions(block_size=len(data) + 1))
+        table = pa_json.read_json(
+            io.BytesIO(data), read_options=pa_json.ReadOptions(block_size=len(data) + 1)
+        )
         parsed = table.to_pandas()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         parsed = pd.DataFrame([json.loads(t) for t in texts])
@@ -154,8 +208,7 @@ def _conform(frame: pd.DataFrame, columns: dict[str, Any]) -> pd.DataFrame:
     an empty run, a crashed run and a full one all load to the same schema."""
     out = {}
     for name, dtype in columns.items():
-        values = frame[name] if name in frame else pd.Series(pd.NA, index=frame.index,
-                                                             dtype=object)
+        values = frame[name] if name in frame else pd.Series(pd.NA, index=frame.index, dtype=object)
         if dtype in ("float64", "float32"):
             values = pd.to_numeric(values, errors="coerce")
         elif dtype in ("Int32", "Int64") and values.dtype == object:
@@ -171,26 +224,43 @@ def _client_meta(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
     meta = events[(events["src"] == "client") & (events["dir"] == "meta")]
     by_type = {str(name): rows for name, rows in meta.groupby("type", observed=True)}
     empty = meta.iloc[0:0]
-    return {name: by_type.get(name, empty)
-            for name in ("conn_open", "handshake", "conn_close", "utt_start", "utt_end")}
+    return {
+        name: by_type.get(name, empty)
+        for name in ("conn_open", "handshake", "conn_close", "utt_start", "utt_end")
+    }
 
 
 def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
     meta = _client_meta(events)
     conns = meta["conn_open"][_KEY + ["t", "wall"]].rename(
-        columns={"t": "opened", "wall": "opened_wall"})
+        columns={"t": "opened", "wall": "opened_wall"}
+    )
     hs = meta["handshake"]
     hs_detail = _details(hs)
     hs = hs[_KEY + ["t", "code", "item", "text"]].assign(
-        handshake_latency=hs_detail.get("latency", pd.Series(dtype=float)))
-    hs = hs.rename(columns={"t": "established", "code": "handshake_status",
-                            "item": "request_id", "text": "handshake_error"})
+        handshake_latency=hs_detail.get("latency", pd.Series(dtype=float))
+    )
+    hs = hs.rename(
+        columns={
+            "t": "established",
+            "code": "handshake_status",
+            "item": "request_id",
+            "text": "handshake_error",
+        }
+    )
     closes = meta["conn_close"]
     close_detail = _details(closes).drop(columns=["opened"], errors="ignore")
     closes = pd.concat([closes[_KEY + ["t", "wall", "code", "text"]], close_detail], axis=1)
-    closes = closes.rename(columns={"t": "closed", "wall": "closed_wall", "code": "close_code",
-                                    "text": "close_reason", "completed": "utterances_completed",
-                                    "audio_ms": "audio_sent_ms"})
+    closes = closes.rename(
+        columns={
+            "t": "closed",
+            "wall": "closed_wall",
+            "code": "close_code",
+            "text": "close_reason",
+            "completed": "utterances_completed",
+            "audio_ms": "audio_sent_ms",
+        }
+    )
     conns = conns.merge(hs, on=_KEY, how="left").merge(closes, on=_KEY, how="left")
     conns["established"] = conns["established"].where(conns["handshake_status"] == 101)
     for col in ("cause", "closed_by", "state"):
@@ -199,8 +269,7 @@ def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
     last = events.groupby("run", observed=True)[["t", "wall"]].max()
     unclosed = conns["closed"].isna()
     conns.loc[unclosed, "closed"] = conns.loc[unclosed, "run"].map(last["t"]).astype(float)
-    conns.loc[unclosed, "closed_wall"] = conns.loc[unclosed, "run"].map(last["wall"]).astype(
-        float)
+    conns.loc[unclosed, "closed_wall"] = conns.loc[unclosed, "run"].map(last["wall"]).astype(float)
     conns.loc[unclosed, "cause"] = CRASHED
     conns.loc[unclosed, "closed_by"] = str(ClosedBy.NONE)
     conns["lifetime"] = conns["closed"] - conns["established"]
@@ -213,8 +282,7 @@ def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
 
 def _injected_faults(events: pd.DataFrame, conns: pd.DataFrame) -> pd.Series:
     """The fake server's ground truth: which policy ended the connection, by request id."""
-    faults = events[(events["src"] == "server")
-                    & events["type"].isin(["fault", "handshake_fault"])]
+    faults = events[(events["src"] == "server") & events["type"].isin(["fault", "handshake_fault"])]
     policy = dict(zip(faults["item"].astype(object), faults["text"].astype(object), strict=True))
     return conns["request_id"].astype(object).map(policy).astype("category")
 
@@ -225,15 +293,21 @@ def _commit_times(events: pd.DataFrame, utts: pd.DataFrame) -> pd.Series:
     sent = events[(events["type"] == "input_audio_buffer.commit") & (events["dir"] == "send")]
     key = ["run", "worker", "conn"]
     commits = pd.DataFrame({k: sent[k].astype(object) for k in key}).assign(
-        committed=sent["t"].to_numpy())
+        committed=sent["t"].to_numpy()
+    )
     left = pd.DataFrame({k: utts[k].astype(object) for k in key}).assign(
-        started=utts["started"].to_numpy(), _row=np.arange(len(utts)))
+        started=utts["started"].to_numpy(), _row=np.arange(len(utts))
+    )
     if commits.empty or left.empty:
         return pd.Series(np.nan, index=utts.index)
-    merged = pd.merge_asof(left.sort_values("started"),
-                           commits.sort_values("committed"),
-                           left_on="started", right_on="committed", by=key,
-                           direction="forward").sort_values("_row")
+    merged = pd.merge_asof(
+        left.sort_values("started"),
+        commits.sort_values("committed"),
+        left_on="started",
+        right_on="committed",
+        by=key,
+        direction="forward",
+    ).sort_values("_row")
     committed = pd.Series(merged["committed"].to_numpy(), index=utts.index)
     return committed.where(committed <= utts["ended"].fillna(np.inf))
 
@@ -243,16 +317,23 @@ def utterances_frame(events: pd.DataFrame) -> pd.DataFrame:
     starts = meta["utt_start"]
     start_detail = _details(starts)
     utts = starts[["run", "variant", "worker", "conn", "item", "t", "audio_ms"]].rename(
-        columns={"item": "utterance", "t": "started"})
+        columns={"item": "utterance", "t": "started"}
+    )
     utts["source"] = start_detail.get("name")
     utts["crc32"] = start_detail.get("crc32")
     ends = meta["utt_end"]
     end_detail = _details(ends)
-    ends = pd.DataFrame({
-        "run": ends["run"], "utterance": ends["item"], "ended": ends["t"], "status": ends["text"],
-        "item_id": end_detail.get("item_id"), "transcript": end_detail.get("transcript"),
-        "latency": end_detail.get("latency"),
-    })
+    ends = pd.DataFrame(
+        {
+            "run": ends["run"],
+            "utterance": ends["item"],
+            "ended": ends["t"],
+            "status": ends["text"],
+            "item_id": end_detail.get("item_id"),
+            "transcript": end_detail.get("transcript"),
+            "latency": end_detail.get("latency"),
+        }
+    )
     # a replayed utterance starts and ends once per attempt, in order: pair them by number
     utts = utts.sort_values("started", kind="stable")
     utts["attempt"] = utts.groupby(["run", "utterance"], observed=True).cumcount() + 1
@@ -273,8 +354,9 @@ def _crc_match(utts: pd.DataFrame) -> pd.Series:
         return pd.Series(pd.NA, index=utts.index, dtype="boolean")
     texts = utts["transcript"].astype(object).where(utts["transcript"].notna(), None)
     marks = {t: parse_transcript(t) for t in texts.dropna().unique()}
-    named = texts.map(pd.Series({t: m.crc32 for t, m in marks.items() if m is not None},
-                                dtype="float64"))
+    named = texts.map(
+        pd.Series({t: m.crc32 for t, m in marks.items() if m is not None}, dtype="float64")
+    )
     sent = pd.to_numeric(utts["crc32"], errors="coerce")
     return (named == sent).astype("boolean").mask(named.isna() | sent.isna())
 
@@ -287,11 +369,15 @@ def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
     tables, manifests, torn = [], {}, 0
     for run_dir in dirs:
         if run_dir.name in manifests:
-            raise RunDirError(f"{run_dir}: a run named {run_dir.name!r} is already loaded; "
-                              "rows are keyed by run name, so pass each run once")
+            raise RunDirError(
+                f"{run_dir}: a run named {run_dir.name!r} is already loaded; "
+                "rows are keyed by run name, so pass each run once"
+            )
         if not is_run_dir(run_dir):
-            raise RunDirError(f"{run_dir}: not a run directory (no manifest.json); pass a "
-                              "directory that `rtsoak run` wrote, e.g. reports/smoke-...")
+            raise RunDirError(
+                f"{run_dir}: not a run directory (no manifest.json); pass a "
+                "directory that `rtsoak run` wrote, e.g. reports/smoke-..."
+            )
         manifests[run_dir.name] = json.loads((run_dir / "manifest.json").read_text())
         table, t = _read_run(run_dir)
         tables.append(table)

@@ -20,8 +20,13 @@ def steady_offsets(frame_count: int, chunk_ms: int, speed: float = 1.0) -> list[
     return [i * step for i in range(frame_count)]
 
 
-def schedule(frame_count: int, pacing: Any, rng: np.random.Generator,
-             pause_at: int | None = None, pause: float = 0.0) -> list[float]:
+def schedule(
+    frame_count: int,
+    pacing: Any,
+    rng: np.random.Generator,
+    pause_at: int | None = None,
+    pause: float = 0.0,
+) -> list[float]:
     """Offsets for `frame_count` frames under a [pacing] section: steady; jitter (each deadline
     moved by up to +-jitter_ms, kept in order); burst (burst_frames at once every
     burst_every_ms, by default as often as keeps the average at real time). A pause of

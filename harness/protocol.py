@@ -13,8 +13,12 @@ __all__ = ["BETA_HEADER", "CREATED", "UPDATED", "session_update"]
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 CREATED = frozenset({"session.created", "transcription_session.created"})
 UPDATED = frozenset({"session.updated", "transcription_session.updated"})
-SERVER_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-              "silence_duration_ms": 500}
+SERVER_VAD = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+}
 
 
 def session_update(protocol: Any, turn_mode: str) -> dict[str, Any]:
@@ -22,19 +26,33 @@ def session_update(protocol: Any, turn_mode: str) -> dict[str, Any]:
     reduction and logprobs, with turn_detection null (own VAD) or server VAD."""
     turn_detection = dict(SERVER_VAD) if turn_mode == "server_vad" else None
     noise = None if protocol.noise_reduction == "none" else {"type": protocol.noise_reduction}
-    transcription = {"model": protocol.model, "language": protocol.language,
-                     "prompt": protocol.prompt}
+    transcription = {
+        "model": protocol.model,
+        "language": protocol.language,
+        "prompt": protocol.prompt,
+    }
     include = ["item.input_audio_transcription.logprobs"] if protocol.logprobs else None
     if protocol.dialect == "beta":
         session: dict[str, Any] = {
-            "input_audio_format": "pcm16", "input_audio_transcription": transcription,
-            "turn_detection": turn_detection, "input_audio_noise_reduction": noise}
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": transcription,
+            "turn_detection": turn_detection,
+            "input_audio_noise_reduction": noise,
+        }
         if include:
             session["include"] = include
         return {"type": "transcription_session.update", "session": session}
-    session = {"type": "transcription", "audio": {"input": {
-        "format": {"type": "audio/pcm", "rate": 24000}, "noise_reduction": noise,
-        "turn_detection": turn_detection, "transcription": transcription}}}
+    session = {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "noise_reduction": noise,
+                "turn_detection": turn_detection,
+                "transcription": transcription,
+            }
+        },
+    }
     if include:
         session["include"] = include
     return {"type": "session.update", "session": session}

@@ -53,19 +53,20 @@ class ReconnectPolicy:
     stop_on: list = field(default_factory=lambda: [1008, "4xxx", 401, 403, 404])
     slow_on: list = field(default_factory=lambda: [1013, 429])
     slow_factor: float = spec(4.0, lo=1.0, hi=100.0)
-    rotate_every: float = spec(0.0, kind="duration")   # 0: never rotate proactively
+    rotate_every: float = spec(0.0, kind="duration")  # 0: never rotate proactively
     rotate_jitter: float = spec(0.0, kind="duration")  # rotation at rotate_every +- this
-    replay: bool = False              # re-send an utterance a drop interrupted
-    make_before_break: bool = False   # rotate by opening the new connection first
+    replay: bool = False  # re-send an utterance a drop interrupted
+    make_before_break: bool = False  # rotate by opening the new connection first
 
     def check(self) -> None:
         for name in ("stop_on", "slow_on"):
             for rule in getattr(self, name):
                 if not (isinstance(rule, int) and not isinstance(rule, bool)) and not (
-                        isinstance(rule, str) and rule.rstrip("x").isdigit()
-                        and rule.endswith("x")):
-                    raise ValueError(f"{name}: {rule!r} is not a close code, HTTP status or "
-                                     "pattern like \"4xxx\"")
+                    isinstance(rule, str) and rule.rstrip("x").isdigit() and rule.endswith("x")
+                ):
+                    raise ValueError(
+                        f'{name}: {rule!r} is not a close code, HTTP status or pattern like "4xxx"'
+                    )
         if self.rotate_jitter > self.rotate_every:
             raise ValueError("rotate_jitter cannot exceed rotate_every")
 
@@ -78,8 +79,9 @@ class ReconnectPolicy:
     def replays(self) -> bool:
         return self.replay and self.strategy == "on-drop"
 
-    def after_close(self, code: int | None, status: int | None, failures: int,
-                    rng: np.random.Generator) -> float | None:
+    def after_close(
+        self, code: int | None, status: int | None, failures: int, rng: np.random.Generator
+    ) -> float | None:
         """Seconds to wait before reconnecting, or None to stop the worker.
 
         `code` is the WebSocket close code (None when the handshake failed), `status` the HTTP
@@ -94,10 +96,13 @@ class ReconnectPolicy:
             if attempt > 5:
                 return None
             return min(0.5 * 2 ** (attempt - 1), 8.0) * float(rng.uniform(0.75, 1.0))
-        if failures >= self.max_attempts or _matches(self.stop_on, code) or _matches(
-                self.stop_on, status):
+        if (
+            failures >= self.max_attempts
+            or _matches(self.stop_on, code)
+            or _matches(self.stop_on, status)
+        ):
             return None
-        delay = min(self.initial * self.multiplier ** failures, self.max)
+        delay = min(self.initial * self.multiplier**failures, self.max)
         if _matches(self.slow_on, code) or _matches(self.slow_on, status):
             delay *= self.slow_factor
         return delay * (1.0 - self.jitter * float(rng.random()))

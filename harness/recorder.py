@@ -24,23 +24,25 @@ __all__ = ["EVENT_SCHEMA", "LatenessHistogram", "Recorder"]
 
 # One row per event sent, received or observed. `detail` holds a JSON object for the rare
 # meta rows (connection and utterance summaries), never for per-frame rows.
-EVENT_SCHEMA = pa.schema([
-    ("wall", pa.float64()),      # epoch seconds
-    ("t", pa.float64()),         # scenario seconds
-    ("src", pa.string()),        # client | server
-    ("variant", pa.string()),
-    ("worker", pa.int32()),
-    ("conn", pa.int32()),        # connection attempt number within the worker (server: -1)
-    ("dir", pa.string()),        # send | recv | meta
-    ("type", pa.string()),       # event type, or meta kind
-    ("bytes", pa.int32()),       # frame size on the wire (JSON text)
-    ("audio_ms", pa.float32()),  # audio carried by an append
-    ("lag_ms", pa.float32()),    # send lateness against its deadline, wall milliseconds
-    ("code", pa.int32()),        # close code or HTTP status
-    ("item", pa.string()),       # item id / request id / utterance key
-    ("text", pa.string()),       # transcript, error code, close reason
-    ("detail", pa.string()),     # JSON object for meta rows
-])
+EVENT_SCHEMA = pa.schema(
+    [
+        ("wall", pa.float64()),  # epoch seconds
+        ("t", pa.float64()),  # scenario seconds
+        ("src", pa.string()),  # client | server
+        ("variant", pa.string()),
+        ("worker", pa.int32()),
+        ("conn", pa.int32()),  # connection attempt number within the worker (server: -1)
+        ("dir", pa.string()),  # send | recv | meta
+        ("type", pa.string()),  # event type, or meta kind
+        ("bytes", pa.int32()),  # frame size on the wire (JSON text)
+        ("audio_ms", pa.float32()),  # audio carried by an append
+        ("lag_ms", pa.float32()),  # send lateness against its deadline, wall milliseconds
+        ("code", pa.int32()),  # close code or HTTP status
+        ("item", pa.string()),  # item id / request id / utterance key
+        ("text", pa.string()),  # transcript, error code, close reason
+        ("detail", pa.string()),  # JSON object for meta rows
+    ]
+)
 _FIELDS = EVENT_SCHEMA.names
 _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
@@ -95,14 +97,44 @@ class Recorder:
         # now, not in the first flush of a running soak, where it stalls every sender.
         pa.RecordBatch.from_arrays([pa.array([], t) for t in _TYPES], names=_FIELDS)
 
-    def row(self, wall: float, t: float, src: str, variant: str | None, worker: int, conn: int,
-            dir_: str, type_: str, bytes_: int | None = None, audio_ms: float | None = None,
-            lag_ms: float | None = None, code: int | None = None, item: str | None = None,
-            text: str | None = None, detail: dict[str, Any] | None = None) -> None:
+    def row(
+        self,
+        wall: float,
+        t: float,
+        src: str,
+        variant: str | None,
+        worker: int,
+        conn: int,
+        dir_: str,
+        type_: str,
+        bytes_: int | None = None,
+        audio_ms: float | None = None,
+        lag_ms: float | None = None,
+        code: int | None = None,
+        item: str | None = None,
+        text: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         # extend() with a tuple: the tuple dies at once, so the collector's count stays put
-        self.rows.extend((wall, t, src, variant, worker, conn, dir_, type_, bytes_, audio_ms,
-                          lag_ms, code, item, text,
-                          None if detail is None else json.dumps(detail, default=str)))
+        self.rows.extend(
+            (
+                wall,
+                t,
+                src,
+                variant,
+                worker,
+                conn,
+                dir_,
+                type_,
+                bytes_,
+                audio_ms,
+                lag_ms,
+                code,
+                item,
+                text,
+                None if detail is None else json.dumps(detail, default=str),
+            )
+        )
 
     @property
     def recorded(self) -> int:

@@ -33,9 +33,20 @@ from harness.scenario import Scenario
 from harness.target import Target, TargetError, build_target
 from harness.worker import Progress, Worker, WorkerSetup
 
-__all__ = ["AudioBudget", "Caps", "OutputDirError", "RunResult", "WorkersResult",
-           "check_output_dir", "manifest", "new_run_dir", "run_scenario", "run_workers",
-           "server_config_doc", "write_json"]
+__all__ = [
+    "AudioBudget",
+    "Caps",
+    "OutputDirError",
+    "RunResult",
+    "WorkersResult",
+    "check_output_dir",
+    "manifest",
+    "new_run_dir",
+    "run_scenario",
+    "run_workers",
+    "server_config_doc",
+    "write_json",
+]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WORKERS_PER_PROC = 300  # one core paces about this many 20 ms sockets (bench/RESULTS.md)
@@ -86,17 +97,24 @@ def check_real_target(scenario: Scenario, library: AudioLibrary, caps: Caps, log
     if caps.max_minutes is None or caps.max_audio_hours is None:
         raise TargetError("a real target needs caps: give --max-minutes and --max-audio-hours")
     if scenario.run.time_scale != 1:
-        raise TargetError("a real endpoint runs in real time: set run.time_scale = 1 "
-                          "(or --time-scale 1)")
+        raise TargetError(
+            "a real endpoint runs in real time: set run.time_scale = 1 (or --time-scale 1)"
+        )
     if scenario.run.duration > caps.max_minutes * 60:
-        raise TargetError(f"run.duration is {scenario.run.duration / 60:.1f} min, over "
-                          f"--max-minutes {caps.max_minutes:g}; shorten it with --duration")
+        raise TargetError(
+            f"run.duration is {scenario.run.duration / 60:.1f} min, over "
+            f"--max-minutes {caps.max_minutes:g}; shorten it with --duration"
+        )
     hours = planned_audio_hours(scenario, library)
-    log(f"rtsoak: this run will send about {hours:.2f} audio hours "
-        f"(cap {caps.max_audio_hours:g}) to {scenario.run.target}")
+    log(
+        f"rtsoak: this run will send about {hours:.2f} audio hours "
+        f"(cap {caps.max_audio_hours:g}) to {scenario.run.target}"
+    )
     if hours > caps.max_audio_hours:
-        raise TargetError(f"about {hours:.2f} audio hours is over --max-audio-hours "
-                          f"{caps.max_audio_hours:g}; use fewer workers or a shorter duration")
+        raise TargetError(
+            f"about {hours:.2f} audio hours is over --max-audio-hours "
+            f"{caps.max_audio_hours:g}; use fewer workers or a shorter duration"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +142,10 @@ def check_output_dir(base: Path, min_free: int = MIN_FREE_BYTES) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise OutputDirError(f"{base}: cannot write a run directory here "
-                             f"({exc.strerror or exc}); pass a writable --out") from None
+        raise OutputDirError(
+            f"{base}: cannot write a run directory here "
+            f"({exc.strerror or exc}); pass a writable --out"
+        ) from None
     finally:
         try:
             probe.unlink(missing_ok=True)
@@ -133,8 +153,10 @@ def check_output_dir(base: Path, min_free: int = MIN_FREE_BYTES) -> None:
             pass
     free = shutil.disk_usage(base).free
     if free < min_free:
-        raise OutputDirError(f"{base}: only {free / 2**20:.1f} MiB free, a run needs at least "
-                             f"{min_free / 2**20:.0f} MiB; free space or pass another --out")
+        raise OutputDirError(
+            f"{base}: only {free / 2**20:.1f} MiB free, a run needs at least "
+            f"{min_free / 2**20:.0f} MiB; free space or pass another --out"
+        )
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -150,8 +172,13 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 def _git_revision() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -172,10 +199,15 @@ def _versions() -> dict[str, str | None]:
         import uvloop
     except ImportError:
         uvloop = None
-    return {"rtsoak": __version__, "python": sys.version.split()[0],
-            "aiohttp": aiohttp.__version__, "numpy": numpy.__version__,
-            "pandas": pandas.__version__, "pyarrow": pyarrow.__version__,
-            "uvloop": getattr(uvloop, "__version__", None)}
+    return {
+        "rtsoak": __version__,
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "pyarrow": pyarrow.__version__,
+        "uvloop": getattr(uvloop, "__version__", None),
+    }
 
 
 def _memory_bytes() -> int | None:
@@ -189,20 +221,34 @@ def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) ->
     """What a run was, for whoever reads its directory later: written at the start (so a
     crashed run has one) and completed at the end (`ended`, `interrupted`, `saturated`)."""
     return {
-        "versions": _versions(), "git_revision": _git_revision(),
-        "scenario": scenario.to_dict(), "seed": scenario.run.seed,
-        "time_scale": scenario.run.time_scale, "target": target,
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                 "machine": platform.machine(), "memory_bytes": _memory_bytes()},
-        "started": started, "ended": None, "interrupted": None,
-        "saturated": None, "append_lateness_p99_ms": None, "rows": None,
+        "versions": _versions(),
+        "git_revision": _git_revision(),
+        "scenario": scenario.to_dict(),
+        "seed": scenario.run.seed,
+        "time_scale": scenario.run.time_scale,
+        "target": target,
+        "host": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "memory_bytes": _memory_bytes(),
+        },
+        "started": started,
+        "ended": None,
+        "interrupted": None,
+        "saturated": None,
+        "append_lateness_p99_ms": None,
+        "rows": None,
     }
 
 
 def server_config_doc(scenario: Scenario) -> dict[str, Any]:
     """What the embedded fake server needs: limits, and each variant's fault policies."""
-    return {"faults": scenario.raw_faults, "server": scenario.to_dict()["server"],
-            "variants": {v.variant: v.raw_faults for v in scenario.variants}}
+    return {
+        "faults": scenario.raw_faults,
+        "server": scenario.to_dict()["server"],
+        "variants": {v.variant: v.raw_faults for v in scenario.variants},
+    }
 
 
 def default_procs(scenario: Scenario) -> int:
@@ -213,8 +259,14 @@ def default_procs(scenario: Scenario) -> int:
     return max(1, min(spare, math.ceil(workers / WORKERS_PER_PROC)))
 
 
-def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Caps(),
-                 procs: int | None = None, shard: tuple[int, int] = (0, 1)) -> RunResult:
+def run_scenario(
+    scenario: Scenario,
+    out_base: Path,
+    log=print,
+    caps: Caps = Caps(),
+    procs: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> RunResult:
     """Check everything a user can get wrong before writing anything, then run."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target, budget = None, None
@@ -223,13 +275,21 @@ def run_scenario(scenario: Scenario, out_base: Path, log=print, caps: Caps = Cap
         check_real_target(scenario, library, caps, log)
         budget = AudioBudget(caps.max_audio_hours or 0.0)
     check_output_dir(out_base)
-    return _run(scenario, library, out_base, log, target, budget,
-                procs or default_procs(scenario), shard)
+    return _run(
+        scenario, library, out_base, log, target, budget, procs or default_procs(scenario), shard
+    )
 
 
-def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
-         target: Target | None, budget: AudioBudget | None, procs: int,
-         shard: tuple[int, int]) -> RunResult:
+def _run(
+    scenario: Scenario,
+    library: AudioLibrary,
+    out_base: Path,
+    log,
+    target: Target | None,
+    budget: AudioBudget | None,
+    procs: int,
+    shard: tuple[int, int],
+) -> RunResult:
     name = scenario.run.name
     if shard[1] > 1:
         name += f"-shard{shard[0]}of{shard[1]}"
@@ -240,12 +300,15 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
     doc["shard"] = {"index": shard[0], "count": shard[1]}
     write_json(run_dir / "manifest.json", doc)
     write_json(run_dir / "server.json", server_config_doc(scenario))
-    write_json(run_dir / "scenario.json", {"source": scenario.source, "doc": scenario.doc,
-                                           "shard": list(shard)})
+    write_json(
+        run_dir / "scenario.json",
+        {"source": scenario.source, "doc": scenario.doc, "shard": list(shard)},
+    )
     server = None
     if target is None:
-        server = EmbeddedServer(run_dir / "server.json", run_dir, scenario.run.time_scale,
-                                scenario.run.seed)
+        server = EmbeddedServer(
+            run_dir / "server.json", run_dir, scenario.run.time_scale, scenario.run.seed
+        )
     wall0 = time.monotonic()
     parts: list[subprocess.Popen] = []
     try:
@@ -266,51 +329,91 @@ def _run(scenario: Scenario, library: AudioLibrary, out_base: Path, log,
         variants = scenario.variants or (scenario,)
         total = sum(v.run.workers for v in variants)
         workers = len(range(shard[0], total, shard[1]))  # this shard's share
-        log(f"rtsoak: {workers} workers in {len(variants)} variant(s), "
+        log(
+            f"rtsoak: {workers} workers in {len(variants)} variant(s), "
             f"{scenario.run.duration:.0f} s scenario time at {clock.scale:g}x against {url}"
-            + (f", {procs} processes" if procs > 1 else ""))
+            + (f", {procs} processes" if procs > 1 else "")
+        )
         if budget is not None:
             budget.remaining_ms /= procs
         result = None
         try:
-            result = run_event_loop(run_workers(scenario, clock, target, library, run_dir, log,
-                                                budget=budget, part=(0, procs), shard=shard))
+            result = run_event_loop(
+                run_workers(
+                    scenario,
+                    clock,
+                    target,
+                    library,
+                    run_dir,
+                    log,
+                    budget=budget,
+                    part=(0, procs),
+                    shard=shard,
+                )
+            )
         finally:
-            result_parts = _join_parts(parts, run_dir, scenario, clock,
-                                       interrupted=result is None or result.interrupted)
+            result_parts = _join_parts(
+                parts, run_dir, scenario, clock, interrupted=result is None or result.interrupted
+            )
     finally:
         if server is not None:
             server.stop()
     result = _merge_results([result, *result_parts])
     p99 = result.append_lateness_p99_ms
-    doc.update(ended=datetime.now(UTC).isoformat(), interrupted=result.interrupted,
-               rows=result.rows, append_lateness_p99_ms=p99,
-               saturated=None if p99 is None else p99 > SATURATED_P99_MS)
+    doc.update(
+        ended=datetime.now(UTC).isoformat(),
+        interrupted=result.interrupted,
+        rows=result.rows,
+        append_lateness_p99_ms=p99,
+        saturated=None if p99 is None else p99 > SATURATED_P99_MS,
+    )
     write_json(run_dir / "manifest.json", doc)
     if doc["saturated"]:
-        log(f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
-            f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process")
+        log(
+            f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
+            f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process"
+        )
     return RunResult(run_dir, result.interrupted, time.monotonic() - wall0)
 
 
-def _start_part(run_dir: Path, k: int, procs: int, target: Target,
-                hours: float | None) -> subprocess.Popen:
+def _start_part(
+    run_dir: Path, k: int, procs: int, target: Target, hours: float | None
+) -> subprocess.Popen:
     """A child process for slice k of the workers; returns once it is loaded and waits for
     the clock's origin on its stdin."""
-    args = [sys.executable, "-m", "harness", "run-part", str(run_dir), "--part", f"{k}/{procs}",
-            "--url", target.url if target.kind == "fake" else ""]
+    args = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run-part",
+        str(run_dir),
+        "--part",
+        f"{k}/{procs}",
+        "--url",
+        target.url if target.kind == "fake" else "",
+    ]
     if hours is not None:
         args += ["--audio-hours", repr(hours)]
-    proc = subprocess.Popen(args, env=dict(os.environ, PYTHONUNBUFFERED="1"), text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        args,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"client process {k}/{procs} failed to start ({proc.wait(30)})")
     return proc
 
 
-def _join_parts(parts: list[subprocess.Popen], run_dir: Path, scenario: Scenario,
-                clock: ScaledClock, interrupted: bool) -> list[WorkersResult]:
+def _join_parts(
+    parts: list[subprocess.Popen],
+    run_dir: Path,
+    scenario: Scenario,
+    clock: ScaledClock,
+    interrupted: bool,
+) -> list[WorkersResult]:
     """Wait for the child processes (bounded: the rest of the duration and their own 30 s to
     close), then read what each recorded. An interrupt is passed on to them."""
     deadline = time.monotonic() + max(0.0, (scenario.run.duration - clock.now()) / clock.scale)
@@ -332,12 +435,16 @@ def _join_parts(parts: list[subprocess.Popen], run_dir: Path, scenario: Scenario
 
 def _merge_results(results: list[WorkersResult]) -> WorkersResult:
     p99s = [r.append_lateness_p99_ms for r in results if r.append_lateness_p99_ms is not None]
-    return WorkersResult(any(r.interrupted for r in results), sum(r.rows for r in results),
-                         max(p99s) if p99s else None)
+    return WorkersResult(
+        any(r.interrupted for r in results),
+        sum(r.rows for r in results),
+        max(p99s) if p99s else None,
+    )
 
 
-def run_part(run_dir: Path, part: tuple[int, int], url: str,
-             audio_hours: float | None) -> WorkersResult:
+def run_part(
+    run_dir: Path, part: tuple[int, int], url: str, audio_hours: float | None
+) -> WorkersResult:
     """The child side of --procs: slice `part` of the workers, recorded beside the others.
     Says "ready" once loaded, then takes the clock's origin from stdin."""
     from harness.scenario import scenario_from_doc
@@ -349,9 +456,19 @@ def run_part(run_dir: Path, part: tuple[int, int], url: str,
     print("ready", flush=True)
     clock = ScaledClock(scenario.run.time_scale, float(sys.stdin.readline()))
     budget = None if audio_hours is None else AudioBudget(audio_hours)
-    result = run_event_loop(run_workers(scenario, clock, target, library, run_dir,
-                                        log=lambda *_: None, budget=budget, part=part,
-                                        shard=tuple(saved.get("shard", (0, 1)))))
+    result = run_event_loop(
+        run_workers(
+            scenario,
+            clock,
+            target,
+            library,
+            run_dir,
+            log=lambda *_: None,
+            budget=budget,
+            part=part,
+            shard=tuple(saved.get("shard", (0, 1))),
+        )
+    )
     write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
     return result
 
@@ -365,8 +482,7 @@ def run_event_loop(coro) -> Any:
     return uvloop.run(coro)
 
 
-async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock,
-                           period: float = 0.05) -> None:
+async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock, period: float = 0.05) -> None:
     """Once a second, record how late this event loop woke from short sleeps (wall ms): the
     lag every timer in the process suffers, so a saturated client shows in its data."""
     loop = asyncio.get_running_loop()
@@ -378,13 +494,30 @@ async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock,
         worst = max(worst, (now - asked - period) * 1000.0)
         samples += 1
         if now - window_start >= 1.0:
-            recorder.row(clock.wall(), clock.now(), "client", None, -1, -1, "meta", "loop_lag",
-                         lag_ms=worst, detail={"samples": samples})
+            recorder.row(
+                clock.wall(),
+                clock.now(),
+                "client",
+                None,
+                -1,
+                -1,
+                "meta",
+                "loop_lag",
+                lag_ms=worst,
+                detail={"samples": samples},
+            )
             worst, samples, window_start = 0.0, 0, now
 
 
-async def report_progress(progress: Progress, recorder: Recorder, clock: ScaledClock,
-                          duration: float, log, tty: bool, period: float | None = None) -> None:
+async def report_progress(
+    progress: Progress,
+    recorder: Recorder,
+    clock: ScaledClock,
+    duration: float,
+    log,
+    tty: bool,
+    period: float | None = None,
+) -> None:
     """A live line on a terminal (every 0.5 s, in place); a plain line every 10 s in CI."""
     period = period or (0.5 if tty else 10.0)
     last_rows, last = recorder.recorded, time.monotonic()
@@ -394,27 +527,37 @@ async def report_progress(progress: Progress, recorder: Recorder, clock: ScaledC
         now = time.monotonic()
         rate = (rows - last_rows) / (now - last)
         last_rows, last = rows, now
-        line = (f"rtsoak: {clock.now() / 60:5.1f}/{duration / 60:.1f} min  "
-                f"{progress.open} open  {progress.drops} drops  "
-                f"{progress.completed} utterances ({progress.lost} lost)  {rate:,.0f} events/s")
+        line = (
+            f"rtsoak: {clock.now() / 60:5.1f}/{duration / 60:.1f} min  "
+            f"{progress.open} open  {progress.drops} drops  "
+            f"{progress.completed} utterances ({progress.lost} lost)  {rate:,.0f} events/s"
+        )
         if tty:
             print("\r" + line, end="", flush=True)
         else:
             log(line)
 
 
-async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
-                      library: AudioLibrary, run_dir: Path, log=print,
-                      handle_signals: bool = True, budget: AudioBudget | None = None,
-                      part: tuple[int, int] = (0, 1),
-                      shard: tuple[int, int] = (0, 1)) -> WorkersResult:
+async def run_workers(
+    scenario: Scenario,
+    clock: ScaledClock,
+    target: Target,
+    library: AudioLibrary,
+    run_dir: Path,
+    log=print,
+    handle_signals: bool = True,
+    budget: AudioBudget | None = None,
+    part: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1),
+) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
     into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
     flushes the log and exits 130 at once."""
     loop = asyncio.get_running_loop()
     k, procs = part
-    recorder = Recorder(run_dir / ("events-client.arrows" if procs == 1
-                                   else f"events-client-{k}.arrows"))
+    recorder = Recorder(
+        run_dir / ("events-client.arrows" if procs == 1 else f"events-client-{k}.arrows")
+    )
     recorder.start()
     stop: asyncio.Future = loop.create_future()
     interrupted = False
@@ -423,8 +566,10 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
         nonlocal interrupted
         if stop.done():  # second signal: flush what is recorded and leave at once
             recorder.flush()
-            log("rtsoak: interrupted again: exiting now; the event log is intact, "
-                "`rtsoak report` rebuilds frames and report from it")
+            log(
+                "rtsoak: interrupted again: exiting now; the event log is intact, "
+                "`rtsoak report` rebuilds frames and report from it"
+            )
             os._exit(130)
         interrupted = True
         log("rtsoak: interrupted; closing connections (again to quit at once)")
@@ -436,23 +581,43 @@ async def run_workers(scenario: Scenario, clock: ScaledClock, target: Target,
     run = scenario.run
     # a shard takes every shard_count-th worker of the whole run, keeping global worker
     # numbers (and so the seeds and fault draws of a single run); processes split the shard
-    everyone = [(variant, i) for variant in scenario.variants or (scenario,)
-                for i in range(variant.run.workers)]
+    everyone = [
+        (variant, i)
+        for variant in scenario.variants or (scenario,)
+        for i in range(variant.run.workers)
+    ]
     slots = [slot for n, slot in enumerate(everyone) if n % shard[1] == shard[0]]
     progress = Progress()
-    workers = [Worker(WorkerSetup(worker=i, variant=variant.variant, scenario=variant,
-                                  clock=clock, recorder=recorder, target=target,
-                                  library=library, stop=stop, budget=budget, progress=progress,
-                                  start_at=run.ramp_up * i / max(1, variant.run.workers)))
-               for n, (variant, i) in enumerate(slots) if n % procs == k]
+    workers = [
+        Worker(
+            WorkerSetup(
+                worker=i,
+                variant=variant.variant,
+                scenario=variant,
+                clock=clock,
+                recorder=recorder,
+                target=target,
+                library=library,
+                stop=stop,
+                budget=budget,
+                progress=progress,
+                start_at=run.ramp_up * i / max(1, variant.run.workers),
+            )
+        )
+        for n, (variant, i) in enumerate(slots)
+        if n % procs == k
+    ]
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks = [loop.create_task(w.run(http)) for w in workers]
             lag_monitor = loop.create_task(monitor_loop_lag(recorder, clock))
             tty = sys.stdout.isatty() and k == 0 and handle_signals
-            ticker = loop.create_task(report_progress(progress, recorder, clock, run.duration,
-                                                      log, tty)) if k == 0 else None
+            ticker = (
+                loop.create_task(report_progress(progress, recorder, clock, run.duration, log, tty))
+                if k == 0
+                else None
+            )
             end_wait = loop.create_task(clock.sleep_until(run.duration))
             all_done = asyncio.gather(*tasks, return_exceptions=True)
             # the run ends at its duration, on a signal, or when every worker has stopped

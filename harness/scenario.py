@@ -67,7 +67,7 @@ class SilenceSection:
     gap_max: float = spec(0.0, kind="duration")  # > gap: each gap drawn between gap and gap_max
     fill: str = spec("idle", choices=("idle", "zeros", "noise"))
     noise_dbfs: float = spec(-60.0, lo=-120.0, hi=0.0)
-    pause: float = spec(0.0, kind="duration")   # a pause in the middle of each utterance
+    pause: float = spec(0.0, kind="duration")  # a pause in the middle of each utterance
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +104,11 @@ class KeepaliveSection:
 class TargetSection:
     """Details of a real target; keys come from the environment, never from here."""
 
-    url: str = ""                 # target "url": any ws:// or wss:// URL
+    url: str = ""  # target "url": any ws:// or wss:// URL
     header: str = "Authorization"  # target "url": the header that carries the key
     key_env: str = "OPENAI_API_KEY"
-    deployment: str = ""          # azure: the deployment name
-    api_version: str = ""         # azure: empty for the GA /openai/v1 path
+    deployment: str = ""  # azure: the deployment name
+    api_version: str = ""  # azure: empty for the GA /openai/v1 path
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +125,8 @@ class ThresholdsSection:
     """Pass/fail bounds the report judges each variant by (0 or empty: not checked)."""
 
     max_drops_per_hour: float = spec(0.0, lo=0.0)
-    survival_at: float = spec(0.0, kind="duration")   # with min_survival: S(survival_at) >= ...
-    min_survival: float = spec(0.0, lo=0.0, hi=1.0)   # judged on the CI's lower bound
+    survival_at: float = spec(0.0, kind="duration")  # with min_survival: S(survival_at) >= ...
+    min_survival: float = spec(0.0, lo=0.0, hi=1.0)  # judged on the CI's lower bound
     min_median: float = spec(0.0, kind="duration")
     max_lost_utterances: int = spec(-1, lo=-1)
     max_p99_latency: float = spec(0.0, kind="duration")
@@ -134,10 +134,17 @@ class ThresholdsSection:
 
 
 _SECTIONS: dict[str, type] = {
-    "run": RunSection, "audio": AudioSection, "pacing": PacingSection,
-    "silence": SilenceSection, "turns": TurnsSection, "protocol": ProtocolSection,
-    "keepalive": KeepaliveSection, "reconnect": ReconnectPolicy, "target": TargetSection,
-    "server": ServerSection, "thresholds": ThresholdsSection,
+    "run": RunSection,
+    "audio": AudioSection,
+    "pacing": PacingSection,
+    "silence": SilenceSection,
+    "turns": TurnsSection,
+    "protocol": ProtocolSection,
+    "keepalive": KeepaliveSection,
+    "reconnect": ReconnectPolicy,
+    "target": TargetSection,
+    "server": ServerSection,
+    "thresholds": ThresholdsSection,
 }
 _META = ("faults", "variant", "matrix")
 
@@ -192,8 +199,9 @@ class Scenario:
         out.update(source=self.source, variant=self.variant, faults=self.raw_faults)
         if self.variants:
             out["variants"] = [v.variant for v in self.variants]
-            out["thresholds_by_variant"] = {v.variant: dataclasses.asdict(v.thresholds)
-                                            for v in self.variants}
+            out["thresholds_by_variant"] = {
+                v.variant: dataclasses.asdict(v.thresholds) for v in self.variants
+            }
         return out
 
 
@@ -209,32 +217,45 @@ def load_scenario(path: str | Path) -> Scenario:
 def scenario_from_doc(doc: dict[str, Any], source: str) -> Scenario:
     unknown = sorted(set(doc) - set(_SECTIONS) - set(_META))
     if unknown:
-        raise ConfigError(source, unknown[0], "unknown section; known sections: "
-                          + ", ".join([*_SECTIONS, *_META]))
+        raise ConfigError(
+            source,
+            unknown[0],
+            "unknown section; known sections: " + ", ".join([*_SECTIONS, *_META]),
+        )
     base = _resolve(doc, source, variant="")
     variants = tuple(_resolve(vdoc, source, name) for name, vdoc in _expand(doc, source))
     for v in variants:
         for name in SHARED_RUN_FIELDS:
             if getattr(v.run, name) != getattr(base.run, name):
-                raise ConfigError(source, f"variant {v.variant!r}: run.{name}",
-                                  "variants share the run's clock and target; only run.workers "
-                                  "may differ between variants")
+                raise ConfigError(
+                    source,
+                    f"variant {v.variant!r}: run.{name}",
+                    "variants share the run's clock and target; only run.workers "
+                    "may differ between variants",
+                )
     return dataclasses.replace(base, variant=base.run.name, variants=variants)
 
 
 def _resolve(doc: dict[str, Any], source: str, variant: str) -> Scenario:
     where = f"variant {variant!r}: " if variant else ""
     try:
-        sections = {name: read_section(cls, doc.get(name), source, name)
-                    for name, cls in _SECTIONS.items()}
+        sections = {
+            name: read_section(cls, doc.get(name), source, name) for name, cls in _SECTIONS.items()
+        }
         raw_faults = doc.get("faults") or {}
         faults = parse_faults(raw_faults, source, seed=sections["run"].seed)
     except ConfigError as exc:
         if not where:
             raise
         raise ConfigError(source, where + exc.field, exc.message) from None
-    return Scenario(source=source, variant=variant or sections["run"].name, faults=faults,
-                    raw_faults=raw_faults, doc=doc, **sections)
+    return Scenario(
+        source=source,
+        variant=variant or sections["run"].name,
+        faults=faults,
+        raw_faults=raw_faults,
+        doc=doc,
+        **sections,
+    )
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -271,12 +292,19 @@ def _expand(doc: dict[str, Any], source: str) -> list[tuple[str, dict[str, Any]]
     matrix = _flatten(doc.get("matrix") or {})
     for key, values in matrix.items():
         if not isinstance(values, list) or not values:
-            raise ConfigError(source, f"matrix.{key}", "must be a non-empty list of values to "
-                              f"try, e.g. {key} = [20, 50, 100]")
+            raise ConfigError(
+                source,
+                f"matrix.{key}",
+                f"must be a non-empty list of values to try, e.g. {key} = [20, 50, 100]",
+            )
     combos = list(itertools.product(*matrix.values())) if matrix else [()]
     if len(blocks) * len(combos) > MAX_VARIANTS:
-        raise ConfigError(source, "matrix", f"{len(blocks) * len(combos)} variants; at most "
-                          f"{MAX_VARIANTS} run side by side; split the scenario")
+        raise ConfigError(
+            source,
+            "matrix",
+            f"{len(blocks) * len(combos)} variants; at most "
+            f"{MAX_VARIANTS} run side by side; split the scenario",
+        )
     out, names = [], set()
     for i, block in enumerate(blocks):
         block = dict(block)
@@ -291,8 +319,11 @@ def _expand(doc: dict[str, Any], source: str) -> list[tuple[str, dict[str, Any]]
                 parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
             name = ",".join(parts) or (doc.get("run") or {}).get("name", "unnamed")
             if not re.fullmatch(r"[\w.=,:+\- ]+", name) or "/" in name:
-                raise ConfigError(source, f"variant[{i}].name", f"{name!r}: use letters, "
-                                  "digits and - _ . = , only")
+                raise ConfigError(
+                    source,
+                    f"variant[{i}].name",
+                    f"{name!r}: use letters, digits and - _ . = , only",
+                )
             if name in names:
                 raise ConfigError(source, f"variant[{i}].name", f"duplicate variant {name!r}")
             names.add(name)
@@ -321,7 +352,9 @@ def _with_line(exc: ConfigError, path: Path) -> ConfigError:
             continue
         name = stripped.split("=", 1)[0].strip().strip('"')
         if "=" in stripped and (
-                (table == section and name == key) or name in (dotted, f"{section}.{key}")
-                or (table in ("variant", "matrix") and name.endswith(dotted))):
+            (table == section and name == key)
+            or name in (dotted, f"{section}.{key}")
+            or (table in ("variant", "matrix") and name.endswith(dotted))
+        ):
             return ConfigError(f"{path}:{number}", exc.field, exc.message)
     return exc

@@ -22,8 +22,11 @@ SECRET_WORDS = ("key", "token", "secret", "sig", "password", "auth")
 
 def secret_params(url: str) -> list[str]:
     """Query parameters of a URL whose names suggest a credential."""
-    return [k for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)
-            if any(word in k.lower() for word in SECRET_WORDS)]
+    return [
+        k
+        for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+        if any(word in k.lower() for word in SECRET_WORDS)
+    ]
 
 
 def redact_url(url: str) -> str:
@@ -31,8 +34,10 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     if not secret_params(url):
         return url
-    query = [(k, "***" if k in secret_params(url) else v)
-             for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    query = [
+        (k, "***" if k in secret_params(url) else v)
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    ]
     return parts._replace(query=urlencode(query, safe="*")).geturl()
 
 
@@ -57,8 +62,11 @@ class Target:
     def describe(self) -> dict[str, str]:
         """What may be written to manifests, logs and reports: never header values, never a
         credential-looking query value."""
-        return {"kind": self.kind, "url": redact_url(self.url),
-                "headers": ", ".join(sorted(self.headers))}
+        return {
+            "kind": self.kind,
+            "url": redact_url(self.url),
+            "headers": ", ".join(sorted(self.headers)),
+        }
 
     def __repr__(self) -> str:
         return f"Target(kind={self.kind!r}, url={redact_url(self.url)!r}, headers=<redacted>)"
@@ -82,8 +90,9 @@ def _ws_url(base: str, setting: str) -> str:
     if scheme is None or not parts.netloc:
         raise TargetError(f"{setting}={base!r} is not an http(s) or ws(s) URL")
     if scheme == "ws" and not _is_loopback(parts.hostname):
-        raise TargetError(f"{setting}={base!r}: only loopback may be reached without TLS; "
-                          "use https:// or wss://")
+        raise TargetError(
+            f"{setting}={base!r}: only loopback may be reached without TLS; use https:// or wss://"
+        )
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -99,20 +108,27 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
     env = os.environ if env is None else env
     if kind == "openai":
         base = _ws_url(env.get("OPENAI_BASE_URL") or OPENAI_BASE, "OPENAI_BASE_URL")
-        return Target("openai", f"{base}/realtime?intent=transcription",
-                      {"Authorization": f"Bearer {_key(env, 'OPENAI_API_KEY')}"})
+        return Target(
+            "openai",
+            f"{base}/realtime?intent=transcription",
+            {"Authorization": f"Bearer {_key(env, 'OPENAI_API_KEY')}"},
+        )
     if kind == "azure":
         endpoint = env.get("AZURE_OPENAI_ENDPOINT", "")
         if not endpoint:
             raise TargetError("set AZURE_OPENAI_ENDPOINT (https://<resource>.openai.azure.com)")
         deployment = section.deployment or env.get("AZURE_OPENAI_DEPLOYMENT", "")
         if not deployment:
-            raise TargetError("set [target] deployment (or AZURE_OPENAI_DEPLOYMENT) to your "
-                              "Azure deployment name")
+            raise TargetError(
+                "set [target] deployment (or AZURE_OPENAI_DEPLOYMENT) to your Azure deployment name"
+            )
         base = _ws_url(endpoint, "AZURE_OPENAI_ENDPOINT")
         if section.api_version:  # the preview path, still spoken by older deployments
-            query = {"api-version": section.api_version, "intent": "transcription",
-                     "deployment": deployment}
+            query = {
+                "api-version": section.api_version,
+                "intent": "transcription",
+                "deployment": deployment,
+            }
             url = f"{base}/openai/realtime?{urlencode(query)}"
         else:
             query = {"intent": "transcription", "deployment": deployment}
@@ -122,9 +138,11 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
         if not section.url:
             raise TargetError("set [target] url to a ws:// or wss:// URL")
         if secret_params(section.url):
-            raise TargetError(f"[target] url carries {', '.join(secret_params(section.url))} "
-                              "in its query: keys belong in the environment (set [target] "
-                              "key_env and header), never in files rtsoak copies into runs")
+            raise TargetError(
+                f"[target] url carries {', '.join(secret_params(section.url))} "
+                "in its query: keys belong in the environment (set [target] "
+                "key_env and header), never in files rtsoak copies into runs"
+            )
         url = _ws_url(section.url, "[target] url")
         query = urlsplit(section.url).query
         key = _key(env, section.key_env)

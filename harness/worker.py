@@ -57,7 +57,7 @@ class WorkerSetup:
     library: AudioLibrary
     stop: asyncio.Future  # resolved when the run ends; workers then close with 1000
     start_at: float = 0.0
-    budget: Any = None    # AudioBudget against a paid endpoint: spent, it ends the run
+    budget: Any = None  # AudioBudget against a paid endpoint: spent, it ends the run
     progress: Progress = field(default_factory=Progress)
 
 
@@ -128,15 +128,17 @@ class Worker:
         if t is not None:  # a moment observed earlier than this row is written
             wall -= (now - t) / self.clock.scale
             now = t
-        self.s.recorder.row(wall, now, "client", self.s.variant, self.s.worker, conn, dir_,
-                            type_, **kw)
+        self.s.recorder.row(
+            wall, now, "client", self.s.variant, self.s.worker, conn, dir_, type_, **kw
+        )
 
     # waiting --------------------------------------------------------------------------------
     def stopping(self) -> bool:
         return self.s.stop.done()
 
-    async def _wait(self, fut: asyncio.Future | None, until: float,
-                    conn: Conn | None = None) -> str:
+    async def _wait(
+        self, fut: asyncio.Future | None, until: float, conn: Conn | None = None
+    ) -> str:
         """Wait for `fut` until scenario time `until`: 'done', 'closed', 'stopped' or 'timeout'."""
         waits: set[asyncio.Future] = {self.s.stop}
         if fut is not None:
@@ -165,12 +167,33 @@ class Worker:
             return
         key, utt, attempt = self.replay
         self.replay = None
-        self._row(self.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
-                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
-                          "attempt": attempt})
-        self._row(self.attempt, "meta", "utt_end", item=key, text=str(UtteranceStatus.UNFINISHED),
-                  detail={"item_id": None, "transcript": None, "latency": None,
-                          "committed": None, "uncommitted_ms": 0.0})
+        self._row(
+            self.attempt,
+            "meta",
+            "utt_start",
+            item=key,
+            audio_ms=utt.seconds * 1000,
+            detail={
+                "name": utt.name,
+                "crc32": utt.crc32,
+                "bytes": len(utt.pcm),
+                "attempt": attempt,
+            },
+        )
+        self._row(
+            self.attempt,
+            "meta",
+            "utt_end",
+            item=key,
+            text=str(UtteranceStatus.UNFINISHED),
+            detail={
+                "item_id": None,
+                "transcript": None,
+                "latency": None,
+                "committed": None,
+                "uncommitted_ms": 0.0,
+            },
+        )
 
     async def _live(self, http: aiohttp.ClientSession) -> None:
         policy = self.sc.reconnect
@@ -194,12 +217,21 @@ class Worker:
             lived = (conn.closed_at or 0.0) - (conn.established or conn.opened)
             healthy = conn.established is not None and lived >= policy.healthy_after
             failures = 0 if healthy else failures + 1
-            delay = policy.after_close(conn.close_code, conn.handshake_status,
-                                       0 if healthy else failures, self.policy_rng)
+            delay = policy.after_close(
+                conn.close_code, conn.handshake_status, 0 if healthy else failures, self.policy_rng
+            )
             if delay is None:
-                self._row(conn.attempt, "meta", "worker_stopped", code=conn.close_code,
-                          detail={"reason": "reconnect policy stops here", "failures": failures,
-                                  "status": conn.handshake_status})
+                self._row(
+                    conn.attempt,
+                    "meta",
+                    "worker_stopped",
+                    code=conn.close_code,
+                    detail={
+                        "reason": "reconnect policy stops here",
+                        "failures": failures,
+                        "status": conn.handshake_status,
+                    },
+                )
                 return
             conn = None
             await self._wait(None, self.clock.now() + delay)
@@ -218,8 +250,13 @@ class Worker:
         timeouts = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=max(0.5, 10.0 / scale))
         try:
             ws = await http.ws_connect(
-                self.s.target.url, headers=headers, max_msg_size=0, autoping=True,
-                heartbeat=self.sc.keepalive.heartbeat(scale), timeout=timeouts)
+                self.s.target.url,
+                headers=headers,
+                max_msg_size=0,
+                autoping=True,
+                heartbeat=self.sc.keepalive.heartbeat(scale),
+                timeout=timeouts,
+            )
         except aiohttp.WSServerHandshakeError as exc:
             headers_in = exc.headers or {}
             request_id = headers_in.get("x-request-id") or headers_in.get("apim-request-id")
@@ -230,12 +267,19 @@ class Worker:
             return conn
         response = getattr(ws, "_response", None)
         if response is not None:
-            conn.request_id = (response.headers.get("x-request-id")
-                               or response.headers.get("apim-request-id"))
+            conn.request_id = response.headers.get("x-request-id") or response.headers.get(
+                "apim-request-id"
+            )
         conn.ws, conn.established, conn.handshake_status = ws, self.clock.now(), 101
         self.s.progress.open += 1
-        self._row(conn.attempt, "meta", "handshake", code=101, item=conn.request_id,
-                  detail={"latency": conn.established - conn.opened})
+        self._row(
+            conn.attempt,
+            "meta",
+            "handshake",
+            code=101,
+            item=conn.request_id,
+            detail={"latency": conn.established - conn.opened},
+        )
         if self.sc.turns.mode == "server_vad":
             conn.vad_results = asyncio.Queue()
         conn.reader = loop.create_task(self._read(conn))
@@ -273,8 +317,12 @@ class Worker:
     async def _close(self, conn: Conn, cause: CloseCause) -> None:
         """Close from our side (1000), if the socket still works, and record the connection."""
         ws = conn.ws
-        if ws is not None and conn.transport_error is None and not conn.closed.done() \
-                and not ws.closed:
+        if (
+            ws is not None
+            and conn.transport_error is None
+            and not conn.closed.done()
+            and not ws.closed
+        ):
             conn.client_closing, conn.client_cause = True, cause
             conn.closed_at = self.clock.now()
             try:
@@ -294,12 +342,20 @@ class Worker:
                 await asyncio.gather(conn.reader, return_exceptions=True)
             self._classify(conn)
 
-    def _handshake_failed(self, conn: Conn, status: int | None, reason: str,
-                          request_id: str | None) -> None:
+    def _handshake_failed(
+        self, conn: Conn, status: int | None, reason: str, request_id: str | None
+    ) -> None:
         conn.handshake_status, conn.request_id = status, request_id
         conn.closed_at = self.clock.now()
-        self._row(conn.attempt, "meta", "handshake", code=status, item=request_id,
-                  text=reason, detail={"latency": conn.closed_at - conn.opened})
+        self._row(
+            conn.attempt,
+            "meta",
+            "handshake",
+            code=status,
+            item=request_id,
+            text=reason,
+            detail={"latency": conn.closed_at - conn.opened},
+        )
         self._summary(conn, ClosedBy.NONE, CloseCause.HANDSHAKE_FAILED, status, reason)
         conn.closed.set_result(None)
 
@@ -321,17 +377,31 @@ class Worker:
         self.s.progress.drops += who is not ClosedBy.CLIENT
         self._summary(conn, who, cause, code, reason)
 
-    def _summary(self, conn: Conn, who: ClosedBy, cause: CloseCause, code: int | None,
-                 reason: str) -> None:
+    def _summary(
+        self, conn: Conn, who: ClosedBy, cause: CloseCause, code: int | None, reason: str
+    ) -> None:
         conn.summarized = True
         now = conn.closed_at if conn.closed_at is not None else self.clock.now()
-        self._row(conn.attempt, "meta", "conn_close", t=now, code=code, item=conn.request_id,
-                  text=reason, detail={
-                      "closed_by": str(who), "cause": str(cause), "state": str(conn.state),
-                      "since_sent": None if conn.last_sent is None else now - conn.last_sent,
-                      "since_recv": None if conn.last_recv is None else now - conn.last_recv,
-                      "uncommitted_ms": conn.uncommitted_ms, "audio_ms": conn.audio_ms,
-                      "completed": conn.completed, "session_id": conn.session_id})
+        self._row(
+            conn.attempt,
+            "meta",
+            "conn_close",
+            t=now,
+            code=code,
+            item=conn.request_id,
+            text=reason,
+            detail={
+                "closed_by": str(who),
+                "cause": str(cause),
+                "state": str(conn.state),
+                "since_sent": None if conn.last_sent is None else now - conn.last_sent,
+                "since_recv": None if conn.last_recv is None else now - conn.last_recv,
+                "uncommitted_ms": conn.uncommitted_ms,
+                "audio_ms": conn.audio_ms,
+                "completed": conn.completed,
+                "session_id": conn.session_id,
+            },
+        )
 
     # receiving ------------------------------------------------------------------------------
     async def _read(self, conn: Conn) -> None:
@@ -416,8 +486,9 @@ class Worker:
         conn.last_sent = self.clock.now()
         self._row(conn.attempt, "send", event["type"], bytes_=len(text))
 
-    async def _stream(self, conn: Conn, frames: list[Frame] | tuple[Frame, ...],
-                      offsets: list[float]) -> bool:
+    async def _stream(
+        self, conn: Conn, frames: list[Frame] | tuple[Frame, ...], offsets: list[float]
+    ) -> bool:
         """Send frames on absolute deadlines; False if the connection closed or the run
         stopped first. This is the per-frame hot path: keep it lean."""
         clock, ws, row = self.clock, conn.ws, self.s.recorder.row
@@ -437,9 +508,19 @@ class Worker:
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
             conn.audio_ms += audio_ms
-            row(clock.wall(), sent, "client", variant, worker, attempt, "send",
-                "input_audio_buffer.append", len(frame.json), audio_ms,
-                (sent - due) * 1000.0 / scale)
+            row(
+                clock.wall(),
+                sent,
+                "client",
+                variant,
+                worker,
+                attempt,
+                "send",
+                "input_audio_buffer.append",
+                len(frame.json),
+                audio_ms,
+                (sent - due) * 1000.0 / scale,
+            )
         return True
 
     # conversation ---------------------------------------------------------------------------
@@ -488,9 +569,19 @@ class Worker:
         key, utt, attempt = self._next()
         if not self._afford(utt.seconds * 1000):
             return
-        self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
-                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
-                          "attempt": attempt})
+        self._row(
+            conn.attempt,
+            "meta",
+            "utt_start",
+            item=key,
+            audio_ms=utt.seconds * 1000,
+            detail={
+                "name": utt.name,
+                "crc32": utt.crc32,
+                "bytes": len(utt.pcm),
+                "attempt": attempt,
+            },
+        )
         status = UtteranceStatus.LOST
         try:
             status = await self._utterance(conn, utt, key)
@@ -499,8 +590,12 @@ class Worker:
             raise
         finally:
             policy = self.sc.reconnect
-            if policy.replays and attempt < policy.max_attempts and status in (
-                    UtteranceStatus.LOST, UtteranceStatus.TIMEOUT) and not self.stopping():
+            if (
+                policy.replays
+                and attempt < policy.max_attempts
+                and status in (UtteranceStatus.LOST, UtteranceStatus.TIMEOUT)
+                and not self.stopping()
+            ):
                 self.replay = (key, utt, attempt + 1)
         if attempt > 1 and status is UtteranceStatus.COMPLETED:
             status = UtteranceStatus.RETRIED_OK
@@ -556,9 +651,19 @@ class Worker:
         key, utt, attempt = self._next()
         if not self._afford(utt.seconds * 1000 + max(self.sc.silence.gap, 1.0) * 1000):
             return
-        self._row(conn.attempt, "meta", "utt_start", item=key, audio_ms=utt.seconds * 1000,
-                  detail={"name": utt.name, "crc32": utt.crc32, "bytes": len(utt.pcm),
-                          "attempt": attempt})
+        self._row(
+            conn.attempt,
+            "meta",
+            "utt_start",
+            item=key,
+            audio_ms=utt.seconds * 1000,
+            detail={
+                "name": utt.name,
+                "crc32": utt.crc32,
+                "bytes": len(utt.pcm),
+                "attempt": attempt,
+            },
+        )
         self._last_result = ()
         conn.state = ConnState.STREAMING
         frames = utt.frames(self.sc.pacing.chunk_ms)
@@ -576,8 +681,7 @@ class Worker:
                 item_id, kind, text = getter.result()
                 conn.uncommitted_ms = 0.0
                 self._last_result = (item_id, text, self.clock.now() - started, None)
-                status = (UtteranceStatus.FAILED if kind == "failed"
-                          else UtteranceStatus.COMPLETED)
+                status = UtteranceStatus.FAILED if kind == "failed" else UtteranceStatus.COMPLETED
                 conn.completed += status is UtteranceStatus.COMPLETED
             else:
                 getter.cancel()
@@ -600,8 +704,7 @@ class Worker:
             return
         chunk_ms = self.sc.pacing.chunk_ms
         count = max(1, round(gap * 1000 / chunk_ms))
-        frames = [self._silence[(self._silence_i + i) % len(self._silence)]
-                  for i in range(count)]
+        frames = [self._silence[(self._silence_i + i) % len(self._silence)] for i in range(count)]
         self._silence_i += count
         await self._stream(conn, frames, steady_offsets(count, chunk_ms))
 
@@ -611,8 +714,11 @@ class Worker:
         chunk_s = self.sc.pacing.chunk_ms / 1000.0
         fill = self.sc.silence.fill
         if fill != "noise":
-            return list(Utterance("silence", bytes(int(chunk_s * 48000) // 2 * 2))
-                        .frames(self.sc.pacing.chunk_ms))
+            return list(
+                Utterance("silence", bytes(int(chunk_s * 48000) // 2 * 2)).frames(
+                    self.sc.pacing.chunk_ms
+                )
+            )
         rng = np.random.default_rng([self.sc.run.seed, self.s.worker, 2])
         pcm = to_pcm16(noise(chunk_s * _NOISE_POOL, self.sc.silence.noise_dbfs, rng), 24000)
         return list(Utterance("noise", pcm).frames(self.sc.pacing.chunk_ms))
@@ -632,22 +738,42 @@ class Worker:
                 rng = np.random.default_rng([self.sc.run.seed, 3])
                 gap = to_pcm16(noise(silence.pause, silence.noise_dbfs, rng), 24000)
             cached = self._paused[utt.name] = Utterance(
-                utt.name + "+pause", utt.pcm[:half] + gap + utt.pcm[half:])
+                utt.name + "+pause", utt.pcm[:half] + gap + utt.pcm[half:]
+            )
         return cached
 
     @staticmethod
     def _interrupted(outcome: str) -> UtteranceStatus:
         return {"closed": UtteranceStatus.LOST, "stopped": UtteranceStatus.UNFINISHED}.get(
-            outcome, UtteranceStatus.TIMEOUT)
+            outcome, UtteranceStatus.TIMEOUT
+        )
 
-    def _utterance_end(self, conn: Conn, key: str, status: UtteranceStatus,
-                       item_id: str | None = None, transcript: str | None = None,
-                       latency: float | None = None, committed: float | None = None) -> None:
+    def _utterance_end(
+        self,
+        conn: Conn,
+        key: str,
+        status: UtteranceStatus,
+        item_id: str | None = None,
+        transcript: str | None = None,
+        latency: float | None = None,
+        committed: float | None = None,
+    ) -> None:
         if status is UtteranceStatus.LOST and self.stopping():
             status = UtteranceStatus.UNFINISHED
         progress = self.s.progress
         progress.completed += status in (UtteranceStatus.COMPLETED, UtteranceStatus.RETRIED_OK)
         progress.lost += status is UtteranceStatus.LOST
-        self._row(conn.attempt, "meta", "utt_end", item=key, text=str(status),
-                  detail={"item_id": item_id, "transcript": transcript, "latency": latency,
-                          "committed": committed, "uncommitted_ms": conn.uncommitted_ms})
+        self._row(
+            conn.attempt,
+            "meta",
+            "utt_end",
+            item=key,
+            text=str(status),
+            detail={
+                "item_id": item_id,
+                "transcript": transcript,
+                "latency": latency,
+                "committed": committed,
+                "uncommitted_ms": conn.uncommitted_ms,
+            },
+        )

@@ -33,8 +33,9 @@ async def fake_server() -> AsyncIterator[Callable]:
     """Factory: start a FakeServer on 127.0.0.1:0 with a config and clock; all stop at teardown."""
     servers: list[FakeServer] = []
 
-    async def start(config: ServerConfig | None = None, clock=None,
-                    recorder: Recorder | None = None) -> FakeServer:
+    async def start(
+        config: ServerConfig | None = None, clock=None, recorder: Recorder | None = None
+    ) -> FakeServer:
         server = FakeServer(clock or ScaledClock(1.0), config or ServerConfig(), recorder)
         await server.start("127.0.0.1", 0)
         servers.append(server)
@@ -47,12 +48,23 @@ async def fake_server() -> AsyncIterator[Callable]:
 
 def rtsoak(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`python -m harness ...` as a user runs it, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
-def write_scenario(tmp_path: Path, name: str = "cli", workers: int = 3, duration: str = "3m",
-                   time_scale: float = 120, extra: str = "") -> Path:
+def write_scenario(
+    tmp_path: Path,
+    name: str = "cli",
+    workers: int = 3,
+    duration: str = "3m",
+    time_scale: float = 120,
+    extra: str = "",
+) -> Path:
     """A small scenario over a synthetic 1 s tone (16 kHz: loading resamples to 24 kHz), with a
     session-age fault so runs see drops."""
     import soundfile

@@ -27,8 +27,7 @@ async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path
     write_json(run_dir / "manifest.json", manifest(scenario, None, datetime.now(UTC).isoformat()))
     clock = ScaledClock(scenario.run.time_scale)
     server_log = Recorder(run_dir / "events-server.arrows")
-    config = server_config_from_doc(server_config_doc(scenario), scenario.source,
-                                    scenario.run.seed)
+    config = server_config_from_doc(server_config_doc(scenario), scenario.source, scenario.run.seed)
     server = await fake_server(config, clock, server_log)
     # At 120x a transcript wait is ~100 wall ms; a full collection of the whole pytest process
     # (frames and charts of earlier tests) measured up to 117 ms. Freeze what exists, as
@@ -36,8 +35,15 @@ async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path
     gc.collect()
     gc.freeze()
     try:
-        await run_workers(scenario, clock, Target.fake(server.url), library, run_dir,
-                          log=lambda *_: None, handle_signals=False)
+        await run_workers(
+            scenario,
+            clock,
+            Target.fake(server.url),
+            library,
+            run_dir,
+            log=lambda *_: None,
+            handle_signals=False,
+        )
     finally:
         gc.unfreeze()
     server_log.close()

@@ -11,14 +11,24 @@ import pytest
 from harness import analysis
 
 
-def exponential_connections(mean: float, n: int, censor_at: float, seed: int,
-                            variant: str = "a") -> pd.DataFrame:
+def exponential_connections(
+    mean: float, n: int, censor_at: float, seed: int, variant: str = "a"
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     life = rng.exponential(mean, n)
     dropped = life < censor_at
-    return pd.DataFrame({"run": "r", "variant": variant, "worker": np.arange(n), "conn": 1,
-                         "established": 0.0, "closed": np.minimum(life, censor_at),
-                         "lifetime": np.minimum(life, censor_at), "dropped": dropped})
+    return pd.DataFrame(
+        {
+            "run": "r",
+            "variant": variant,
+            "worker": np.arange(n),
+            "conn": 1,
+            "established": 0.0,
+            "closed": np.minimum(life, censor_at),
+            "lifetime": np.minimum(life, censor_at),
+            "dropped": dropped,
+        }
+    )
 
 
 def test_km_median_and_rate_recover_a_known_exponential() -> None:
@@ -47,9 +57,13 @@ def test_survival_at_is_exp_minus_t_over_mean() -> None:
 
 
 def test_logrank_finds_a_2x_hazard_and_not_a_null_difference() -> None:
-    conns = pd.concat([exponential_connections(600, 400, 1800, 11, "slow"),
-                       exponential_connections(300, 400, 1800, 12, "fast"),
-                       exponential_connections(600, 400, 1800, 13, "slow-too")])
+    conns = pd.concat(
+        [
+            exponential_connections(600, 400, 1800, 11, "slow"),
+            exponential_connections(300, 400, 1800, 12, "fast"),
+            exponential_connections(600, 400, 1800, 13, "slow-too"),
+        ]
+    )
     table = analysis.pairwise_logrank(conns).set_index(["a", "b"])
     pairs = {frozenset(k): row for k, row in table.iterrows()}
     assert pairs[frozenset({"slow", "fast"})]["p_holm"] < 0.001

@@ -23,10 +23,13 @@ def sine(rate: int, seconds: float, channels: int = 1) -> np.ndarray:
     return np.stack([mono] * channels, axis=1) if channels > 1 else mono
 
 
-@pytest.mark.parametrize(("rate", "channels", "suffix"), [
-    (16000, 1, ".wav"), (44100, 2, ".wav"), (24000, 1, ".flac"), (48000, 1, ".flac")])
-def test_any_wav_or_flac_becomes_24khz_mono_pcm16(tmp_path: Path, rate: int, channels: int,
-                                                   suffix: str) -> None:
+@pytest.mark.parametrize(
+    ("rate", "channels", "suffix"),
+    [(16000, 1, ".wav"), (44100, 2, ".wav"), (24000, 1, ".flac"), (48000, 1, ".flac")],
+)
+def test_any_wav_or_flac_becomes_24khz_mono_pcm16(
+    tmp_path: Path, rate: int, channels: int, suffix: str
+) -> None:
     path = tmp_path / f"a{suffix}"
     soundfile.write(path, sine(rate, 0.5, channels), rate)
     utt = load_file(path)
@@ -62,8 +65,10 @@ def _empty(tmp_path: Path) -> Path:
     return empty
 
 
-@given(st.binary(min_size=0, max_size=20_000).map(lambda b: b[: len(b) // 2 * 2]),
-       st.sampled_from([10, 20, 40, 100]))
+@given(
+    st.binary(min_size=0, max_size=20_000).map(lambda b: b[: len(b) // 2 * 2]),
+    st.sampled_from([10, 20, 40, 100]),
+)
 def test_frames_carry_exactly_the_utterance(pcm: bytes, chunk_ms: int) -> None:
     utt = Utterance("x", pcm)
     frames = utt.frames(chunk_ms)

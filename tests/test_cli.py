@@ -65,9 +65,12 @@ def test_list_shows_every_shipped_profile_and_scenario() -> None:
 
 
 def test_serve_with_a_shipped_profile_listens_on_loopback() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "serve", "--faults",
-                             "bad-key-loop", "--port", "0"], stdout=subprocess.PIPE, text=True,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "serve", "--faults", "bad-key-loop", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("rtsoak fake server listening on ws://127.0.0.1:")
@@ -78,8 +81,10 @@ def test_serve_with_a_shipped_profile_listens_on_loopback() -> None:
         url = first.split(" on ")[1].strip()
 
         async def observe() -> tuple[int | None, str]:
-            async with aiohttp.ClientSession() as http, http.ws_connect(
-                    url, headers={"Authorization": "Bearer k"}) as ws:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.ws_connect(url, headers={"Authorization": "Bearer k"}) as ws,
+            ):
                 while True:
                     msg = await ws.receive(timeout=10)
                     if msg.type is aiohttp.WSMsgType.CLOSE:
@@ -94,8 +99,14 @@ def test_serve_with_a_shipped_profile_listens_on_loopback() -> None:
 def test_manifest_says_what_the_run_was(finished_run: Path) -> None:
     manifest = json.loads((finished_run / "manifest.json").read_text())
     assert manifest["scenario"]["run"]["workers"] == 3 and manifest["seed"] == 5
-    assert set(manifest["versions"]) >= {"rtsoak", "python", "aiohttp", "numpy", "pandas",
-                                         "pyarrow"}
+    assert set(manifest["versions"]) >= {
+        "rtsoak",
+        "python",
+        "aiohttp",
+        "numpy",
+        "pandas",
+        "pyarrow",
+    }
     assert all(manifest["versions"][k] for k in ("rtsoak", "python", "pyarrow"))
     assert "git_revision" in manifest
     assert manifest["host"]["cpus"] >= 1 and manifest["host"]["memory_bytes"] > 0
@@ -149,8 +160,9 @@ def test_procs_spread_workers_over_processes_into_one_run(tmp_path: Path) -> Non
     first = frames.connections.groupby("worker")["opened"].min()
     assert first.max() < 5.0
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["procs"] == 2 and manifest["rows"] == len(frames.events[
-        frames.events["src"] == "client"])
+    assert manifest["procs"] == 2 and manifest["rows"] == len(
+        frames.events[frames.events["src"] == "client"]
+    )
 
 
 def test_two_shards_merge_into_the_same_run_as_one(tmp_path: Path) -> None:
@@ -170,8 +182,11 @@ def test_two_shards_merge_into_the_same_run_as_one(tmp_path: Path) -> None:
     assert merged.returncode == 0, merged.stderr
     assert merged.stdout.count("shard:") == 1  # one variant, not one per shard
     one, two = load(next(whole.iterdir())), load(shard_dirs)
-    assert sorted(one.connections["worker"].unique()) == sorted(
-        two.connections["worker"].unique()) == [0, 1, 2, 3, 4]
+    assert (
+        sorted(one.connections["worker"].unique())
+        == sorted(two.connections["worker"].unique())
+        == [0, 1, 2, 3, 4]
+    )
     assert set(two.connections.groupby("worker")["run"].nunique()) == {1}  # disjoint slices
 
     def fault_ages(frames) -> dict[str, float]:
@@ -189,8 +204,20 @@ def test_two_shards_merge_into_the_same_run_as_one(tmp_path: Path) -> None:
 def test_shards_of_different_seeds_are_refused(tmp_path: Path) -> None:
     scenario = write_scenario(tmp_path, name="mix", duration="30s")
     for k, seed in (("0/2", "1"), ("1/2", "2")):
-        assert rtsoak("run", str(scenario), "--out", str(tmp_path / "r"), "--shard", k,
-                      "--seed", seed, "--no-report").returncode == 0
+        assert (
+            rtsoak(
+                "run",
+                str(scenario),
+                "--out",
+                str(tmp_path / "r"),
+                "--shard",
+                k,
+                "--seed",
+                seed,
+                "--no-report",
+            ).returncode
+            == 0
+        )
     result = rtsoak("report", *map(str, sorted((tmp_path / "r").iterdir())))
     assert result.returncode == 2 and "refusing to merge shards" in result.stderr
     bad = rtsoak("run", str(scenario), "--shard", "2/2")

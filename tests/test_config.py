@@ -14,8 +14,10 @@ from harness.scenario import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@given(st.integers(min_value=0, max_value=10**6),
-       st.sampled_from([("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]))
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from([("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]),
+)
 def test_duration_units(n: int, unit: tuple[str, float]) -> None:
     assert parse_duration(f"{n}{unit[0]}") == pytest.approx(n * unit[1])
 
@@ -50,19 +52,24 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "field", "hint"), [
-    ("[run]\nworkerz = 3\n", "run.workerz", "did you mean 'workers'"),
-    ("[run]\nworkers = 'many'\n", "run.workers", "whole number"),
-    ("[run]\nworkers = 0\n", "run.workers", "at least 1"),
-    ("[run]\nduration = 'forever'\n", "run.duration", "duration"),
-    ("[pacing]\nchunk_ms = 1\n", "pacing.chunk_ms", "at least 5"),
-    ("[runn]\n", "runn", "unknown section"),
-    ("[faults.gremlins]\n", "faults.gremlins", "unknown fault policy"),
-    ("[faults.session_age]\ndistribution = 'gaussian'\n", "faults.session_age.distribution",
-     "choose one of"),
-])
-def test_bad_scenarios_name_field_and_fix(tmp_path: Path, text: str, field: str,
-                                          hint: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "field", "hint"),
+    [
+        ("[run]\nworkerz = 3\n", "run.workerz", "did you mean 'workers'"),
+        ("[run]\nworkers = 'many'\n", "run.workers", "whole number"),
+        ("[run]\nworkers = 0\n", "run.workers", "at least 1"),
+        ("[run]\nduration = 'forever'\n", "run.duration", "duration"),
+        ("[pacing]\nchunk_ms = 1\n", "pacing.chunk_ms", "at least 5"),
+        ("[runn]\n", "runn", "unknown section"),
+        ("[faults.gremlins]\n", "faults.gremlins", "unknown fault policy"),
+        (
+            "[faults.session_age]\ndistribution = 'gaussian'\n",
+            "faults.session_age.distribution",
+            "choose one of",
+        ),
+    ],
+)
+def test_bad_scenarios_name_field_and_fix(tmp_path: Path, text: str, field: str, hint: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_scenario(_write(tmp_path, text))
     message = str(info.value)
@@ -112,8 +119,12 @@ pacing.chunk_ms = [20, 100]
 def test_variants_times_matrix(tmp_path: Path) -> None:
     scenario = load_scenario(_write(tmp_path, VARIANTS))
     names = [v.variant for v in scenario.variants]
-    assert names == ["steady,chunk_ms=20", "steady,chunk_ms=100", "rotating,chunk_ms=20",
-                     "rotating,chunk_ms=100"]
+    assert names == [
+        "steady,chunk_ms=20",
+        "steady,chunk_ms=100",
+        "rotating,chunk_ms=20",
+        "rotating,chunk_ms=100",
+    ]
     by_name = {v.variant: v for v in scenario.variants}
     assert by_name["rotating,chunk_ms=100"].pacing.chunk_ms == 100
     assert by_name["rotating,chunk_ms=100"].reconnect.rotate_every == 300
@@ -130,14 +141,19 @@ def test_a_scenario_without_variants_is_its_own_variant(tmp_path: Path) -> None:
     assert [v.variant for v in scenario.variants] == ["solo"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[[variant]]\nname = 'a'\nrun.duration = '5m'\n", "only run.workers may differ"),
-    ("[[variant]]\nname = 'a'\n[[variant]]\nname = 'a'\n", "duplicate variant 'a'"),
-    ("[matrix]\npacing.chunk_ms = 20\n", "must be a non-empty list"),
-    ("[[variant]]\nname = 'a'\npacing.chunk_ms = 'fast'\n",
-     "variant 'a': pacing.chunk_ms: expected a whole number"),
-    ("[[variant]]\nname = 'a/b'\n", "use letters, digits"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[variant]]\nname = 'a'\nrun.duration = '5m'\n", "only run.workers may differ"),
+        ("[[variant]]\nname = 'a'\n[[variant]]\nname = 'a'\n", "duplicate variant 'a'"),
+        ("[matrix]\npacing.chunk_ms = 20\n", "must be a non-empty list"),
+        (
+            "[[variant]]\nname = 'a'\npacing.chunk_ms = 'fast'\n",
+            "variant 'a': pacing.chunk_ms: expected a whole number",
+        ),
+        ("[[variant]]\nname = 'a/b'\n", "use letters, digits"),
+    ],
+)
 def test_bad_variants_are_clear_errors(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_scenario(_write(tmp_path, text))
@@ -147,8 +163,10 @@ def test_errors_point_at_the_line(tmp_path: Path) -> None:
     text = "[run]\nname = 'x'\n\n[pacing]\nchunk_ms = 20\nmode = 'wobbly'\n"
     with pytest.raises(ConfigError) as info:
         load_scenario(_write(tmp_path, text))
-    assert str(info.value).startswith(f"{tmp_path / 's.toml'}:6: pacing.mode: 'wobbly' is not "
-                                      "allowed; choose one of: steady, jitter, burst")
+    assert str(info.value).startswith(
+        f"{tmp_path / 's.toml'}:6: pacing.mode: 'wobbly' is not "
+        "allowed; choose one of: steady, jitter, burst"
+    )
     with pytest.raises(ConfigError, match=r"s.toml:3: variant 'v': pacing.chunk_ms"):
         load_scenario(_write(tmp_path, "[[variant]]\nname = 'v'\npacing.chunk_ms = 1\n"))
 

@@ -18,8 +18,9 @@ LOUD = base64.b64encode(b"\x00\x40\x00\xc0" * 2400).decode()  # 200 ms, loud
 
 
 async def server_with(fake_server, faults: dict, scale: float = 1.0):
-    return await fake_server(ServerConfig(faults=parse_faults(faults, "t", seed=1)),
-                             clock=ScaledClock(scale))
+    return await fake_server(
+        ServerConfig(faults=parse_faults(faults, "t", seed=1)), clock=ScaledClock(scale)
+    )
 
 
 async def drain(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> list:
@@ -27,8 +28,9 @@ async def drain(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10) -> lis
     seen = []
     while True:
         msg = await ws.receive(timeout=timeout)
-        seen.append((msg.type, msg.data if msg.type is not aiohttp.WSMsgType.ERROR else None,
-                     msg.extra))
+        seen.append(
+            (msg.type, msg.data if msg.type is not aiohttp.WSMsgType.ERROR else None, msg.extra)
+        )
         if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             return seen
 
@@ -47,24 +49,36 @@ async def test_reset_is_seen_as_1006_without_close_frame(fake_server) -> None:
 
 
 async def test_half_open_is_noticed_only_by_the_client_heartbeat(fake_server) -> None:
-    server = await server_with(fake_server, {"session_age": {
-        "mean": "1ms", "action": "half_open", "hold": "3s"}})
+    server = await server_with(
+        fake_server, {"session_age": {"mean": "1ms", "action": "half_open", "hold": "3s"}}
+    )
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url, headers=AUTH, heartbeat=0.2)
         await ws.send_str(json.dumps({"type": "input_audio_buffer.clear"}))
         seen = await drain(ws)
         # at most session.created slipped out before the fault; no reply, no close frame
         assert [json.loads(d)["type"] for t, d, _ in seen if t is aiohttp.WSMsgType.TEXT] in (
-            [], ["session.created"])
+            [],
+            ["session.created"],
+        )
         assert aiohttp.WSMsgType.CLOSE not in kinds(seen)
         assert ws.close_code == 1006
         assert isinstance(ws.exception(), aiohttp.ServerTimeoutError)
 
 
 async def test_delayed_close_goes_silent_then_sends_the_code(fake_server) -> None:
-    server = await server_with(fake_server, {"session_age": {
-        "mean": "1ms", "action": "delayed_close", "delay": "300ms", "code": 1013,
-        "reason": "try again later"}})
+    server = await server_with(
+        fake_server,
+        {
+            "session_age": {
+                "mean": "1ms",
+                "action": "delayed_close",
+                "delay": "300ms",
+                "code": 1013,
+                "reason": "try again later",
+            }
+        },
+    )
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url, headers=AUTH)
@@ -78,12 +92,12 @@ async def test_delayed_close_goes_silent_then_sends_the_code(fake_server) -> Non
 
 
 async def test_error_action_sends_an_error_event_and_keeps_the_session(fake_server) -> None:
-    server = await server_with(fake_server, {"buffer_pressure": {"max_ms": 300,
-                                                                 "action": "error"}})
+    server = await server_with(fake_server, {"buffer_pressure": {"max_ms": 300, "action": "error"}})
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
         await ws.receive_json(timeout=5)  # session.created
-        await ws.send_json({"type": "session.update", "session": {"audio": {"input": {
-            "turn_detection": None}}}})
+        await ws.send_json(
+            {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+        )
         assert (await ws.receive_json(timeout=5))["type"] == "session.updated"
         for _ in range(2):
             await ws.send_json({"type": "input_audio_buffer.append", "audio": LOUD})
@@ -114,7 +128,8 @@ async def test_accept_then_close_1008(fake_server) -> None:
         ws = await http.ws_connect(server.url, headers=AUTH)
         seen = await drain(ws)
         assert [(d, e) for t, d, e in seen if t is aiohttp.WSMsgType.CLOSE] == [
-            (1008, "Invalid API key")]
+            (1008, "Invalid API key")
+        ]
 
 
 async def test_concurrency_cap_rejects_with_429(fake_server) -> None:
@@ -131,8 +146,10 @@ async def test_concurrency_cap_rejects_with_429(fake_server) -> None:
 
 
 async def test_concurrency_cap_can_drop_the_oldest_session(fake_server) -> None:
-    server = await server_with(fake_server, {"concurrency_cap": {
-        "max_sessions": 1, "over": "drop_oldest", "action": "abort"}})
+    server = await server_with(
+        fake_server,
+        {"concurrency_cap": {"max_sessions": 1, "over": "drop_oldest", "action": "abort"}},
+    )
     async with aiohttp.ClientSession() as http:
         oldest = await http.ws_connect(server.url, headers=AUTH)
         await oldest.receive_json(timeout=5)
@@ -144,8 +161,7 @@ async def test_concurrency_cap_can_drop_the_oldest_session(fake_server) -> None:
 
 
 async def test_handshake_faults_answer_http_errors_deterministically(fake_server) -> None:
-    server = await server_with(fake_server, {"handshake_faults": {"share": 0.5,
-                                                                  "statuses": [503]}})
+    server = await server_with(fake_server, {"handshake_faults": {"share": 0.5, "statuses": [503]}})
 
     async def outcome(key: str) -> int:
         try:

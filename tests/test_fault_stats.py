@@ -31,12 +31,16 @@ mean = "{mean}"
 """
 
 
-@pytest.mark.parametrize(("scale", "mean", "duration", "gap", "backoff"), [
-    (1, "400ms", "4s", "50ms", "10ms"),    # real time, short run
-    (60, "30s", "4m", "1s", "100ms"),      # compressed 60x
-])
-async def test_km_median_matches_exponential_hazard(tmp_path, tone_library, fake_server, scale,
-                                                    mean, duration, gap, backoff) -> None:
+@pytest.mark.parametrize(
+    ("scale", "mean", "duration", "gap", "backoff"),
+    [
+        (1, "400ms", "4s", "50ms", "10ms"),  # real time, short run
+        (60, "30s", "4m", "1s", "100ms"),  # compressed 60x
+    ],
+)
+async def test_km_median_matches_exponential_hazard(
+    tmp_path, tone_library, fake_server, scale, mean, duration, gap, backoff
+) -> None:
     text = HAZARD.format(scale=scale, mean=mean, duration=duration, gap=gap, backoff=backoff)
     scenario = scenario_from(tmp_path, text)
     frames = load(await soak(tmp_path, scenario, tone_library, fake_server))
@@ -68,13 +72,16 @@ def _faults(run_dir) -> pd.DataFrame:
     events = load(run_dir).events
     faults = events[(events["src"] == "server") & (events["type"] == "fault")]
     detail = faults["detail"].map(json.loads)
-    return pd.DataFrame({"key": detail.map(lambda d: d["session_key"]),
-                         "policy": faults["text"].astype(str),
-                         "due_age": detail.map(lambda d: d["due_age"])}).set_index("key")
+    return pd.DataFrame(
+        {
+            "key": detail.map(lambda d: d["session_key"]),
+            "policy": faults["text"].astype(str),
+            "due_age": detail.map(lambda d: d["due_age"]),
+        }
+    ).set_index("key")
 
 
-async def test_same_seed_same_faults_at_the_same_ages(tmp_path, tone_library,
-                                                      fake_server) -> None:
+async def test_same_seed_same_faults_at_the_same_ages(tmp_path, tone_library, fake_server) -> None:
     scenario = scenario_from(tmp_path, DETERMINISM)
     first = _faults(await soak(tmp_path, scenario, tone_library, fake_server))
     second = _faults(await soak(tmp_path, scenario, tone_library, fake_server))

@@ -10,7 +10,7 @@ import pytest
 from harness.config import ConfigError
 from harness.fakeserver.faults import Fault, FaultKind, parse_faults, shipped_profiles
 
-SILENT = b"\0\0" * 480            # 20 ms of digital silence
+SILENT = b"\0\0" * 480  # 20 ms of digital silence
 LOUD = (b"\x00\x40\x00\xc0") * 240  # 20 ms of a loud square wave
 
 
@@ -23,8 +23,9 @@ def test_age_hazard_fires_once_at_its_deadline() -> None:
     deadline = faults.next_deadline()
     assert deadline is not None and deadline > 100.0
     assert faults.poll(deadline - 1e-6) is None
-    assert faults.poll(deadline) == Fault(FaultKind.ABORT, "session_age", None, "", 5.0, 600.0,
-                                          due=deadline)
+    assert faults.poll(deadline) == Fault(
+        FaultKind.ABORT, "session_age", None, "", 5.0, 600.0, due=deadline
+    )
     assert faults.poll(deadline + 1) is None and faults.next_deadline() is None
 
 
@@ -37,8 +38,9 @@ def test_same_seed_and_key_give_the_same_fault_time() -> None:
 
 def test_policies_draw_from_their_own_rngs() -> None:
     alone = start("session_age", mean="8m").next_deadline()
-    together = parse_faults({"random_loss": {"per_hour": 1000}, "session_age": {"mean": "8m"}},
-                            "t", seed=7).start("v/0/1", 0.0)
+    together = parse_faults(
+        {"random_loss": {"per_hour": 1000}, "session_age": {"mean": "8m"}}, "t", seed=7
+    ).start("v/0/1", 0.0)
     assert together.policies[1].next_deadline() == alone
 
 
@@ -60,9 +62,17 @@ def test_weibull_lifetimes_have_the_weibull_mean() -> None:
 
 def test_piecewise_hazard_concentrates_drops_where_the_rate_is() -> None:
     # nothing in the first 5 minutes, a high rate from 5 to 15, nothing after
-    draws = _lifetimes({"distribution": "piecewise", "hazard": [
-        {"until": "5m", "per_hour": 0}, {"until": "15m", "per_hour": 60},
-        {"per_hour": 0}]}, n=2000)
+    draws = _lifetimes(
+        {
+            "distribution": "piecewise",
+            "hazard": [
+                {"until": "5m", "per_hour": 0},
+                {"until": "15m", "per_hour": 60},
+                {"per_hour": 0},
+            ],
+        },
+        n=2000,
+    )
     finite = draws[np.isfinite(draws.astype(float))]
     assert finite.min() >= 300 and finite.max() <= 900
     # P(survive the 10-minute window at 60/h) = e^-10: essentially all drop inside it
@@ -71,8 +81,15 @@ def test_piecewise_hazard_concentrates_drops_where_the_rate_is() -> None:
 
 def test_piecewise_needs_a_valid_shape() -> None:
     with pytest.raises(ConfigError, match="until must grow"):
-        parse_faults({"session_age": {"distribution": "piecewise", "hazard": [
-            {"until": "5m", "per_hour": 1}, {"until": "1m", "per_hour": 1}]}}, "t")
+        parse_faults(
+            {
+                "session_age": {
+                    "distribution": "piecewise",
+                    "hazard": [{"until": "5m", "per_hour": 1}, {"until": "1m", "per_hour": 1}],
+                }
+            },
+            "t",
+        )
 
 
 def test_random_loss_is_exponential_with_rate_per_hour() -> None:
@@ -145,13 +162,15 @@ def test_silence_hazard_arms_on_quiet_audio_and_disarms_on_speech() -> None:
 def test_accept_then_close_fires_at_once_with_1008() -> None:
     faults = start("accept_then_close", opened=5.0)
     assert faults.next_deadline() == 5.0
-    assert faults.poll(5.0) == Fault(FaultKind.CLOSE, "accept_then_close", 1008,
-                                     "Invalid API key", 5.0, 600.0, due=5.0)
+    assert faults.poll(5.0) == Fault(
+        FaultKind.CLOSE, "accept_then_close", 1008, "Invalid API key", 5.0, 600.0, due=5.0
+    )
 
 
 def test_handshake_faults_share_and_statuses() -> None:
-    profile = parse_faults({"handshake_faults": {"share": 0.3, "statuses": [429, 503]}}, "t",
-                           seed=3)
+    profile = parse_faults(
+        {"handshake_faults": {"share": 0.3, "statuses": [429, 503]}}, "t", seed=3
+    )
     decisions = [profile.handshake(f"k{i}", "key", 0.0, []) for i in range(2000)]
     statuses = [d.status for d in decisions]
     assert set(statuses) == {None, 429, 503}
@@ -166,8 +185,9 @@ def test_concurrency_cap_rejects_or_drops_the_oldest() -> None:
     assert reject.handshake("d", "key2", 3.0, live).status is None
     drop = parse_faults({"concurrency_cap": {"max_sessions": 2, "over": "drop_oldest"}}, "t")
     assert drop.handshake("d", "key1", 3.0, live).evict == ("a",)
-    server_wide = parse_faults({"concurrency_cap": {"max_sessions": 2, "per": "server",
-                                                    "over": "drop_oldest"}}, "t")
+    server_wide = parse_faults(
+        {"concurrency_cap": {"max_sessions": 2, "per": "server", "over": "drop_oldest"}}, "t"
+    )
     assert server_wide.handshake("d", "key9", 3.0, live).evict == ("c", "a")
 
 
@@ -192,6 +212,16 @@ def test_every_shipped_profile_parses_and_has_a_description() -> None:
     for name, (description, _table) in profiles.items():
         assert description, name
         covered |= set(parse_faults({"profile": name}, "t").names)
-    assert covered >= {"session_age", "random_loss", "idle_timeout", "buffer_pressure", "rate",
-                       "micro_burst", "silence_hazard", "accept_then_close", "max_duration",
-                       "handshake_faults", "concurrency_cap"}
+    assert covered >= {
+        "session_age",
+        "random_loss",
+        "idle_timeout",
+        "buffer_pressure",
+        "rate",
+        "micro_burst",
+        "silence_hazard",
+        "accept_then_close",
+        "max_duration",
+        "handshake_faults",
+        "concurrency_cap",
+    }

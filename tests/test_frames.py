@@ -19,21 +19,85 @@ def make_run(tmp_path: Path) -> Path:
     rec = Recorder(run_dir / "events-client.arrows")
     row = rec.row
     row(1.0, 0.0, "client", "v", 0, 1, "meta", "conn_open")
-    row(1.0, 0.1, "client", "v", 0, 1, "meta", "handshake", code=101, item="req_a",
-        detail={"latency": 0.1})
-    row(1.0, 0.5, "client", "v", 0, 1, "meta", "utt_start", item="v/0/1", audio_ms=500.0,
-        detail={"name": "x", "crc32": 5})
+    row(
+        1.0,
+        0.1,
+        "client",
+        "v",
+        0,
+        1,
+        "meta",
+        "handshake",
+        code=101,
+        item="req_a",
+        detail={"latency": 0.1},
+    )
+    row(
+        1.0,
+        0.5,
+        "client",
+        "v",
+        0,
+        1,
+        "meta",
+        "utt_start",
+        item="v/0/1",
+        audio_ms=500.0,
+        detail={"name": "x", "crc32": 5},
+    )
     row(1.0, 0.6, "client", "v", 0, 1, "send", "input_audio_buffer.append", 2000, 20.0, 0.3)
-    row(1.0, 9.0, "client", "v", 0, 1, "meta", "conn_close", code=1006, item="req_a", detail={
-        "closed_by": "transport", "cause": "abnormal", "state": "streaming", "opened": 0.0,
-        "since_sent": 0.1, "since_recv": 0.2, "uncommitted_ms": 20.0, "audio_ms": 20.0,
-        "completed": 0, "session_id": "sess_1"})
-    row(1.0, 9.0, "client", "v", 0, 1, "meta", "utt_end", item="v/0/1", text="lost",
-        detail={"item_id": None, "transcript": None, "latency": None})
+    row(
+        1.0,
+        9.0,
+        "client",
+        "v",
+        0,
+        1,
+        "meta",
+        "conn_close",
+        code=1006,
+        item="req_a",
+        detail={
+            "closed_by": "transport",
+            "cause": "abnormal",
+            "state": "streaming",
+            "opened": 0.0,
+            "since_sent": 0.1,
+            "since_recv": 0.2,
+            "uncommitted_ms": 20.0,
+            "audio_ms": 20.0,
+            "completed": 0,
+            "session_id": "sess_1",
+        },
+    )
+    row(
+        1.0,
+        9.0,
+        "client",
+        "v",
+        0,
+        1,
+        "meta",
+        "utt_end",
+        item="v/0/1",
+        text="lost",
+        detail={"item_id": None, "transcript": None, "latency": None},
+    )
     rec.flush()
     row(2.0, 10.0, "client", "v", 0, 2, "meta", "conn_open")
-    row(2.0, 10.1, "client", "v", 0, 2, "meta", "handshake", code=101, item="req_b",
-        detail={"latency": 0.1})
+    row(
+        2.0,
+        10.1,
+        "client",
+        "v",
+        0,
+        2,
+        "meta",
+        "handshake",
+        code=101,
+        item="req_b",
+        detail={"latency": 0.1},
+    )
     row(2.0, 30.0, "client", "v", 0, 2, "recv", "session.created", 900)
     rec.close()  # the second connection never closed: the process "crashed"
     return run_dir
@@ -47,8 +111,7 @@ def test_connections_and_utterances_from_events(tmp_path: Path) -> None:
     assert (first["close_code"], first["cause"], first["dropped"]) == (1006, "abnormal", True)
     assert first["lifetime"] == 9.0 - 0.1
     # cut off by the crash: censored at the last event seen, never counted as a drop
-    assert (second["cause"], second["censored"], second["dropped"]) == ("interrupted", True,
-                                                                       False)
+    assert (second["cause"], second["censored"], second["dropped"]) == ("interrupted", True, False)
     assert second["closed"] == 30.0
     assert frames.utterances.iloc[0]["status"] == "lost"
     assert isinstance(frames.events["type"].dtype, pd.CategoricalDtype)
@@ -74,8 +137,9 @@ def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:
     assert utts.loc[utts["status"] == "lost", "crc_match"].isna().all()
 
 
-def test_a_run_with_no_events_yet_loads_to_the_same_schema(tmp_path: Path,
-                                                          finished_run: Path) -> None:
+def test_a_run_with_no_events_yet_loads_to_the_same_schema(
+    tmp_path: Path, finished_run: Path
+) -> None:
     run_dir = tmp_path / "empty"
     run_dir.mkdir()
     (run_dir / "manifest.json").write_text("{}")

@@ -59,7 +59,8 @@ def test_doc_matches_frames_of_a_real_run(finished_run: Path, name: str) -> None
 def test_declared_schemas_match_the_doc() -> None:
     """The schema dicts frames.py conforms to are the documented ones (also for empty runs)."""
     doc = documented()
-    for name, columns in zip(FRAMES, (EVENT_COLUMNS, CONNECTION_COLUMNS, UTTERANCE_COLUMNS),
-                             strict=True):
+    for name, columns in zip(
+        FRAMES, (EVENT_COLUMNS, CONNECTION_COLUMNS, UTTERANCE_COLUMNS), strict=True
+    ):
         declared = {c: dtype_name(pd.api.types.pandas_dtype(d)) for c, d in columns.items()}
         assert declared == doc[name]

@@ -24,16 +24,34 @@ from harness.worker import Worker, WorkerSetup
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                max_size=3), max_leaves=6)
-event_types = st.sampled_from([
-    "session.created", "session.updated", "input_audio_buffer.committed", "error",
-    "conversation.item.input_audio_transcription.completed",
-    "conversation.item.input_audio_transcription.failed", "input_audio_buffer.cleared",
-    "transcription_session.updated", "made.up.type"])
-hostile_event = st.fixed_dictionaries({"type": event_types}, optional={
-    "item_id": json_values, "transcript": json_values, "error": json_values,
-    "session": json_values, "event_id": json_values})
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+event_types = st.sampled_from(
+    [
+        "session.created",
+        "session.updated",
+        "input_audio_buffer.committed",
+        "error",
+        "conversation.item.input_audio_transcription.completed",
+        "conversation.item.input_audio_transcription.failed",
+        "input_audio_buffer.cleared",
+        "transcription_session.updated",
+        "made.up.type",
+    ]
+)
+hostile_event = st.fixed_dictionaries(
+    {"type": event_types},
+    optional={
+        "item_id": json_values,
+        "transcript": json_values,
+        "error": json_values,
+        "session": json_values,
+        "event_id": json_values,
+    },
+)
 frames = st.one_of(
     st.tuples(st.just("text"), hostile_event.map(json.dumps)),
     st.tuples(st.just("text"), json_values.map(json.dumps)),
@@ -42,16 +60,22 @@ frames = st.one_of(
     st.tuples(st.just("huge"), st.integers(100_000, 2_000_000)),
 )
 endings = st.one_of(
-    st.tuples(st.just("close"), st.sampled_from([1000, 1001, 1008, 1011, 1012, 1013, 3000,
-                                                 4000, 4999]), st.text(max_size=20)),
+    st.tuples(
+        st.just("close"),
+        st.sampled_from([1000, 1001, 1008, 1011, 1012, 1013, 3000, 4000, 4999]),
+        st.text(max_size=20),
+    ),
     st.tuples(st.just("abort"), st.none(), st.none()),
     st.tuples(st.just("silence"), st.none(), st.none()),
 )
 
-SCENARIO = {"run": {"name": "h", "duration": "8s", "workers": 1, "time_scale": 20},
-            "pacing": {"chunk_ms": 100}, "turns": {"transcript_timeout": "2s"},
-            "keepalive": {"ping_interval": "2s"},
-            "reconnect": {"initial": "100ms", "max_attempts": 2, "healthy_after": "0s"}}
+SCENARIO = {
+    "run": {"name": "h", "duration": "8s", "workers": 1, "time_scale": 20},
+    "pacing": {"chunk_ms": 100},
+    "turns": {"transcript_timeout": "2s"},
+    "keepalive": {"ping_interval": "2s"},
+    "reconnect": {"initial": "100ms", "max_attempts": 2, "healthy_after": "0s"},
+}
 
 
 async def run_against(script: list, ending: tuple, tmp_path, tone_library) -> object:
@@ -87,9 +111,18 @@ async def run_against(script: list, ending: tuple, tmp_path, tone_library) -> ob
     recorder = Recorder(run_dir / "events-client.arrows")
     clock = ScaledClock(20)
     stop = asyncio.get_running_loop().create_future()
-    worker = Worker(WorkerSetup(0, "h", scenario.variants[0], clock, recorder,
-                                Target.fake(f"ws://127.0.0.1:{port}/v1/realtime"),
-                                tone_library, stop))
+    worker = Worker(
+        WorkerSetup(
+            0,
+            "h",
+            scenario.variants[0],
+            clock,
+            recorder,
+            Target.fake(f"ws://127.0.0.1:{port}/v1/realtime"),
+            tone_library,
+            stop,
+        )
+    )
     async with aiohttp.ClientSession() as http:
         task = asyncio.ensure_future(worker.run(http))
         done, _ = await asyncio.wait([task], timeout=0.6)
@@ -104,8 +137,9 @@ async def run_against(script: list, ending: tuple, tmp_path, tone_library) -> ob
 
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(script=st.lists(frames, max_size=6), ending=endings)
-def test_a_hostile_server_never_crashes_a_worker(tmp_path_factory, tone_library, script,
-                                                 ending) -> None:
+def test_a_hostile_server_never_crashes_a_worker(
+    tmp_path_factory, tone_library, script, ending
+) -> None:
     tmp = tmp_path_factory.mktemp("hostile")
     frames_ = asyncio.run(run_against(script, ending, tmp, tone_library))
     conns = frames_.connections
@@ -133,15 +167,19 @@ async def assert_still_served(bystander: aiohttp.ClientWebSocketResponse) -> Non
     await bystander.close()
 
 
-@pytest.mark.parametrize("frame", [
-    b"\x00\xff binary garbage",
-    "{not json",
-    json.dumps({"type": 42}),
-    json.dumps([{"type": "input_audio_buffer.commit"}]),
-    json.dumps({"type": "input_audio_buffer.append", "audio": ["not", "a", "string"]}),
-])
-async def test_a_hostile_client_gets_errors_and_the_server_serves_others(fake_server,
-                                                                         frame) -> None:
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\x00\xff binary garbage",
+        "{not json",
+        json.dumps({"type": 42}),
+        json.dumps([{"type": "input_audio_buffer.commit"}]),
+        json.dumps({"type": "input_audio_buffer.append", "audio": ["not", "a", "string"]}),
+    ],
+)
+async def test_a_hostile_client_gets_errors_and_the_server_serves_others(
+    fake_server, frame
+) -> None:
     server = await fake_server()
     async with aiohttp.ClientSession() as http:
         bystander, hostile = await open_pair(http, server.url)
@@ -160,8 +198,11 @@ async def test_an_oversize_frame_closes_only_that_connection(fake_server) -> Non
             await hostile.send_str("x" * (MAX_FRAME_BYTES + 1))
             msg = await hostile.receive(timeout=10)
             # the server refuses it: 1009 (message too big), or the socket is gone first
-            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
-                                aiohttp.WSMsgType.ERROR)
+            assert msg.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            )
             assert msg.type is not aiohttp.WSMsgType.CLOSE or msg.data == 1009
         except ConnectionError:
             pass  # closed while the frame was still being written

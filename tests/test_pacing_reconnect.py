@@ -16,16 +16,19 @@ from harness.scenario import PacingSection
 @st.composite
 def pacings(draw) -> PacingSection:
     return PacingSection(
-        chunk_ms=draw(st.integers(5, 500)), mode=draw(st.sampled_from(["steady", "jitter",
-                                                                        "burst"])),
-        speed=draw(st.floats(0.1, 10)), jitter_ms=draw(st.floats(0, 200)),
+        chunk_ms=draw(st.integers(5, 500)),
+        mode=draw(st.sampled_from(["steady", "jitter", "burst"])),
+        speed=draw(st.floats(0.1, 10)),
+        jitter_ms=draw(st.floats(0, 200)),
         burst_frames=draw(st.integers(1, 20)),
-        burst_every_ms=draw(st.one_of(st.just(0.0), st.floats(1, 2000))))
+        burst_every_ms=draw(st.one_of(st.just(0.0), st.floats(1, 2000))),
+    )
 
 
 @given(pacings(), st.integers(0, 3000), st.integers(0, 2**32 - 1))
-def test_schedules_keep_every_frame_in_order_and_bounded(pacing: PacingSection, n: int,
-                                                        seed: int) -> None:
+def test_schedules_keep_every_frame_in_order_and_bounded(
+    pacing: PacingSection, n: int, seed: int
+) -> None:
     offsets = schedule(n, pacing, np.random.default_rng(seed))
     assert len(offsets) == n  # no audio added or dropped
     assert all(b >= a for a, b in zip(offsets, offsets[1:], strict=False))  # monotone
@@ -68,12 +71,22 @@ def test_on_drop_backoff_is_bounded_and_gives_up(failures: int, seed: int) -> No
         assert 0.75 * base <= delay <= base
 
 
-@pytest.mark.parametrize(("code", "status", "expect"), [
-    (1006, None, "retry"), (1011, None, "retry"), (1012, None, "retry"),
-    (1008, None, "stop"), (4000, None, "stop"), (4999, None, "stop"),
-    (1013, None, "slow"), (None, 429, "slow"), (None, 401, "stop"), (None, 503, "retry"),
-    (None, None, "retry"),
-])
+@pytest.mark.parametrize(
+    ("code", "status", "expect"),
+    [
+        (1006, None, "retry"),
+        (1011, None, "retry"),
+        (1012, None, "retry"),
+        (1008, None, "stop"),
+        (4000, None, "stop"),
+        (4999, None, "stop"),
+        (1013, None, "slow"),
+        (None, 429, "slow"),
+        (None, 401, "stop"),
+        (None, 503, "retry"),
+        (None, None, "retry"),
+    ],
+)
 def test_close_code_rules(code, status, expect) -> None:
     policy = ReconnectPolicy(jitter=0.0, initial=1.0, slow_factor=4.0)
     delay = policy.after_close(code, status, 0, rng())
@@ -98,8 +111,7 @@ def test_sdk_default_matches_the_official_client() -> None:
         assert sdk.after_close(code, None, 0, rng()) is not None
     assert sdk.after_close(1008, None, 0, rng()) is None
     assert sdk.after_close(1000, None, 0, rng()) is None
-    assert not sdk.reconfigures and not ReconnectPolicy(strategy="sdk-default",
-                                                        replay=True).replays
+    assert not sdk.reconfigures and not ReconnectPolicy(strategy="sdk-default", replay=True).replays
 
 
 def test_none_strategy_never_reconnects() -> None:

@@ -35,14 +35,18 @@ OVERRIDES = {
     "session-expiry": '[faults.max_duration]\nafter = "40s"\n',
 }
 EXPECTED_CAUSE = {
-    "age-hazard": "abnormal", "half-open": "abnormal", "idle-timeout": "abnormal",
-    "session-expiry": "expired", "bad-key-loop": "server_close",
+    "age-hazard": "abnormal",
+    "half-open": "abnormal",
+    "idle-timeout": "abnormal",
+    "session-expiry": "expired",
+    "bad-key-loop": "server_close",
 }
 
 
 @pytest.mark.parametrize("profile", sorted(shipped_profiles()))
-async def test_workers_survive_every_shipped_profile(tmp_path, tone_library, fake_server,
-                                                     profile: str) -> None:
+async def test_workers_survive_every_shipped_profile(
+    tmp_path, tone_library, fake_server, profile: str
+) -> None:
     text = PROFILE_RUN.format(profile=profile) + OVERRIDES.get(profile, "")
     scenario = scenario_from(tmp_path, text)
     run_dir = await soak(tmp_path, scenario, tone_library, fake_server)

@@ -50,15 +50,22 @@ def silence(seconds: float) -> bytes:
 
 
 def append(pcm: bytes) -> str:
-    return json.dumps({"type": "input_audio_buffer.append",
-                       "audio": base64.b64encode(pcm).decode()})
+    return json.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+    )
 
 
 def exercise(dialect: str) -> list[dict]:
     """Every kind of event a session emits: created, updates, errors, manual commits with
     logprobs, server VAD, clear, expiry."""
-    s = TranscriptionSession("sess_fidelity0000000000", 0.0, 1.7e9, random.Random(3),
-                             SessionLimits(max_duration=30.0), dialect=dialect)
+    s = TranscriptionSession(
+        "sess_fidelity0000000000",
+        0.0,
+        1.7e9,
+        random.Random(3),
+        SessionLimits(max_duration=30.0),
+        dialect=dialect,
+    )
     out = list(s.open())
     beta = dialect == "beta"
 
@@ -75,7 +82,7 @@ def exercise(dialect: str) -> list[dict]:
         out.extend(s.receive(text, now))
         out.extend(s.poll(now))
 
-    feed(append(tone(1.0) + silence(1.0)), 0.5)          # server VAD by default
+    feed(append(tone(1.0) + silence(1.0)), 0.5)  # server VAD by default
     feed(update(turn_detection=None, include=["item.input_audio_transcription.logprobs"]), 2)
     feed(append(tone(0.5)), 3)
     feed(json.dumps({"type": "input_audio_buffer.commit"}), 4)
@@ -84,7 +91,7 @@ def exercise(dialect: str) -> list[dict]:
     feed("nonsense", 7)
     feed(json.dumps({"type": "response.create"}), 8)
     feed(append(b"\0\0\0"), 9)
-    out.extend(s.poll(40.0))                              # transcripts, then expiry
+    out.extend(s.poll(40.0))  # transcripts, then expiry
     return [o for o in out if isinstance(o, dict)]
 
 
@@ -92,10 +99,15 @@ def exercise(dialect: str) -> list[dict]:
 def test_every_emitted_event_validates_against_the_sdk(dialect: str) -> None:
     events = exercise(dialect)
     kinds = {e["type"] for e in events}
-    assert {"input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-            "input_audio_buffer.committed", "input_audio_buffer.cleared", "error",
-            "conversation.item.input_audio_transcription.delta",
-            "conversation.item.input_audio_transcription.completed"} <= kinds
+    assert {
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "input_audio_buffer.cleared",
+        "error",
+        "conversation.item.input_audio_transcription.delta",
+        "conversation.item.input_audio_transcription.completed",
+    } <= kinds
     adapter, models = (BETA, BETA_MODELS) if dialect == "beta" else (GA, GA_MODELS)
     for event in events:
         if event["type"] == "transcription_session.created":
@@ -117,7 +129,7 @@ def test_server_vad_commits_exactly_the_speech_it_hears() -> None:
     audio = silence(0.5) + tone(1.0) + silence(1.0)
     out = []
     for i in range(0, len(audio), 960):  # 20 ms appends
-        out += s.receive(append(audio[i:i + 960]), 0.0)
+        out += s.receive(append(audio[i : i + 960]), 0.0)
     out += s.poll(60.0)
     started = next(e for e in out if e["type"] == "input_audio_buffer.speech_started")
     stopped = next(e for e in out if e["type"] == "input_audio_buffer.speech_stopped")
@@ -128,20 +140,43 @@ def test_server_vad_commits_exactly_the_speech_it_hears() -> None:
     assert committed["item_id"] == started["item_id"]
     completed = next(e for e in out if e["type"].endswith("transcription.completed"))
     mark = parse_transcript(completed["transcript"])
-    assert mark.crc32 == zlib.crc32(audio[200 * 48:1500 * 48])  # exactly 200..1500 ms
+    assert mark.crc32 == zlib.crc32(audio[200 * 48 : 1500 * 48])  # exactly 200..1500 ms
     assert s.buffer_ms < 600  # only the trailing quiet stays, trimmed to the prefix
 
 
 def test_models_without_vad_and_unsupported_formats() -> None:
     s = TranscriptionSession("sess_x", 0.0, 1.7e9, random.Random(1))
-    (updated,) = s.receive(json.dumps({"type": "session.update", "session": {"audio": {
-        "input": {"transcription": {"model": "gpt-realtime-whisper"}}}}}), 0.0)
+    (updated,) = s.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "audio": {"input": {"transcription": {"model": "gpt-realtime-whisper"}}}
+                },
+            }
+        ),
+        0.0,
+    )
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
-    (error,) = s.receive(json.dumps({"type": "session.update", "session": {"audio": {
-        "input": {"turn_detection": {"type": "server_vad"}}}}}), 0.0)
+    (error,) = s.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"turn_detection": {"type": "server_vad"}}}},
+            }
+        ),
+        0.0,
+    )
     assert error["error"]["param"] == "session.audio.input.turn_detection"
-    (error,) = s.receive(json.dumps({"type": "session.update", "session": {"audio": {
-        "input": {"format": {"type": "audio/pcm", "rate": 16000}}}}}), 0.0)
+    (error,) = s.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}},
+            }
+        ),
+        0.0,
+    )
     assert error["error"]["code"] == "invalid_value" and "24000" in error["error"]["message"]
     assert s.input["format"]["rate"] == 24000  # a bad update changes nothing
 
@@ -154,15 +189,31 @@ async def test_official_sdk_clients_transcribe_through_the_fake(fake_server) -> 
     pcm = tone(0.5)
     clients = [
         (AsyncOpenAI(api_key="sk-test", websocket_base_url=f"{base}/v1"), {}),
-        (AsyncAzureOpenAI(api_key="k", api_version="2025-04-01-preview",
-                          azure_endpoint=base.replace("ws://", "http://"),
-                          websocket_base_url=f"{base}/openai"), {"model": "stt-deployment"}),
+        (
+            AsyncAzureOpenAI(
+                api_key="k",
+                api_version="2025-04-01-preview",
+                azure_endpoint=base.replace("ws://", "http://"),
+                websocket_base_url=f"{base}/openai",
+            ),
+            {"model": "stt-deployment"},
+        ),
     ]
     for client, kwargs in clients:
-        async with client.realtime.connect(extra_query={"intent": "transcription"},
-                                           **kwargs) as conn:
-            await conn.session.update(session={"type": "transcription", "audio": {"input": {
-                "turn_detection": None, "transcription": {"model": "gpt-4o-transcribe"}}}})
+        async with client.realtime.connect(
+            extra_query={"intent": "transcription"}, **kwargs
+        ) as conn:
+            await conn.session.update(
+                session={
+                    "type": "transcription",
+                    "audio": {
+                        "input": {
+                            "turn_detection": None,
+                            "transcription": {"model": "gpt-4o-transcribe"},
+                        }
+                    },
+                }
+            )
             await conn.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
             await conn.input_audio_buffer.commit()
             async for event in conn:
@@ -174,9 +225,12 @@ async def test_official_sdk_clients_transcribe_through_the_fake(fake_server) -> 
 
 async def test_browser_key_in_subprotocol_and_deflate(fake_server) -> None:
     server = await fake_server()
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-            server.url, protocols=("realtime", "openai-insecure-api-key.sk-browser"),
-            compress=15) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            server.url, protocols=("realtime", "openai-insecure-api-key.sk-browser"), compress=15
+        ) as ws,
+    ):
         assert ws.protocol == "realtime"
         assert ws.compress == 15  # permessage-deflate was negotiated
         assert (await ws.receive_json(timeout=5))["type"] == "session.created"
@@ -184,12 +238,16 @@ async def test_browser_key_in_subprotocol_and_deflate(fake_server) -> None:
 
 async def test_beta_dialect_over_the_socket(fake_server) -> None:
     server = await fake_server()
-    async with aiohttp.ClientSession() as http, http.ws_connect(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
             server.url, headers={"Authorization": "Bearer k", "OpenAI-Beta": "realtime=v1"}
-    ) as ws:
+        ) as ws,
+    ):
         assert (await ws.receive_json(timeout=5))["type"] == "transcription_session.created"
-        await ws.send_json({"type": "transcription_session.update",
-                            "session": {"turn_detection": None}})
+        await ws.send_json(
+            {"type": "transcription_session.update", "session": {"turn_detection": None}}
+        )
         updated = await ws.receive_json(timeout=5)
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["turn_detection"] is None

@@ -20,8 +20,19 @@ def read_walls(path: Path) -> tuple[list[float], int]:
 async def test_a_hard_flush_between_slices_loses_and_repeats_nothing(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "events.arrows", flush_every=0.01, slice_rows=10)
     for i in range(35):
-        rec.row(float(i), 0.0, "client", "v", 0, 1, "send", "input_audio_buffer.append",
-                100, 20.0, float(i))
+        rec.row(
+            float(i),
+            0.0,
+            "client",
+            "v",
+            0,
+            1,
+            "send",
+            "input_audio_buffer.append",
+            100,
+            20.0,
+            float(i),
+        )
     rec.start()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5.0  # bounded: the periodic flush is due within 10 ms

@@ -53,8 +53,14 @@ def test_passing_thresholds_exit_0(tmp_path: Path) -> None:
 def test_summary_carries_findings_statistics_and_ground_truth(finished_run: Path) -> None:
     summary = json.loads((finished_run / "report" / "summary.json").read_text())
     hypotheses = [f["hypothesis"] for f in summary["findings"]]
-    assert hypotheses == ["session age", "idle gaps", "buffer", "bursts", "concurrency",
-                          "ground truth"]
+    assert hypotheses == [
+        "session age",
+        "idle gaps",
+        "buffer",
+        "bursts",
+        "concurrency",
+        "ground truth",
+    ]
     truth = summary["findings"][-1]["finding"]
     assert "injected session_age" in truth and "agrees" in truth
     assert summary["power"]["drops_for_2x"] == pytest.approx(65.3, abs=0.1)
@@ -90,21 +96,41 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(finished_run: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                    "--no-first-run", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2000",
-                    f"--screenshot={shot}",
-                    (finished_run / "report" / "index.html").as_uri()],
-                   capture_output=True, timeout=90, check=False)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,2000",
+            f"--screenshot={shot}",
+            (finished_run / "report" / "index.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
     assert shot.stat().st_size > 50_000  # a page with charts, not a blank or error page
 
 
 def test_history_trends_several_nights(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for seed in ("1", "2"):
-        result = rtsoak("run", str(write_scenario(tmp_path, name="nightly")), "--out", str(runs),
-                        "--seed", seed, "--no-report")
+        result = rtsoak(
+            "run",
+            str(write_scenario(tmp_path, name="nightly")),
+            "--out",
+            str(runs),
+            "--seed",
+            seed,
+            "--no-report",
+        )
         assert result.returncode == 0, result.stderr
     nights = sorted(runs.iterdir())
     result = rtsoak("report", "--history", *map(str, nights), "--out", str(tmp_path / "trend"))
@@ -112,7 +138,6 @@ def test_history_trends_several_nights(tmp_path: Path) -> None:
     trend = json.loads((tmp_path / "trend" / "trend.json").read_text())
     overall = [r for r in trend if r["variant"] == "all"]
     assert [r["run"] for r in overall] == [n.name for n in nights]
-    assert all(r["drops"] >= 1 and r["drops_per_hour_lo"] <= r["drops_per_hour"]
-               for r in overall)
+    assert all(r["drops"] >= 1 and r["drops_per_hour_lo"] <= r["drops_per_hour"] for r in overall)
     assert (tmp_path / "trend" / "trend.png").stat().st_size > 10_000
     assert "night over night" in (tmp_path / "trend" / "trend.html").read_text()

@@ -25,21 +25,28 @@ async def next_event(ws: aiohttp.ClientWebSocketResponse) -> dict:
 
 
 async def test_one_utterance_end_to_end(fake_server) -> None:
-    server = await fake_server(ServerConfig(limits=SessionLimits(latency_base=0.05,
-                                                                 latency_per_audio_second=0)))
+    server = await fake_server(
+        ServerConfig(limits=SessionLimits(latency_base=0.05, latency_per_audio_second=0))
+    )
     pcm = bytes(range(256)) * 30
     async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
         assert ws._response.headers["x-request-id"].startswith("req_")
         assert (await next_event(ws))["type"] == "session.created"
-        await ws.send_json({"type": "session.update", "session": {
-            "type": "transcription", "audio": {"input": {"turn_detection": None}}}})
+        await ws.send_json(
+            {
+                "type": "session.update",
+                "session": {"type": "transcription", "audio": {"input": {"turn_detection": None}}},
+            }
+        )
         assert (await next_event(ws))["type"] == "session.updated"
-        await ws.send_json({"type": "input_audio_buffer.append",
-                            "audio": base64.b64encode(pcm).decode()})
+        await ws.send_json(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+        )
         await ws.send_json({"type": "input_audio_buffer.commit"})
         seen = []
         while not seen or seen[-1]["type"] != (
-                "conversation.item.input_audio_transcription.completed"):
+            "conversation.item.input_audio_transcription.completed"
+        ):
             seen.append(await next_event(ws))
         assert seen[0]["type"] == "input_audio_buffer.committed"
         assert parse_transcript(seen[-1]["transcript"]).crc32 == zlib.crc32(pcm)
@@ -61,8 +68,11 @@ async def test_age_hazard_abort_is_seen_as_1006_without_close_frame(fake_server)
 
 
 async def test_close_frame_action_carries_code_and_reason(fake_server) -> None:
-    faults = parse_faults({"session_age": {"mean": "50ms", "action": "close", "code": 1011,
-                                           "reason": "internal"}}, "t", seed=1)
+    faults = parse_faults(
+        {"session_age": {"mean": "50ms", "action": "close", "code": 1011, "reason": "internal"}},
+        "t",
+        seed=1,
+    )
     server = await fake_server(ServerConfig(faults=faults))
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url, headers=AUTH)
@@ -72,8 +82,9 @@ async def test_close_frame_action_carries_code_and_reason(fake_server) -> None:
 
 
 async def test_session_expiry_sends_error_then_closes_1001(fake_server) -> None:
-    server = await fake_server(ServerConfig(limits=SessionLimits(max_duration=6.0)),
-                               clock=ScaledClock(60.0))  # 6 scenario s = 0.1 s wall
+    server = await fake_server(
+        ServerConfig(limits=SessionLimits(max_duration=6.0)), clock=ScaledClock(60.0)
+    )  # 6 scenario s = 0.1 s wall
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(server.url, headers=AUTH)
         await next_event(ws)
@@ -83,11 +94,14 @@ async def test_session_expiry_sends_error_then_closes_1001(fake_server) -> None:
         assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
 
 
-@pytest.mark.parametrize(("path", "headers", "status"), [
-    ("/v1/realtime?intent=transcription", {}, 401),
-    ("/v1/realtime?intent=transcription", {"Authorization": "Bearer "}, 401),
-    ("/v2/elsewhere", AUTH, 404),
-])
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/v1/realtime?intent=transcription", {}, 401),
+        ("/v1/realtime?intent=transcription", {"Authorization": "Bearer "}, 401),
+        ("/v2/elsewhere", AUTH, 404),
+    ],
+)
 async def test_handshake_refusals(fake_server, path: str, headers: dict, status: int) -> None:
     server = await fake_server()
     async with aiohttp.ClientSession() as http:
@@ -96,12 +110,18 @@ async def test_handshake_refusals(fake_server, path: str, headers: dict, status:
         assert info.value.status == status
 
 
-@pytest.mark.parametrize("path", ["/openai/v1/realtime?intent=transcription&deployment=d",
-                                  "/openai/realtime?api-version=2025-04-01-preview"
-                                  "&intent=transcription&deployment=d&model=x"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/v1/realtime?intent=transcription&deployment=d",
+        "/openai/realtime?api-version=2025-04-01-preview&intent=transcription&deployment=d&model=x",
+    ],
+)
 async def test_azure_paths_and_api_key_header(fake_server, path: str) -> None:
     server = await fake_server()
-    async with aiohttp.ClientSession() as http, http.ws_connect(
-            f"ws://127.0.0.1:{server.port}{path}", headers={"api-key": "k"}) as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"ws://127.0.0.1:{server.port}{path}", headers={"api-key": "k"}) as ws,
+    ):
         assert "apim-request-id" in ws._response.headers
         assert (await next_event(ws))["type"] == "session.created"

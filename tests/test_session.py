@@ -14,20 +14,31 @@ from harness.fakeserver.transcript import parse_transcript
 
 def session(vad: bool = False, dialect: str = "ga", **limits) -> TranscriptionSession:
     """A session as the field's clients use it: their own VAD (turn_detection null)."""
-    s = TranscriptionSession("sess_test", 0.0, 1_700_000_000.0, random.Random(1),
-                             SessionLimits(**limits), dialect=dialect)
+    s = TranscriptionSession(
+        "sess_test",
+        0.0,
+        1_700_000_000.0,
+        random.Random(1),
+        SessionLimits(**limits),
+        dialect=dialect,
+    )
     if not vad:
-        update = ({"type": "transcription_session.update", "session": {"turn_detection": None}}
-                  if dialect == "beta" else
-                  {"type": "session.update", "session": {"audio": {"input": {
-                      "turn_detection": None}}}})
+        update = (
+            {"type": "transcription_session.update", "session": {"turn_detection": None}}
+            if dialect == "beta"
+            else {
+                "type": "session.update",
+                "session": {"audio": {"input": {"turn_detection": None}}},
+            }
+        )
         s.receive(json.dumps(update), 0.0)
     return s
 
 
 def append(pcm: bytes) -> str:
-    return json.dumps({"type": "input_audio_buffer.append",
-                       "audio": base64.b64encode(pcm).decode()})
+    return json.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+    )
 
 
 def types(outputs) -> list[str]:
@@ -46,11 +57,24 @@ def test_open_sends_session_created_with_server_vad_default() -> None:
 
 def test_update_turns_vad_off_and_echoes_effective_config() -> None:
     s = session(vad=True)
-    (updated,) = s.receive(json.dumps({"type": "session.update", "session": {
-        "type": "transcription", "include": ["item.input_audio_transcription.logprobs"],
-        "audio": {"input": {"turn_detection": None,
-                            "transcription": {"model": "gpt-4o-transcribe", "language": "en"}}}}}),
-        0.0)
+    (updated,) = s.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "include": ["item.input_audio_transcription.logprobs"],
+                    "audio": {
+                        "input": {
+                            "turn_detection": None,
+                            "transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                        }
+                    },
+                },
+            }
+        ),
+        0.0,
+    )
     assert updated["type"] == "session.updated"
     assert updated["session"]["audio"]["input"]["turn_detection"] is None
     assert updated["session"]["audio"]["input"]["format"]["rate"] == 24000
@@ -61,12 +85,16 @@ def test_utterance_flow_transcribes_exactly_the_committed_audio() -> None:
     s = session(latency_base=0.5, latency_per_audio_second=0.0)
     pcm = bytes(range(256)) * 48  # 12288 bytes = 256 ms
     assert types(s.receive(json.dumps({"type": "input_audio_buffer.clear"}), 0.0)) == [
-        "input_audio_buffer.cleared"]
+        "input_audio_buffer.cleared"
+    ]
     assert s.receive(append(pcm[:6000]), 0.1) == []
     assert s.receive(append(pcm[6000:]), 0.2) == []
     out = s.receive(json.dumps({"type": "input_audio_buffer.commit"}), 0.3)
-    assert types(out) == ["input_audio_buffer.committed", "conversation.item.added",
-                          "conversation.item.done"]
+    assert types(out) == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
     item_id = out[0]["item_id"]
     assert out[0]["previous_item_id"] is None
     assert s.next_deadline() == 0.8

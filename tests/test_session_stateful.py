@@ -17,27 +17,35 @@ from harness.fakeserver.transcript import parse_transcript
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                max_size=3), max_leaves=8)
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 
 
 class SessionMachine(RuleBasedStateMachine):
     @initialize(dialect=st.sampled_from(["ga", "beta"]), vad=st.booleans())
     def start(self, dialect: str, vad: bool) -> None:
-        self.s = TranscriptionSession("sess_h", 0.0, 1.7e9, random.Random(0),
-                                      SessionLimits(max_duration=1e9), dialect=dialect)
+        self.s = TranscriptionSession(
+            "sess_h", 0.0, 1.7e9, random.Random(0), SessionLimits(max_duration=1e9), dialect=dialect
+        )
         self.now = 0.0
-        self.sent = bytearray()       # audio since the last commit or clear (no VAD)
+        self.sent = bytearray()  # audio since the last commit or clear (no VAD)
         self.committed: dict[str, int] = {}  # item id -> CRC of what was committed
         self.vad = vad
         self.items: list[str] = []
         out = self.s.open()
         assert out[0]["type"].endswith("session.created")
         if not vad:
-            update = ({"type": "transcription_session.update", "session": {
-                "turn_detection": None}} if dialect == "beta" else {
-                "type": "session.update", "session": {"audio": {"input": {
-                    "turn_detection": None}}}})
+            update = (
+                {"type": "transcription_session.update", "session": {"turn_detection": None}}
+                if dialect == "beta"
+                else {
+                    "type": "session.update",
+                    "session": {"audio": {"input": {"turn_detection": None}}},
+                }
+            )
             self.feed(json.dumps(update))
 
     def feed(self, text) -> list[dict]:
@@ -50,8 +58,11 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule(pcm=st.binary(max_size=4000).map(lambda b: b[: len(b) // 2 * 2]))
     def append(self, pcm: bytes) -> None:
-        out = self.feed(json.dumps({"type": "input_audio_buffer.append",
-                                    "audio": base64.b64encode(pcm).decode()}))
+        out = self.feed(
+            json.dumps(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+            )
+        )
         if not self.vad:
             assert out == []
             self.sent += pcm
@@ -79,24 +90,34 @@ class SessionMachine(RuleBasedStateMachine):
         assert [e["type"] for e in out] == ["input_audio_buffer.cleared"]
         self.sent.clear()
 
-    @rule(garbage=st.one_of(st.text(max_size=30), st.binary(max_size=30),
-                            json_values.map(json.dumps)))
+    @rule(
+        garbage=st.one_of(st.text(max_size=30), st.binary(max_size=30), json_values.map(json.dumps))
+    )
     def garbage(self, garbage) -> None:
         try:
             value = json.loads(garbage)
         except (ValueError, UnicodeDecodeError):
             value = None
         if isinstance(value, dict) and value.get("type") in (
-                "input_audio_buffer.append", "input_audio_buffer.commit",
-                "input_audio_buffer.clear", "session.update", "transcription_session.update"):
+            "input_audio_buffer.append",
+            "input_audio_buffer.commit",
+            "input_audio_buffer.clear",
+            "session.update",
+            "transcription_session.update",
+        ):
             return  # a valid-looking event: the other rules cover those
         out = self.feed(garbage)
         assert [e["type"] for e in out] == ["error"], out
 
     @rule(field=st.sampled_from(["audio", "session"]), value=json_values)
     def wrong_types(self, field: str, value) -> None:
-        kind = ("input_audio_buffer.append" if field == "audio" else
-                "transcription_session.update" if self.s.beta else "session.update")
+        kind = (
+            "input_audio_buffer.append"
+            if field == "audio"
+            else "transcription_session.update"
+            if self.s.beta
+            else "session.update"
+        )
         if isinstance(value, str) or isinstance(value, dict):
             return  # possibly valid; not what this rule is about
         out = self.feed(json.dumps({"type": kind, field: value}))
@@ -119,7 +140,10 @@ class SessionMachine(RuleBasedStateMachine):
                 assert self.s.buffer_bytes == len(self.sent)
 
 
-SessionMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30,
-                                            deadline=None,
-                                            suppress_health_check=[HealthCheck.too_slow])
+SessionMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 TestSessionMachine = SessionMachine.TestCase

@@ -25,14 +25,16 @@ class Run:
     wall time, far longer than any test waits), output to files so no pipe fills up."""
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
-        scenario = write_scenario(tmp_path, name="long", workers=3, duration="1h",
-                                  time_scale=60)
+        scenario = write_scenario(tmp_path, name="long", workers=3, duration="1h", time_scale=60)
         self.out = tmp_path / "runs"
         self.stdout = (tmp_path / "stdout.txt").open("w")
         self.stderr = (tmp_path / "stderr.txt").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "run", str(scenario), "--out", str(self.out),
-             *args], cwd=ROOT, stdout=self.stdout, stderr=self.stderr)
+            [sys.executable, "-m", "harness", "run", str(scenario), "--out", str(self.out), *args],
+            cwd=ROOT,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -62,7 +64,7 @@ class Run:
     def output(self) -> str:
         self.stdout.flush()
         self.stderr.flush()
-        return (Path(self.stdout.name).read_text() + Path(self.stderr.name).read_text())
+        return Path(self.stdout.name).read_text() + Path(self.stderr.name).read_text()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -84,8 +86,9 @@ def background_run(tmp_path: Path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_first_signal_stops_cleanly_writes_frames_and_partial_report(background_run,
-                                                                    sig: int) -> None:
+def test_first_signal_stops_cleanly_writes_frames_and_partial_report(
+    background_run, sig: int
+) -> None:
     run = background_run()
     run.wait_for_rows()
     run.proc.send_signal(sig)

@@ -29,8 +29,9 @@ mean = "40s"
 """
 
 
-async def test_soak_records_drops_reconnects_and_censored_ends(tmp_path, tone_library,
-                                                               fake_server) -> None:
+async def test_soak_records_drops_reconnects_and_censored_ends(
+    tmp_path, tone_library, fake_server
+) -> None:
     scenario = scenario_from(tmp_path, SCENARIO)
     run_dir = await soak(tmp_path, scenario, tone_library, fake_server)
     frames = load(run_dir)
@@ -96,8 +97,11 @@ async def test_progress_lines_count_what_workers_do(tmp_path) -> None:
 
     progress, lines = Progress(open=3, drops=2, completed=40, lost=1), []
     recorder = Recorder(tmp_path / "events-client.arrows")
-    task = asyncio.ensure_future(report_progress(progress, recorder, ScaledClock(60.0), 1800.0,
-                                                 lines.append, tty=False, period=0.01))
+    task = asyncio.ensure_future(
+        report_progress(
+            progress, recorder, ScaledClock(60.0), 1800.0, lines.append, tty=False, period=0.01
+        )
+    )
     while not lines:
         await asyncio.sleep(0.01)
     task.cancel()

@@ -37,10 +37,15 @@ def last_attempts(utts: pd.DataFrame) -> pd.Series:
     return utts.loc[utts["final"]].set_index("utterance")["status"].astype(str)
 
 
-async def test_rotation_closes_proactively_and_is_censored(tmp_path, tone_library,
-                                                           fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\nrotate_every = "30s"\nrotate_jitter = "5s"\n')
+async def test_rotation_closes_proactively_and_is_censored(
+    tmp_path, tone_library, fake_server
+) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\nrotate_every = "30s"\nrotate_jitter = "5s"\n',
+    )
     conns = frames.connections
     rotated = conns[conns["cause"] == "proactive"]
     assert len(rotated) >= 3 * 4  # 3 min / 30 s per worker, less the last
@@ -50,10 +55,13 @@ async def test_rotation_closes_proactively_and_is_censored(tmp_path, tone_librar
     assert rotated["lifetime"].between(25, 37).all(), rotated["lifetime"].describe()
 
 
-async def test_make_before_break_overlaps_old_and_new(tmp_path, tone_library,
-                                                      fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\nrotate_every = "30s"\nmake_before_break = true\n')
+async def test_make_before_break_overlaps_old_and_new(tmp_path, tone_library, fake_server) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\nrotate_every = "30s"\nmake_before_break = true\n',
+    )
     conns = frames.connections.sort_values(["worker", "conn"])
     overlaps = 0
     for _, group in conns.groupby("worker"):
@@ -66,9 +74,12 @@ async def test_make_before_break_overlaps_old_and_new(tmp_path, tone_library,
 
 
 async def test_replay_loses_no_utterance(tmp_path, tone_library, fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\ninitial = "200ms"\nreplay = true\n'
-                       '[faults.session_age]\nmean = "15s"\n')
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\ninitial = "200ms"\nreplay = true\n[faults.session_age]\nmean = "15s"\n',
+    )
     assert frames.connections["dropped"].sum() >= 10
     final = last_attempts(frames.utterances)
     assert set(final) <= {"completed", "retried_ok", "unfinished"}, final.value_counts()
@@ -81,73 +92,101 @@ async def test_replay_loses_no_utterance(tmp_path, tone_library, fake_server) ->
         assert parse_transcript(row.transcript).crc32 == row.crc32
 
 
-async def test_without_replay_drops_lose_utterances(tmp_path, tone_library,
-                                                    fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\ninitial = "200ms"\n[faults.session_age]\nmean = "15s"\n')
+async def test_without_replay_drops_lose_utterances(tmp_path, tone_library, fake_server) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\ninitial = "200ms"\n[faults.session_age]\nmean = "15s"\n',
+    )
     assert (last_attempts(frames.utterances) == "lost").sum() >= 3
 
 
-async def test_sdk_default_does_not_reconfigure_after_reconnect(tmp_path, tone_library,
-                                                                fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\nstrategy = "sdk-default"\n'
-                       '[faults.session_age]\nmean = "20s"\n')
+async def test_sdk_default_does_not_reconfigure_after_reconnect(
+    tmp_path, tone_library, fake_server
+) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\nstrategy = "sdk-default"\n[faults.session_age]\nmean = "20s"\n',
+    )
     events, conns = frames.events, frames.connections
     updates = events[events["type"] == "session.update"]
     assert updates.groupby("worker").size().max() == 1  # only the first connection
     assert (conns.groupby("worker")["conn"].max() > 1).any()  # yet it reconnected
 
 
-async def test_no_reconnect_means_one_connection_per_worker(tmp_path, tone_library,
-                                                            fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\nstrategy = "none"\n[faults.session_age]\nmean = "20s"\n')
+async def test_no_reconnect_means_one_connection_per_worker(
+    tmp_path, tone_library, fake_server
+) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\nstrategy = "none"\n[faults.session_age]\nmean = "20s"\n',
+    )
     conns = frames.connections
     assert (conns.groupby("worker").size() == 1).all()
     stopped = frames.events[frames.events["type"] == "worker_stopped"]
     assert len(stopped) == conns["dropped"].sum() >= 1
 
 
-async def test_accept_then_close_loops_are_bounded(tmp_path, tone_library,
-                                                   fake_server) -> None:
+async def test_accept_then_close_loops_are_bounded(tmp_path, tone_library, fake_server) -> None:
     # 1008 is a stop code by default: one try each
     frames = await run(tmp_path, tone_library, fake_server, '[faults]\nprofile = "bad-key-loop"\n')
     assert (frames.connections.groupby("worker").size() == 1).all()
     # retrying everything, a loop of instant closes still ends: they are unhealthy attempts
-    frames = await run(tmp_path, tone_library, fake_server,
-                       '[reconnect]\nstop_on = []\ninitial = "100ms"\nmax_attempts = 4\n'
-                       '[faults]\nprofile = "bad-key-loop"\n', duration="30m")
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        '[reconnect]\nstop_on = []\ninitial = "100ms"\nmax_attempts = 4\n'
+        '[faults]\nprofile = "bad-key-loop"\n',
+        duration="30m",
+    )
     per_worker = frames.connections.groupby("worker").size()
     assert (per_worker == 4).all(), per_worker  # max_attempts failures in a row, then stop
     assert len(frames.events[frames.events["type"] == "worker_stopped"]) == 3
 
 
-async def test_variants_run_side_by_side_with_their_own_faults(tmp_path, tone_library,
-                                                               fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server, """
+async def test_variants_run_side_by_side_with_their_own_faults(
+    tmp_path, tone_library, fake_server
+) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        """
 [[variant]]
 name = "calm"
 [[variant]]
 name = "stormy"
 faults.session_age.mean = "10s"
-""")
+""",
+    )
     conns = frames.connections
     assert set(conns["variant"]) == {"calm", "stormy"}
     assert conns.loc[conns["variant"] == "calm", "dropped"].sum() == 0
     assert conns.loc[conns["variant"] == "stormy", "dropped"].sum() >= 5
 
 
-async def test_a_concurrency_cap_in_one_variant_spares_the_others(tmp_path, tone_library,
-                                                                 fake_server) -> None:
-    frames = await run(tmp_path, tone_library, fake_server, """
+async def test_a_concurrency_cap_in_one_variant_spares_the_others(
+    tmp_path, tone_library, fake_server
+) -> None:
+    frames = await run(
+        tmp_path,
+        tone_library,
+        fake_server,
+        """
 [[variant]]
 name = "capped"
 faults.concurrency_cap.max_sessions = 2
 faults.concurrency_cap.over = "drop_oldest"
 [[variant]]
 name = "free"
-""")
+""",
+    )
     conns = frames.connections
     assert conns.loc[conns["variant"] == "capped", "dropped"].sum() >= 1
     assert conns.loc[conns["variant"] == "free", "dropped"].sum() == 0

@@ -25,42 +25,65 @@ def test_openai_url_and_bearer_header() -> None:
     target = build_target("openai", TargetSection(), {"OPENAI_API_KEY": CANARY})
     assert target.url == "wss://api.openai.com/v1/realtime?intent=transcription"
     assert target.headers == {"Authorization": f"Bearer {CANARY}"}
-    local = build_target("openai", TargetSection(), {"OPENAI_API_KEY": CANARY,
-                                                     "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"})
+    local = build_target(
+        "openai",
+        TargetSection(),
+        {"OPENAI_API_KEY": CANARY, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"},
+    )
     assert local.url == "ws://127.0.0.1:9/v1/realtime?intent=transcription"
 
 
 def test_azure_ga_and_preview_paths_with_api_key_header() -> None:
-    env = {"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com/",
-           "AZURE_OPENAI_API_KEY": CANARY}
+    env = {"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com/", "AZURE_OPENAI_API_KEY": CANARY}
     ga = build_target("azure", TargetSection(deployment="stt"), env)
-    assert ga.url == ("wss://res.openai.azure.com/openai/v1/realtime?intent=transcription"
-                      "&deployment=stt")
+    assert ga.url == (
+        "wss://res.openai.azure.com/openai/v1/realtime?intent=transcription&deployment=stt"
+    )
     assert ga.headers == {"api-key": CANARY}
-    preview = build_target("azure", TargetSection(deployment="stt",
-                                                  api_version="2025-04-01-preview"), env)
-    assert preview.url == ("wss://res.openai.azure.com/openai/realtime?api-version="
-                           "2025-04-01-preview&intent=transcription&deployment=stt")
+    preview = build_target(
+        "azure", TargetSection(deployment="stt", api_version="2025-04-01-preview"), env
+    )
+    assert preview.url == (
+        "wss://res.openai.azure.com/openai/realtime?api-version="
+        "2025-04-01-preview&intent=transcription&deployment=stt"
+    )
 
 
 def test_url_target_with_custom_header() -> None:
-    target = build_target("url", TargetSection(url="wss://stt.example/v1/realtime?x=1",
-                                               header="api-key", key_env="MY_KEY"),
-                          {"MY_KEY": CANARY})
+    target = build_target(
+        "url",
+        TargetSection(url="wss://stt.example/v1/realtime?x=1", header="api-key", key_env="MY_KEY"),
+        {"MY_KEY": CANARY},
+    )
     assert target.url == "wss://stt.example/v1/realtime?x=1"
     assert target.headers == {"api-key": CANARY}
 
 
-@pytest.mark.parametrize(("kind", "section", "env", "message"), [
-    ("openai", TargetSection(), {}, "set OPENAI_API_KEY"),
-    ("azure", TargetSection(deployment="d"), {"AZURE_OPENAI_API_KEY": "k"},
-     "set AZURE_OPENAI_ENDPOINT"),
-    ("azure", TargetSection(), {"AZURE_OPENAI_ENDPOINT": "https://r", "AZURE_OPENAI_API_KEY": "k"},
-     "deployment"),
-    ("openai", TargetSection(), {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://10.0.0.1/v1"},
-     "only loopback may be reached without TLS"),
-    ("url", TargetSection(url="ftp://x"), {"OPENAI_API_KEY": "k"}, "not an http"),
-])
+@pytest.mark.parametrize(
+    ("kind", "section", "env", "message"),
+    [
+        ("openai", TargetSection(), {}, "set OPENAI_API_KEY"),
+        (
+            "azure",
+            TargetSection(deployment="d"),
+            {"AZURE_OPENAI_API_KEY": "k"},
+            "set AZURE_OPENAI_ENDPOINT",
+        ),
+        (
+            "azure",
+            TargetSection(),
+            {"AZURE_OPENAI_ENDPOINT": "https://r", "AZURE_OPENAI_API_KEY": "k"},
+            "deployment",
+        ),
+        (
+            "openai",
+            TargetSection(),
+            {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "http://10.0.0.1/v1"},
+            "only loopback may be reached without TLS",
+        ),
+        ("url", TargetSection(url="ftp://x"), {"OPENAI_API_KEY": "k"}, "not an http"),
+    ],
+)
 def test_unusable_targets_say_what_to_fix(kind, section, env, message) -> None:
     with pytest.raises(TargetError, match=message):
         build_target(kind, section, env)
@@ -99,25 +122,49 @@ def _audio(tmp_path: Path) -> Path:
 
 async def _rtsoak(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harness", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env, cwd=Path(__file__).parent.parent)
+        sys.executable,
+        "-m",
+        "harness",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode, out.decode()
 
 
 @pytest.mark.parametrize("kind", ["openai", "azure"])
-async def test_run_against_a_stand_in_never_writes_the_key(tmp_path, fake_server,
-                                                           kind: str) -> None:
+async def test_run_against_a_stand_in_never_writes_the_key(
+    tmp_path, fake_server, kind: str
+) -> None:
     log = Recorder(tmp_path / "stand-in.arrows")
     server = await fake_server(ServerConfig(api_keys=frozenset({CANARY})), recorder=log)
     base = f"http://127.0.0.1:{server.port}"
-    env = dict(os.environ, OPENAI_API_KEY=CANARY, OPENAI_BASE_URL=f"{base}/v1",
-               AZURE_OPENAI_API_KEY=CANARY, AZURE_OPENAI_ENDPOINT=base)
+    env = dict(
+        os.environ,
+        OPENAI_API_KEY=CANARY,
+        OPENAI_BASE_URL=f"{base}/v1",
+        AZURE_OPENAI_API_KEY=CANARY,
+        AZURE_OPENAI_ENDPOINT=base,
+    )
     scenario = tmp_path / "s.toml"
     scenario.write_text(SCENARIO.format(kind=kind, audio=_audio(tmp_path)))
     runs = tmp_path / "runs"
-    code, out = await _rtsoak(["run", str(scenario), "--out", str(runs), "--max-minutes", "1",
-                               "--max-audio-hours", "0.01"], env)
+    code, out = await _rtsoak(
+        [
+            "run",
+            str(scenario),
+            "--out",
+            str(runs),
+            "--max-minutes",
+            "1",
+            "--max-audio-hours",
+            "0.01",
+        ],
+        env,
+    )
     assert code == 0, out
     assert "audio hours" in out
     log.close()
@@ -127,8 +174,11 @@ async def test_run_against_a_stand_in_never_writes_the_key(tmp_path, fake_server
     conns = load(run_dir).connections
     assert (conns["handshake_status"] == 101).all()  # the stand-in accepted only the canary
     opened = load_stand_in(tmp_path / "stand-in.arrows")
-    expected = ("/v1/realtime?intent=transcription" if kind == "openai"
-                else "/openai/v1/realtime?intent=transcription&deployment=stt-deploy")
+    expected = (
+        "/v1/realtime?intent=transcription"
+        if kind == "openai"
+        else "/openai/v1/realtime?intent=transcription&deployment=stt-deploy"
+    )
     assert {d["path"] for d in opened} == {expected}
     header = "authorization" if kind == "openai" else "api-key"
     assert all(header in [h.lower() for h in d["headers"]] for d in opened)
@@ -152,12 +202,35 @@ async def test_real_target_refuses_to_start_without_caps(tmp_path) -> None:
     env = dict(os.environ, OPENAI_API_KEY=CANARY, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
     code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "r")], env)
     assert code == 2 and "--max-minutes and --max-audio-hours" in out
-    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "r"),
-                               "--max-minutes", "1", "--max-audio-hours", "0.0001"], env)
+    code, out = await _rtsoak(
+        [
+            "run",
+            str(scenario),
+            "--out",
+            str(tmp_path / "r"),
+            "--max-minutes",
+            "1",
+            "--max-audio-hours",
+            "0.0001",
+        ],
+        env,
+    )
     assert code == 2 and "over --max-audio-hours" in out
-    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "r"),
-                               "--max-minutes", "1", "--max-audio-hours", "1",
-                               "--time-scale", "60"], env)
+    code, out = await _rtsoak(
+        [
+            "run",
+            str(scenario),
+            "--out",
+            str(tmp_path / "r"),
+            "--max-minutes",
+            "1",
+            "--max-audio-hours",
+            "1",
+            "--time-scale",
+            "60",
+        ],
+        env,
+    )
     assert code == 2 and "real time" in out
     assert not (tmp_path / "r").exists()  # refused before anything was written
     assert CANARY not in out
@@ -167,8 +240,11 @@ def test_keys_in_url_queries_are_refused_and_redacted() -> None:
     from harness.target import Target, redact_url
 
     with pytest.raises(TargetError, match="api-key in its query: keys belong in the environment"):
-        build_target("url", TargetSection(url=f"wss://stt.example/rt?api-key={CANARY}"),
-                     {"OPENAI_API_KEY": "k"})
+        build_target(
+            "url",
+            TargetSection(url=f"wss://stt.example/rt?api-key={CANARY}"),
+            {"OPENAI_API_KEY": "k"},
+        )
     assert CANARY not in redact_url(f"ws://127.0.0.1:1/v1/realtime?x=1&token={CANARY}")
     leaky = Target("url", f"wss://h/rt?sig={CANARY}&intent=transcription")
     assert CANARY not in repr(leaky) and CANARY not in json.dumps(leaky.describe())
@@ -197,8 +273,19 @@ async def test_url_target_sends_the_key_only_in_its_header(tmp_path, fake_server
     scenario = tmp_path / "s.toml"
     scenario.write_text(URL_SCENARIO.format(audio=_audio(tmp_path), port=server.port))
     env = dict(os.environ, MY_STT_KEY=CANARY)
-    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "runs"),
-                               "--max-minutes", "1", "--max-audio-hours", "0.01"], env)
+    code, out = await _rtsoak(
+        [
+            "run",
+            str(scenario),
+            "--out",
+            str(tmp_path / "runs"),
+            "--max-minutes",
+            "1",
+            "--max-audio-hours",
+            "0.01",
+        ],
+        env,
+    )
     assert code == 0, out
     (run_dir,) = (tmp_path / "runs").iterdir()
     from harness.frames import load
@@ -231,8 +318,19 @@ async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
     env = dict(os.environ, OPENAI_API_KEY=CANARY, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
     scenario = tmp_path / "s.toml"
     scenario.write_text(SCENARIO.format(kind="openai", audio=_audio(tmp_path)))
-    code, out = await _rtsoak(["run", str(scenario), "--out", str(tmp_path / "runs"),
-                               "--max-minutes", "1", "--max-audio-hours", "0.01"], env)
+    code, out = await _rtsoak(
+        [
+            "run",
+            str(scenario),
+            "--out",
+            str(tmp_path / "runs"),
+            "--max-minutes",
+            "1",
+            "--max-audio-hours",
+            "0.01",
+        ],
+        env,
+    )
     await runner.cleanup()
     elsewhere_log.close()
     assert code == 0, out

@@ -38,7 +38,7 @@ SOONER = {
     "hot-sessions": '[faults.session_age]\ndistribution = "exponential"\nmean = "30s"\n',
     "half-open": '[faults.session_age]\nmean = "30s"\naction = "half_open"\n',
     "server-errors": '[faults.session_age]\nmean = "30s"\naction = "close"\ncode = 1011\n',
-    "random-loss": '[faults.random_loss]\nper_hour = 120\n',
+    "random-loss": "[faults.random_loss]\nper_hour = 120\n",
     "session-expiry": '[faults.max_duration]\nafter = "40s"\n',
     "idle-timeout": '[faults.idle_timeout]\nafter = "800ms"\n',
 }
@@ -64,5 +64,6 @@ async def test_replay_loses_no_utterance(tmp_path, tone_library, fake_server, pr
 @pytest.mark.parametrize("seed", range(1, 6))
 @pytest.mark.parametrize("profile", sorted(shipped_profiles()))
 async def test_replay_loses_no_utterance_under_every_profile_and_seed(
-        tmp_path, tone_library, fake_server, profile, seed) -> None:
+    tmp_path, tone_library, fake_server, profile, seed
+) -> None:
     await assert_no_loss(tmp_path, tone_library, fake_server, profile, seed)

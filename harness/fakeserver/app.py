@@ -32,10 +32,12 @@ __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig"]
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
-_HTTP_ERRORS = {401: ("invalid_api_key", "Incorrect API key provided."),
-                429: ("rate_limit_exceeded", "Too many concurrent sessions. Try again later."),
-                500: ("server_error", "The server had an error while processing your request."),
-                503: ("service_unavailable", "The server is overloaded. Try again later.")}
+_HTTP_ERRORS = {
+    401: ("invalid_api_key", "Incorrect API key provided."),
+    429: ("rate_limit_exceeded", "Too many concurrent sessions. Try again later."),
+    500: ("server_error", "The server had an error while processing your request."),
+    503: ("service_unavailable", "The server is overloaded. Try again later."),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +80,34 @@ def _client_key(request: web.Request) -> str | None:
     for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         proto = proto.strip()
         if proto.startswith(BROWSER_KEY_PREFIX) and len(proto) > len(BROWSER_KEY_PREFIX):
-            return proto[len(BROWSER_KEY_PREFIX):]
+            return proto[len(BROWSER_KEY_PREFIX) :]
     return None
 
 
-def _error_response(status: int, code: str | None = None, message: str | None = None,
-                    headers: dict[str, str] | None = None) -> web.Response:
+def _error_response(
+    status: int,
+    code: str | None = None,
+    message: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     default_code, default_message = _HTTP_ERRORS.get(status, ("error", "Request failed."))
-    body = {"error": {"message": message or default_message, "type": "invalid_request_error",
-                      "code": code or default_code, "param": None}}
+    body = {
+        "error": {
+            "message": message or default_message,
+            "type": "invalid_request_error",
+            "code": code or default_code,
+            "param": None,
+        }
+    }
     return web.json_response(body, status=status, headers=headers)
 
 
 class FakeServer:
     """Serves the Realtime transcription protocol on 127.0.0.1 (or a given host)."""
 
-    def __init__(self, clock: Clock, config: ServerConfig = ServerConfig(),
-                 recorder: Recorder | None = None) -> None:
+    def __init__(
+        self, clock: Clock, config: ServerConfig = ServerConfig(), recorder: Recorder | None = None
+    ) -> None:
         self.clock = clock
         self.config = config
         self.recorder = recorder
@@ -143,11 +156,29 @@ class FakeServer:
         await asyncio.sleep(max(0.0, seconds / self.clock.scale))
 
     # logging --------------------------------------------------------------------------------
-    def _log(self, type_: str, request_id: str, code: int | None = None, text: str | None = None,
-             detail: dict[str, Any] | None = None) -> None:
+    def _log(
+        self,
+        type_: str,
+        request_id: str,
+        code: int | None = None,
+        text: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         if self.recorder is not None:
-            self.recorder.row(self.clock.wall(), self.clock.now(), "server", None, -1, -1, "meta",
-                              type_, code=code, item=request_id, text=text, detail=detail)
+            self.recorder.row(
+                self.clock.wall(),
+                self.clock.now(),
+                "server",
+                None,
+                -1,
+                -1,
+                "meta",
+                type_,
+                code=code,
+                item=request_id,
+                text=text,
+                detail=detail,
+            )
 
     # handshake ------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -165,53 +196,83 @@ class FakeServer:
         refusal = await self._admit(session_key, key, request_id, {id_header: request_id})
         if refusal is not None:
             return refusal
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False,
-                                   protocols=("realtime",))
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
+        )
         ws.headers[id_header] = request_id
         await ws.prepare(request)
         await self._serve(request, ws, request_id, session_key, key)
         return ws
 
-    async def _admit(self, session_key: str, client_key: str, request_id: str,
-                     headers: dict[str, str]) -> web.Response | None:
+    async def _admit(
+        self, session_key: str, client_key: str, request_id: str, headers: dict[str, str]
+    ) -> web.Response | None:
         """Apply handshake policies: maybe wait, evict older sessions, or refuse."""
         # each variant meets its own service: caps count only sessions of the same variant
         variant = variant_of(session_key)
-        live = [(k, s.client_key, s.opened) for k, s in self._live.items()
-                if variant_of(k) == variant]
+        live = [
+            (k, s.client_key, s.opened) for k, s in self._live.items() if variant_of(k) == variant
+        ]
         faults = self.config.faults_for(session_key)
         decision = faults.handshake(session_key, client_key, self.clock.now(), live)
         if decision.policy is None:
             return None
-        self._log("handshake_fault", request_id, code=decision.status, text=decision.policy,
-                  detail={"delay": decision.delay, "evict": list(decision.evict),
-                          "session_key": session_key})
+        self._log(
+            "handshake_fault",
+            request_id,
+            code=decision.status,
+            text=decision.policy,
+            detail={
+                "delay": decision.delay,
+                "evict": list(decision.evict),
+                "session_key": session_key,
+            },
+        )
         if decision.delay:
             await self._sleep(decision.delay)
         for victim in decision.evict:
             if victim in self._live:
                 cap = dict(faults.policies)["concurrency_cap"]
                 asyncio.get_running_loop().create_task(
-                    self._live[victim].inject(cap.fault("concurrency_cap")))
+                    self._live[victim].inject(cap.fault("concurrency_cap"))
+                )
         if decision.status is not None:
             return _error_response(decision.status, headers=headers)
         return None
 
     # one connection -------------------------------------------------------------------------
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, request_id: str,
-                     session_key: str, client_key: str) -> None:
+    async def _serve(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        request_id: str,
+        session_key: str,
+        client_key: str,
+    ) -> None:
         now = self.clock.now()
         rng = random.Random(f"{self.config.seed}/{session_key}")
         profile = self.config.faults_for(session_key)
         beta = request.headers.get("OpenAI-Beta", "").replace(" ", "").lower() == "realtime=v1"
-        session = TranscriptionSession("sess_" + f"{rng.getrandbits(88):022x}", now,
-                                       self.clock.wall(), rng, self._limits(profile),
-                                       dialect="beta" if beta else "ga")
+        session = TranscriptionSession(
+            "sess_" + f"{rng.getrandbits(88):022x}",
+            now,
+            self.clock.wall(),
+            rng,
+            self._limits(profile),
+            dialect="beta" if beta else "ga",
+        )
         faults = profile.start(session_key, now)
-        self._log("session_open", request_id, text=session.session_id,
-                  detail={"session_key": session_key, "peer": request.remote,
-                          "path": redact_url(request.path_qs),
-                          "headers": sorted(request.headers)})
+        self._log(
+            "session_open",
+            request_id,
+            text=session.session_id,
+            detail={
+                "session_key": session_key,
+                "peer": request.remote,
+                "path": redact_url(request.path_qs),
+                "headers": sorted(request.headers),
+            },
+        )
         wake = asyncio.Event()
         state: dict[str, Any] = {"ended_by": None, "silent": False}
 
@@ -230,14 +291,23 @@ class FakeServer:
                 return
             if fault.kind is not FaultKind.ERROR:
                 state["ended_by"] = fault.policy
-            self._log("fault", request_id, code=fault.code, text=fault.policy,
-                      detail={"kind": str(fault.kind), "reason": fault.reason,
-                              "age": self.clock.now() - session.opened,
-                              "due_age": None if fault.due is None else fault.due - session.opened,
-                              "session_key": session_key})
+            self._log(
+                "fault",
+                request_id,
+                code=fault.code,
+                text=fault.policy,
+                detail={
+                    "kind": str(fault.kind),
+                    "reason": fault.reason,
+                    "age": self.clock.now() - session.opened,
+                    "due_age": None if fault.due is None else fault.due - session.opened,
+                    "session_key": session_key,
+                },
+            )
             if fault.error_code and not ws.closed:
-                await ws.send_str(json.dumps(session.error_event(fault.error_code,
-                                                                 fault.error_message)))
+                await ws.send_str(
+                    json.dumps(session.error_event(fault.error_code, fault.error_message))
+                )
             await self._carry_out(request, ws, fault, state)
             wake.set()
 
@@ -248,8 +318,9 @@ class FakeServer:
 
         async def timers() -> None:
             while not ws.closed and state["ended_by"] is None:
-                deadlines = [d for d in (session.next_deadline(), faults.next_deadline())
-                             if d is not None]
+                deadlines = [
+                    d for d in (session.next_deadline(), faults.next_deadline()) if d is not None
+                ]
                 wake.clear()
                 if deadlines:
                     delay = (min(deadlines) - self.clock.now()) / self.clock.scale
@@ -279,8 +350,10 @@ class FakeServer:
                         continue
                     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                         continue
-                    before = min(session.next_deadline() or float("inf"),
-                                 faults.next_deadline() or float("inf"))
+                    before = min(
+                        session.next_deadline() or float("inf"),
+                        faults.next_deadline() or float("inf"),
+                    )
                     if not await send(session.receive(msg.data, now)):
                         break
                     pcm = session.last_pcm
@@ -290,8 +363,10 @@ class FakeServer:
                             fault = faults.on_audio(now, pcm, session.buffer_bytes)
                         if not await observe(fault):
                             break
-                    after = min(session.next_deadline() or float("inf"),
-                                faults.next_deadline() or float("inf"))
+                    after = min(
+                        session.next_deadline() or float("inf"),
+                        faults.next_deadline() or float("inf"),
+                    )
                     if after < before:
                         wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
@@ -303,12 +378,17 @@ class FakeServer:
                 await asyncio.gather(hold, return_exceptions=True)
             timer_task.cancel()
             await asyncio.gather(timer_task, return_exceptions=True)
-            self._log("session_close", request_id, code=ws.close_code,
-                      text=state["ended_by"] or "client",
-                      detail={"buffer_ms": session.buffer_ms})
+            self._log(
+                "session_close",
+                request_id,
+                code=ws.close_code,
+                text=state["ended_by"] or "client",
+                detail={"buffer_ms": session.buffer_ms},
+            )
 
-    async def _carry_out(self, request: web.Request, ws: web.WebSocketResponse, fault: Fault,
-                         state: dict[str, Any]) -> None:
+    async def _carry_out(
+        self, request: web.Request, ws: web.WebSocketResponse, fault: Fault, state: dict[str, Any]
+    ) -> None:
         transport = request.transport
         kind = fault.kind
         if kind is FaultKind.ERROR:

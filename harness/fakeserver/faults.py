@@ -22,18 +22,24 @@ import numpy as np
 from harness.config import ConfigError, read_section
 
 __all__ = [
-    "Fault", "FaultKind", "FaultProfile", "FaultSet", "HandshakeDecision", "parse_faults",
-    "policy_rng", "shipped_profiles",
+    "Fault",
+    "FaultKind",
+    "FaultProfile",
+    "FaultSet",
+    "HandshakeDecision",
+    "parse_faults",
+    "policy_rng",
+    "shipped_profiles",
 ]
 
 
 class FaultKind(StrEnum):
-    ABORT = "abort"                  # drop TCP, no close frame: the client sees 1006
-    RESET = "reset"                  # TCP RST (SO_LINGER 0): the client sees a reset, 1006
-    CLOSE = "close"                  # a close frame with a code and reason
-    HALF_OPEN = "half_open"          # stop reading and writing; only a ping timeout notices
+    ABORT = "abort"  # drop TCP, no close frame: the client sees 1006
+    RESET = "reset"  # TCP RST (SO_LINGER 0): the client sees a reset, 1006
+    CLOSE = "close"  # a close frame with a code and reason
+    HALF_OPEN = "half_open"  # stop reading and writing; only a ping timeout notices
     DELAYED_CLOSE = "delayed_close"  # go silent for `delay`, then a close frame
-    ERROR = "error"                  # an error event; the connection stays open
+    ERROR = "error"  # an error event; the connection stays open
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +48,11 @@ class Fault:
     policy: str
     code: int | None = None
     reason: str = ""
-    delay: float = 0.0               # DELAYED_CLOSE: silence before the close frame
-    hold: float = 0.0                # HALF_OPEN: how long to hold the dead socket before abort
-    error_code: str | None = None    # an error event sent first (e.g. session_expired)
+    delay: float = 0.0  # DELAYED_CLOSE: silence before the close frame
+    hold: float = 0.0  # HALF_OPEN: how long to hold the dead socket before abort
+    error_code: str | None = None  # an error event sent first (e.g. session_expired)
     error_message: str = ""
-    due: float | None = None         # the scenario time it was scheduled for, if by a deadline
+    due: float | None = None  # the scenario time it was scheduled for, if by a deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +61,8 @@ class HandshakeDecision:
     `evict` names sessions to end first (a concurrency cap that drops the oldest)."""
 
     policy: str | None = None
-    status: int | None = None        # None: accept
-    delay: float = 0.0               # scenario seconds before answering
+    status: int | None = None  # None: accept
+    delay: float = 0.0  # scenario seconds before answering
     evict: tuple[str, ...] = ()
 
 
@@ -113,12 +119,17 @@ class FaultProfile:
     def start(self, session_key: str, opened: float) -> FaultSet:
         from harness.fakeserver.policies import SESSION_POLICIES
 
-        return FaultSet([SESSION_POLICIES[name][1](cfg, policy_rng(self.seed, session_key, name),
-                                                   opened)
-                         for name, cfg in self.policies if name in SESSION_POLICIES])
+        return FaultSet(
+            [
+                SESSION_POLICIES[name][1](cfg, policy_rng(self.seed, session_key, name), opened)
+                for name, cfg in self.policies
+                if name in SESSION_POLICIES
+            ]
+        )
 
-    def handshake(self, session_key: str, client_key: str, now: float,
-                  active: list[tuple[str, str, float]]) -> HandshakeDecision:
+    def handshake(
+        self, session_key: str, client_key: str, now: float, active: list[tuple[str, str, float]]
+    ) -> HandshakeDecision:
         """Decide a handshake; `active` lists (session key, client key, opened) of live
         sessions."""
         from harness.fakeserver.policies import HANDSHAKE_POLICIES
@@ -126,8 +137,8 @@ class FaultProfile:
         for name, cfg in self.policies:
             if name in HANDSHAKE_POLICIES:
                 decision = HANDSHAKE_POLICIES[name][1](cfg).decide(
-                    policy_rng(self.seed, session_key, name), session_key, client_key, now,
-                    active)
+                    policy_rng(self.seed, session_key, name), session_key, client_key, now, active
+                )
                 if decision is not None:
                     return decision
         return HandshakeDecision()
@@ -165,21 +176,29 @@ def parse_faults(table: Any, source: str, seed: int = 0) -> FaultProfile:
     if table is None:
         return FaultProfile((), seed)
     if not isinstance(table, dict):
-        raise ConfigError(source, "faults", "must be a table of policies, e.g. "
-                          "[faults.idle_timeout]")
+        raise ConfigError(
+            source, "faults", "must be a table of policies, e.g. [faults.idle_timeout]"
+        )
     table = dict(table)
     profile = table.pop("profile", None)
     if profile is not None:
         shipped = shipped_profiles()
         if profile not in shipped:
-            raise ConfigError(source, "faults.profile", f"unknown profile {profile!r}; shipped: "
-                              + ", ".join(shipped))
+            raise ConfigError(
+                source,
+                "faults.profile",
+                f"unknown profile {profile!r}; shipped: " + ", ".join(shipped),
+            )
         table = {**shipped[profile][1], **table}
     policies = []
     for name, body in table.items():
         if name not in ALL_POLICIES:
-            raise ConfigError(source, f"faults.{name}", "unknown fault policy; known: "
-                              + ", ".join(sorted(ALL_POLICIES)) + " (or profile = \"name\")")
-        policies.append((name, read_section(ALL_POLICIES[name], body, source,
-                                            f"faults.{name}")))
+            raise ConfigError(
+                source,
+                f"faults.{name}",
+                "unknown fault policy; known: "
+                + ", ".join(sorted(ALL_POLICIES))
+                + ' (or profile = "name")',
+            )
+        policies.append((name, read_section(ALL_POLICIES[name], body, source, f"faults.{name}")))
     return FaultProfile(tuple(policies), seed)

@@ -29,15 +29,22 @@ class Action:
     action: str = spec("abort", choices=_ACTIONS)
     code: int = spec(1011, lo=1000, hi=4999)
     reason: str = ""
-    delay: float = spec(5.0, kind="duration")    # delayed_close: silence before the close frame
-    hold: float = spec(600.0, kind="duration")   # half_open: how long the dead socket is held
+    delay: float = spec(5.0, kind="duration")  # delayed_close: silence before the close frame
+    hold: float = spec(600.0, kind="duration")  # half_open: how long the dead socket is held
 
     def fault(self, policy: str, error_code: str | None = None, error_message: str = "") -> Fault:
         kind = FaultKind(self.action)
         with_code = kind in (FaultKind.CLOSE, FaultKind.DELAYED_CLOSE)
-        return Fault(kind, policy, self.code if with_code else None, self.reason, self.delay,
-                     self.hold, error_code if kind is FaultKind.ERROR or error_code else None,
-                     error_message)
+        return Fault(
+            kind,
+            policy,
+            self.code if with_code else None,
+            self.reason,
+            self.delay,
+            self.hold,
+            error_code if kind is FaultKind.ERROR or error_code else None,
+            error_message,
+        )
 
 
 class Policy:
@@ -76,8 +83,9 @@ def _parse_pieces(pieces: list[Any]) -> list[tuple[float, float]]:
 
     out, last = [], 0.0
     if not isinstance(pieces, list) or not pieces:
-        raise ValueError("hazard must be a non-empty list like "
-                         '[{until = "5m", per_hour = 0.5}, {per_hour = 6}]')
+        raise ValueError(
+            'hazard must be a non-empty list like [{until = "5m", per_hour = 0.5}, {per_hour = 6}]'
+        )
     for i, piece in enumerate(pieces):
         if not isinstance(piece, dict) or "per_hour" not in piece:
             raise ValueError(f"hazard[{i}] needs per_hour (and until, except the last)")
@@ -158,8 +166,8 @@ class IdleTimeoutConfig(Action):
     """No frame (or no audio) for `after` seconds ends the session."""
 
     after: float = spec(30.0, kind="duration", lo=0.001)
-    counts: str = spec("any", choices=("any", "audio"))   # which frames reset the timer
-    pings_count: bool = False                             # do WebSocket pings reset it?
+    counts: str = spec("any", choices=("any", "audio"))  # which frames reset the timer
+    pings_count: bool = False  # do WebSocket pings reset it?
 
 
 class IdleTimeout(Policy):
@@ -171,8 +179,11 @@ class IdleTimeout(Policy):
 
     def on_frame(self, now: float, kind: str) -> Fault | None:
         c = self.config
-        if kind == "audio" or (kind == "event" and c.counts == "any") or (
-                kind == "ping" and c.pings_count):
+        if (
+            kind == "audio"
+            or (kind == "event" and c.counts == "any")
+            or (kind == "ping" and c.pings_count)
+        ):
             self.deadline = now + c.after
         return None
 
@@ -204,9 +215,12 @@ class BufferPressure(Policy):
 
     def on_audio(self, now: float, pcm: bytes, buffer_bytes: int) -> Fault | None:
         if buffer_bytes > self.limit:
-            return self.config.fault(self.name, "input_audio_buffer_full",
-                                     f"The input audio buffer holds {buffer_bytes / 48:.0f} ms "
-                                     "of uncommitted audio, over its limit.")
+            return self.config.fault(
+                self.name,
+                "input_audio_buffer_full",
+                f"The input audio buffer holds {buffer_bytes / 48:.0f} ms "
+                "of uncommitted audio, over its limit.",
+            )
         return None
 
 
@@ -296,8 +310,9 @@ class SilenceHazard(Policy):
         if dbfs(pcm) < self.config.threshold_dbfs:
             if self.silent_since is None:
                 self.silent_since = now
-                self.deadline = now + self.config.after + float(
-                    self.rng.exponential(self.config.mean))
+                self.deadline = (
+                    now + self.config.after + float(self.rng.exponential(self.config.mean))
+                )
         else:
             self.silent_since = self.deadline = None
         return None
@@ -343,8 +358,9 @@ class HandshakeFaultsConfig:
     slow_delay: float = spec(5.0, kind="duration")
 
     def check(self) -> None:
-        if not self.statuses or not all(isinstance(s, int) and 400 <= s <= 599
-                                        for s in self.statuses):
+        if not self.statuses or not all(
+            isinstance(s, int) and 400 <= s <= 599 for s in self.statuses
+        ):
             raise ValueError("statuses must be a non-empty list of HTTP error codes 400-599")
 
 

@@ -35,8 +35,9 @@ def load_server_config(path: Path | None, seed: int) -> ServerConfig:
     if path is None:
         return ServerConfig(seed=seed)
     if not path.exists() and path.suffix == "" and str(path) in shipped_profiles():
-        return ServerConfig(faults=parse_faults({"profile": str(path)}, str(path), seed=seed),
-                            seed=seed)
+        return ServerConfig(
+            faults=parse_faults({"profile": str(path)}, str(path), seed=seed), seed=seed
+        )
     if path.suffix == ".json":
         try:
             doc = json.loads(path.read_text())
@@ -52,16 +53,26 @@ def server_config_from_doc(doc: dict[str, Any], source: str, seed: int) -> Serve
     from harness.scenario import ServerSection
 
     server = read_section(ServerSection, doc.get("server"), source, "server")
-    limits = SessionLimits(max_duration=server.max_session, latency_base=server.latency_base,
-                           latency_per_audio_second=server.latency_per_audio_second)
-    variants = {name: parse_faults(table, source, seed=seed)
-                for name, table in (doc.get("variants") or {}).items()}
-    return ServerConfig(faults=parse_faults(doc.get("faults"), source, seed=seed),
-                        limits=limits, seed=seed, variant_faults=variants)
+    limits = SessionLimits(
+        max_duration=server.max_session,
+        latency_base=server.latency_base,
+        latency_per_audio_second=server.latency_per_audio_second,
+    )
+    variants = {
+        name: parse_faults(table, source, seed=seed)
+        for name, table in (doc.get("variants") or {}).items()
+    }
+    return ServerConfig(
+        faults=parse_faults(doc.get("faults"), source, seed=seed),
+        limits=limits,
+        seed=seed,
+        variant_faults=variants,
+    )
 
 
-async def serve(host: str, port: int, config: ServerConfig, scale: float, out: Path | None,
-                sync_stdin: bool) -> None:
+async def serve(
+    host: str, port: int, config: ServerConfig, scale: float, out: Path | None, sync_stdin: bool
+) -> None:
     """Serve until interrupted (or, embedded, until stdin closes)."""
     loop = asyncio.get_running_loop()
     recorder = None
@@ -74,8 +85,7 @@ async def serve(host: str, port: int, config: ServerConfig, scale: float, out: P
     if sync_stdin:
         server.clock_ready.clear()
     url = await server.start(host, port)
-    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else _banner(url),
-          flush=True)
+    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else _banner(url), flush=True)
     try:
         if sync_stdin:
             reader = asyncio.StreamReader()
@@ -97,24 +107,40 @@ def _banner(url: str) -> str:
     """How to point the official SDK (or any client) at this server."""
     http = url.split("/v1/realtime")[0].replace("ws://", "http://")
     ws = http.replace("http://", "ws://")
-    return "\n".join([
-        f"rtsoak fake server listening on {url}",
-        "Point the official openai SDK at it (any non-empty key is accepted):",
-        f"  export OPENAI_BASE_URL={http}/v1 OPENAI_API_KEY=any-key",
-        f"  or AsyncOpenAI(api_key='any-key', websocket_base_url='{ws}/v1')",
-        "Azure clients (GA and preview paths both work):",
-        f"  export AZURE_OPENAI_ENDPOINT={http} AZURE_OPENAI_API_KEY=any-key",
-        "Stop with Ctrl-C.",
-    ])
+    return "\n".join(
+        [
+            f"rtsoak fake server listening on {url}",
+            "Point the official openai SDK at it (any non-empty key is accepted):",
+            f"  export OPENAI_BASE_URL={http}/v1 OPENAI_API_KEY=any-key",
+            f"  or AsyncOpenAI(api_key='any-key', websocket_base_url='{ws}/v1')",
+            "Azure clients (GA and preview paths both work):",
+            f"  export AZURE_OPENAI_ENDPOINT={http} AZURE_OPENAI_API_KEY=any-key",
+            "Stop with Ctrl-C.",
+        ]
+    )
 
 
 class EmbeddedServer:
     """The fake server in a child process, for the duration of a run."""
 
     def __init__(self, config_path: Path, out: Path, scale: float, seed: int) -> None:
-        self.args = [sys.executable, "-m", "harness", "serve", "--port", "0", "--sync-stdin",
-                     "--faults", str(config_path), "--time-scale", repr(scale),
-                     "--seed", str(seed), "--out", str(out)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "harness",
+            "serve",
+            "--port",
+            "0",
+            "--sync-stdin",
+            "--faults",
+            str(config_path),
+            "--time-scale",
+            repr(scale),
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ]
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -122,8 +148,14 @@ class EmbeddedServer:
         """Start the server and return its URL; it serves once the run clock's origin is
         written to its stdin."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -132,7 +164,6 @@ class EmbeddedServer:
         ready: dict[str, Any] = json.loads(line)
         self.url = ready["url"]
         return self.url
-
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:

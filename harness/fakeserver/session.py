@@ -35,8 +35,12 @@ LOGPROBS = "item.input_audio_transcription.logprobs"
 _ALNUM = string.ascii_letters + string.digits
 _GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 _BETA_FORMATS = {beta: ga for ga, beta in _GA_FORMATS.items()}
-SERVER_VAD = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300,
-              "silence_duration_ms": 500}
+SERVER_VAD = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +68,15 @@ class TranscriptionSession:
     length and CRC32; under server VAD also the audio a segment needs), committed items and
     transcriptions in flight."""
 
-    def __init__(self, session_id: str, opened: float, wall_opened: float, rng: random.Random,
-                 limits: SessionLimits = SessionLimits(), dialect: str = "ga") -> None:
+    def __init__(
+        self,
+        session_id: str,
+        opened: float,
+        wall_opened: float,
+        rng: random.Random,
+        limits: SessionLimits = SessionLimits(),
+        dialect: str = "ga",
+    ) -> None:
         self.session_id = session_id
         self.opened = opened
         self.limits = limits
@@ -95,13 +106,31 @@ class TranscriptionSession:
 
     def error_event(self, code: str, message: str) -> dict[str, Any]:
         """An `error` event in the service's shape, for faults that complain before acting."""
-        return self._error(code, message, type_="server_error" if code == "server_error"
-                           else "invalid_request_error")
+        return self._error(
+            code,
+            message,
+            type_="server_error" if code == "server_error" else "invalid_request_error",
+        )
 
-    def _error(self, code: str, message: str, *, param: str | None = None,
-               event_id: str | None = None, type_: str = "invalid_request_error") -> dict:
-        return self._event("error", error={"type": type_, "code": code, "message": message,
-                                           "param": param, "event_id": event_id})
+    def _error(
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> dict:
+        return self._event(
+            "error",
+            error={
+                "type": type_,
+                "code": code,
+                "message": message,
+                "param": param,
+                "event_id": event_id,
+            },
+        )
 
     @property
     def beta(self) -> bool:
@@ -109,19 +138,30 @@ class TranscriptionSession:
 
     def session_object(self) -> dict[str, Any]:
         if not self.beta:
-            return {"type": "transcription", "object": "realtime.transcription_session",
-                    "id": self.session_id, "expires_at": self.expires_at,
-                    "include": self.include, "audio": {"input": self.input}}
-        return {"id": self.session_id, "object": "realtime.transcription_session",
-                "expires_at": self.expires_at, "modalities": ["text"],
-                "input_audio_format": _GA_FORMATS[self.input["format"]["type"]],
-                "input_audio_transcription": self.input["transcription"],
-                "turn_detection": self.input["turn_detection"],
-                "input_audio_noise_reduction": self.input["noise_reduction"],
+            return {
+                "type": "transcription",
+                "object": "realtime.transcription_session",
+                "id": self.session_id,
+                "expires_at": self.expires_at,
                 "include": self.include,
-                # the SDK's beta model requires it; sessions over a socket have no real one
-                "client_secret": {"value": "ek_fake_" + self.session_id[5:],
-                                  "expires_at": self.expires_at}}
+                "audio": {"input": self.input},
+            }
+        return {
+            "id": self.session_id,
+            "object": "realtime.transcription_session",
+            "expires_at": self.expires_at,
+            "modalities": ["text"],
+            "input_audio_format": _GA_FORMATS[self.input["format"]["type"]],
+            "input_audio_transcription": self.input["transcription"],
+            "turn_detection": self.input["turn_detection"],
+            "input_audio_noise_reduction": self.input["noise_reduction"],
+            "include": self.include,
+            # the SDK's beta model requires it; sessions over a socket have no real one
+            "client_secret": {
+                "value": "ek_fake_" + self.session_id[5:],
+                "expires_at": self.expires_at,
+            },
+        }
 
     def open(self) -> list[Output]:
         kind = "transcription_session.created" if self.beta else "session.created"
@@ -145,34 +185,65 @@ class TranscriptionSession:
         type_ = event.get("type")
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if type_ is None:
-            return [self._error("invalid_event", "The 'type' field is missing.",
-                                event_id=event_id)]
+            return [self._error("invalid_event", "The 'type' field is missing.", event_id=event_id)]
         handler = self._HANDLERS.get(type_) if isinstance(type_, str) else None
         if handler is None:
-            return [self._error("invalid_event", f"Invalid value: '{type_}'. Supported values "
-                                "are transcription client events.", param="type",
-                                event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    f"Invalid value: '{type_}'. Supported values are transcription client events.",
+                    param="type",
+                    event_id=event_id,
+                )
+            ]
         return handler(self, event, event_id, now)
 
     def _append(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         audio = event.get("audio")
         if not isinstance(audio, str):
-            return [self._error("invalid_event", "Missing required parameter: 'audio'.",
-                                param="audio", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    "Missing required parameter: 'audio'.",
+                    param="audio",
+                    event_id=event_id,
+                )
+            ]
         if len(audio) * 3 // 4 > self.limits.max_append_bytes:
-            return [self._error("invalid_value", "Audio content exceeds the maximum of 15 MiB "
-                                "per append.", param="audio", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_value",
+                    "Audio content exceeds the maximum of 15 MiB per append.",
+                    param="audio",
+                    event_id=event_id,
+                )
+            ]
         try:
             pcm = binascii.a2b_base64(audio, strict_mode=True)
         except (binascii.Error, ValueError):
-            return [self._error("invalid_value", "Invalid base64 in 'audio'.", param="audio",
-                                event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_value", "Invalid base64 in 'audio'.", param="audio", event_id=event_id
+                )
+            ]
         if len(pcm) % 2:
-            return [self._error("invalid_value", "PCM16 audio must have an even number of "
-                                "bytes.", param="audio", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_value",
+                    "PCM16 audio must have an even number of bytes.",
+                    param="audio",
+                    event_id=event_id,
+                )
+            ]
         if self.buffer_bytes + len(pcm) > self.limits.max_buffer_bytes:
-            return [self._error("input_audio_buffer_full", "The input audio buffer is full; "
-                                "commit or clear it.", param="audio", event_id=event_id)]
+            return [
+                self._error(
+                    "input_audio_buffer_full",
+                    "The input audio buffer is full; commit or clear it.",
+                    param="audio",
+                    event_id=event_id,
+                )
+            ]
         self.last_pcm = pcm
         if self.vad is not None:
             return self._vad_feed(pcm, now)
@@ -182,11 +253,14 @@ class TranscriptionSession:
 
     def _commit(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         if self.buffer_ms < MIN_COMMIT_MS:
-            return [self._error(
-                "input_audio_buffer_commit_empty",
-                "Error committing input audio buffer: buffer too small. Expected at least "
-                f"100ms of audio, but buffer only has {self.buffer_ms:.2f}ms of audio.",
-                event_id=event_id)]
+            return [
+                self._error(
+                    "input_audio_buffer_commit_empty",
+                    "Error committing input audio buffer: buffer too small. Expected at least "
+                    f"100ms of audio, but buffer only has {self.buffer_ms:.2f}ms of audio.",
+                    event_id=event_id,
+                )
+            ]
         nbytes, crc = self.buffer_bytes, self.buffer_crc
         if self.vad is not None:  # under server VAD the buffer is the audio the VAD kept
             crc = zlib.crc32(self.vad.kept)
@@ -206,26 +280,38 @@ class TranscriptionSession:
     def _committed(self, item_id: str, nbytes: int, crc: int, now: float) -> list[Output]:
         """committed + the item events, and the transcription scheduled after its latency."""
         previous, self.last_item_id = self.last_item_id, item_id
-        item = {"id": item_id, "object": "realtime.item", "type": "message", "role": "user",
-                "status": "completed", "content": [{"type": "input_audio", "transcript": None}]}
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
         seconds = nbytes / BYTES_PER_SECOND
         latency = self.limits.latency_base + self.limits.latency_per_audio_second * seconds
         self._schedule(now + latency, lambda: self._transcribed(item_id, nbytes, crc))
-        events = [self._event("input_audio_buffer.committed", item_id=item_id,
-                              previous_item_id=previous)]
+        events = [
+            self._event("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous)
+        ]
         if self.beta:
-            return events + [self._event("conversation.item.created", item=item,
-                                         previous_item_id=previous)]
+            return events + [
+                self._event("conversation.item.created", item=item, previous_item_id=previous)
+            ]
         return events + [
             self._event("conversation.item.added", item=item, previous_item_id=previous),
-            self._event("conversation.item.done", item=item, previous_item_id=previous)]
+            self._event("conversation.item.done", item=item, previous_item_id=previous),
+        ]
 
     # server VAD -----------------------------------------------------------------------------
     def _configure_vad(self) -> None:
         td = self.input.get("turn_detection")
         if isinstance(td, dict) and td.get("type") in ("server_vad", "semantic_vad"):
-            self.vad = ServerVad(td.get("threshold", 0.5), td.get("prefix_padding_ms", 300),
-                                 td.get("silence_duration_ms", 500))
+            self.vad = ServerVad(
+                td.get("threshold", 0.5),
+                td.get("prefix_padding_ms", 300),
+                td.get("silence_duration_ms", 500),
+            )
         else:
             self.vad = None
 
@@ -235,13 +321,21 @@ class TranscriptionSession:
         for kind, value in self.vad.feed(pcm):
             if kind == "started":
                 self._vad_item = self._id("item_")
-                out.append(self._event("input_audio_buffer.speech_started",
-                                       audio_start_ms=value, item_id=self._vad_item))
+                out.append(
+                    self._event(
+                        "input_audio_buffer.speech_started",
+                        audio_start_ms=value,
+                        item_id=self._vad_item,
+                    )
+                )
                 continue
             item_id = self._vad_item or self._id("item_")
             self._vad_item = None
-            out.append(self._event("input_audio_buffer.speech_stopped",
-                                   audio_end_ms=value.end_ms, item_id=item_id))
+            out.append(
+                self._event(
+                    "input_audio_buffer.speech_stopped", audio_end_ms=value.end_ms, item_id=item_id
+                )
+            )
             out += self._committed(item_id, len(value.pcm), zlib.crc32(value.pcm), now)
         self.buffer_bytes = len(self.vad.kept)  # what a commit now would contain
         return out
@@ -250,73 +344,136 @@ class TranscriptionSession:
     def _session_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         session = event.get("session")
         if not isinstance(session, dict):
-            return [self._error("invalid_event", "Missing required parameter: 'session'.",
-                                param="session", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    "Missing required parameter: 'session'.",
+                    param="session",
+                    event_id=event_id,
+                )
+            ]
         if self.beta:
-            return [self._error("invalid_event", "This is a beta transcription session: use "
-                                "transcription_session.update.", param="type",
-                                event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    "This is a beta transcription session: use transcription_session.update.",
+                    param="type",
+                    event_id=event_id,
+                )
+            ]
         if session.get("type", "transcription") != "transcription":
-            return [self._error("invalid_value", "This is a transcription session; "
-                                "session.type must be 'transcription'.",
-                                param="session.type", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_value",
+                    "This is a transcription session; session.type must be 'transcription'.",
+                    param="session.type",
+                    event_id=event_id,
+                )
+            ]
         audio_input = (session.get("audio") or {}).get("input")
-        changes = ({k: audio_input[k] for k in ("format", "noise_reduction", "transcription",
-                                                "turn_detection") if k in audio_input}
-                   if isinstance(audio_input, dict) else {})
-        return self._apply(changes, session, event_id, "session.updated",
-                           "session.audio.input")
+        changes = (
+            {
+                k: audio_input[k]
+                for k in ("format", "noise_reduction", "transcription", "turn_detection")
+                if k in audio_input
+            }
+            if isinstance(audio_input, dict)
+            else {}
+        )
+        return self._apply(changes, session, event_id, "session.updated", "session.audio.input")
 
     def _beta_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         session = event.get("session")
         if not isinstance(session, dict):
-            return [self._error("invalid_event", "Missing required parameter: 'session'.",
-                                param="session", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    "Missing required parameter: 'session'.",
+                    param="session",
+                    event_id=event_id,
+                )
+            ]
         if not self.beta:
-            return [self._error("invalid_event", "transcription_session.update is the beta "
-                                "event; send session.update, or connect with "
-                                "OpenAI-Beta: realtime=v1.", param="type", event_id=event_id)]
+            return [
+                self._error(
+                    "invalid_event",
+                    "transcription_session.update is the beta "
+                    "event; send session.update, or connect with "
+                    "OpenAI-Beta: realtime=v1.",
+                    param="type",
+                    event_id=event_id,
+                )
+            ]
         changes: dict[str, Any] = {}
         if "input_audio_format" in session:
             fmt = _BETA_FORMATS.get(session["input_audio_format"])
             if fmt is None:
-                return [self._error("invalid_value", "Unsupported input_audio_format "
-                                    f"{session['input_audio_format']!r}; use pcm16, g711_ulaw "
-                                    "or g711_alaw.", param="session.input_audio_format",
-                                    event_id=event_id)]
-            changes["format"] = {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {
-                "type": fmt}
-        for beta_key, key in (("input_audio_transcription", "transcription"),
-                              ("turn_detection", "turn_detection"),
-                              ("input_audio_noise_reduction", "noise_reduction")):
+                return [
+                    self._error(
+                        "invalid_value",
+                        "Unsupported input_audio_format "
+                        f"{session['input_audio_format']!r}; use pcm16, g711_ulaw "
+                        "or g711_alaw.",
+                        param="session.input_audio_format",
+                        event_id=event_id,
+                    )
+                ]
+            changes["format"] = (
+                {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {"type": fmt}
+            )
+        for beta_key, key in (
+            ("input_audio_transcription", "transcription"),
+            ("turn_detection", "turn_detection"),
+            ("input_audio_noise_reduction", "noise_reduction"),
+        ):
             if beta_key in session:
                 changes[key] = session[beta_key]
-        return self._apply(changes, session, event_id, "transcription_session.updated",
-                           "session")
+        return self._apply(changes, session, event_id, "transcription_session.updated", "session")
 
-    def _apply(self, changes: dict[str, Any], session: dict, event_id: str | None,
-               reply: str, where: str) -> list[Output]:
+    def _apply(
+        self, changes: dict[str, Any], session: dict, event_id: str | None, reply: str, where: str
+    ) -> list[Output]:
         """Check a partial update whole, then apply it: a bad field changes nothing."""
         fmt = changes.get("format")
-        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") not in _GA_FORMATS
-                                or (fmt.get("type") == "audio/pcm"
-                                    and fmt.get("rate", 24000) != 24000)):
-            return [self._error("invalid_value", "Unsupported audio format; use audio/pcm at "
-                                "24000 Hz, audio/pcmu or audio/pcma.", param=f"{where}.format",
-                                event_id=event_id)]
+        if fmt is not None and (
+            not isinstance(fmt, dict)
+            or fmt.get("type") not in _GA_FORMATS
+            or (fmt.get("type") == "audio/pcm" and fmt.get("rate", 24000) != 24000)
+        ):
+            return [
+                self._error(
+                    "invalid_value",
+                    "Unsupported audio format; use audio/pcm at "
+                    "24000 Hz, audio/pcmu or audio/pcma.",
+                    param=f"{where}.format",
+                    event_id=event_id,
+                )
+            ]
         merged = {**self.input, **changes}
         model = (merged.get("transcription") or {}).get("model")
         if model in NO_VAD_MODELS and merged.get("turn_detection") is not None:
             if "turn_detection" in changes:
-                return [self._error("invalid_value", f"{model} does not support turn "
-                                    "detection; set turn_detection to null.",
-                                    param=f"{where}.turn_detection", event_id=event_id)]
+                return [
+                    self._error(
+                        "invalid_value",
+                        f"{model} does not support turn detection; set turn_detection to null.",
+                        param=f"{where}.turn_detection",
+                        event_id=event_id,
+                    )
+                ]
             merged["turn_detection"] = None
         include = session.get("include", self.include)
-        if include is not None and (not isinstance(include, list) or any(
-                i != LOGPROBS for i in include)):
-            return [self._error("invalid_value", f"include may only contain '{LOGPROBS}'.",
-                                param="session.include", event_id=event_id)]
+        if include is not None and (
+            not isinstance(include, list) or any(i != LOGPROBS for i in include)
+        ):
+            return [
+                self._error(
+                    "invalid_value",
+                    f"include may only contain '{LOGPROBS}'.",
+                    param="session.include",
+                    event_id=event_id,
+                )
+            ]
         vad_changed = merged.get("turn_detection") != self.input.get("turn_detection")
         self.input, self.include = merged, include
         if vad_changed:
@@ -352,22 +509,40 @@ class TranscriptionSession:
         logprobs = None
         if self.include and LOGPROBS in self.include:
             logprobs = [{"token": w, "logprob": -0.01, "bytes": list(w.encode())} for w in words]
-        deltas = [self._event("conversation.item.input_audio_transcription.delta",
-                              item_id=item_id, content_index=0,
-                              delta=(w if i == 0 else " " + w),
-                              logprobs=None if logprobs is None else [logprobs[i]])
-                  for i, w in enumerate(words)]
+        deltas = [
+            self._event(
+                "conversation.item.input_audio_transcription.delta",
+                item_id=item_id,
+                content_index=0,
+                delta=(w if i == 0 else " " + w),
+                logprobs=None if logprobs is None else [logprobs[i]],
+            )
+            for i, w in enumerate(words)
+        ]
         audio_tokens = max(1, round(nbytes / BYTES_PER_SECOND * 10))
-        usage = {"type": "tokens", "input_tokens": audio_tokens, "output_tokens": len(words),
-                 "total_tokens": audio_tokens + len(words),
-                 "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0}}
-        return deltas + [self._event("conversation.item.input_audio_transcription.completed",
-                                     item_id=item_id, content_index=0, transcript=text,
-                                     usage=usage, logprobs=logprobs)]
+        usage = {
+            "type": "tokens",
+            "input_tokens": audio_tokens,
+            "output_tokens": len(words),
+            "total_tokens": audio_tokens + len(words),
+            "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
+        }
+        return deltas + [
+            self._event(
+                "conversation.item.input_audio_transcription.completed",
+                item_id=item_id,
+                content_index=0,
+                transcript=text,
+                usage=usage,
+                logprobs=logprobs,
+            )
+        ]
 
     def _expire(self) -> list[Output]:
         self.expired = True
         minutes = round(self.limits.max_duration / 60)
         message = f"Your session hit the maximum duration of {minutes} minutes."
-        return [self._error("session_expired", message),
-                Fault(FaultKind.CLOSE, "max_duration", 1001, message)]
+        return [
+            self._error("session_expired", message),
+            Fault(FaultKind.CLOSE, "max_duration", 1001, message),
+        ]

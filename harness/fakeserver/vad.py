@@ -34,17 +34,18 @@ class Segment:
 
 
 class ServerVad:
-    def __init__(self, threshold: float = 0.5, prefix_padding_ms: int = 300,
-                 silence_duration_ms: int = 500) -> None:
+    def __init__(
+        self, threshold: float = 0.5, prefix_padding_ms: int = 300, silence_duration_ms: int = 500
+    ) -> None:
         self.level = 10 ** (threshold_dbfs(threshold) / 20) * 32768.0  # RMS in sample units
         self.prefix_ms = int(prefix_padding_ms)
         self.silence_ms = int(silence_duration_ms)
-        self.position_ms = 0          # audio received since the session began
-        self.kept = bytearray()       # audio not yet committed (trimmed while quiet)
-        self.kept_from_ms = 0         # where `kept` starts in session audio
+        self.position_ms = 0  # audio received since the session began
+        self.kept = bytearray()  # audio not yet committed (trimmed while quiet)
+        self.kept_from_ms = 0  # where `kept` starts in session audio
         self.speech_from_ms: int | None = None
         self.quiet_ms = 0
-        self._partial = b""           # bytes short of a whole 10 ms frame
+        self._partial = b""  # bytes short of a whole 10 ms frame
 
     @property
     def in_speech(self) -> bool:
@@ -56,12 +57,15 @@ class ServerVad:
         data = self._partial + pcm
         whole = len(data) - len(data) % (FRAME_MS * BYTES_PER_MS)
         self._partial = data[whole:]
-        frames = np.frombuffer(data[:whole], dtype="<i2").astype(np.float32).reshape(
-            -1, FRAME_MS * BYTES_PER_MS // 2)
+        frames = (
+            np.frombuffer(data[:whole], dtype="<i2")
+            .astype(np.float32)
+            .reshape(-1, FRAME_MS * BYTES_PER_MS // 2)
+        )
         loud = np.sqrt((frames * frames).mean(axis=1)) >= self.level if len(frames) else []
         step = FRAME_MS * BYTES_PER_MS
         for i, is_loud in enumerate(loud):
-            self.kept += data[i * step:(i + 1) * step]
+            self.kept += data[i * step : (i + 1) * step]
             self.position_ms += FRAME_MS
             if not self.in_speech:
                 if is_loud:
@@ -93,5 +97,5 @@ class ServerVad:
 
     def _trim_to(self, from_ms: int) -> None:
         if from_ms > self.kept_from_ms:
-            del self.kept[:(from_ms - self.kept_from_ms) * BYTES_PER_MS]
+            del self.kept[: (from_ms - self.kept_from_ms) * BYTES_PER_MS]
             self.kept_from_ms = from_ms

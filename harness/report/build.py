@@ -59,25 +59,34 @@ def _minutes(seconds: float) -> str:
     return "not reached" if not math.isfinite(seconds) else f"{seconds / 60:.1f} min"
 
 
-def build_report(run_dirs: list[Path], out: Path | None = None,
-                 frames: Frames | None = None) -> Report:
+def build_report(
+    run_dirs: list[Path], out: Path | None = None, frames: Frames | None = None
+) -> Report:
     """Report of run directories into `out` (default RUN/report). Pass `frames` already
     loaded from exactly these runs to skip loading them again; when it loads them itself, a
     single run's frames/*.parquet are (re)written too."""
     write = frames is None and len(run_dirs) == 1
     frames = frames if frames is not None else load(run_dirs)
     if frames.connections.empty:
-        raise RunDirError(f"{', '.join(map(str, run_dirs))}: no connections recorded yet; "
-                          "nothing to report")
-    out = out or (run_dirs[0] / "report" if len(run_dirs) == 1
-                  else run_dirs[0].parent / f"compare-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        raise RunDirError(
+            f"{', '.join(map(str, run_dirs))}: no connections recorded yet; nothing to report"
+        )
+    out = out or (
+        run_dirs[0] / "report"
+        if len(run_dirs) == 1
+        else run_dirs[0].parent / f"compare-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+    )
     out.mkdir(parents=True, exist_ok=True)
     if write:
         write_frames(frames, run_dirs[0] / "frames")
     frames = _label_runs(frames)
     scenario = next(iter(frames.manifests.values())).get("scenario", {})
-    verdicts = judge(scenario.get("thresholds", {}), frames.connections, frames.utterances,
-                     scenario.get("thresholds_by_variant"))
+    verdicts = judge(
+        scenario.get("thresholds", {}),
+        frames.connections,
+        frames.utterances,
+        scenario.get("thresholds_by_variant"),
+    )
     summary = _summary(frames, verdicts)
     images = _charts(frames, out)
     (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
@@ -93,11 +102,15 @@ def _shards_of_one_run(manifests: dict[str, dict[str, Any]]) -> bool:
     shards = {name: m.get("shard") or {"index": 0, "count": 1} for name, m in manifests.items()}
     if all(s["count"] == 1 for s in shards.values()):
         return False
-    same = {(json.dumps(m.get("scenario"), sort_keys=True), m.get("seed"),
-             shards[name]["count"]) for name, m in manifests.items()}
+    same = {
+        (json.dumps(m.get("scenario"), sort_keys=True), m.get("seed"), shards[name]["count"])
+        for name, m in manifests.items()
+    }
     if len(same) > 1:
-        raise RunDirError(f"{', '.join(manifests)}: refusing to merge shards of different "
-                          "scenarios, seeds or shard counts; report them apart")
+        raise RunDirError(
+            f"{', '.join(manifests)}: refusing to merge shards of different "
+            "scenarios, seeds or shard counts; report them apart"
+        )
     indices = [s["index"] for s in shards.values()]
     if len(set(indices)) < len(indices):
         raise RunDirError(f"{', '.join(manifests)}: the same shard is given twice")
@@ -116,11 +129,17 @@ def _label_runs(frames: Frames) -> Frames:
     def relabel(df: pd.DataFrame) -> pd.DataFrame:
         out = df.copy()
         out["variant"] = (df["run"].astype(str) + ":" + df["variant"].astype(str)).astype(
-            "category")
+            "category"
+        )
         return out
 
-    return Frames(relabel(frames.events), relabel(frames.connections),
-                  relabel(frames.utterances), frames.manifests, frames.torn_batches)
+    return Frames(
+        relabel(frames.events),
+        relabel(frames.connections),
+        relabel(frames.utterances),
+        frames.manifests,
+        frames.torn_batches,
+    )
 
 
 def _summary(frames: Frames, verdicts: list[Verdict]) -> dict[str, Any]:
@@ -136,25 +155,39 @@ def _summary(frames: Frames, verdicts: list[Verdict]) -> dict[str, Any]:
     cox = analysis.cox_by_factors(conns)
     return {
         "generated": datetime.now(UTC).isoformat(),
-        "runs": {name: {"seed": m.get("seed"), "time_scale": m.get("time_scale"),
-                        "started": m.get("started"), "ended": m.get("ended"),
-                        "interrupted": m.get("interrupted"), "status": _run_status(m),
-                        "saturated": m.get("saturated"), "target": m.get("target")}
-                 for name, m in manifests.items()},
+        "runs": {
+            name: {
+                "seed": m.get("seed"),
+                "time_scale": m.get("time_scale"),
+                "started": m.get("started"),
+                "ended": m.get("ended"),
+                "interrupted": m.get("interrupted"),
+                "status": _run_status(m),
+                "saturated": m.get("saturated"),
+                "target": m.get("target"),
+            }
+            for name, m in manifests.items()
+        },
         "variants": [asdict(s) for s in survival],
         "close_codes": codes.astype({"close_code": str}).to_dict(orient="records"),
-        "utterances": {str(v): {str(k): int(n) for k, n in row.items()}
-                       for v, row in outcomes.iterrows()},
+        "utterances": {
+            str(v): {str(k): int(n) for k, n in row.items()} for v, row in outcomes.iterrows()
+        },
         "pacing_lateness_ms": analysis.percentiles(lateness),
         "logrank": analysis.pairwise_logrank(conns).to_dict(orient="records"),
         "cox": None if cox is None else cox.to_dict(orient="records"),
         "power": analysis.power(drops, drops / hours if hours else 0.0),
         "hazard_by_age": analysis.hazard_by_age(conns).to_dict(orient="records"),
         "latency_s": analysis.latency_percentiles(utts).to_dict(orient="records"),
-        "recovery_s": [{"variant": v, "drops": len(g), "recovered": int(g["recovery"].notna()
-                                                                         .sum()),
-                        **analysis.percentiles(g["recovery"].dropna().to_numpy(float))}
-                       for v, g in recovery.groupby("variant")],
+        "recovery_s": [
+            {
+                "variant": v,
+                "drops": len(g),
+                "recovered": int(g["recovery"].notna().sum()),
+                **analysis.percentiles(g["recovery"].dropna().to_numpy(float)),
+            }
+            for v, g in recovery.groupby("variant")
+        ],
         "findings": findings(conns, frames.events),
         "thresholds": [asdict(v) for v in verdicts],
         "torn_batches": frames.torn_batches,
@@ -173,9 +206,11 @@ def _run_status(m: dict[str, Any]) -> str:
 def _headline(v: dict[str, Any]) -> str:
     lo, hi = v["median_ci_s"]
     ci = "" if not math.isfinite(lo) else f" [{_minutes(lo)}, {_minutes(hi)}]"
-    return (f"{v['variant']}: {v['connections']} connections, {v['drops']} drops "
-            f"({v['drops_per_hour']:.2f}/connection-hour), median lifetime "
-            f"{_minutes(v['median_s'])}{ci}")
+    return (
+        f"{v['variant']}: {v['connections']} connections, {v['drops']} drops "
+        f"({v['drops_per_hour']:.2f}/connection-hour), median lifetime "
+        f"{_minutes(v['median_s'])}{ci}"
+    )
 
 
 def _charts(frames: Frames, out: Path) -> dict[str, Path]:
@@ -187,18 +222,32 @@ def _charts(frames: Frames, out: Path) -> dict[str, Path]:
         ("hazard", (9, 4), lambda ax: charts.hazard_chart(ax, analysis.hazard_by_age(conns))),
         ("state_at_drop", (9, 3), lambda ax: charts.state_at_drop_chart(ax, conns)),
         ("quiet_before_drop", (9, 2.6), lambda ax: charts.since_sent_chart(ax, conns)),
-        ("latency", (9, 3), lambda ax: charts.latency_chart(
-            ax, analysis.latency_percentiles(frames.utterances))),
+        (
+            "latency",
+            (9, 3),
+            lambda ax: charts.latency_chart(ax, analysis.latency_percentiles(frames.utterances)),
+        ),
         ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.events)),
-        ("recovery", (9, 3), lambda ax: charts.recovery_chart(
-            ax, analysis.recovery(conns, frames.utterances))),
-        ("close_codes", (9, 3.5), lambda ax: charts.close_code_chart(
-            ax, analysis.close_codes(frames.connections))),
-        ("utterances", (9, 3), lambda ax: charts.utterance_chart(
-            ax, analysis.final_outcomes(frames.utterances))),
-        ("timeline", (10, 1.5 + 0.3 * frames.connections[["variant", "worker"]]
-                      .drop_duplicates().shape[0]),
-         lambda ax: charts.timeline_chart(ax, frames.connections)),
+        (
+            "recovery",
+            (9, 3),
+            lambda ax: charts.recovery_chart(ax, analysis.recovery(conns, frames.utterances)),
+        ),
+        (
+            "close_codes",
+            (9, 3.5),
+            lambda ax: charts.close_code_chart(ax, analysis.close_codes(frames.connections)),
+        ),
+        (
+            "utterances",
+            (9, 3),
+            lambda ax: charts.utterance_chart(ax, analysis.final_outcomes(frames.utterances)),
+        ),
+        (
+            "timeline",
+            (10, 1.5 + 0.3 * frames.connections[["variant", "worker"]].drop_duplicates().shape[0]),
+            lambda ax: charts.timeline_chart(ax, frames.connections),
+        ),
     ]
     for name, size, draw in plans:
         fig, ax = plt.subplots(figsize=size)
@@ -229,8 +278,8 @@ def _img(path: Path, alt: str) -> str:
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
     body = "".join(
-        "<tr>" + "".join(_td(row.get(key)) for key, _ in columns)
-        + "</tr>" for row in rows)
+        "<tr>" + "".join(_td(row.get(key)) for key, _ in columns) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -248,85 +297,134 @@ def _cell(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path],
-          headline: str) -> str:
-    variants = [dict(v, median=_minutes(v["median_s"]),
-                     median_ci=f"{_minutes(v['median_ci_s'][0])} – {_minutes(v['median_ci_s'][1])}",
-                     rate_ci=v["drops_per_hour_ci"]) for v in summary["variants"]]
-    runs = "; ".join(f"{html.escape(name)} (seed {r['seed']}, {r['time_scale']}x"
-                     f"{'' if r['status'] == 'finished' else ', ' + r['status']})"
-                     for name, r in summary["runs"].items())
-    partial = [f"{html.escape(name)} {r['status']}" for name, r in summary["runs"].items()
-               if r["status"] != "finished"]
-    notes = (f"<p class=\"headline\">Partial report: {'; '.join(partial)}. It covers what was "
-             "recorded until then; connections still open count as censored.</p>"
-             if partial else "")
+def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path], headline: str) -> str:
+    variants = [
+        dict(
+            v,
+            median=_minutes(v["median_s"]),
+            median_ci=f"{_minutes(v['median_ci_s'][0])} – {_minutes(v['median_ci_s'][1])}",
+            rate_ci=v["drops_per_hour_ci"],
+        )
+        for v in summary["variants"]
+    ]
+    runs = "; ".join(
+        f"{html.escape(name)} (seed {r['seed']}, {r['time_scale']}x"
+        f"{'' if r['status'] == 'finished' else ', ' + r['status']})"
+        for name, r in summary["runs"].items()
+    )
+    partial = [
+        f"{html.escape(name)} {r['status']}"
+        for name, r in summary["runs"].items()
+        if r["status"] != "finished"
+    ]
+    notes = (
+        f'<p class="headline">Partial report: {"; ".join(partial)}. It covers what was '
+        "recorded until then; connections still open count as censored.</p>"
+        if partial
+        else ""
+    )
     saturated = [html.escape(name) for name, r in summary["runs"].items() if r["saturated"]]
     if saturated:
-        notes += (f"<p class=\"headline\">Client saturated in {', '.join(saturated)}: append "
-                  "frames left more than 10 ms late (p99), so timings describe this machine as "
-                  "much as the service. Run fewer workers per process.</p>")
+        notes += (
+            f'<p class="headline">Client saturated in {", ".join(saturated)}: append '
+            "frames left more than 10 ms late (p99), so timings describe this machine as "
+            "much as the service. Run fewer workers per process.</p>"
+        )
     outcome_rows = [{"variant": v, **counts} for v, counts in summary["utterances"].items()]
     statuses = sorted({k for counts in summary["utterances"].values() for k in counts})
     lateness = summary["pacing_lateness_ms"]
-    torn = (f"<p>{summary['torn_batches']} torn batch(es) from a crash were skipped.</p>"
-            if summary["torn_batches"] else "")
+    torn = (
+        f"<p>{summary['torn_batches']} torn batch(es) from a crash were skipped.</p>"
+        if summary["torn_batches"]
+        else ""
+    )
     power = summary["power"]
     agreement = agreement_table(frames.connections, frames.events)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rtsoak report</title>
 <style>{_CSS}</style></head><body>
 <h1>rtsoak disconnect report</h1>
-<p class="meta">{runs} · {summary['events']:,} events · generated {summary['generated']}</p>
+<p class="meta">{runs} · {summary["events"]:,} events · generated {summary["generated"]}</p>
 <pre class="headline">{html.escape(headline)}</pre>
 {notes}
-{_thresholds_html(summary['thresholds'])}
+{_thresholds_html(summary["thresholds"])}
 <h2>Findings</h2>
-{_table(summary['findings'], [("hypothesis", "hypothesis"), ("finding", "what the data says")])}
+{_table(summary["findings"], [("hypothesis", "hypothesis"), ("finding", "what the data says")])}
 <h2>How long connections live</h2>
-{_img(images['survival'], 'Kaplan-Meier survival curves')}
-{_table(variants, [("variant", "variant"), ("connections", "connections"), ("drops", "drops"),
-                   ("censored", "censored"), ("connection_hours", "connection-hours"),
-                   ("drops_per_hour", "drops / conn-hour"), ("rate_ci", "95 % CI"),
-                   ("median", "median lifetime"), ("median_ci", "95 % CI")])}
+{_img(images["survival"], "Kaplan-Meier survival curves")}
+{
+        _table(
+            variants,
+            [
+                ("variant", "variant"),
+                ("connections", "connections"),
+                ("drops", "drops"),
+                ("censored", "censored"),
+                ("connection_hours", "connection-hours"),
+                ("drops_per_hour", "drops / conn-hour"),
+                ("rate_ci", "95 % CI"),
+                ("median", "median lifetime"),
+                ("median_ci", "95 % CI"),
+            ],
+        )
+    }
 <p>Connections closed by the harness itself (end of run, planned rotation) are censored: they
 count as "survived at least this long", not as drops. Rates use exact Poisson intervals.</p>
-{_logrank_html(summary['logrank'])}
-{_cox_html(summary['cox'])}
-<p>Power: with {sum(v['drops'] for v in summary['variants'])} drops, a comparison of two equal
-groups this size detects a hazard ratio of {_cell(power['detectable_hazard_ratio'])} or more
+{_logrank_html(summary["logrank"])}
+{_cox_html(summary["cox"])}
+<p>Power: with {sum(v["drops"] for v in summary["variants"])} drops, a comparison of two equal
+groups this size detects a hazard ratio of {_cell(power["detectable_hazard_ratio"])} or more
 (80 % power, 5 % two-sided); detecting 2&times; needs about
-{_cell(power['drops_for_2x'])} drops, about {_cell(power['connection_hours_for_2x'])}
+{_cell(power["drops_for_2x"])} drops, about {_cell(power["connection_hours_for_2x"])}
 connection-hours at this drop rate.</p>
 <h2>Hazard by session age</h2>
-{_img(images['hazard'], 'hazard by session age')}
+{_img(images["hazard"], "hazard by session age")}
 <h2>How connections ended</h2>
-{_img(images['close_codes'], 'close codes by variant')}
-{_table(summary['close_codes'], [("variant", "variant"), ("close_code", "close code"),
-                                 ("cause", "cause"), ("closed_by", "closed by"),
-                                 ("connections", "connections")])}
-{_img(images['state_at_drop'], 'state at drop')}
-{_img(images['quiet_before_drop'], 'time since last sent and received at drop')}
+{_img(images["close_codes"], "close codes by variant")}
+{
+        _table(
+            summary["close_codes"],
+            [
+                ("variant", "variant"),
+                ("close_code", "close code"),
+                ("cause", "cause"),
+                ("closed_by", "closed by"),
+                ("connections", "connections"),
+            ],
+        )
+    }
+{_img(images["state_at_drop"], "state at drop")}
+{_img(images["quiet_before_drop"], "time since last sent and received at drop")}
 {_agreement_html(agreement)}
 <h2>Every connection</h2>
-{_img(images['timeline'], 'timeline of connections per worker')}
+{_img(images["timeline"], "timeline of connections per worker")}
 <h2>Utterances</h2>
-{_img(images['utterances'], 'utterance outcomes')}
+{_img(images["utterances"], "utterance outcomes")}
 {_table(outcome_rows, [("variant", "variant")] + [(s, s) for s in statuses])}
 <p>Each utterance counts once, by its last attempt. Completed means the transcript arrived and
 its CRC32 matches the audio sent; retried_ok that it completed on a replay after a drop; lost
 that the connection dropped before the transcript came and it was not sent again.</p>
-{_img(images['latency'], 'transcription latency percentiles')}
+{_img(images["latency"], "transcription latency percentiles")}
 <h2>Recovery after a drop</h2>
-{_img(images['recovery'], 'recovery after a drop')}
-{_table(summary['recovery_s'], [("variant", "variant"), ("drops", "drops"),
-                                ("recovered", "recovered"), ("p50", "p50 s"), ("p90", "p90 s"),
-                                ("p99", "p99 s")])}
+{_img(images["recovery"], "recovery after a drop")}
+{
+        _table(
+            summary["recovery_s"],
+            [
+                ("variant", "variant"),
+                ("drops", "drops"),
+                ("recovered", "recovered"),
+                ("p50", "p50 s"),
+                ("p90", "p90 s"),
+                ("p99", "p99 s"),
+            ],
+        )
+    }
 <h2>Pacing</h2>
-{_img(images['lateness'], 'send lateness of append frames')}
+{_img(images["lateness"], "send lateness of append frames")}
 <p>Send lateness of append frames against their deadlines (wall milliseconds):
-p50 {_cell(lateness['p50'])} ms, p90 {_cell(lateness['p90'])} ms,
-p99 {_cell(lateness['p99'])} ms.</p>
+p50 {_cell(lateness["p50"])} ms, p90 {_cell(lateness["p90"])} ms,
+p99 {_cell(lateness["p99"])} ms.</p>
 {torn}
 <p class="meta">Data: frames/*.parquet and *.csv in the run directory;
 machine-readable summary: summary.json (docs/report.md); thresholds: junit.xml.</p>
@@ -339,35 +437,67 @@ def _thresholds_html(verdicts: list[dict[str, Any]]) -> str:
         return ""
     failed = sum(not v["passed"] for v in verdicts)
     rows = [dict(v, result="pass" if v["passed"] else "FAIL") for v in verdicts]
-    title = (f"Thresholds: {failed} of {len(verdicts)} failed" if failed
-             else f"Thresholds: all {len(verdicts)} passed")
-    return f"<h2>{title}</h2>" + _table(rows, [("variant", "variant"), ("threshold", "threshold"),
-                                              ("limit", "limit"), ("observed", "observed"),
-                                              ("result", "result")])
+    title = (
+        f"Thresholds: {failed} of {len(verdicts)} failed"
+        if failed
+        else f"Thresholds: all {len(verdicts)} passed"
+    )
+    return f"<h2>{title}</h2>" + _table(
+        rows,
+        [
+            ("variant", "variant"),
+            ("threshold", "threshold"),
+            ("limit", "limit"),
+            ("observed", "observed"),
+            ("result", "result"),
+        ],
+    )
 
 
 def _logrank_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    return ("<h3>Do the variants differ?</h3><p>Pairwise log-rank tests of connection "
-            "lifetime; p-values Holm-corrected for the number of pairs.</p>"
-            + _table(rows, [("a", "variant"), ("b", "vs variant"), ("statistic", "chi2"),
-                            ("p", "p"), ("p_holm", "p (Holm)")]))
+    return (
+        "<h3>Do the variants differ?</h3><p>Pairwise log-rank tests of connection "
+        "lifetime; p-values Holm-corrected for the number of pairs.</p>"
+        + _table(
+            rows,
+            [
+                ("a", "variant"),
+                ("b", "vs variant"),
+                ("statistic", "chi2"),
+                ("p", "p"),
+                ("p_holm", "p (Holm)"),
+            ],
+        )
+    )
 
 
 def _cox_html(rows: list[dict[str, Any]] | None) -> str:
     if not rows:
         return ""
-    return ("<h3>Which factor matters?</h3><p>Cox proportional-hazards model over the factors "
-            "the variants vary: a hazard ratio above 1 means shorter-lived connections.</p>"
-            + _table(rows, [("factor", "factor"), ("hazard_ratio", "hazard ratio"),
-                            ("lo", "95 % CI low"), ("hi", "95 % CI high"), ("p", "p")]))
+    return (
+        "<h3>Which factor matters?</h3><p>Cox proportional-hazards model over the factors "
+        "the variants vary: a hazard ratio above 1 means shorter-lived connections.</p>"
+        + _table(
+            rows,
+            [
+                ("factor", "factor"),
+                ("hazard_ratio", "hazard ratio"),
+                ("lo", "95 % CI low"),
+                ("hi", "95 % CI high"),
+                ("p", "p"),
+            ],
+        )
+    )
 
 
 def _agreement_html(table: pd.DataFrame) -> str:
     if table.empty:
         return ""
     rows = [{"injected": k, **{c: int(n) for c, n in row.items()}} for k, row in table.iterrows()]
-    return ("<h3>Diagnosis against the fake server's ground truth</h3><p>Rows: the fault the "
-            "server injected; columns: what the client-side diagnosis (docs/report.md) says.</p>"
-            + _table(rows, [("injected", "injected")] + [(c, c) for c in table.columns]))
+    return (
+        "<h3>Diagnosis against the fake server's ground truth</h3><p>Rows: the fault the "
+        "server injected; columns: what the client-side diagnosis (docs/report.md) says.</p>"
+        + _table(rows, [("injected", "injected")] + [(c, c) for c in table.columns])
+    )

@@ -25,8 +25,17 @@ def _minute_axis(ax: Axes) -> None:
     step = next((s for s in _MINUTE_STEPS if span / s <= 10), _MINUTE_STEPS[-1])
     ax.xaxis.set_major_locator(MultipleLocator(step * 60))
     ax.xaxis.set_major_formatter(_MINUTES)
-CODE_COLOURS = {"1006": "#d62728", "1000": "#7f7f7f", "1001": "#ff7f0e", "1011": "#9467bd",
-                "1012": "#8c564b", "1013": "#e377c2", "none": "#bcbd22"}
+
+
+CODE_COLOURS = {
+    "1006": "#d62728",
+    "1000": "#7f7f7f",
+    "1001": "#ff7f0e",
+    "1011": "#9467bd",
+    "1012": "#8c564b",
+    "1013": "#e377c2",
+    "none": "#bcbd22",
+}
 
 
 def _palette(labels, known: dict[str, str]) -> list[str]:
@@ -44,8 +53,9 @@ def _nothing(ax: Axes, message: str) -> Axes:
 
 def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
     for kmf in fitters.values():
-        kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True,
-                                   censor_styles={"marker": "|", "ms": 8})
+        kmf.plot_survival_function(
+            ax=ax, ci_show=True, show_censors=True, censor_styles={"marker": "|", "ms": 8}
+        )
     ax.set_xlim(left=0)
     _minute_axis(ax)
     ax.set_xlabel("connection age (minutes, scenario time)")
@@ -61,15 +71,28 @@ def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
     if codes.empty:
         return _nothing(ax, "no connection")
     table = codes.assign(label=codes["close_code"].astype(str) + " " + codes["cause"].astype(str))
-    pivot = table.pivot_table(index="variant", columns="label", values="connections",
-                              aggfunc="sum", fill_value=0, observed=True)
+    pivot = table.pivot_table(
+        index="variant",
+        columns="label",
+        values="connections",
+        aggfunc="sum",
+        fill_value=0,
+        observed=True,
+    )
     codes = [str(label).split(" ")[0] for label in pivot.columns]
-    return _stacked(ax, pivot, _palette(codes, CODE_COLOURS), "connections",
-                    "How connections ended (close code and cause)", "code cause")
+    return _stacked(
+        ax,
+        pivot,
+        _palette(codes, CODE_COLOURS),
+        "connections",
+        "How connections ended (close code and cause)",
+        "code cause",
+    )
 
 
-def _stacked(ax: Axes, table: pd.DataFrame, colours: list[str], unit: str, title: str,
-             legend: str) -> Axes:
+def _stacked(
+    ax: Axes, table: pd.DataFrame, colours: list[str], unit: str, title: str, legend: str
+) -> Axes:
     """Horizontal stacked bars, one per variant."""
     table.plot.barh(ax=ax, stacked=True, color=colours)
     ax.set_xlabel(unit)
@@ -82,25 +105,48 @@ def _stacked(ax: Axes, table: pd.DataFrame, colours: list[str], unit: str, title
 def utterance_chart(ax: Axes, outcomes: pd.DataFrame) -> Axes:
     if outcomes.empty or outcomes.to_numpy().sum() == 0:
         return _nothing(ax, "no utterance was sent")
-    colours = {"completed": "#2ca02c", "unfinished": "#c7c7c7", "lost": "#d62728",
-               "failed": "#ff7f0e", "timeout": "#9467bd", "mismatch": "#8c564b",
-               "rejected": "#e377c2"}
-    return _stacked(ax, outcomes, _palette(outcomes.columns, colours), "utterances",
-                    "Utterance outcomes (unfinished = cut by the end of the run)", "status")
+    colours = {
+        "completed": "#2ca02c",
+        "unfinished": "#c7c7c7",
+        "lost": "#d62728",
+        "failed": "#ff7f0e",
+        "timeout": "#9467bd",
+        "mismatch": "#8c564b",
+        "rejected": "#e377c2",
+    }
+    return _stacked(
+        ax,
+        outcomes,
+        _palette(outcomes.columns, colours),
+        "utterances",
+        "Utterance outcomes (unfinished = cut by the end of the run)",
+        "status",
+    )
 
 
 def timeline_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
     """One row per worker: each connection a bar, each drop a mark coloured by close code."""
     conns = connections[connections["established"].notna()].copy()
-    rows = {key: i for i, key in enumerate(conns[["variant", "worker"]].drop_duplicates()
-                                            .itertuples(index=False, name=None))}
+    rows = {
+        key: i
+        for i, key in enumerate(
+            conns[["variant", "worker"]].drop_duplicates().itertuples(index=False, name=None)
+        )
+    }
     for c in conns.itertuples(index=False):
         y = rows[(c.variant, c.worker)]
         ax.plot([c.established, c.closed], [y, y], color="#1f77b4", lw=3, solid_capstyle="butt")
         if c.dropped:
             code = "none" if pd.isna(c.close_code) else str(c.close_code)
-            ax.plot(c.closed, y, "x", color=CODE_COLOURS.get(code, "black"), ms=8, mew=2,
-                    label=f"drop {code}")
+            ax.plot(
+                c.closed,
+                y,
+                "x",
+                color=CODE_COLOURS.get(code, "black"),
+                ms=8,
+                mew=2,
+                label=f"drop {code}",
+            )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     if unique:
@@ -134,8 +180,9 @@ def hazard_chart(ax: Axes, hazard: pd.DataFrame) -> Axes:
         rows = hazard[hazard["variant"] == v]
         mid = (rows["age_from"] + rows["age_to"]) / 2
         ax.step(mid, rows["per_hour"], where="mid", color=colours[v], label=v)
-        ax.fill_between(mid, rows["per_hour_lo"], rows["per_hour_hi"], step="mid",
-                        color=colours[v], alpha=0.15)
+        ax.fill_between(
+            mid, rows["per_hour_lo"], rows["per_hour_hi"], step="mid", color=colours[v], alpha=0.15
+        )
     ax.set_xlim(left=0)
     _minute_axis(ax)
     ax.set_ylim(bottom=0)
@@ -151,8 +198,13 @@ def state_at_drop_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
     """What the client was doing when its connection dropped, per variant."""
     drops = connections[connections["dropped"]]
     table = pd.crosstab(drops["variant"].astype(str), drops["state"].astype(str))
-    colours = {"idle": "#7f7f7f", "streaming": "#1f77b4", "awaiting_transcript": "#ff7f0e",
-               "configuring": "#9467bd", "connecting": "#8c564b"}
+    colours = {
+        "idle": "#7f7f7f",
+        "streaming": "#1f77b4",
+        "awaiting_transcript": "#ff7f0e",
+        "configuring": "#9467bd",
+        "connecting": "#8c564b",
+    }
     if table.empty:
         ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
     else:
@@ -212,8 +264,7 @@ def lateness_chart(ax: Axes, events: pd.DataFrame) -> Axes:
 def recovery_chart(ax: Axes, recovery: pd.DataFrame) -> Axes:
     """Seconds from each drop to the next completed transcript, per variant."""
     if recovery.empty or recovery["recovery"].notna().sum() == 0:
-        ax.text(0.5, 0.5, "no recoveries to show", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no recoveries to show", ha="center", va="center", transform=ax.transAxes)
     else:
         groups = [(v, g["recovery"].dropna().to_numpy()) for v, g in recovery.groupby("variant")]
         ax.boxplot([g for _, g in groups], orientation="horizontal")

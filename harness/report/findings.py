@@ -36,9 +36,16 @@ COINCIDENCE_S = 1.0
 
 # what each fault policy should look like from the client, for the agreement table
 INJECTED_TO_DIAGNOSIS = {
-    "idle_timeout": "idle", "buffer_pressure": "buffer", "micro_burst": "burst",
-    "rate": "fast", "session_age": "age", "random_loss": "age", "silence_hazard": "age",
-    "concurrency_cap": "age", "max_duration": "age", "accept_then_close": "age",
+    "idle_timeout": "idle",
+    "buffer_pressure": "buffer",
+    "micro_burst": "burst",
+    "rate": "fast",
+    "session_age": "age",
+    "random_loss": "age",
+    "silence_hazard": "age",
+    "concurrency_cap": "age",
+    "max_duration": "age",
+    "accept_then_close": "age",
     "handshake_faults": "handshake",
 }
 
@@ -47,19 +54,23 @@ def diagnose(connections: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     """The rule above, for every dropped connection (index aligned with `connections`)."""
     drops = connections[connections["dropped"]]
     key = ["run", "worker", "conn"]
-    appends = events.loc[events["type"] == "input_audio_buffer.append",
-                         [*key, "t", "audio_ms", "lag_ms"]]
+    appends = events.loc[
+        events["type"] == "input_audio_buffer.append", [*key, "t", "audio_ms", "lag_ms"]
+    ]
     appends = appends.merge(drops[key].drop_duplicates(), on=key)  # only dropped connections
-    by_conn = {k: g[["t", "audio_ms", "lag_ms"]].to_numpy(float)
-               for k, g in appends.groupby(["run", "worker", "conn"], observed=True)}
+    by_conn = {
+        k: g[["t", "audio_ms", "lag_ms"]].to_numpy(float)
+        for k, g in appends.groupby(["run", "worker", "conn"], observed=True)
+    }
     out = pd.Series(pd.NA, index=connections.index, dtype="object")
     for idx, d in drops.iterrows():
         sent = by_conn.get((d["run"], d["worker"], d["conn"]), np.empty((0, 3)))
         recent = sent[(sent[:, 0] >= d["closed"] - WINDOW_S) & (sent[:, 0] <= d["closed"])]
         times = np.sort(recent[:, 0])
         k = BUNCH_FRAMES
-        bunched = len(times) >= k and bool((times[k - 1:] - times[:len(times) - k + 1]
-                                            <= BUNCH_S).any())
+        bunched = len(times) >= k and bool(
+            (times[k - 1 :] - times[: len(times) - k + 1] <= BUNCH_S).any()
+        )
         if pd.notna(d["since_sent"]) and d["since_sent"] >= IDLE_S:
             out[idx] = "idle"
         elif pd.notna(d["uncommitted_ms"]) and d["uncommitted_ms"] >= BUFFER_MS:
@@ -90,8 +101,11 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
         out.append({"hypothesis": hypothesis, "finding": sentence})
 
     if n == 0:
-        say("drops", f"No connection dropped in {conns['lifetime'].sum() / 3600:.1f} "
-            "connection-hours: nothing to explain.")
+        say(
+            "drops",
+            f"No connection dropped in {conns['lifetime'].sum() / 3600:.1f} "
+            "connection-hours: nothing to explain.",
+        )
         return out
     # session age: a Weibull shape above 1 means the hazard rises with age
     ages = drops["lifetime"] / 60
@@ -99,50 +113,76 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
         wf = WeibullFitter().fit(conns["lifetime"].clip(lower=1e-3), conns["dropped"])
         rho = float(wf.rho_)
         lo, hi = (float(wf.summary.loc["rho_", c]) for c in ("coef lower 95%", "coef upper 95%"))
-        shape = (f"the hazard rises with session age (Weibull shape {rho:.2f}, 95 % CI "
-                 f"{lo:.2f}–{hi:.2f}): sessions wear out" if lo > 1.1 else
-                 f"the hazard falls with age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f})"
-                 if hi < 0.9 else
-                 f"the hazard is flat in age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f}): "
-                 "consistent with random loss, not with a session-age limit")
+        shape = (
+            f"the hazard rises with session age (Weibull shape {rho:.2f}, 95 % CI "
+            f"{lo:.2f}–{hi:.2f}): sessions wear out"
+            if lo > 1.1
+            else f"the hazard falls with age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f})"
+            if hi < 0.9
+            else f"the hazard is flat in age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f}): "
+            "consistent with random loss, not with a session-age limit"
+        )
     except Exception:  # too few drops for a fit
         shape = "too few drops to fit the hazard's shape"
     cv = float(ages.std() / ages.mean()) if n > 1 and ages.mean() > 0 else math.nan
-    cluster = (f"drops cluster at {ages.median():.1f} min of age (spread {cv:.2f} of the mean)"
-               if cv < 0.35 else f"drop ages spread from {ages.min():.1f} to {ages.max():.1f} "
-               f"min (median {ages.median():.1f})")
+    cluster = (
+        f"drops cluster at {ages.median():.1f} min of age (spread {cv:.2f} of the mean)"
+        if cv < 0.35
+        else f"drop ages spread from {ages.min():.1f} to {ages.max():.1f} "
+        f"min (median {ages.median():.1f})"
+    )
     say("session age", f"{cluster}; {shape}.")
     # idle gaps
     idle = drops[drops["state"].astype(str) == "idle"]
     since = drops["since_sent"].dropna()
     long_quiet = int((since >= IDLE_S).sum())
-    say("idle gaps", f"{_share(len(idle), n)} drops came while idle; {_share(long_quiet, n)} "
-        f"after {IDLE_S:g} s or more without a frame sent (median {since.median():.1f} s).")
+    say(
+        "idle gaps",
+        f"{_share(len(idle), n)} drops came while idle; {_share(long_quiet, n)} "
+        f"after {IDLE_S:g} s or more without a frame sent (median {since.median():.1f} s).",
+    )
     # buffer
     buffered = drops["uncommitted_ms"].fillna(0)
-    say("buffer", f"{_share(int((buffered >= BUFFER_MS).sum()), n)} drops had "
+    say(
+        "buffer",
+        f"{_share(int((buffered >= BUFFER_MS).sum()), n)} drops had "
         f"{BUFFER_MS / 1000:g} s or more of uncommitted audio in the buffer (median "
-        f"{buffered.median() / 1000:.1f} s, max {buffered.max() / 1000:.1f} s).")
+        f"{buffered.median() / 1000:.1f} s, max {buffered.max() / 1000:.1f} s).",
+    )
     # bursts
     diagnosis = diagnose(connections, events)
     bursty = int((diagnosis == "burst").sum())
     appends = events[events["type"] == "input_audio_buffer.append"]["lag_ms"].dropna()
     p99 = float(np.percentile(appends, 99)) if len(appends) else math.nan
     fast = int((diagnosis == "fast").sum())
-    say("bursts", f"{_share(bursty, n)} drops followed bunched appends ({BUNCH_FRAMES} within "
+    say(
+        "bursts",
+        f"{_share(bursty, n)} drops followed bunched appends ({BUNCH_FRAMES} within "
         f"{BUNCH_S * 1000:g} ms, or one {BURST_LAG_MS:g} ms late) and {_share(fast, n)} audio "
         f"faster than {FAST_SPEED:g}x real time, in the {WINDOW_S:g} s before the drop (all "
-        f"appends: p99 lateness {p99:.1f} ms).")
+        f"appends: p99 lateness {p99:.1f} ms).",
+    )
     # concurrency: drops of different workers close together, against chance
     times = drops.sort_values("closed")[["closed", "worker"]].to_numpy()
-    together = sum(1 for i, (t, w) in enumerate(times) if any(
-        abs(t - t2) <= COINCIDENCE_S and w2 != w for j, (t2, w2) in enumerate(times) if j != i))
+    together = sum(
+        1
+        for i, (t, w) in enumerate(times)
+        if any(
+            abs(t - t2) <= COINCIDENCE_S and w2 != w for j, (t2, w2) in enumerate(times) if j != i
+        )
+    )
     span = float(conns["closed"].max() - conns["established"].min()) or 1.0
     chance = 1 - math.exp(-2 * COINCIDENCE_S * (n - 1) / span)
-    say("concurrency", f"{_share(together, n)} drops had another worker's drop within "
+    say(
+        "concurrency",
+        f"{_share(together, n)} drops had another worker's drop within "
         f"±{COINCIDENCE_S:g} s; by chance about {100 * chance:.0f} % would"
-        + ("; drops come together: look for a shared cause (concurrency, the host)."
-           if n >= 5 and together / n > 2 * chance + 0.1 else "."))
+        + (
+            "; drops come together: look for a shared cause (concurrency, the host)."
+            if n >= 5 and together / n > 2 * chance + 0.1
+            else "."
+        ),
+    )
     # ground truth from the fake server
     injected = drops["injected_fault"].astype(object)
     known = injected.notna()
@@ -150,8 +190,11 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
         expected = injected[known].map(INJECTED_TO_DIAGNOSIS).fillna("age")
         agree = int((expected == diagnosis[known.index[known]]).sum())
         counts = ", ".join(f"{k} {v}" for k, v in injected[known].value_counts().items())
-        say("ground truth", f"the fake server injected {counts}; the diagnosis above agrees "
-            f"with the injected fault for {_share(agree, int(known.sum()))} drops.")
+        say(
+            "ground truth",
+            f"the fake server injected {counts}; the diagnosis above agrees "
+            f"with the injected fault for {_share(agree, int(known.sum()))} drops.",
+        )
     return out
 
 

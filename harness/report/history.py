@@ -29,7 +29,8 @@ def _run_metrics(run_dir: Path) -> list[dict]:
     rows = []
     groups = [("all", conns, utts)] + [
         (str(v), conns[conns["variant"] == v], utts[utts["variant"] == v])
-        for v in conns["variant"].astype(str).unique()]
+        for v in conns["variant"].astype(str).unique()
+    ]
     for label, c, u in groups:
         observed = analysis.observed_connections(c)
         if observed.empty:
@@ -37,10 +38,21 @@ def _run_metrics(run_dir: Path) -> list[dict]:
         kmf = analysis.kaplan_meier(observed["lifetime"], observed["dropped"], label)
         drops, hours, rate, (lo, hi) = analysis.drop_rate(observed)
         lost = int(((u["status"].astype(str) == "lost") & u["final"]).sum())
-        rows.append({"run": run_dir.name, "started": manifest.get("started"), "variant": label,
-                     "connections": len(observed), "drops": drops, "connection_hours": hours,
-                     "drops_per_hour": rate, "drops_per_hour_lo": lo, "drops_per_hour_hi": hi,
-                     "median_s": float(kmf.median_survival_time_), "lost_utterances": lost})
+        rows.append(
+            {
+                "run": run_dir.name,
+                "started": manifest.get("started"),
+                "variant": label,
+                "connections": len(observed),
+                "drops": drops,
+                "connection_hours": hours,
+                "drops_per_hour": rate,
+                "drops_per_hour_lo": lo,
+                "drops_per_hour_hi": hi,
+                "median_s": float(kmf.median_survival_time_),
+                "lost_utterances": lost,
+            }
+        )
     return rows
 
 
@@ -55,10 +67,16 @@ def build_history(run_dirs: list[Path], out: Path) -> Path:
     x = range(len(overall))
     axes[0].plot(x, overall["median_s"] / 60, marker="o")
     axes[0].set_ylabel("median lifetime (min)")
-    axes[1].errorbar(x, overall["drops_per_hour"],
-                     yerr=[overall["drops_per_hour"] - overall["drops_per_hour_lo"],
-                           overall["drops_per_hour_hi"] - overall["drops_per_hour"]],
-                     marker="o", capsize=3)
+    axes[1].errorbar(
+        x,
+        overall["drops_per_hour"],
+        yerr=[
+            overall["drops_per_hour"] - overall["drops_per_hour_lo"],
+            overall["drops_per_hour_hi"] - overall["drops_per_hour"],
+        ],
+        marker="o",
+        capsize=3,
+    )
     axes[1].set_ylabel("drops / connection-hour")
     axes[2].bar(x, overall["lost_utterances"], color="#d62728")
     axes[2].set_ylabel("utterances lost")
@@ -67,11 +85,21 @@ def build_history(run_dirs: list[Path], out: Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
     charts.save(fig, out / "trend.png")
-    (out / "trend.json").write_text(json.dumps(
-        [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-          for k, v in r.items()} for r in table.to_dict(orient="records")], indent=2))
-    pivot = table.pivot_table(index="variant", columns="run", values="drops_per_hour",
-                              aggfunc="first").round(2)
+    (out / "trend.json").write_text(
+        json.dumps(
+            [
+                {
+                    k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                    for k, v in r.items()
+                }
+                for r in table.to_dict(orient="records")
+            ],
+            indent=2,
+        )
+    )
+    pivot = table.pivot_table(
+        index="variant", columns="run", values="drops_per_hour", aggfunc="first"
+    ).round(2)
     index = out / "trend.html"
     index.write_text(f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>rtsoak trend</title><style>body {{ font: 15px system-ui, sans-serif; margin: 2em auto;
