@@ -251,3 +251,43 @@ async def test_beta_dialect_over_the_socket(fake_server) -> None:
         updated = await ws.receive_json(timeout=5)
         assert updated["type"] == "transcription_session.updated"
         assert updated["session"]["turn_detection"] is None
+
+
+async def test_official_sdk_against_rtsoak_serve_with_the_banner_settings(monkeypatch) -> None:
+    """`rtsoak serve` in its own process; the SDK configured only by what its banner prints."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "harness",
+        "serve",
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        banner = [(await proc.stdout.readline()).decode() for _ in range(3)]
+        exports = banner[2].split("export ", 1)[1].split()
+        for assignment in exports:
+            name, value = assignment.split("=", 1)
+            monkeypatch.setenv(name, value)
+        from openai import AsyncOpenAI
+
+        pcm = tone(0.4)
+        async with AsyncOpenAI().realtime.connect(extra_query={"intent": "transcription"}) as c:
+            await c.session.update(
+                session={"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+            )
+            await c.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
+            await c.input_audio_buffer.commit()
+            async for event in c:
+                if event.type == "conversation.item.input_audio_transcription.completed":
+                    assert parse_transcript(event.transcript).crc32 == zlib.crc32(pcm)
+                    break
+    finally:
+        proc.terminate()
+        await proc.wait()
