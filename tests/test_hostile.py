@@ -207,3 +207,37 @@ async def test_an_oversize_frame_closes_only_that_connection(fake_server) -> Non
         except ConnectionError:
             pass  # closed while the frame was still being written
         await assert_still_served(bystander)
+
+
+async def test_many_connections_and_a_slow_reader_do_not_stall_the_others(fake_server) -> None:
+    """200 connections at once; one of them floods commits and never reads its replies. The
+    server keeps serving the rest, and what it holds for the slow reader stays bounded."""
+    server = await fake_server()
+    audio = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 1200})
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        crowd = await asyncio.gather(
+            *(
+                http.ws_connect(server.url, headers={"Authorization": f"Bearer c{i}"})
+                for i in range(200)
+            )
+        )
+        for ws in crowd:
+            assert (await ws.receive_json(timeout=10))["type"] == "session.created"
+        slow = crowd[0]
+        for _ in range(300):  # each commit brings several replies the client never reads
+            await slow.send_str(audio)
+            await slow.send_str('{"type":"input_audio_buffer.commit"}')
+        for ws in crowd[1:50]:
+            await ws.send_json({"type": "input_audio_buffer.clear"})
+            reply = await ws.receive_json(timeout=5)
+            assert reply["type"] == "input_audio_buffer.cleared"
+        # the server writes to the slow reader only as fast as it reads (backpressure): its
+        # side of that socket never buffers more than the transport's high-water mark allows
+        buffered = [t.get_write_buffer_size() for t in _server_transports(server)]
+        assert max(buffered) < 1 << 20
+        await asyncio.gather(*(ws.close() for ws in crowd))
+
+
+def _server_transports(server) -> list:
+    protocols = server._runner.server.connections  # aiohttp's live request handlers
+    return [p.transport for p in protocols if p.transport is not None]
