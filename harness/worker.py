@@ -167,19 +167,7 @@ class Worker:
             return
         key, utt, attempt = self.replay
         self.replay = None
-        self._row(
-            self.attempt,
-            "meta",
-            "utt_start",
-            item=key,
-            audio_ms=utt.seconds * 1000,
-            detail={
-                "name": utt.name,
-                "crc32": utt.crc32,
-                "bytes": len(utt.pcm),
-                "attempt": attempt,
-            },
-        )
+        self._utt_start(self.attempt, key, utt, attempt)
         self._row(
             self.attempt,
             "meta",
@@ -565,12 +553,9 @@ class Worker:
             utt = self.s.library.pick(self.rng)
         return f"{self.s.variant}/{self.s.worker}/{self.utterance_no}", self._with_pause(utt), 1
 
-    async def _client_turn(self, conn: Conn) -> None:
-        key, utt, attempt = self._next()
-        if not self._afford(utt.seconds * 1000):
-            return
+    def _utt_start(self, conn: int, key: str, utt: Utterance, attempt: int) -> None:
         self._row(
-            conn.attempt,
+            conn,
             "meta",
             "utt_start",
             item=key,
@@ -582,6 +567,12 @@ class Worker:
                 "attempt": attempt,
             },
         )
+
+    async def _client_turn(self, conn: Conn) -> None:
+        key, utt, attempt = self._next()
+        if not self._afford(utt.seconds * 1000):
+            return
+        self._utt_start(conn.attempt, key, utt, attempt)
         status = UtteranceStatus.LOST
         try:
             status = await self._utterance(conn, utt, key)
@@ -651,19 +642,7 @@ class Worker:
         key, utt, attempt = self._next()
         if not self._afford(utt.seconds * 1000 + max(self.sc.silence.gap, 1.0) * 1000):
             return
-        self._row(
-            conn.attempt,
-            "meta",
-            "utt_start",
-            item=key,
-            audio_ms=utt.seconds * 1000,
-            detail={
-                "name": utt.name,
-                "crc32": utt.crc32,
-                "bytes": len(utt.pcm),
-                "attempt": attempt,
-            },
-        )
+        self._utt_start(conn.attempt, key, utt, attempt)
         self._last_result = ()
         conn.state = ConnState.STREAMING
         frames = utt.frames(self.sc.pacing.chunk_ms)
