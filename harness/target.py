@@ -55,10 +55,6 @@ class Target:
     def fake(cls, url: str) -> Target:
         return cls("fake", url, {"Authorization": "Bearer rtsoak-fake-key"})
 
-    @property
-    def real(self) -> bool:
-        return self.kind != "fake"
-
     def describe(self) -> dict[str, str]:
         """What may be written to manifests, logs and reports: never header values, never a
         credential-looking query value."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,17 @@ from harness.recorder import Recorder
 from harness.runner import manifest, run_workers, server_config_doc, write_json
 from harness.scenario import Scenario, load_scenario
 from harness.target import Target
+
+
+def vad_off(dialect: str = "ga") -> str:
+    """The update a client with its own VAD sends: turn_detection null, in either dialect."""
+    if dialect == "beta":
+        return json.dumps(
+            {"type": "transcription_session.update", "session": {"turn_detection": None}}
+        )
+    return json.dumps(
+        {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+    )
 
 
 def scenario_from(tmp_path: Path, text: str) -> Scenario:

@@ -7,6 +7,8 @@ import json
 import random
 import zlib
 
+from helpers import vad_off
+
 from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.fakeserver.transcript import parse_transcript
@@ -23,15 +25,7 @@ def session(vad: bool = False, dialect: str = "ga", **limits) -> TranscriptionSe
         dialect=dialect,
     )
     if not vad:
-        update = (
-            {"type": "transcription_session.update", "session": {"turn_detection": None}}
-            if dialect == "beta"
-            else {
-                "type": "session.update",
-                "session": {"audio": {"input": {"turn_detection": None}}},
-            }
-        )
-        s.receive(json.dumps(update), 0.0)
+        s.receive(vad_off(dialect), 0.0)
     return s
 
 

@@ -8,6 +8,7 @@ import json
 import random
 import zlib
 
+from helpers import vad_off
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -38,15 +39,7 @@ class SessionMachine(RuleBasedStateMachine):
         out = self.s.open()
         assert out[0]["type"].endswith("session.created")
         if not vad:
-            update = (
-                {"type": "transcription_session.update", "session": {"turn_detection": None}}
-                if dialect == "beta"
-                else {
-                    "type": "session.update",
-                    "session": {"audio": {"input": {"turn_detection": None}}},
-                }
-            )
-            self.feed(json.dumps(update))
+            self.feed(vad_off(dialect))
 
     def feed(self, text) -> list[dict]:
         out = [o for o in self.s.receive(text, self.now) if isinstance(o, dict)]

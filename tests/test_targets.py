@@ -152,19 +152,7 @@ async def test_run_against_a_stand_in_never_writes_the_key(
     scenario = tmp_path / "s.toml"
     scenario.write_text(SCENARIO.format(kind=kind, audio=_audio(tmp_path)))
     runs = tmp_path / "runs"
-    code, out = await _rtsoak(
-        [
-            "run",
-            str(scenario),
-            "--out",
-            str(runs),
-            "--max-minutes",
-            "1",
-            "--max-audio-hours",
-            "0.01",
-        ],
-        env,
-    )
+    code, out = await _capped_run(scenario, runs, env)
     assert code == 0, out
     assert "audio hours" in out
     log.close()
@@ -184,6 +172,17 @@ async def test_run_against_a_stand_in_never_writes_the_key(
     assert all(header in [h.lower() for h in d["headers"]] for d in opened)
     # the key is nowhere: not in any file of the run, not in what rtsoak printed
     assert CANARY not in out
+    assert_no_canary(run_dir)
+
+
+async def _capped_run(scenario: Path, out: Path, env: dict[str, str]) -> tuple[int, str]:
+    """`rtsoak run` against a real-target kind, with the caps it requires."""
+    args = ["run", str(scenario), "--out", str(out), "--max-minutes", "1"]
+    return await _rtsoak([*args, "--max-audio-hours", "0.01"], env)
+
+
+def assert_no_canary(run_dir: Path) -> None:
+    """The key is in no file the run wrote."""
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
@@ -273,28 +272,14 @@ async def test_url_target_sends_the_key_only_in_its_header(tmp_path, fake_server
     scenario = tmp_path / "s.toml"
     scenario.write_text(URL_SCENARIO.format(audio=_audio(tmp_path), port=server.port))
     env = dict(os.environ, MY_STT_KEY=CANARY)
-    code, out = await _rtsoak(
-        [
-            "run",
-            str(scenario),
-            "--out",
-            str(tmp_path / "runs"),
-            "--max-minutes",
-            "1",
-            "--max-audio-hours",
-            "0.01",
-        ],
-        env,
-    )
+    code, out = await _capped_run(scenario, tmp_path / "runs", env)
     assert code == 0, out
     (run_dir,) = (tmp_path / "runs").iterdir()
     from harness.frames import load
 
     assert (load(run_dir).connections["handshake_status"] == 101).all()
     assert CANARY not in out
-    for path in run_dir.rglob("*"):
-        if path.is_file():
-            assert CANARY.encode() not in path.read_bytes(), path
+    assert_no_canary(run_dir)
 
 
 async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
@@ -318,19 +303,7 @@ async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
     env = dict(os.environ, OPENAI_API_KEY=CANARY, OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
     scenario = tmp_path / "s.toml"
     scenario.write_text(SCENARIO.format(kind="openai", audio=_audio(tmp_path)))
-    code, out = await _rtsoak(
-        [
-            "run",
-            str(scenario),
-            "--out",
-            str(tmp_path / "runs"),
-            "--max-minutes",
-            "1",
-            "--max-audio-hours",
-            "0.01",
-        ],
-        env,
-    )
+    code, out = await _capped_run(scenario, tmp_path / "runs", env)
     await runner.cleanup()
     elsewhere_log.close()
     assert code == 0, out

@@ -341,17 +341,18 @@ class TranscriptionSession:
         return out
 
     # configuration --------------------------------------------------------------------------
+    def _missing_session(self, event_id: str | None) -> dict[str, Any]:
+        return self._error(
+            "invalid_event",
+            "Missing required parameter: 'session'.",
+            param="session",
+            event_id=event_id,
+        )
+
     def _session_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         session = event.get("session")
         if not isinstance(session, dict):
-            return [
-                self._error(
-                    "invalid_event",
-                    "Missing required parameter: 'session'.",
-                    param="session",
-                    event_id=event_id,
-                )
-            ]
+            return [self._missing_session(event_id)]
         if self.beta:
             return [
                 self._error(
@@ -385,14 +386,7 @@ class TranscriptionSession:
     def _beta_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
         session = event.get("session")
         if not isinstance(session, dict):
-            return [
-                self._error(
-                    "invalid_event",
-                    "Missing required parameter: 'session'.",
-                    param="session",
-                    event_id=event_id,
-                )
-            ]
+            return [self._missing_session(event_id)]
         if not self.beta:
             return [
                 self._error(
