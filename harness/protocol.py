@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BETA_HEADER", "CREATED", "UPDATED", "session_update"]
+__all__ = ["BETA_HEADER", "CREATED", "UPDATED", "error_event", "session_update"]
 
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 CREATED = frozenset({"session.created", "transcription_session.created"})
@@ -56,3 +56,26 @@ def session_update(protocol: Any, turn_mode: str) -> dict[str, Any]:
     if include:
         session["include"] = include
     return {"type": "session.update", "session": session}
+
+
+def error_event(
+    event_id: str,
+    code: str,
+    message: str,
+    *,
+    param: str | None = None,
+    client_event_id: str | None = None,
+    type_: str = "invalid_request_error",
+) -> dict[str, Any]:
+    """A server `error` event (the same shape in both dialects)."""
+    return {
+        "type": "error",
+        "event_id": event_id,
+        "error": {
+            "type": type_,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        },
+    }

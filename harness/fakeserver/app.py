@@ -11,8 +11,6 @@ import asyncio
 import dataclasses
 import json
 import random
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from harness.clock import Clock
+from harness.fakeserver.carry import FaultCarrier
 from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
@@ -114,7 +113,7 @@ class FakeServer:
         self._rng = random.Random(config.seed)
         self._arrivals = 0
         self._live: dict[str, LiveSession] = {}
-        self._held: set[asyncio.Task] = set()  # half-open and delayed closes still pending
+        self._carrier = FaultCarrier(self._sleep)  # half-open and delayed closes pending
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.host = "127.0.0.1"
@@ -140,8 +139,7 @@ class FakeServer:
         return self.url
 
     async def stop(self) -> None:
-        for task in list(self._held):  # held sockets end with the server, not their hold
-            task.cancel()
+        self._carrier.cancel_held()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -308,7 +306,9 @@ class FakeServer:
                 await ws.send_str(
                     json.dumps(session.error_event(fault.error_code, fault.error_message))
                 )
-            await self._carry_out(request, ws, fault, state)
+            hold = await self._carrier.carry_out(request.transport, ws, fault)
+            if hold is not None:
+                state["silent"], state["hold"] = True, hold
             wake.set()
 
         async def observe(fault: Fault | None) -> bool:
@@ -385,48 +385,3 @@ class FakeServer:
                 text=state["ended_by"] or "client",
                 detail={"buffer_ms": session.buffer_ms},
             )
-
-    async def _carry_out(
-        self, request: web.Request, ws: web.WebSocketResponse, fault: Fault, state: dict[str, Any]
-    ) -> None:
-        transport = request.transport
-        kind = fault.kind
-        if kind is FaultKind.ERROR:
-            return
-        if kind is FaultKind.ABORT:
-            if transport is not None:
-                transport.abort()
-        elif kind is FaultKind.RESET:
-            if transport is not None:
-                sock = transport.get_extra_info("socket")
-                if sock is not None:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                transport.abort()
-        elif kind is FaultKind.CLOSE:
-            await ws.close(code=fault.code or 1000, message=fault.reason.encode()[:123])
-        else:  # HALF_OPEN or DELAYED_CLOSE: go silent now, act later
-            state["silent"] = True
-            if transport is not None:
-                transport.pause_reading()
-            hold = asyncio.get_running_loop().create_task(self._later(transport, ws, fault))
-            self._held.add(hold)
-            hold.add_done_callback(self._held.discard)
-            state["hold"] = hold
-
-    async def _later(self, transport, ws: web.WebSocketResponse, fault: Fault) -> None:
-        if fault.kind is FaultKind.HALF_OPEN:
-            try:
-                await self._sleep(fault.hold)
-            finally:
-                if transport is not None:
-                    transport.abort()
-            return
-        try:
-            await self._sleep(fault.delay)
-        except asyncio.CancelledError:
-            if transport is not None:
-                transport.abort()
-            raise
-        if transport is not None and not transport.is_closing():
-            transport.resume_reading()
-        await ws.close(code=fault.code or 1000, message=fault.reason.encode()[:123])

@@ -24,6 +24,7 @@ from typing import Any
 from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
 from harness.fakeserver.vad import ServerVad
+from harness.protocol import error_event
 
 __all__ = ["SessionLimits", "TranscriptionSession", "Output", "NO_VAD_MODELS"]
 
@@ -121,15 +122,8 @@ class TranscriptionSession:
         event_id: str | None = None,
         type_: str = "invalid_request_error",
     ) -> dict:
-        return self._event(
-            "error",
-            error={
-                "type": type_,
-                "code": code,
-                "message": message,
-                "param": param,
-                "event_id": event_id,
-            },
+        return error_event(
+            self._id("event_"), code, message, param=param, client_event_id=event_id, type_=type_
         )
 
     @property
