@@ -1,4 +1,4 @@
-"""rtsoak command line: run | serve | report | validate.
+"""rtsoak command line: run | serve | proxy | report | validate | list.
 
 Exit codes: 0 ok, 1 thresholds failed, 2 usage or configuration error, 130 interrupted.
 User mistakes print one clear line, never a traceback.
@@ -77,6 +77,32 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--out", type=Path, help="log the server's view of every session here")
     serve.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback host")
     serve.add_argument("--sync-stdin", action="store_true", help=argparse.SUPPRESS)
+
+    proxy = sub.add_parser(
+        "proxy",
+        help="relay your own client to an upstream, recording every event and injecting faults",
+    )
+    proxy.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT on loopback (0: any)")
+    proxy.add_argument(
+        "--upstream",
+        default="fake",
+        help="fake (embedded), openai, azure, or a ws(s):// URL; keys come from the environment",
+    )
+    proxy.add_argument(
+        "--upstream-key-env", default="OPENAI_API_KEY", help="URL upstream: env var with its key"
+    )
+    proxy.add_argument(
+        "--upstream-header", default="Authorization", help="URL upstream: header for its key"
+    )
+    proxy.add_argument("--faults", type=Path, help="TOML with [faults.*], applied at the proxy")
+    proxy.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
+    proxy.add_argument("--name", default="proxy", help="run and variant name")
+    proxy.add_argument(
+        "--duration", type=_duration, default=24 * 3600.0, help="stop by itself after (24h)"
+    )
+    proxy.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
+    proxy.add_argument("--seed", type=int, default=0)
+    proxy.add_argument("--no-report", action="store_true", help="record only")
 
     report = sub.add_parser("report", help="(re)build the report of run directories")
     report.add_argument("runs", type=Path, nargs="+")
@@ -198,6 +224,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from harness.fakeserver.process import LOOPBACK, load_server_config
+    from harness.proxy.run import ProxyOptions, run_proxy
+    from harness.runner import OutputDirError, check_output_dir
+
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {args.listen!r}: write HOST:PORT, e.g. 127.0.0.1:8765")
+    if host not in LOOPBACK:
+        raise UsageError(f"--listen {args.listen}: the proxy listens on loopback only (127.0.0.1)")
+    if args.time_scale <= 0:
+        raise UsageError("--time-scale must be positive")
+    faults = None if args.faults is None else load_server_config(args.faults, args.seed).faults
+    try:
+        check_output_dir(args.out)
+    except OutputDirError as exc:
+        raise UsageError(str(exc)) from None
+    options = ProxyOptions(
+        host=host,
+        port=int(port),
+        upstream=args.upstream,
+        upstream_key_env=args.upstream_key_env,
+        upstream_header=args.upstream_header,
+        faults=faults,
+        faults_source=None if args.faults is None else str(args.faults),
+        out=args.out,
+        name=args.name,
+        duration=args.duration,
+        time_scale=args.time_scale,
+        seed=args.seed,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        result = run_proxy(options)
+    except KeyboardInterrupt:
+        print("rtsoak: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"rtsoak: proxy run finished: {result.run_dir} ({result.rows} events)")
+    try:
+        _frames_and_report(result.run_dir, report=not args.no_report)
+    except RunDirError as exc:
+        print(f"rtsoak: {exc}", file=sys.stderr)  # no client connected: nothing to report
+    return EXIT_OK
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from harness.report import build_report
 
@@ -270,6 +341,7 @@ _COMMANDS = {
     "run": _cmd_run,
     "run-part": _cmd_run_part,
     "serve": _cmd_serve,
+    "proxy": _cmd_proxy,
     "report": _cmd_report,
     "validate": _cmd_validate,
     "list": _cmd_list,

@@ -281,8 +281,10 @@ def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def _injected_faults(events: pd.DataFrame, conns: pd.DataFrame) -> pd.Series:
-    """The fake server's ground truth: which policy ended the connection, by request id."""
-    faults = events[(events["src"] == "server") & events["type"].isin(["fault", "handshake_fault"])]
+    """Ground truth of the fake server (or the proxy): which policy ended the connection, by
+    request id."""
+    injected = events["src"].isin(["server", "proxy"])
+    faults = events[injected & events["type"].isin(["fault", "handshake_fault"])]
     policy = dict(zip(faults["item"].astype(object), faults["text"].astype(object), strict=True))
     return conns["request_id"].astype(object).map(policy).astype("category")
 

@@ -17,6 +17,7 @@ class ClosedBy(StrEnum):
 class CloseCause(StrEnum):
     SCENARIO_END = "scenario_end"  # the harness stopped: censored
     PROACTIVE = "proactive"  # planned rotation: censored
+    CLIENT_CLOSE = "client_close"  # a proxied client closed it itself: censored
     SERVER_CLOSE = "server_close"  # close frame from the server
     ABNORMAL = "abnormal"  # 1006: dropped with no close frame
     EXPIRED = "expired"  # session_expired, then close 1001
@@ -24,7 +25,9 @@ class CloseCause(StrEnum):
     PROTOCOL_ERROR = "protocol_error"
 
 
-CENSORING_CAUSES = frozenset({CloseCause.SCENARIO_END, CloseCause.PROACTIVE})
+CENSORING_CAUSES = frozenset(
+    {CloseCause.SCENARIO_END, CloseCause.PROACTIVE, CloseCause.CLIENT_CLOSE}
+)
 
 
 class ConnState(StrEnum):

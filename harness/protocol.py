@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["BETA_HEADER", "CREATED", "UPDATED", "error_event", "session_update"]
+__all__ = [
+    "BETA_HEADER",
+    "COMPLETED",
+    "CREATED",
+    "FAILED",
+    "UPDATED",
+    "error_event",
+    "error_text",
+    "session_update",
+    "text_field",
+]
 
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 CREATED = frozenset({"session.created", "transcription_session.created"})
 UPDATED = frozenset({"session.updated", "transcription_session.updated"})
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+FAILED = "conversation.item.input_audio_transcription.failed"
 SERVER_VAD = {
     "type": "server_vad",
     "threshold": 0.5,
@@ -79,3 +91,16 @@ def error_event(
             "event_id": client_event_id,
         },
     }
+
+
+def text_field(value: Any) -> str | None:
+    """A field a peer sent, believed only if it is a string (peers may send anything)."""
+    return value if isinstance(value, str) else None
+
+
+def error_text(event: dict[str, Any]) -> str | None:
+    """The code (else the message) of an error event or a failed transcription."""
+    error = event.get("error")
+    if not isinstance(error, dict):
+        return None
+    return text_field(error.get("code")) or text_field(error.get("message"))

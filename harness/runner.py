@@ -42,6 +42,7 @@ __all__ = [
     "check_output_dir",
     "manifest",
     "new_run_dir",
+    "run_facts",
     "run_scenario",
     "run_workers",
     "server_config_doc",
@@ -217,22 +218,29 @@ def _memory_bytes() -> int | None:
         return None
 
 
-def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
-    """What a run was, for whoever reads its directory later: written at the start (so a
-    crashed run has one) and completed at the end (`ended`, `interrupted`, `saturated`)."""
+def run_facts() -> dict[str, Any]:
+    """What any run directory records about the software and the machine it ran on."""
     return {
         "versions": _versions(),
         "git_revision": _git_revision(),
-        "scenario": scenario.to_dict(),
-        "seed": scenario.run.seed,
-        "time_scale": scenario.run.time_scale,
-        "target": target,
         "host": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "machine": platform.machine(),
             "memory_bytes": _memory_bytes(),
         },
+    }
+
+
+def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
+    """What a run was, for whoever reads its directory later: written at the start (so a
+    crashed run has one) and completed at the end (`ended`, `interrupted`, `saturated`)."""
+    return {
+        **run_facts(),
+        "scenario": scenario.to_dict(),
+        "seed": scenario.run.seed,
+        "time_scale": scenario.run.time_scale,
+        "target": target,
         "started": started,
         "ended": None,
         "interrupted": None,

@@ -23,15 +23,21 @@ from harness.fakeserver.app import SESSION_KEY_HEADER
 from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.pacing import schedule, steady_offsets
-from harness.protocol import BETA_HEADER, CREATED, UPDATED
+from harness.protocol import (
+    BETA_HEADER,
+    COMPLETED,
+    CREATED,
+    FAILED,
+    UPDATED,
+    error_text,
+    text_field,
+)
 from harness.recorder import Recorder
 from harness.scenario import Scenario
 from harness.target import Target
 
 __all__ = ["Worker", "WorkerSetup"]
 
-COMPLETED = "conversation.item.input_audio_transcription.completed"
-FAILED = "conversation.item.input_audio_transcription.failed"
 _SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
 _NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
 
@@ -93,17 +99,6 @@ class Conn:
     committed: asyncio.Future | None = None
     results: dict[str, asyncio.Future] = field(default_factory=dict)
     vad_results: asyncio.Queue | None = None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _error_text(event: dict) -> str | None:
-    error = event.get("error")
-    if not isinstance(error, dict):
-        return None
-    return _str(error.get("code")) or _str(error.get("message"))
 
 
 class Worker:
@@ -428,19 +423,19 @@ class Worker:
             self._row(conn.attempt, "recv", "unparseable", bytes_=len(data))
             return
         # peers may send anything: only strings of the expected fields are believed or logged
-        item = _str(event.get("item_id"))
+        item = text_field(event.get("item_id"))
         text = None
         if type_ == COMPLETED:
-            text = _str(event.get("transcript"))
+            text = text_field(event.get("transcript"))
             self._resolve(conn, item, ("completed", text))
         elif type_ == FAILED:
-            text = _error_text(event)
+            text = error_text(event)
             self._resolve(conn, item, ("failed", text))
         elif type_ == "input_audio_buffer.committed":
             if conn.committed is not None and not conn.committed.done():
                 conn.committed.set_result(item)
         elif type_ == "error":
-            text = _error_text(event)
+            text = error_text(event)
             if text == "session_expired":
                 conn.expired = True
             elif conn.committed is not None and not conn.committed.done():
@@ -448,7 +443,7 @@ class Worker:
         elif type_ in CREATED or type_ in UPDATED:
             session = event.get("session")
             if isinstance(session, dict):
-                conn.session_id = _str(session.get("id")) or conn.session_id
+                conn.session_id = text_field(session.get("id")) or conn.session_id
             if type_ in UPDATED and conn.updated and not conn.updated.done():
                 conn.updated.set_result(True)
         self._row(conn.attempt, "recv", type_, bytes_=len(data), item=item, text=text)
@@ -470,7 +465,7 @@ class Worker:
     async def _send(self, conn: Conn, event: dict) -> None:
         assert conn.ws is not None
         text = json.dumps(event)
-        await conn.ws.send_str(text)
+        await conn.ws.sendtext_field(text)
         conn.last_sent = self.clock.now()
         self._row(conn.attempt, "send", event["type"], bytes_=len(text))
 
@@ -491,7 +486,7 @@ class Worker:
             if clock.now() < due:
                 await clock.sleep_until(due)
             sent = clock.now()
-            await ws.send_str(frame.json)
+            await ws.sendtext_field(frame.json)
             audio_ms = frame.audio_bytes / 48.0
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms

@@ -24,7 +24,7 @@ from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
 from harness.target import redact_url
 
-__all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig"]
+__all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig", "client_key", "error_response"]
 
 # rtsoak workers name themselves (variant/worker/attempt) so fault draws do not depend on the
 # order in which concurrent connections happen to arrive. Other clients need not send it.
@@ -68,7 +68,7 @@ class LiveSession:
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 
 
-def _client_key(request: web.Request) -> str | None:
+def client_key(request: web.Request) -> str | None:
     """The key from `Authorization: Bearer`, `api-key`, or (browser clients) the
     `openai-insecure-api-key.<KEY>` subprotocol."""
     auth = request.headers.get("Authorization", "")
@@ -83,7 +83,7 @@ def _client_key(request: web.Request) -> str | None:
     return None
 
 
-def _error_response(
+def error_response(
     status: int,
     code: str | None = None,
     message: str | None = None,
@@ -183,10 +183,10 @@ class FakeServer:
         await self.clock_ready.wait()
         path = "/" + request.match_info["path"]
         if path not in PATHS:
-            return _error_response(404, "not_found", f"Unknown path {path}")
-        key = _client_key(request)
+            return error_response(404, "not_found", f"Unknown path {path}")
+        key = client_key(request)
         if key is None or (self.config.api_keys and key not in self.config.api_keys):
-            return _error_response(401)
+            return error_response(401)
         request_id = "req_" + f"{self._rng.getrandbits(128):032x}"
         id_header = "apim-request-id" if PATHS[path] == "azure" else "x-request-id"
         self._arrivals += 1
@@ -235,7 +235,7 @@ class FakeServer:
                     self._live[victim].inject(cap.fault("concurrency_cap"))
                 )
         if decision.status is not None:
-            return _error_response(decision.status, headers=headers)
+            return error_response(decision.status, headers=headers)
         return None
 
     # one connection -------------------------------------------------------------------------

@@ -24,7 +24,13 @@ from harness.fakeserver.faults import parse_faults, shipped_profiles
 from harness.fakeserver.session import SessionLimits
 from harness.recorder import Recorder
 
-__all__ = ["EmbeddedServer", "load_server_config", "serve", "server_config_from_doc"]
+__all__ = [
+    "EmbeddedServer",
+    "banner",
+    "load_server_config",
+    "serve",
+    "server_config_from_doc",
+]
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -85,7 +91,7 @@ async def serve(
     if sync_stdin:
         server.clock_ready.clear()
     url = await server.start(host, port)
-    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else _banner(url), flush=True)
+    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else banner(url), flush=True)
     try:
         if sync_stdin:
             reader = asyncio.StreamReader()
@@ -103,14 +109,14 @@ async def serve(
             await recorder.aclose()
 
 
-def _banner(url: str) -> str:
-    """How to point the official SDK (or any client) at this server."""
+def banner(url: str, title: str = "rtsoak fake server", keys: str = "") -> str:
+    """How to point the official SDK (or any client) at a server on `url`."""
     http = url.split("/v1/realtime")[0].replace("ws://", "http://")
     ws = http.replace("http://", "ws://")
     return "\n".join(
         [
-            f"rtsoak fake server listening on {url}",
-            "Point the official openai SDK at it (any non-empty key is accepted):",
+            f"{title} listening on {url}",
+            f"Point the official openai SDK at it (any non-empty key is accepted{keys}):",
             f"  export OPENAI_BASE_URL={http}/v1 OPENAI_API_KEY=any-key",
             f"  or AsyncOpenAI(api_key='any-key', websocket_base_url='{ws}/v1')",
             "Azure clients (GA and preview paths both work):",

@@ -1,0 +1,556 @@
+"""The proxy's aiohttp edge: accept the client's WebSocket, open the upstream one, relay frames
+both ways as they come, record both directions, and apply fault policies on the client's side.
+
+Decisions live elsewhere: what each frame means in RelayObserver, when a fault fires in the
+fault policies, how it is carried out in FaultCarrier. This module moves frames and says who
+ended a connection. The client's key is checked for presence only: it is never forwarded,
+stored or logged; the upstream gets its own credentials (from the Target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from harness.clock import Clock
+from harness.fakeserver.app import (
+    MAX_FRAME_BYTES,
+    PATHS,
+    SESSION_KEY_HEADER,
+    client_key,
+    error_response,
+)
+from harness.fakeserver.carry import FaultCarrier
+from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
+from harness.outcomes import CloseCause, ClosedBy
+from harness.protocol import error_event
+from harness.proxy.observer import RelayObserver, Row
+from harness.recorder import Recorder
+from harness.target import Target, secret_params
+
+__all__ = ["CALLER_HEADER", "RealtimeProxy", "upstream_url"]
+
+# A client may name its caller, so its reconnects count as attempts of one worker.
+CALLER_HEADER = "X-Rtsoak-Caller"
+# Handshake headers worth passing on; never credentials, cookies or hop-by-hop headers.
+FORWARDED_HEADERS = ("OpenAI-Beta", SESSION_KEY_HEADER, "User-Agent")
+REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id")
+
+
+def upstream_url(base: str, client_query: str) -> str:
+    """The upstream's URL, with the client's query parameters (model, intent, ...) added
+    where the upstream does not set them; credential-looking ones are dropped."""
+    parts = urlsplit(base)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    secret = set(secret_params("?" + client_query))
+    for name, value in parse_qsl(client_query, keep_blank_values=True):
+        if name not in query and name not in secret:
+            query[name] = value
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+@dataclass(slots=True)
+class _Ending:
+    """Who ended a relayed connection, as its client saw it (the first to say wins), and
+    where the ending came from: client, upstream, fault or proxy (stopping)."""
+
+    source: str
+    closed_by: ClosedBy
+    cause: CloseCause
+    code: int | None
+    reason: str
+
+
+_STOPPING = _Ending("proxy", ClosedBy.SERVER, CloseCause.SCENARIO_END, 1001, "proxy stopping")
+# close codes that may not be sent in a close frame
+_UNSENDABLE = frozenset({1005, 1006, 1015})
+
+
+class _Relay:
+    """One client connection and its upstream connection."""
+
+    def __init__(
+        self,
+        proxy: RealtimeProxy,
+        request: web.Request,
+        client: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        observer: RelayObserver,
+        ids: tuple[int, int],
+    ) -> None:
+        self.proxy, self.request, self.client, self.upstream = proxy, request, client, upstream
+        self.obs = observer
+        self.worker, self.conn = ids
+        self.ending: _Ending | None = None
+        self.ended = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.silent = False
+        self.hold: asyncio.Task | None = None
+        clock = proxy.clock
+        session_key = request.headers.get(SESSION_KEY_HEADER) or f"proxy/{self.worker}/{self.conn}"
+        self.faults = proxy.faults.start(session_key, clock.now())
+        max_session = proxy.faults.max_session
+        self.expires = None if max_session is None else clock.now() + max_session
+
+    def end(self, ending: _Ending) -> None:
+        if self.ending is None:
+            self.ending = ending
+        self.ended.set()
+
+    def record(self, rows: list[Row]) -> None:
+        self.proxy.record(rows, self.worker, self.conn)
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._client_to_upstream()),
+            asyncio.create_task(self._upstream_to_client()),
+            asyncio.create_task(self._timers()),
+        ]
+        try:
+            await self.ended.wait()
+            await self._finish()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.hold is not None:  # a half-open or delayed close still holds the socket
+                await asyncio.gather(self.hold, return_exceptions=True)
+            e = self.ending or _STOPPING
+            now = self.proxy.clock.now()
+            self.record(self.obs.closed(now, e.closed_by, e.cause, e.code, e.reason))
+            self.finished.set()
+
+    async def _finish(self) -> None:
+        """Carry the ending to the side that has not seen it yet."""
+        e = self.ending
+        assert e is not None
+        if e.source == "client":
+            if e.cause is CloseCause.ABNORMAL:
+                _abort(self.upstream)  # the client vanished: so does the upstream connection
+            else:
+                code = 1000 if e.code in _UNSENDABLE or e.code is None else e.code
+                await _close(self.upstream, code, e.reason)
+            return
+        if e.source == "upstream" and e.closed_by is ClosedBy.TRANSPORT:
+            if self.request.transport is not None:
+                self.request.transport.abort()  # no close frame upstream: none for the client
+        elif e.source == "upstream" and not self.client.closed:
+            code = 1000 if e.code in _UNSENDABLE or e.code is None else e.code
+            await self.client.close(code=code, message=e.reason.encode()[:123])
+        elif e.source == "proxy" and not self.client.closed:
+            await self.client.close(code=1001, message=b"rtsoak proxy stopping")
+        # a fault was carried out on the client's side already
+        await _close(self.upstream, 1000, "client side ended")
+
+    # client -> upstream -------------------------------------------------------------------
+    async def _client_to_upstream(self) -> None:
+        clock, client, up = self.proxy.clock, self.client, self.upstream
+        while True:
+            msg = await client.receive()
+            now = clock.now()
+            if msg.type is WSMsgType.CLOSE:
+                self.end(
+                    _Ending(
+                        "client",
+                        ClosedBy.CLIENT,
+                        CloseCause.CLIENT_CLOSE,
+                        msg.data,
+                        msg.extra or "",
+                    )
+                )
+                return
+            if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                self.end(
+                    _Ending("client", ClosedBy.CLIENT, CloseCause.ABNORMAL, 1006, "client lost")
+                )
+                return
+            if msg.type is WSMsgType.PING:
+                self.record(self.obs.control(now, "send", "ping", len(msg.data)))
+                if await self.inject(self.faults.on_frame(now, "ping")):
+                    await _forward(up.ping(msg.data))
+                continue
+            if msg.type is WSMsgType.PONG:
+                self.record(self.obs.control(now, "send", "pong", len(msg.data)))
+                await _forward(up.pong(msg.data))
+                continue
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            before = self.faults.next_deadline()
+            self.record(self.obs.client_frame(now, msg.data))
+            pcm = self.obs.last_pcm
+            fault = self.faults.on_frame(now, "event" if pcm is None else "audio")
+            if fault is None and pcm is not None and self.faults.wants_audio:
+                fault = self.faults.on_audio(now, pcm, self.obs.uncommitted_bytes)
+            if not await self.inject(fault):
+                return  # the fault ended the connection: the frame never reaches upstream
+            after = self.faults.next_deadline()
+            if after is not None and (before is None or after < before):
+                self.wake.set()
+            if msg.type is WSMsgType.TEXT:
+                await _forward(up.send_str(msg.data))
+            else:
+                await _forward(up.send_bytes(msg.data))
+
+    # upstream -> client -------------------------------------------------------------------
+    async def _upstream_to_client(self) -> None:
+        clock, client, up = self.proxy.clock, self.client, self.upstream
+        while True:
+            msg = await up.receive()
+            now = clock.now()
+            if msg.type is WSMsgType.CLOSE:
+                cause = CloseCause.EXPIRED if self.obs.expired else CloseCause.SERVER_CLOSE
+                self.end(_Ending("upstream", ClosedBy.SERVER, cause, msg.data, msg.extra or ""))
+                return
+            if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                reason = type(msg.data).__name__ if msg.data is not None else "upstream dropped"
+                self.end(_Ending("upstream", ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, reason))
+                return
+            if self.silent or client.closed:
+                continue  # a held fault: the client hears nothing more
+            if msg.type is WSMsgType.PING:
+                self.record(self.obs.control(now, "recv", "ping", len(msg.data)))
+                await _forward(client.ping(msg.data))
+            elif msg.type is WSMsgType.PONG:
+                self.record(self.obs.control(now, "recv", "pong", len(msg.data)))
+                await _forward(client.pong(msg.data))
+            elif msg.type is WSMsgType.TEXT:
+                self.record(self.obs.server_frame(now, msg.data))
+                await _forward(client.send_str(msg.data))
+            elif msg.type is WSMsgType.BINARY:
+                self.record(self.obs.server_frame(now, msg.data))
+                await _forward(client.send_bytes(msg.data))
+
+    # faults -------------------------------------------------------------------------------
+    async def _timers(self) -> None:
+        clock = self.proxy.clock
+        while True:
+            deadlines = [d for d in (self.faults.next_deadline(), self.expires) if d is not None]
+            self.wake.clear()
+            if not deadlines:
+                await self.wake.wait()
+                continue
+            delay = (min(deadlines) - clock.now()) / clock.scale
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self.wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue  # deadlines may have moved: look again
+            now = clock.now()
+            if self.expires is not None and now >= self.expires:
+                self.expires = None
+                await self.inject(_expiry(self.proxy.faults.max_session or 0.0))
+            elif not await self.inject(self.faults.poll(now)):
+                return
+
+    async def inject(self, fault: Fault | None) -> bool:
+        """Carry out a fault on the client's side; False once the connection is ended."""
+        if fault is None or self.ending is not None:
+            return self.ending is None
+        clock = self.proxy.clock
+        self.proxy.record(
+            [
+                Row(
+                    clock.now(),
+                    "meta",
+                    "fault",
+                    {
+                        "code": fault.code,
+                        "item": self.obs.request_id,
+                        "text": fault.policy,
+                        "detail": {
+                            "kind": str(fault.kind),
+                            "reason": fault.reason,
+                            "age": clock.now() - (self.obs.established or self.obs.opened),
+                            "due_age": None
+                            if fault.due is None
+                            else fault.due - (self.obs.established or self.obs.opened),
+                        },
+                    },
+                )
+            ],
+            self.worker,
+            self.conn,
+            src="proxy",
+        )
+        if fault.kind is not FaultKind.ERROR:
+            self.end(_fault_ending(fault))
+        if fault.error_code and not self.client.closed:
+            event = error_event(
+                "event_" + f"{self.proxy.rng.getrandbits(88):022x}",
+                fault.error_code,
+                fault.error_message,
+                type_="server_error"
+                if fault.error_code == "server_error"
+                else "invalid_request_error",
+            )
+            text = json.dumps(event)
+            self.record(self.obs.server_frame(clock.now(), text))
+            await _forward(self.client.send_str(text))
+        self.hold = await self.proxy.carrier.carry_out(self.request.transport, self.client, fault)
+        self.silent = self.hold is not None
+        return self.ending is None
+
+
+def _fault_ending(fault: Fault) -> _Ending:
+    """What the client sees of a fault: no close frame (1006) or the fault's close frame."""
+    if fault.kind in (FaultKind.CLOSE, FaultKind.DELAYED_CLOSE):
+        cause = (
+            CloseCause.EXPIRED if fault.error_code == "session_expired" else CloseCause.SERVER_CLOSE
+        )
+        return _Ending("fault", ClosedBy.SERVER, cause, fault.code or 1000, fault.reason)
+    return _Ending(
+        "fault", ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, f"{fault.policy} ({fault.kind})"
+    )
+
+
+def _expiry(max_session: float) -> Fault:
+    """The service's maximum session duration, as the fake server ends it."""
+    message = f"Your session hit the maximum duration of {round(max_session / 60)} minutes."
+    return Fault(
+        FaultKind.CLOSE,
+        "max_duration",
+        1001,
+        message,
+        error_code="session_expired",
+        error_message=message,
+    )
+
+
+async def _forward(send) -> None:
+    """Send to a side that may have gone; its own receive loop reports how it ended."""
+    try:
+        await send
+    except (ConnectionError, RuntimeError, aiohttp.ClientError):
+        pass
+
+
+async def _close(ws: aiohttp.ClientWebSocketResponse, code: int, reason: str) -> None:
+    if not ws.closed:
+        try:
+            await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:123]), 5.0)
+        except (TimeoutError, ConnectionError, aiohttp.ClientError):
+            _abort(ws)
+
+
+def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Drop the upstream TCP connection with no close frame (aiohttp has no public way)."""
+    conn = getattr(ws, "_conn", None)
+    transport = getattr(conn, "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+class RealtimeProxy:
+    """Serves the Realtime paths on loopback and relays each connection to the upstream."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        upstream: Target,
+        recorder: Recorder,
+        faults: FaultProfile | None = None,
+        variant: str = "proxy",
+        seed: int = 0,
+    ) -> None:
+        self.clock, self.upstream, self.recorder = clock, upstream, recorder
+        self.faults, self.variant = faults or FaultProfile(), variant
+        self.rng = random.Random(seed)
+        self.carrier = FaultCarrier(self._sleep)
+        self._callers: dict[str, tuple[int, int]] = {}  # caller name -> (worker, attempts)
+        self._workers = 0
+        # session key -> (relay, digest of the client's key, opened): what caps count
+        self._live: dict[str, tuple[_Relay, str, float]] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/realtime?intent=transcription"
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds / self.clock.scale))
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        app = web.Application()
+        app.router.add_get("/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.url
+
+    async def stop(self) -> None:
+        """End every relay (the client sees 1001, censored as the end of the run)."""
+        relays = [relay for relay, _, _ in self._live.values()]
+        for relay in relays:
+            relay.end(_STOPPING)
+        self.carrier.cancel_held()
+        if relays:  # bounded: a stuck socket cannot hold the proxy open
+            await asyncio.wait([asyncio.create_task(r.finished.wait()) for r in relays], timeout=15)
+        if self._runner is not None:
+            await self._runner.cleanup()  # waits (bounded) for the handlers to finish
+            self._runner = None
+        if self._http is not None:
+            await self._http.close()
+
+    def record(self, rows: list[Row], worker: int, conn: int, src: str = "client") -> None:
+        clock = self.clock
+        for row in rows:
+            wall = clock.wall() - (clock.now() - row.t) / clock.scale
+            self.recorder.row(
+                wall, row.t, src, self.variant, worker, conn, row.dir, row.type, **row.fields
+            )
+
+    def _ids(self, request: web.Request) -> tuple[int, int]:
+        """(worker, attempt): each connection is a worker of its own unless it names its
+        caller, whose reconnects are then its attempts."""
+        caller = request.headers.get(CALLER_HEADER)
+        if caller and caller in self._callers:
+            worker, attempts = self._callers[caller]
+            self._callers[caller] = (worker, attempts + 1)
+            return worker, attempts + 1
+        self._workers += 1
+        if caller:
+            self._callers[caller] = (self._workers, 1)
+        return self._workers, 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["path"]
+        if path not in PATHS:
+            return error_response(404, "not_found", f"Unknown path {path}")
+        key = client_key(request)
+        if key is None:
+            return error_response(401)
+        # only a digest of the client's key is held, to count its sessions for caps
+        key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        del key
+        worker, conn = self._ids(request)
+        clock = self.clock
+        obs = RelayObserver(f"{self.variant}/{worker}", clock.now())
+        self.record([Row(clock.now(), "meta", "conn_open")], worker, conn)
+        session_key = request.headers.get(SESSION_KEY_HEADER) or f"proxy/{worker}/{conn}"
+        refusal = await self._admit(session_key, key_digest, obs, worker, conn)
+        if refusal is not None:
+            return refusal
+        upstream, failure = await self._connect_upstream(request, obs, worker, conn)
+        if upstream is None:
+            return failure
+        try:
+            client = web.WebSocketResponse(
+                max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
+            )
+            if obs.request_id:
+                client.headers["x-request-id"] = obs.request_id
+            await client.prepare(request)
+        except (ConnectionError, RuntimeError):
+            await _close(upstream, 1001, "client went away")
+            self.record(
+                obs.closed(
+                    clock.now(), ClosedBy.CLIENT, CloseCause.ABNORMAL, 1006, "client went away"
+                ),
+                worker,
+                conn,
+            )
+            return web.Response(status=499)
+        relay = _Relay(self, request, client, upstream, obs, (worker, conn))
+        self._live[session_key] = (relay, key_digest, obs.opened)
+        try:
+            await relay.run()
+        finally:
+            self._live.pop(session_key, None)
+        return client
+
+    async def _admit(
+        self, session_key: str, key_digest: str, obs: RelayObserver, worker: int, conn: int
+    ) -> web.Response | None:
+        """Handshake fault policies (refusals, slow answers, caps) at the proxy."""
+        clock = self.clock
+        live = [(k, digest, opened) for k, (_, digest, opened) in self._live.items()]
+        decision = self.faults.handshake(session_key, key_digest, clock.now(), live)
+        if decision.policy is None:
+            return None
+        request_id = "req_" + f"{self.rng.getrandbits(128):032x}"
+        fault_row = Row(
+            clock.now(),
+            "meta",
+            "handshake_fault",
+            {"code": decision.status, "item": request_id, "text": decision.policy},
+        )
+        self.record([fault_row], worker, conn, src="proxy")
+        if decision.delay:
+            await self._sleep(decision.delay)
+        for victim in decision.evict:
+            if victim in self._live:
+                relay = self._live[victim][0]
+                cap = dict(self.faults.policies)["concurrency_cap"]
+                asyncio.get_running_loop().create_task(relay.inject(cap.fault("concurrency_cap")))
+        if decision.status is None:
+            return None
+        now = clock.now()
+        rows = obs.handshake(now, decision.status, request_id, f"HTTP {decision.status}")
+        rows += obs.closed(
+            now,
+            ClosedBy.NONE,
+            CloseCause.HANDSHAKE_FAILED,
+            decision.status,
+            f"HTTP {decision.status}",
+        )
+        self.record(rows, worker, conn)
+        return error_response(decision.status, headers={"x-request-id": request_id})
+
+    async def _connect_upstream(
+        self, request: web.Request, obs: RelayObserver, worker: int, conn: int
+    ) -> tuple[aiohttp.ClientWebSocketResponse | None, web.StreamResponse]:
+        """Open the upstream connection with the upstream's own credentials; on failure the
+        client gets the upstream's answer (or 502) and the attempt is recorded."""
+        assert self._http is not None
+        headers = dict(self.upstream.headers)
+        headers.update({h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers})
+        url = upstream_url(self.upstream.url, request.query_string)
+        clock = self.clock
+        try:
+            ws = await self._http.ws_connect(
+                url,
+                headers=headers,
+                max_msg_size=0,
+                autoping=False,
+                autoclose=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            got = exc.headers or {}
+            request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
+            status = exc.status
+            response = error_response(
+                status,
+                message=f"upstream refused the handshake: {exc.message}",
+                headers={"x-request-id": request_id} if request_id else None,
+            )
+            error = f"HTTP {status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, request_id, error = None, None, type(exc).__name__
+            response = error_response(502, "upstream_unreachable", f"upstream unreachable: {error}")
+        else:
+            request_id = next(
+                (ws._response.headers[h] for h in REQUEST_ID_HEADERS if h in ws._response.headers),
+                None,
+            )  # noqa: SLF001
+            self.record(obs.handshake(clock.now(), 101, request_id), worker, conn)
+            return ws, web.Response()
+        now = clock.now()
+        rows = obs.handshake(now, status, request_id, error)
+        rows += obs.closed(now, ClosedBy.NONE, CloseCause.HANDSHAKE_FAILED, status, error)
+        self.record(rows, worker, conn)
+        return None, response

@@ -1,0 +1,306 @@
+"""`rtsoak proxy`: a real client (the official SDK, or aiohttp) through the proxy to a fake
+upstream on loopback; what the client sees, and what the run directory records."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import zlib
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from harness.audio import RATE, to_pcm16
+from harness.clock import ScaledClock
+from harness.fakeserver.app import ServerConfig
+from harness.fakeserver.faults import parse_faults
+from harness.fakeserver.transcript import parse_transcript
+from harness.frames import load
+from harness.proxy.app import CALLER_HEADER, RealtimeProxy
+from harness.recorder import Recorder
+from harness.report import build_report
+from harness.runner import write_json
+from harness.target import Target
+
+from conftest import ROOT, rtsoak
+
+UPSTREAM_KEY = "sk-upstream-only-4d1f"
+CLIENT_KEY = "sk-client-canary-93be7c"
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+def speech(seconds: float) -> bytes:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return to_pcm16(0.3 * np.sin(2 * np.pi * 300 * t), RATE)
+
+
+def b64(pcm: bytes) -> str:
+    return base64.b64encode(pcm).decode()
+
+
+VAD_OFF = {
+    "type": "session.update",
+    "session": {"type": "transcription", "audio": {"input": {"turn_detection": None}}},
+}
+
+
+class ProxyRun:
+    """A proxy recording into a run directory, relaying to an upstream fake server that only
+    accepts the upstream's key."""
+
+    def __init__(self, tmp_path: Path, upstream_url: str, faults=None, scale: float = 1.0):
+        self.run_dir = tmp_path / "proxy-run"
+        self.run_dir.mkdir()
+        write_json(self.run_dir / "manifest.json", {"scenario": {}, "seed": 0, "time_scale": scale})
+        self.recorder = Recorder(self.run_dir / "events-client.arrows")
+        target = Target("url", upstream_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"})
+        self.proxy = RealtimeProxy(ScaledClock(scale), target, self.recorder, faults)
+
+    async def __aenter__(self) -> ProxyRun:
+        self.recorder.start()
+        await self.proxy.start()
+        self.base = f"ws://127.0.0.1:{self.proxy.port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.proxy.stop()
+        await self.recorder.aclose()
+
+    def frames(self):
+        return load(self.run_dir)
+
+
+@pytest.fixture
+async def upstream(fake_server):
+    server = await fake_server(ServerConfig(api_keys=frozenset({UPSTREAM_KEY})))
+    return server
+
+
+async def test_official_sdk_through_the_proxy_gets_its_transcript(tmp_path, upstream) -> None:
+    from openai import AsyncOpenAI
+
+    pcm = speech(0.5)
+    received: list[str] = []
+    async with ProxyRun(tmp_path, upstream.url) as run:
+        client = AsyncOpenAI(api_key=CLIENT_KEY, websocket_base_url=f"{run.base}/v1")
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            await conn.session.update(session=VAD_OFF["session"])
+            await conn.input_audio_buffer.append(audio=b64(pcm[: len(pcm) // 2]))
+            await conn.input_audio_buffer.append(audio=b64(pcm[len(pcm) // 2 :]))
+            await conn.input_audio_buffer.commit()
+            async for event in conn:
+                received.append(event.type)
+                assert event.type != "error", event
+                if event.type == COMPLETED:
+                    assert parse_transcript(event.transcript).crc32 == zlib.crc32(pcm)
+                    break
+    frames = run.frames()
+    events = frames.events
+    sent = events[events["dir"] == "send"]["type"].astype(str).tolist()
+    recv = events[events["dir"] == "recv"]["type"].astype(str).tolist()
+    assert sent == [
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+    ]
+    assert recv[: len(received)] == received  # every event the client saw, in order
+    appends = events[events["type"] == "input_audio_buffer.append"]
+    assert appends["audio_ms"].sum() == pytest.approx(500.0)
+    (utt,) = frames.utterances.itertuples()
+    assert (utt.status, utt.crc_match, utt.audio_ms) == ("completed", True, pytest.approx(500.0))
+    assert utt.latency > 0 and utt.crc32 == zlib.crc32(pcm)
+    (conn_row,) = frames.connections.itertuples()
+    assert conn_row.handshake_status == 101 and conn_row.session_id.startswith("sess_")
+    assert (conn_row.closed_by, conn_row.cause, conn_row.dropped) == (
+        "client",
+        "client_close",
+        False,
+    )
+    assert conn_row.request_id  # the upstream's x-request-id, passed on and recorded
+    # the client's key reached neither the upstream (it accepts only its own) nor any file
+    for path in run.run_dir.rglob("*"):
+        if path.is_file():
+            assert CLIENT_KEY.encode() not in path.read_bytes(), path
+            assert UPSTREAM_KEY.encode() not in path.read_bytes(), path
+    build_report([run.run_dir])
+    summary = json.loads((run.run_dir / "report" / "summary.json").read_text())
+    assert summary["variants"][0]["connections"] == 1
+
+
+async def test_idle_timeout_at_the_proxy_drops_the_client_with_1006(tmp_path, upstream) -> None:
+    faults = parse_faults({"idle_timeout": {"after": "10s"}}, "test")
+    async with ProxyRun(tmp_path, upstream.url, faults, scale=50.0) as run:  # 10 s in 0.2 s
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+            ) as ws,
+        ):
+            first = await ws.receive_json(timeout=5)
+            assert first["type"] == "session.created"
+            msg = await ws.receive(timeout=5)  # then nothing, until the fault
+            assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            assert ws.close_code == 1006  # no close frame: dropped
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.closed_by, conn.cause, conn.close_code, conn.dropped) == (
+        "transport",
+        "abnormal",
+        1006,
+        True,
+    )
+    assert conn.injected_fault == "idle_timeout" and conn.state == "configuring"
+    assert conn.lifetime == pytest.approx(10.0, abs=2.5)
+
+
+async def test_upstream_abort_is_an_abort_for_the_client(tmp_path, fake_server) -> None:
+    faults = parse_faults({"accept_then_close": {"action": "abort", "after": "0.2s"}}, "t")
+    server = await fake_server(ServerConfig(faults=faults, api_keys=frozenset({UPSTREAM_KEY})))
+    async with ProxyRun(tmp_path, server.url) as run:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+            ) as ws,
+        ):
+            while (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+                pass
+            assert ws.close_code == 1006
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.closed_by, conn.cause, conn.dropped) == ("transport", "abnormal", True)
+
+
+async def test_upstream_close_code_and_reason_reach_the_client(tmp_path, fake_server) -> None:
+    table = {"accept_then_close": {"action": "close", "code": 4002, "reason": "go away"}}
+    server = await fake_server(
+        ServerConfig(faults=parse_faults(table, "t"), api_keys=frozenset({UPSTREAM_KEY}))
+    )
+    async with ProxyRun(tmp_path, server.url) as run:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+            ) as ws,
+        ):
+            while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+                pass
+            assert msg.type is aiohttp.WSMsgType.CLOSE and (msg.data, msg.extra) == (
+                4002,
+                "go away",
+            )
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.closed_by, conn.cause, conn.close_code, conn.close_reason) == (
+        "server",
+        "server_close",
+        4002,
+        "go away",
+    )
+
+
+async def test_client_close_code_reaches_upstream_and_refusals_come_back(
+    tmp_path, fake_server
+) -> None:
+    rec_path = tmp_path / "server.arrows"
+    server_rec = Recorder(rec_path)
+    server = await fake_server(
+        ServerConfig(api_keys=frozenset({UPSTREAM_KEY})), recorder=server_rec
+    )
+    async with ProxyRun(tmp_path, server.url) as run:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"{run.base}/v1/realtime",
+                headers={"Authorization": f"Bearer {CLIENT_KEY}", CALLER_HEADER: "alice"},
+            )
+            await ws.receive_json(timeout=5)
+            await ws.close(code=4100, message=b"caller hung up")
+            ws = await http.ws_connect(  # the same caller again: its second attempt
+                f"{run.base}/v1/realtime",
+                headers={"Authorization": f"Bearer {CLIENT_KEY}", CALLER_HEADER: "alice"},
+            )
+            await ws.close()
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{run.base}/v1/realtime")  # no key at all
+            assert refused.value.status == 401
+    server_rec.close()
+    conns = run.frames().connections
+    assert conns[["worker", "conn"]].values.tolist() == [[1, 1], [1, 2]]
+    assert conns["close_code"].tolist() == [4100, 1000]
+    await asyncio.sleep(0)
+    from harness.frames import _read_log
+
+    server_rows = _read_log(rec_path)[0].to_pandas()
+    closes = server_rows[server_rows["type"] == "session_close"]
+    assert 4100 in closes["code"].tolist()  # the upstream heard the client's own code
+
+
+async def test_upstream_handshake_refusal_is_passed_to_the_client(tmp_path, fake_server) -> None:
+    table = {"handshake_faults": {"share": 1.0, "statuses": [429]}}
+    server = await fake_server(
+        ServerConfig(faults=parse_faults(table, "t"), api_keys=frozenset({UPSTREAM_KEY}))
+    )
+    async with ProxyRun(tmp_path, server.url) as run:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{run.base}/v1/realtime", headers={"api-key": CLIENT_KEY})
+            assert refused.value.status == 429
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.handshake_status, conn.cause, conn.handshake_error) == (
+        429,
+        "handshake_failed",
+        "HTTP 429",
+    )
+
+
+async def test_rtsoak_proxy_command_end_to_end(tmp_path) -> None:
+    """`rtsoak proxy --upstream fake` as a user runs it: banner, a client, Ctrl-C, then a
+    report; `rtsoak report` rebuilds it from the run directory."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "harness",
+        "proxy",
+        "--upstream",
+        "fake",
+        "--out",
+        str(tmp_path),
+        "--duration",
+        "5m",
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        first = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        assert first.startswith("rtsoak proxy listening on ws://127.0.0.1:"), first
+        url = first.split(" on ", 1)[1].strip()
+        pcm = speech(0.4)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as ws,
+        ):
+            await ws.send_json(VAD_OFF)
+            await ws.send_json({"type": "input_audio_buffer.append", "audio": b64(pcm)})
+            await ws.send_json({"type": "input_audio_buffer.commit"})
+            while (event := await ws.receive_json(timeout=10))["type"] != COMPLETED:
+                assert event["type"] != "error", event
+        proc.send_signal(signal.SIGINT)
+        out = (await asyncio.wait_for(proc.stdout.read(), 120)).decode()
+        assert await proc.wait() == 0, out
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.name.startswith("proxy-")]
+    assert (run_dir / "report" / "index.html").is_file() and "rtsoak: report" in out
+    result = rtsoak("report", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert summary["utterances"]["proxy"]["completed"] == 1
+    assert CLIENT_KEY not in out
