@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from conftest import ROOT, rtsoak
 
 from harness.audio import RATE, to_pcm16
 from harness.clock import ScaledClock
@@ -27,8 +28,6 @@ from harness.recorder import Recorder
 from harness.report import build_report
 from harness.runner import write_json
 from harness.target import Target
-
-from conftest import ROOT, rtsoak
 
 UPSTREAM_KEY = "sk-upstream-only-4d1f"
 CLIENT_KEY = "sk-client-canary-93be7c"

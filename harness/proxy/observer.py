@@ -294,10 +294,14 @@ class RelayObserver:
     def _committed(self, now: float, item: str | None) -> list[Row]:
         if self._awaiting_ack:  # the answer to the client's own commit
             utt = self._awaiting_ack.popleft()
-            if utt is not None and item is not None:
-                utt.item_id = item
-                self._by_item[item] = utt
-            return []
+            if utt is None or item is None:
+                return []
+            utt.item_id = item
+            displaced = self._by_item.pop(item, None)  # a service reusing an item id
+            self._by_item[item] = utt
+            return [] if displaced is None else [self._end(displaced, now, UtteranceStatus.FAILED)]
+        if item is not None and item in self._by_item:
+            return []  # the same turn committed again: still one utterance
         # server VAD committed a turn it heard
         utt = self._speech or self._new(now, crc=None)
         self._speech, self._current, self.uncommitted_bytes = None, None, 0
@@ -305,6 +309,8 @@ class RelayObserver:
         if item is not None:
             utt.item_id = item
             self._by_item[item] = utt
+        else:  # nothing will name it again: it cannot get a transcript
+            return [*self._start_rows(utt), self._end(utt, now, UtteranceStatus.FAILED)]
         return self._start_rows(utt)
 
     def _start_rows(self, utt: _Utterance) -> list[Row]:
