@@ -465,7 +465,7 @@ class Worker:
     async def _send(self, conn: Conn, event: dict) -> None:
         assert conn.ws is not None
         text = json.dumps(event)
-        await conn.ws.sendtext_field(text)
+        await conn.ws.send_str(text)
         conn.last_sent = self.clock.now()
         self._row(conn.attempt, "send", event["type"], bytes_=len(text))
 
@@ -486,7 +486,7 @@ class Worker:
             if clock.now() < due:
                 await clock.sleep_until(due)
             sent = clock.now()
-            await ws.sendtext_field(frame.json)
+            await ws.send_str(frame.json)
             audio_ms = frame.audio_bytes / 48.0
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
