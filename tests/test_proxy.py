@@ -84,37 +84,43 @@ async def upstream(fake_server):
 async def test_official_sdk_through_the_proxy_gets_its_transcript(tmp_path, upstream) -> None:
     from openai import AsyncOpenAI
 
-    pcm = speech(0.5)
+    clips = [speech(0.5), speech(0.3)]
     received: list[str] = []
     async with ProxyRun(tmp_path, upstream.url) as run:
         client = AsyncOpenAI(api_key=CLIENT_KEY, websocket_base_url=f"{run.base}/v1")
         async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
             await conn.session.update(session=VAD_OFF["session"])
-            await conn.input_audio_buffer.append(audio=b64(pcm[: len(pcm) // 2]))
-            await conn.input_audio_buffer.append(audio=b64(pcm[len(pcm) // 2 :]))
-            await conn.input_audio_buffer.commit()
-            async for event in conn:
-                received.append(event.type)
-                assert event.type != "error", event
-                if event.type == COMPLETED:
-                    assert parse_transcript(event.transcript).crc32 == zlib.crc32(pcm)
-                    break
+            for pcm in clips:  # the voice-agent turn: clear, appends, commit, transcript
+                await conn.input_audio_buffer.clear()
+                await conn.input_audio_buffer.append(audio=b64(pcm[: len(pcm) // 2]))
+                await conn.input_audio_buffer.append(audio=b64(pcm[len(pcm) // 2 :]))
+                await conn.input_audio_buffer.commit()
+                async for event in conn:
+                    received.append(event.type)
+                    assert event.type != "error", event
+                    if event.type == COMPLETED:
+                        assert parse_transcript(event.transcript).crc32 == zlib.crc32(pcm)
+                        break
     frames = run.frames()
     events = frames.events
     sent = events[events["dir"] == "send"]["type"].astype(str).tolist()
     recv = events[events["dir"] == "recv"]["type"].astype(str).tolist()
-    assert sent == [
-        "session.update",
+    turn = [
+        "input_audio_buffer.clear",
         "input_audio_buffer.append",
         "input_audio_buffer.append",
         "input_audio_buffer.commit",
     ]
+    assert sent == ["session.update", *turn, *turn]
     assert recv[: len(received)] == received  # every event the client saw, in order
     appends = events[events["type"] == "input_audio_buffer.append"]
-    assert appends["audio_ms"].sum() == pytest.approx(500.0)
-    (utt,) = frames.utterances.itertuples()
-    assert (utt.status, utt.crc_match, utt.audio_ms) == ("completed", True, pytest.approx(500.0))
-    assert utt.latency > 0 and utt.crc32 == zlib.crc32(pcm)
+    assert appends["audio_ms"].sum() == pytest.approx(800.0)
+    utts = frames.utterances
+    assert utts["status"].astype(str).tolist() == ["completed", "completed"]
+    assert utts["crc_match"].tolist() == [True, True]
+    assert utts["crc32"].tolist() == [zlib.crc32(pcm) for pcm in clips]
+    assert utts["audio_ms"].tolist() == pytest.approx([500.0, 300.0])
+    assert (utts["latency"] > 0).all()
     (conn_row,) = frames.connections.itertuples()
     assert conn_row.handshake_status == 101 and conn_row.session_id.startswith("sess_")
     assert (conn_row.closed_by, conn_row.cause, conn_row.dropped) == (

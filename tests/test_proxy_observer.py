@@ -64,6 +64,19 @@ def test_a_client_committed_turn_is_one_utterance_with_the_crc_of_its_audio() ->
     assert obs.state == "idle" and obs.completed == 1
 
 
+def test_the_servers_late_cleared_ack_does_not_cut_the_next_turn() -> None:
+    """clear, append, then the `cleared` answering the clear: the append still counts."""
+    obs = _open()
+    obs.client_frame(0.5, _ev("input_audio_buffer.clear"))
+    obs.client_frame(0.51, _append(b"\x01" * 96))
+    obs.server_frame(0.52, _ev("input_audio_buffer.cleared"))
+    obs.client_frame(0.53, _append(b"\x02" * 96))
+    rows = obs.client_frame(0.6, _ev("input_audio_buffer.commit"))
+    (start,) = _types(rows, "utt_start")
+    assert start.fields["detail"]["crc32"] == zlib.crc32(b"\x01" * 96 + b"\x02" * 96)
+    assert start.t == 0.51 and start.fields["audio_ms"] == 4.0
+
+
 def test_a_transcript_naming_other_audio_is_a_mismatch_and_a_refused_commit_is_rejected() -> None:
     obs = _open()
     obs.client_frame(0.5, _append(b"\x01\x02" * 100))

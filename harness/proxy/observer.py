@@ -180,11 +180,8 @@ class RelayObserver:
 
     # frames -------------------------------------------------------------------------------
     def control(self, now: float, dir_: str, kind: str, nbytes: int) -> list[Row]:
-        """A ping or pong, either way: it counts as a frame for the quiet-before-drop times."""
-        if dir_ == "send":
-            self.last_sent = now
-        else:
-            self.last_recv = now
+        """A ping or pong, either way. Recorded, but not a frame for the quiet-before-drop
+        times: those count events, as for rtsoak's own workers (whose pings go unrecorded)."""
         return [Row(now, dir_, kind, {"bytes_": nbytes})]
 
     def client_frame(self, now: float, data: str | bytes) -> list[Row]:
@@ -231,8 +228,6 @@ class RelayObserver:
             self.configured = self.configured or type_ in UPDATED
         elif type_ == "input_audio_buffer.committed":
             rows += self._committed(now, item)
-        elif type_ == "input_audio_buffer.cleared":
-            self._current, self.uncommitted_bytes = None, 0
         elif type_ == "input_audio_buffer.speech_started":
             self._speech = self._new(now, crc=None)
             self._speech.speech_start_ms = _number(event.get("audio_start_ms"))
