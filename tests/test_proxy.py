@@ -309,3 +309,29 @@ async def test_rtsoak_proxy_command_end_to_end(tmp_path) -> None:
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
     assert summary["utterances"]["proxy"]["completed"] == 1
     assert CLIENT_KEY not in out
+
+
+def test_proxy_usage_mistakes_are_one_line_and_exit_2(tmp_path) -> None:
+    env_without_key = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    cases = [
+        (["--listen", "0.0.0.0:8000"], "loopback only"),
+        (["--listen", "8000"], "HOST:PORT"),
+        (["--upstream", "ws://203.0.113.9/v1/realtime"], "only loopback may be reached"),
+        (["--faults", "no-such-profile"], "no-such-profile"),
+    ]
+    for args, words in cases:
+        result = rtsoak("proxy", "--out", str(tmp_path), *args)
+        assert result.returncode == 2 and words in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "proxy", "--upstream", "openai", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env_without_key,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
+    assert not list(tmp_path.iterdir())  # nothing written before the mistake was found
