@@ -335,3 +335,65 @@ def test_proxy_usage_mistakes_are_one_line_and_exit_2(tmp_path) -> None:
     )
     assert result.returncode == 2 and "OPENAI_API_KEY" in result.stderr
     assert not list(tmp_path.iterdir())  # nothing written before the mistake was found
+
+
+async def _until_closed(ws) -> tuple[list[dict], aiohttp.WSMessage]:
+    events = []
+    while (msg := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+        events.append(json.loads(msg.data))
+    return events, msg
+
+
+@pytest.mark.parametrize(
+    ("table", "code", "cause", "last_event"),
+    [
+        (
+            {"accept_then_close": {"action": "close", "code": 4001, "after": "5s"}},
+            4001,
+            "server_close",
+            None,
+        ),
+        (
+            {"accept_then_close": {"action": "half_open", "hold": "20s", "after": "5s"}},
+            1006,
+            "abnormal",
+            None,
+        ),
+        ({"accept_then_close": {"action": "reset", "after": "5s"}}, 1006, "abnormal", None),
+        ({"max_duration": {"after": "10s"}}, 1001, "expired", "session_expired"),
+    ],
+)
+async def test_faults_at_the_proxy_reach_the_client_as_the_fake_server_does_them(
+    tmp_path, upstream, table, code, cause, last_event
+) -> None:
+    async with ProxyRun(tmp_path, upstream.url, parse_faults(table, "t"), scale=50.0) as run:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+            ) as ws,
+        ):
+            events, msg = await _until_closed(ws)
+            got = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else ws.close_code
+            assert got == code
+            if last_event:
+                assert events[-1]["type"] == "error"
+                assert events[-1]["error"]["code"] == last_event
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.close_code, conn.cause) == (code, cause)
+    assert conn.injected_fault == next(iter(table))
+
+
+async def test_an_unreachable_upstream_is_a_502_and_a_failed_handshake(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with ProxyRun(tmp_path, f"ws://127.0.0.1:{port}/v1/realtime") as run:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"{run.base}/v1/realtime", headers={"api-key": CLIENT_KEY})
+            assert refused.value.status == 502
+    (conn,) = run.frames().connections.itertuples()
+    assert conn.cause == "handshake_failed" and conn.handshake_error == "ClientConnectorError"

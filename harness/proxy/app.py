@@ -42,6 +42,7 @@ CALLER_HEADER = "X-Rtsoak-Caller"
 # Handshake headers worth passing on; never credentials, cookies or hop-by-hop headers.
 FORWARDED_HEADERS = ("OpenAI-Beta", SESSION_KEY_HEADER, "User-Agent")
 REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id")
+UPSTREAM_CONNECT_TIMEOUT = 30.0  # wall seconds for the upstream's handshake
 
 
 def upstream_url(base: str, client_query: str) -> str:
@@ -444,9 +445,9 @@ class RealtimeProxy:
         refusal = await self._admit(session_key, key_digest, obs, worker, conn)
         if refusal is not None:
             return refusal
-        upstream, failure = await self._connect_upstream(request, obs, worker, conn)
-        if upstream is None:
-            return failure
+        upstream = await self._connect_upstream(request, obs, worker, conn)
+        if isinstance(upstream, web.Response):
+            return upstream
         try:
             client = web.WebSocketResponse(
                 max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
@@ -498,59 +499,55 @@ class RealtimeProxy:
                 asyncio.get_running_loop().create_task(relay.inject(cap.fault("concurrency_cap")))
         if decision.status is None:
             return None
-        now = clock.now()
-        rows = obs.handshake(now, decision.status, request_id, f"HTTP {decision.status}")
-        rows += obs.closed(
-            now,
-            ClosedBy.NONE,
-            CloseCause.HANDSHAKE_FAILED,
-            decision.status,
-            f"HTTP {decision.status}",
-        )
-        self.record(rows, worker, conn)
+        self._refused(obs, decision.status, request_id, f"HTTP {decision.status}", worker, conn)
         return error_response(decision.status, headers={"x-request-id": request_id})
 
     async def _connect_upstream(
         self, request: web.Request, obs: RelayObserver, worker: int, conn: int
-    ) -> tuple[aiohttp.ClientWebSocketResponse | None, web.StreamResponse]:
-        """Open the upstream connection with the upstream's own credentials; on failure the
-        client gets the upstream's answer (or 502) and the attempt is recorded."""
+    ) -> aiohttp.ClientWebSocketResponse | web.Response:
+        """The upstream connection, opened with the upstream's own credentials; or, when that
+        fails, the answer for the client: the upstream's status (or 502)."""
         assert self._http is not None
         headers = dict(self.upstream.headers)
         headers.update({h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers})
-        url = upstream_url(self.upstream.url, request.query_string)
-        clock = self.clock
+        connect = self._http.ws_connect(
+            upstream_url(self.upstream.url, request.query_string),
+            headers=headers,
+            max_msg_size=0,
+            autoping=False,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+        )
         try:
-            ws = await self._http.ws_connect(
-                url,
-                headers=headers,
-                max_msg_size=0,
-                autoping=False,
-                autoclose=True,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            )
+            ws = await asyncio.wait_for(connect, UPSTREAM_CONNECT_TIMEOUT)
         except aiohttp.WSServerHandshakeError as exc:
             got = exc.headers or {}
             request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
-            status = exc.status
-            response = error_response(
-                status,
+            self._refused(obs, exc.status, request_id, f"HTTP {exc.status}", worker, conn)
+            return error_response(
+                exc.status,
                 message=f"upstream refused the handshake: {exc.message}",
                 headers={"x-request-id": request_id} if request_id else None,
             )
-            error = f"HTTP {status}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            status, request_id, error = None, None, type(exc).__name__
-            response = error_response(502, "upstream_unreachable", f"upstream unreachable: {error}")
-        else:
-            request_id = next(
-                (ws._response.headers[h] for h in REQUEST_ID_HEADERS if h in ws._response.headers),
-                None,
-            )  # noqa: SLF001
-            self.record(obs.handshake(clock.now(), 101, request_id), worker, conn)
-            return ws, web.Response()
-        now = clock.now()
+            error = type(exc).__name__
+            self._refused(obs, None, None, error, worker, conn)
+            return error_response(502, "upstream_unreachable", f"upstream unreachable: {error}")
+        got = ws._response.headers  # noqa: SLF001 (aiohttp keeps the handshake response here)
+        request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
+        self.record(obs.handshake(self.clock.now(), 101, request_id), worker, conn)
+        return ws
+
+    def _refused(
+        self,
+        obs: RelayObserver,
+        status: int | None,
+        request_id: str | None,
+        error: str,
+        worker: int,
+        conn: int,
+    ) -> None:
+        """Record a handshake the client saw fail: the attempt and its end."""
+        now = self.clock.now()
         rows = obs.handshake(now, status, request_id, error)
         rows += obs.closed(now, ClosedBy.NONE, CloseCause.HANDSHAKE_FAILED, status, error)
         self.record(rows, worker, conn)
-        return None, response
