@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import ROOT, rtsoak
 
@@ -397,3 +398,64 @@ async def test_an_unreachable_upstream_is_a_502_and_a_failed_handshake(tmp_path)
             assert refused.value.status == 502
     (conn,) = run.frames().connections.itertuples()
     assert conn.cause == "handshake_failed" and conn.handshake_error == "ClientConnectorError"
+
+
+async def test_server_vad_beta_and_azure_clients_through_the_proxy(tmp_path, upstream) -> None:
+    """Server VAD (the service's default) makes the utterances; the beta header and the Azure
+    paths pass through."""
+    from openai import AsyncAzureOpenAI
+
+    pcm = bytes(RATE // 5 * 2) + speech(0.6) + bytes(RATE * 2)  # silence, speech, silence
+    async with ProxyRun(tmp_path, upstream.url) as run:
+        azure = AsyncAzureOpenAI(
+            api_key=CLIENT_KEY,
+            api_version="2025-04-01-preview",
+            azure_endpoint=run.base.replace("ws://", "http://"),
+            websocket_base_url=f"{run.base}/openai",
+        )
+        async with azure.realtime.connect(model="stt-deployment") as conn:
+            for i in range(0, len(pcm), 4800):
+                await conn.input_audio_buffer.append(audio=b64(pcm[i : i + 4800]))
+            async for event in conn:
+                assert event.type != "error", event
+                if event.type == COMPLETED:
+                    break
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(
+                f"{run.base}/v1/realtime",
+                headers={"Authorization": f"Bearer {CLIENT_KEY}", "OpenAI-Beta": "realtime=v1"},
+            ) as ws,
+        ):
+            assert (await ws.receive_json(timeout=5))["type"] == "transcription_session.created"
+    frames = run.frames()
+    vad = frames.utterances[frames.utterances["worker"] == 1]
+    (utt,) = vad.itertuples()
+    assert utt.status == "completed" and pd.isna(utt.crc32)
+    # its length comes from the speech events: the segment the service transcribed
+    assert utt.audio_ms == pytest.approx(parse_transcript(utt.transcript).seconds * 1000, abs=1)
+    assert frames.connections["closed_by"].astype(str).tolist() == ["client", "client"]
+
+
+async def test_stopping_the_proxy_closes_open_clients_with_1001_censored(
+    tmp_path, upstream
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with ProxyRun(tmp_path, upstream.url) as run:
+            sockets = [
+                await http.ws_connect(
+                    f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+                )
+                for _ in range(3)
+            ]
+            for ws in sockets:
+                await ws.receive_json(timeout=5)
+            await sockets[0].send_json(
+                {"type": "input_audio_buffer.append", "audio": b64(speech(0.1))}
+            )
+        for ws in sockets:
+            _, msg = await _until_closed(ws)
+            assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 1001
+    conns = run.frames().connections
+    assert conns["cause"].astype(str).tolist() == ["scenario_end"] * 3
+    assert conns["censored"].all() and not conns["dropped"].any()
