@@ -70,8 +70,11 @@ class _Ending:
 
 
 _STOPPING = _Ending("proxy", ClosedBy.SERVER, CloseCause.SCENARIO_END, 1001, "proxy stopping")
-# close codes that may not be sent in a close frame
-_UNSENDABLE = frozenset({1005, 1006, 1015})
+
+
+def _sendable(code: int | None) -> int:
+    """A close code to pass on: 1005, 1006 and 1015 may not be sent in a close frame."""
+    return 1000 if code is None or code in (1005, 1006, 1015) else code
 
 
 class _Relay:
@@ -85,6 +88,7 @@ class _Relay:
         upstream: aiohttp.ClientWebSocketResponse,
         observer: RelayObserver,
         ids: tuple[int, int],
+        session_key: str,
     ) -> None:
         self.proxy, self.request, self.client, self.upstream = proxy, request, client, upstream
         self.obs = observer
@@ -96,7 +100,6 @@ class _Relay:
         self.silent = False
         self.hold: asyncio.Task | None = None
         clock = proxy.clock
-        session_key = request.headers.get(SESSION_KEY_HEADER) or f"proxy/{self.worker}/{self.conn}"
         self.faults = proxy.faults.start(session_key, clock.now())
         max_session = proxy.faults.max_session
         self.expires = None if max_session is None else clock.now() + max_session
@@ -137,15 +140,13 @@ class _Relay:
             if e.cause is CloseCause.ABNORMAL:
                 _abort(self.upstream)  # the client vanished: so does the upstream connection
             else:
-                code = 1000 if e.code in _UNSENDABLE or e.code is None else e.code
-                await _close(self.upstream, code, e.reason)
+                await _close(self.upstream, _sendable(e.code), e.reason)
             return
         if e.source == "upstream" and e.closed_by is ClosedBy.TRANSPORT:
             if self.request.transport is not None:
                 self.request.transport.abort()  # no close frame upstream: none for the client
         elif e.source == "upstream" and not self.client.closed:
-            code = 1000 if e.code in _UNSENDABLE or e.code is None else e.code
-            await self.client.close(code=code, message=e.reason.encode()[:123])
+            await self.client.close(code=_sendable(e.code), message=e.reason.encode()[:123])
         elif e.source == "proxy" and not self.client.closed:
             await self.client.close(code=1001, message=b"rtsoak proxy stopping")
         # a fault was carried out on the client's side already
@@ -465,7 +466,7 @@ class RealtimeProxy:
                 conn,
             )
             return web.Response(status=499)
-        relay = _Relay(self, request, client, upstream, obs, (worker, conn))
+        relay = _Relay(self, request, client, upstream, obs, (worker, conn), session_key)
         self._live[session_key] = (relay, key_digest, obs.opened)
         try:
             await relay.run()
