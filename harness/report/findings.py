@@ -90,8 +90,12 @@ def _share(part: int, whole: int) -> str:
     return f"{part} of {whole} ({100 * part / whole:.0f} %)" if whole else "none"
 
 
-def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, str]]:
-    """[{hypothesis, finding}] in a fixed order, each sentence carrying its numbers."""
+def findings(
+    connections: pd.DataFrame, events: pd.DataFrame, lateness: pd.Series | None = None
+) -> list[dict[str, str]]:
+    """[{hypothesis, finding}] in a fixed order, each sentence carrying its numbers. `events`
+    needs the appends of each drop's last `WINDOW_S` at least; `lateness` is the send
+    lateness of all appends (by default, of the appends in `events`)."""
     conns = observed_connections(connections)
     drops = conns[conns["dropped"]]
     n = len(drops)
@@ -152,7 +156,9 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
     # bursts
     diagnosis = diagnose(connections, events)
     bursty = int((diagnosis == "burst").sum())
-    appends = events[events["type"] == "input_audio_buffer.append"]["lag_ms"].dropna()
+    if lateness is None:
+        lateness = events.loc[events["type"] == "input_audio_buffer.append", "lag_ms"]
+    appends = lateness.dropna()
     p99 = float(np.percentile(appends, 99)) if len(appends) else math.nan
     fast = int((diagnosis == "fast").sum())
     say(
