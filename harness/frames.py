@@ -183,8 +183,8 @@ class _LogChunks:
     memory-mapped so that only the chunk in hand is resident (touched pages of a mapping count
     in the process's RSS until it is unmapped). `torn` is known once iterated to the end."""
 
-    def __init__(self, path: Path, run: str, rows: int = _CHUNK_ROWS) -> None:
-        self.path, self.run, self.rows, self.torn = path, run, rows, 0
+    def __init__(self, path: Path, run: str, rows: int | None = None) -> None:
+        self.path, self.run, self.rows, self.torn = path, run, rows or _CHUNK_ROWS, 0
 
     def __iter__(self) -> Iterator[pa.Table]:
         pending: list[pa.RecordBatch] = []
