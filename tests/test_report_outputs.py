@@ -170,3 +170,13 @@ def test_the_lean_report_has_the_numbers_of_the_full_one(
         "utterances.csv",
         "utterances.parquet",
     ]
+    # two runs reusing a variant name: relabelled run:variant, the same both ways
+    other = tmp_path / f"{finished_run.name}-again"
+    shutil.copytree(run_dir, other)
+    pair = [run_dir, other]
+    full = build_report(pair, out=tmp_path / "full2", frames=load(pair))
+    lean = build_report(pair, out=tmp_path / "lean2")
+    assert len(full.summary["variants"]) == 2
+    for summary in (full.summary, lean.summary):
+        summary.pop("generated")
+    assert json.dumps(lean.summary, default=str) == json.dumps(full.summary, default=str)

@@ -273,12 +273,19 @@ def lateness_chart(ax: Axes, lateness: pd.DataFrame) -> Axes:
     """How late append frames left against their deadlines: a CDF per variant. `lateness`
     has `variant` and `lag_ms` of appends (an events frame works too: its appends are used)."""
     if "type" in lateness:
-        lateness = lateness[lateness["type"] == "input_audio_buffer.append"]
-    for v, group in lateness.groupby("variant", observed=True):
-        lag = group["lag_ms"].dropna().to_numpy(float)
+        lateness = lateness.loc[
+            lateness["type"] == "input_audio_buffer.append", ["variant", "lag_ms"]
+        ]
+    # by category code rather than groupby, which would copy every column of millions of rows
+    variant = lateness["variant"].astype("category")
+    codes = variant.cat.codes.to_numpy()
+    lags = np.asarray(lateness["lag_ms"].to_numpy(na_value=np.nan))  # float32: half the copy
+    for i, v in enumerate(variant.cat.categories):
+        lag = lags[codes == i]
+        lag = lag[~np.isnan(lag)]
         if len(lag):
             x, share = cdf_points(lag)
-            ax.plot(np.maximum(x, 0.01), share, label=str(v))
+            ax.plot(np.maximum(x.astype(float), 0.01), share, label=str(v))
     ax.set_xscale("log")
     ax.axvline(10, color="#d62728", ls="--", lw=1, label="10 ms: saturated above (p99)")
     ax.set_xlabel("send lateness (wall ms, log scale)")
