@@ -7,14 +7,19 @@ in 20 ms appends (50 append rows + 6 meta/protocol rows per utterance), one conn
 dropped by a server fault. Usage:
     python bench/load_10m.py generate DIR [--rows 10000000]
     python bench/load_10m.py load DIR        # in a fresh process: time and peak RSS
+    python bench/load_10m.py load DIR --lean # the same of load_for_report (what a report reads)
     python bench/load_10m.py all DIR         # both, plus write_frames
+    python bench/load_10m.py report DIR [--repeat 3]   # `rtsoak report DIR`, fresh processes:
+                                             # wall time and peak RSS of each, and medians
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -249,6 +254,30 @@ def generate(run_dir: Path, rows: int) -> None:
     )
 
 
+def load_lean(run_dir: Path) -> None:
+    from harness.frames import load_for_report
+    from harness.report.findings import WINDOW_S
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    frames = load_for_report(run_dir, drop_window_s=WINDOW_S)
+    out = {
+        "events": frames.rows,
+        "events_kept": len(frames.events),
+        "lateness_rows": len(frames.lateness),
+        "connections": len(frames.connections),
+        "utterances": len(frames.utterances),
+        "load_s": round(time.perf_counter() - t0, 2),
+        "kept_memory_bytes": int(
+            frames.events.memory_usage(deep=True).sum()
+            + frames.lateness.memory_usage(deep=True).sum()
+        ),
+        "rss_before_mib": rss0 // 1024,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
+    print(json.dumps(out))
+
+
 def load(run_dir: Path, write: bool) -> None:
     from harness.frames import load as load_frames
     from harness.frames import write_frames
@@ -273,17 +302,50 @@ def load(run_dir: Path, write: bool) -> None:
     print(json.dumps(out))
 
 
+def report(run_dir: Path, repeat: int) -> None:
+    """`rtsoak report` as a user runs it, each time in a fresh process: wall seconds and peak
+    RSS (ru_maxrss of that child, as `/usr/bin/time` reports it: touched pages of mapped
+    files count too)."""
+    runs = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "harness", "report", str(run_dir)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - t0
+        if os.waitstatus_to_exitcode(status) not in (0, 1):  # 1: a threshold failed
+            raise SystemExit(f"rtsoak report failed: {os.waitstatus_to_exitcode(status)}")
+        runs.append({"wall_s": round(wall, 2), "peak_rss_mib": usage.ru_maxrss // 1024})
+        print(json.dumps(runs[-1]), flush=True)
+    print(
+        json.dumps(
+            {
+                "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+                "median_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
+                "max_peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+            }
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["generate", "load", "all"])
+    parser.add_argument("command", choices=["generate", "load", "all", "report"])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--write", action="store_true", help="also time write_frames")
+    parser.add_argument("--repeat", type=int, default=3, help="report: how many times")
+    parser.add_argument("--lean", action="store_true", help="load: load_for_report instead")
     args = parser.parse_args()
     if args.command in ("generate", "all"):
         generate(args.dir, args.rows)
     if args.command == "load":
-        load(args.dir, args.write)
+        load_lean(args.dir) if args.lean else load(args.dir, args.write)
+    if args.command == "report":
+        report(args.dir, args.repeat)
     if args.command == "all":  # a fresh process, so peak memory is the load's own
         subprocess.run([sys.executable, __file__, "load", str(args.dir), "--write"], check=True)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
+import os
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
+import pyarrow.parquet as pq
 
 from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
@@ -31,9 +33,11 @@ __all__ = [
     "EVENT_COLUMNS",
     "UTTERANCE_COLUMNS",
     "Frames",
+    "ReportFrames",
     "RunDirError",
     "is_run_dir",
     "load",
+    "load_for_report",
     "write_frames",
 ]
 
@@ -43,6 +47,11 @@ CRASHED = "interrupted"
 _CATEGORIES = ("src", "variant", "dir", "type")
 _PANDAS_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int32(): pd.Int32Dtype()}
 _STRING = pd.StringDtype("pyarrow")
+APPEND = "input_audio_buffer.append"
+COMMIT = "input_audio_buffer.commit"
+# Rows per chunk when a log is streamed rather than loaded whole (load_for_report): about
+# 110 MB of Arrow at a time, and one Parquet row group, as pandas writes them.
+_CHUNK_ROWS = 1 << 20
 
 
 def _cat(values: Iterable[str]) -> pd.CategoricalDtype:
@@ -138,25 +147,71 @@ def is_run_dir(path: Path) -> bool:
     return (path / "manifest.json").is_file()
 
 
+def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch, None, int]:
+    """The complete batches of one event log; returns how many trailing batches were torn."""
+    try:
+        reader = pa.ipc.open_stream(source)
+    except (pa.ArrowInvalid, OSError):
+        return 1 if nonempty else 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return 0
+        except (pa.ArrowInvalid, OSError, EOFError):
+            return 1
+        yield batch
+
+
 def _read_log(path: Path) -> tuple[pa.Table, int]:
     """All complete batches of one event log, and how many trailing batches were torn."""
     batches: list[pa.RecordBatch] = []
-    torn = 0
     # Memory-mapped: batches point into the page cache instead of a private copy of the file.
     with pa.memory_map(str(path)) as source:
-        try:
-            reader = pa.ipc.open_stream(source)
-        except (pa.ArrowInvalid, OSError):
-            return EVENT_SCHEMA.empty_table(), 1 if path.stat().st_size else 0
+        reading = _batches(source, path.stat().st_size > 0)
         while True:
             try:
-                batches.append(reader.read_next_batch())
-            except StopIteration:
-                break
-            except (pa.ArrowInvalid, OSError, EOFError):
-                torn += 1
+                batches.append(next(reading))
+            except StopIteration as end:
+                torn = end.value
                 break
     return pa.Table.from_batches(batches, schema=EVENT_SCHEMA), torn
+
+
+class _LogChunks:
+    """One event log streamed in chunks of about `rows` rows, read from the file rather than
+    memory-mapped so that only the chunk in hand is resident (touched pages of a mapping count
+    in the process's RSS until it is unmapped). `torn` is known once iterated to the end."""
+
+    def __init__(self, path: Path, run: str, rows: int | None = None) -> None:
+        self.path, self.run, self.rows, self.torn = path, run, rows or _CHUNK_ROWS, 0
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        pending: list[pa.RecordBatch] = []
+        n = 0
+        with pa.OSFile(str(self.path)) as source:
+            reading = _batches(source, self.path.stat().st_size > 0)
+            while True:
+                try:
+                    batch = next(reading)
+                except StopIteration as end:
+                    self.torn = end.value
+                    break
+                pending.append(batch)
+                n += batch.num_rows
+                if n >= self.rows:
+                    yield _with_run(pa.Table.from_batches(pending, EVENT_SCHEMA), self.run)
+                    pending, n = [], 0
+        if pending:
+            yield _with_run(pa.Table.from_batches(pending, EVENT_SCHEMA), self.run)
+
+
+def _with_run(table: pa.Table, run: str) -> pa.Table:
+    """`table` with a `run` column first: a dictionary array, so no per-row string."""
+    column = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(len(table), np.int32)), pa.array([run], pa.string())
+    )
+    return table.add_column(0, "run", column)
 
 
 def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
@@ -167,10 +222,7 @@ def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
         tables.append(table)
         torn += t
     table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
-    run = pa.DictionaryArray.from_arrays(
-        pa.array(np.zeros(len(table), np.int32)), pa.array([run_dir.name])
-    )
-    return table.add_column(0, "run", run), torn
+    return _with_run(table, run_dir.name), torn
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -230,7 +282,10 @@ def _client_meta(events: pd.DataFrame) -> dict[str, pd.DataFrame]:
     }
 
 
-def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
+def connections_frame(events: pd.DataFrame, last: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per connection attempt. `last` (index run, columns t and wall) is when each
+    run's log ends, for connections a crash cut off; by default the latest row of `events`,
+    so pass it when `events` holds only some of the rows."""
     meta = _client_meta(events)
     conns = meta["conn_open"][_KEY + ["t", "wall"]].rename(
         columns={"t": "opened", "wall": "opened_wall"}
@@ -266,7 +321,8 @@ def connections_frame(events: pd.DataFrame) -> pd.DataFrame:
     for col in ("cause", "closed_by", "state"):
         conns[col] = conns[col].astype(object) if col in conns else pd.NA
     # A connection with no close row was cut off by a crash: censored at the last event seen.
-    last = events.groupby("run", observed=True)[["t", "wall"]].max()
+    if last is None:
+        last = events.groupby("run", observed=True)[["t", "wall"]].max()
     unclosed = conns["closed"].isna()
     conns.loc[unclosed, "closed"] = conns.loc[unclosed, "run"].map(last["t"]).astype(float)
     conns.loc[unclosed, "closed_wall"] = conns.loc[unclosed, "run"].map(last["wall"]).astype(float)
@@ -292,7 +348,7 @@ def _injected_faults(events: pd.DataFrame, conns: pd.DataFrame) -> pd.Series:
 def _commit_times(events: pd.DataFrame, utts: pd.DataFrame) -> pd.Series:
     """When each utterance's commit was sent: the first commit on its connection after it
     started, if that came before its end (a lost utterance has none)."""
-    sent = events[(events["type"] == "input_audio_buffer.commit") & (events["dir"] == "send")]
+    sent = events[(events["type"] == COMMIT) & (events["dir"] == "send")]
     key = ["run", "worker", "conn"]
     commits = pd.DataFrame({k: sent[k].astype(object) for k in key}).assign(
         committed=sent["t"].to_numpy()
@@ -363,14 +419,14 @@ def _crc_match(utts: pd.DataFrame) -> pd.Series:
     return (named == sent).astype("boolean").mask(named.isna() | sent.isna())
 
 
-def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
-    """Frames of one run directory or several (rows keep their run in the `run` column)."""
+def _run_dirs(run_dirs: Path | str | Iterable[Path | str]) -> dict[str, tuple[Path, dict]]:
+    """{run name: (directory, manifest)}, refusing what is not a run or is given twice."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, str | Path) else [Path(d) for d in run_dirs]
     if not dirs:
         raise RunDirError("no run directory given")
-    tables, manifests, torn = [], {}, 0
+    runs: dict[str, tuple[Path, dict]] = {}
     for run_dir in dirs:
-        if run_dir.name in manifests:
+        if run_dir.name in runs:
             raise RunDirError(
                 f"{run_dir}: a run named {run_dir.name!r} is already loaded; "
                 "rows are keyed by run name, so pass each run once"
@@ -380,24 +436,219 @@ def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
                 f"{run_dir}: not a run directory (no manifest.json); pass a "
                 "directory that `rtsoak run` wrote, e.g. reports/smoke-..."
             )
-        manifests[run_dir.name] = json.loads((run_dir / "manifest.json").read_text())
+        runs[run_dir.name] = (run_dir, json.loads((run_dir / "manifest.json").read_text()))
+    return runs
+
+
+def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
+    """Frames of one run directory or several (rows keep their run in the `run` column)."""
+    runs = _run_dirs(run_dirs)
+    tables, torn = [], 0
+    for run_dir, _ in runs.values():
         table, t = _read_run(run_dir)
         tables.append(table)
         torn += t
     events = _to_pandas(pa.concat_tables(tables))
+    manifests = {name: manifest for name, (_, manifest) in runs.items()}
     return Frames(events, connections_frame(events), utterances_frame(events), manifests, torn)
+
+
+@dataclass(slots=True)
+class ReportFrames:
+    """What a report reads, without the full events frame (at ten million rows that frame and
+    its making take gigabytes): `events` has the events columns but only the meta rows, the
+    commits sent and, with a drop window, the appends of each dropped connection's last
+    seconds (what the connections and utterances frames and the drop diagnosis read), not in
+    log order; `lateness` has `run`, `variant` and `lag_ms` of every append that has a send
+    lateness; `rows` counts all event rows."""
+
+    events: pd.DataFrame
+    lateness: pd.DataFrame
+    connections: pd.DataFrame
+    utterances: pd.DataFrame
+    manifests: dict[str, dict[str, Any]]
+    torn_batches: int
+    rows: int
+
+    @classmethod
+    def from_frames(cls, frames: Frames) -> ReportFrames:
+        """The same view of frames already loaded whole (their events stay as they are)."""
+        events = frames.events
+        appends = (events["type"] == APPEND).to_numpy(bool) & events["lag_ms"].notna().to_numpy()
+        return cls(
+            events,
+            events.loc[appends, ["run", "variant", "lag_ms"]].reset_index(drop=True),
+            frames.connections,
+            frames.utterances,
+            frames.manifests,
+            frames.torn_batches,
+            len(events),
+        )
+
+
+def _max(column: pa.ChunkedArray) -> float:
+    value = pc.max(column).as_py()
+    return -np.inf if value is None else value
+
+
+def _equal(column: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
+    return pc.fill_null(pc.equal(column, value), False)
+
+
+class _EventsParquet:
+    """events.parquet written chunk by chunk, with the schema (and pandas metadata) that
+    `frames.events.to_parquet` gives, so `pandas.read_parquet` returns the same frame."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.partial = path, path.with_name(path.name + ".partial")
+        empty = _to_pandas(_with_run(EVENT_SCHEMA.empty_table(), ""))
+        fields = [pa.field("run", pa.dictionary(pa.int32(), pa.string()))]
+        for field in EVENT_SCHEMA:
+            if field.name in _CATEGORIES:
+                fields.append(pa.field(field.name, pa.dictionary(pa.int32(), pa.string())))
+            elif field.type == pa.string():
+                fields.append(pa.field(field.name, pa.large_string()))
+            else:
+                fields.append(field)
+        metadata = pa.Schema.from_pandas(empty, preserve_index=False).metadata
+        self.schema = pa.schema(fields, metadata=metadata)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(str(self.partial), self.schema)
+
+    def write(self, chunk: pa.Table) -> None:
+        columns = [
+            pc.dictionary_encode(chunk.column(f.name))
+            if f.name in _CATEGORIES
+            else chunk.column(f.name).cast(f.type)
+            for f in self.schema
+        ]
+        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+
+    def close(self) -> None:
+        """Complete: the file appears under its name only now."""
+        self.writer.close()
+        os.replace(self.partial, self.path)
+
+
+def _scan(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Of one chunk: the rows the connections and utterances frames read (meta rows, commits
+    sent), and (run, variant, lag_ms) of the appends that carry a lateness."""
+    kind, direction = chunk.column("type"), chunk.column("dir")
+    keep = pc.or_(
+        _equal(direction, "meta"), pc.and_(_equal(kind, COMMIT), _equal(direction, "send"))
+    )
+    late = pc.and_(_equal(kind, APPEND), pc.is_valid(chunk.column("lag_ms")))
+    lateness = pa.table(
+        {
+            "run": pc.filter(chunk.column("run"), late),
+            "variant": pc.dictionary_encode(pc.filter(chunk.column("variant"), late)),
+            "lag_ms": pc.filter(chunk.column("lag_ms"), late),
+        }
+    )
+    return chunk.filter(keep), lateness
+
+
+def _drop_windows(run_dir: Path, drops: pd.DataFrame, window_s: float) -> list[pa.Table]:
+    """The appends of each dropped connection (`drops`: worker, conn, closed) from
+    `window_s` before its close to the close, read from the run's logs again."""
+    if drops.empty:
+        return []
+    worker = drops["worker"].to_numpy("int64")
+    conn = drops["conn"].to_numpy("int64")
+    key = pd.Series((worker << 32) | (conn & 0xFFFFFFFF))
+    closed = drops["closed"].to_numpy(float)
+    bounds = pd.DataFrame({"lo": closed - window_s, "hi": closed}).groupby(key.to_numpy())
+    lo, hi = bounds["lo"].min(), bounds["hi"].max()  # sorted by key
+    keys, lo, hi = lo.index.to_numpy("int64"), lo.to_numpy(), hi.to_numpy()
+    parts = []
+    for log in sorted(run_dir.glob(EVENT_LOG_GLOB)):
+        for chunk in _LogChunks(log, run_dir.name):
+            w = pc.fill_null(chunk.column("worker"), -1).to_numpy().astype(np.int64)
+            c = pc.fill_null(chunk.column("conn"), -1).to_numpy().astype(np.int64)
+            t = pc.fill_null(chunk.column("t"), np.nan).to_numpy()
+            k = (w << 32) | (c & 0xFFFFFFFF)
+            i = np.minimum(np.searchsorted(keys, k), len(keys) - 1)
+            near = (keys[i] == k) & (t >= lo[i]) & (t <= hi[i])
+            near &= _equal(chunk.column("type"), APPEND).to_numpy()
+            if near.any():
+                parts.append(chunk.filter(pa.array(near)))
+    return parts
+
+
+def load_for_report(
+    run_dirs: Path | str | Iterable[Path | str],
+    drop_window_s: float | None = None,
+    events_parquet: Path | None = None,
+) -> ReportFrames:
+    """What a report of these runs reads (`ReportFrames`), streaming each log in chunks: peak
+    memory stays far below that of the full events frame (`load`). With `drop_window_s`, a
+    second pass keeps the appends of each drop's last seconds for the drop diagnosis; with
+    `events_parquet`, the full events frame is written there on the way, as `write_frames`
+    writes it, without ever being in memory."""
+    runs = _run_dirs(run_dirs)
+    writer = _EventsParquet(events_parquet) if events_parquet is not None else None
+    kept: list[pa.Table] = []
+    lateness: list[pa.Table] = []
+    last: dict[str, tuple[float, float]] = {}
+    rows = torn = 0
+    for name, (run_dir, _) in runs.items():
+        t_max = wall_max = -np.inf
+        for log in sorted(run_dir.glob(EVENT_LOG_GLOB)):
+            chunks = _LogChunks(log, name)
+            for chunk in chunks:
+                rows += len(chunk)
+                t_max = max(t_max, _max(chunk.column("t")))
+                wall_max = max(wall_max, _max(chunk.column("wall")))
+                if writer is not None:
+                    writer.write(chunk)
+                keep, late = _scan(chunk)
+                kept.append(keep)
+                lateness.append(late)
+            torn += chunks.torn
+        if np.isfinite(t_max):
+            last[name] = (t_max, wall_max)
+    if writer is not None:
+        writer.close()
+    schema = EVENT_SCHEMA.insert(0, pa.field("run", pa.dictionary(pa.int32(), pa.string())))
+    base = pa.concat_tables(kept) if kept else schema.empty_table()
+    events = _to_pandas(base)
+    ends = pd.DataFrame.from_dict(last, orient="index", columns=["t", "wall"])
+    conns = connections_frame(events, last=ends)
+    utts = utterances_frame(events)
+    dropped = conns[conns["dropped"]]
+    if drop_window_s is not None and not dropped.empty:
+        near = [
+            part
+            for name, (run_dir, _) in runs.items()
+            for part in _drop_windows(run_dir, dropped[dropped["run"] == name], drop_window_s)
+        ]
+        if near:
+            events = _to_pandas(pa.concat_tables([base, *near]))
+    late = (
+        pa.concat_tables(lateness).unify_dictionaries().to_pandas()
+        if lateness
+        else pd.DataFrame({"run": [], "variant": [], "lag_ms": []})
+    )
+    late = late.astype({"run": "category", "variant": "category", "lag_ms": "float32"})
+    manifests = {name: manifest for name, (_, manifest) in runs.items()}
+    return ReportFrames(events, late, conns, utts, manifests, torn, rows)
 
 
 def write_frames(frames: Frames, out_dir: Path) -> None:
     """Parquet copies of the frames (and CSV of the small ones) for people and other tools."""
     out_dir.mkdir(parents=True, exist_ok=True)
     frames.events.to_parquet(out_dir / "events.parquet", index=False)
-    for name in ("connections", "utterances"):
-        frame: pd.DataFrame = getattr(frames, name)
+    write_small_frames(frames.connections, frames.utterances, out_dir)
+
+
+def write_small_frames(connections: pd.DataFrame, utterances: pd.DataFrame, out_dir: Path) -> None:
+    """connections and utterances as Parquet and CSV."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in (("connections", connections), ("utterances", utterances)):
         frame.to_parquet(out_dir / f"{name}.parquet", index=False)
         frame.to_csv(out_dir / f"{name}.csv", index=False)
 
 
 def pacing_lateness(events: pd.DataFrame) -> np.ndarray:
-    appends = events[events["type"] == "input_audio_buffer.append"]
+    appends = events[events["type"] == APPEND]
     return appends["lag_ms"].dropna().to_numpy(dtype=float)

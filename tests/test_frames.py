@@ -165,3 +165,62 @@ def test_meta_details_that_disagree_on_types_still_parse() -> None:
     assert list(parsed.index) == [5, 6, 7]
     assert parsed.loc[5, "latency"] == 0.1 and parsed.loc[7, "latency"] == "slow"
     assert pd.isna(parsed.loc[6, "latency"])
+
+
+def test_the_report_loader_agrees_with_the_full_load(
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """load_for_report streams the logs in chunks (tiny ones here, so rows cross chunk
+    boundaries) and keeps only what a report reads; its frames are those of `load`."""
+    import harness.frames as frames_module
+    from harness.frames import ReportFrames, load_for_report
+    from harness.report.findings import WINDOW_S, diagnose
+
+    monkeypatch.setattr(frames_module, "_CHUNK_ROWS", 500)
+    crashed = make_run(tmp_path)  # a drop, and a connection cut off by a crash
+    for run_dir in (crashed, finished_run):
+        full = ReportFrames.from_frames(load(run_dir))
+        lean = load_for_report(run_dir, drop_window_s=WINDOW_S)
+        pd.testing.assert_frame_equal(lean.connections, full.connections)
+        pd.testing.assert_frame_equal(lean.utterances, full.utterances)
+        assert (lean.rows, lean.torn_batches) == (full.rows, full.torn_batches)
+        assert lean.manifests == full.manifests
+        assert len(lean.events) < len(full.events)
+        pd.testing.assert_series_equal(
+            lean.lateness["lag_ms"], full.lateness["lag_ms"].reset_index(drop=True)
+        )
+        assert list(lean.lateness["variant"].astype(str)) == list(
+            full.lateness["variant"].astype(str)
+        )
+        assert full.connections["dropped"].any()
+        pd.testing.assert_series_equal(
+            diagnose(lean.connections, lean.events), diagnose(full.connections, full.events)
+        )
+
+
+def test_the_report_loader_writes_the_events_parquet_of_the_full_frame(
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk by chunk, yet the file reads back as the one pandas writes of the whole frame."""
+    import harness.frames as frames_module
+    from harness.frames import load_for_report, write_frames
+
+    monkeypatch.setattr(frames_module, "_CHUNK_ROWS", 500)
+    path = tmp_path / "lean" / "events.parquet"
+    load_for_report(finished_run, events_parquet=path)
+    assert not path.with_name("events.parquet.partial").exists()
+    write_frames(load(finished_run), tmp_path / "full")
+    written = pd.read_parquet(tmp_path / "full" / "events.parquet")
+    assert len(written) > 1000
+    pd.testing.assert_frame_equal(pd.read_parquet(path), written)
+
+
+def test_the_report_loader_counts_a_torn_batch(tmp_path: Path) -> None:
+    from harness.frames import load_for_report
+
+    run_dir = make_run(tmp_path)
+    log = run_dir / "events-client.arrows"
+    log.write_bytes(log.read_bytes()[:-40])
+    lean = load_for_report(run_dir)
+    assert lean.torn_batches == 1
+    pd.testing.assert_frame_equal(lean.connections, load(run_dir).connections)

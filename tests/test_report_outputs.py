@@ -141,3 +141,42 @@ def test_history_trends_several_nights(tmp_path: Path) -> None:
     assert all(r["drops"] >= 1 and r["drops_per_hour_lo"] <= r["drops_per_hour"] for r in overall)
     assert (tmp_path / "trend" / "trend.png").stat().st_size > 10_000
     assert "night over night" in (tmp_path / "trend" / "trend.html").read_text()
+
+
+def test_the_lean_report_has_the_numbers_of_the_full_one(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """`rtsoak report` never builds the full events frame (load_for_report); a report built
+    from frames loaded whole (as `rtsoak run` does) says exactly the same."""
+    from harness.frames import load
+    from harness.report import build_report
+
+    run_dir = tmp_path / finished_run.name
+    shutil.copytree(finished_run, run_dir, ignore=shutil.ignore_patterns("report", "frames"))
+    full = build_report([run_dir], out=tmp_path / "full", frames=load(run_dir))
+    lean = build_report([run_dir], out=tmp_path / "lean")
+    assert full.summary["variants"][0]["drops"] > 0  # the drop diagnosis is exercised
+    assert (lean.headline, lean.verdicts) == (full.headline, full.verdicts)
+    full_summary, lean_summary = (
+        json.loads((tmp_path / name / "summary.json").read_text()) for name in ("full", "lean")
+    )
+    for summary in (full_summary, lean_summary):
+        summary.pop("generated")
+    assert lean_summary == full_summary
+    assert sorted(p.name for p in (run_dir / "frames").iterdir()) == [
+        "connections.csv",
+        "connections.parquet",
+        "events.parquet",
+        "utterances.csv",
+        "utterances.parquet",
+    ]
+    # two runs reusing a variant name: relabelled run:variant, the same both ways
+    other = tmp_path / f"{finished_run.name}-again"
+    shutil.copytree(run_dir, other)
+    pair = [run_dir, other]
+    full = build_report(pair, out=tmp_path / "full2", frames=load(pair))
+    lean = build_report(pair, out=tmp_path / "lean2")
+    assert len(full.summary["variants"]) == 2
+    for summary in (full.summary, lean.summary):
+        summary.pop("generated")
+    assert json.dumps(lean.summary, default=str) == json.dumps(full.summary, default=str)

@@ -19,9 +19,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness import analysis
-from harness.frames import Frames, RunDirError, load, pacing_lateness, write_frames
+from harness.frames import Frames, ReportFrames, RunDirError, load_for_report, write_small_frames
 from harness.report import charts
-from harness.report.findings import agreement_table, findings
+from harness.report.findings import WINDOW_S, agreement_table, findings
 from harness.report.thresholds import Verdict, console_table, judge, write_junit
 
 __all__ = ["Report", "build_report"]
@@ -60,14 +60,25 @@ def _minutes(seconds: float) -> str:
 
 
 def build_report(
-    run_dirs: list[Path], out: Path | None = None, frames: Frames | None = None
+    run_dirs: list[Path], out: Path | None = None, frames: Frames | ReportFrames | None = None
 ) -> Report:
     """Report of run directories into `out` (default RUN/report). Pass `frames` already
-    loaded from exactly these runs to skip loading them again; when it loads them itself, a
-    single run's frames/*.parquet are (re)written too."""
+    loaded from exactly these runs to skip loading them again; when it loads them itself (the
+    lean way: never the full events frame), a single run's frames/*.parquet are (re)written
+    too."""
     write = frames is None and len(run_dirs) == 1
-    frames = frames if frames is not None else load(run_dirs)
+    frames_dir = run_dirs[0] / "frames"
+    if frames is None:
+        frames = load_for_report(
+            run_dirs,
+            drop_window_s=WINDOW_S,
+            events_parquet=frames_dir / "events.parquet" if write else None,
+        )
+    elif isinstance(frames, Frames):
+        frames = ReportFrames.from_frames(frames)
     if frames.connections.empty:
+        if write:  # as if never loaded: no frames of a run with nothing in it
+            (frames_dir / "events.parquet").unlink(missing_ok=True)
         raise RunDirError(
             f"{', '.join(map(str, run_dirs))}: no connections recorded yet; nothing to report"
         )
@@ -78,7 +89,7 @@ def build_report(
     )
     out.mkdir(parents=True, exist_ok=True)
     if write:
-        write_frames(frames, run_dirs[0] / "frames")
+        write_small_frames(frames.connections, frames.utterances, frames_dir)
     frames = _label_runs(frames)
     scenario = next(iter(frames.manifests.values())).get("scenario", {})
     verdicts = judge(
@@ -117,7 +128,7 @@ def _shards_of_one_run(manifests: dict[str, dict[str, Any]]) -> bool:
     return True
 
 
-def _label_runs(frames: Frames) -> Frames:
+def _label_runs(frames: ReportFrames) -> ReportFrames:
     """Several runs that reuse variant names are told apart as `run:variant`; shards of one
     run merge into it."""
     if len(frames.manifests) < 2 or _shards_of_one_run(frames.manifests):
@@ -133,19 +144,21 @@ def _label_runs(frames: Frames) -> Frames:
         )
         return out
 
-    return Frames(
+    return ReportFrames(
         relabel(frames.events),
+        relabel(frames.lateness),
         relabel(frames.connections),
         relabel(frames.utterances),
         frames.manifests,
         frames.torn_batches,
+        frames.rows,
     )
 
 
-def _summary(frames: Frames, verdicts: list[Verdict]) -> dict[str, Any]:
+def _summary(frames: ReportFrames, verdicts: list[Verdict]) -> dict[str, Any]:
     conns, utts = frames.connections, frames.utterances
     survival, _ = analysis.survival_by_variant(conns)
-    lateness = pacing_lateness(frames.events)
+    lateness = frames.lateness["lag_ms"].to_numpy(float)
     outcomes = analysis.final_outcomes(utts)
     codes = analysis.close_codes(conns)
     manifests = frames.manifests
@@ -188,10 +201,10 @@ def _summary(frames: Frames, verdicts: list[Verdict]) -> dict[str, Any]:
             }
             for v, g in recovery.groupby("variant")
         ],
-        "findings": findings(conns, frames.events),
+        "findings": findings(conns, frames.events, frames.lateness["lag_ms"]),
         "thresholds": [asdict(v) for v in verdicts],
         "torn_batches": frames.torn_batches,
-        "events": len(frames.events),
+        "events": frames.rows,
     }
 
 
@@ -213,7 +226,7 @@ def _headline(v: dict[str, Any]) -> str:
     )
 
 
-def _charts(frames: Frames, out: Path) -> dict[str, Path]:
+def _charts(frames: ReportFrames, out: Path) -> dict[str, Path]:
     _, fitters = analysis.survival_by_variant(frames.connections)
     images: dict[str, Path] = {}
     conns = frames.connections
@@ -227,7 +240,7 @@ def _charts(frames: Frames, out: Path) -> dict[str, Path]:
             (9, 3),
             lambda ax: charts.latency_chart(ax, analysis.latency_percentiles(frames.utterances)),
         ),
-        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.events)),
+        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.lateness)),
         (
             "recovery",
             (9, 3),
@@ -297,7 +310,9 @@ def _cell(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
-def _html(frames: Frames, summary: dict[str, Any], images: dict[str, Path], headline: str) -> str:
+def _html(
+    frames: ReportFrames, summary: dict[str, Any], images: dict[str, Path], headline: str
+) -> str:
     variants = [
         dict(
             v,

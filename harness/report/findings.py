@@ -90,8 +90,12 @@ def _share(part: int, whole: int) -> str:
     return f"{part} of {whole} ({100 * part / whole:.0f} %)" if whole else "none"
 
 
-def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, str]]:
-    """[{hypothesis, finding}] in a fixed order, each sentence carrying its numbers."""
+def findings(
+    connections: pd.DataFrame, events: pd.DataFrame, lateness: pd.Series | None = None
+) -> list[dict[str, str]]:
+    """[{hypothesis, finding}] in a fixed order, each sentence carrying its numbers. `events`
+    needs the appends of each drop's last `WINDOW_S` at least; `lateness` is the send
+    lateness of all appends (by default, of the appends in `events`)."""
     conns = observed_connections(connections)
     drops = conns[conns["dropped"]]
     n = len(drops)
@@ -152,18 +156,18 @@ def findings(connections: pd.DataFrame, events: pd.DataFrame) -> list[dict[str, 
     # bursts
     diagnosis = diagnose(connections, events)
     bursty = int((diagnosis == "burst").sum())
-    appends = events[events["type"] == "input_audio_buffer.append"]["lag_ms"].dropna()
+    if lateness is None:
+        lateness = events.loc[events["type"] == "input_audio_buffer.append", "lag_ms"]
+    appends = lateness.dropna()
     # a proxied client's appends have no deadline rtsoak knows of
-    lateness = (
-        f"p99 lateness {np.percentile(appends, 99):.1f} ms" if len(appends) else "no deadlines"
-    )
+    pacing = f"p99 lateness {np.percentile(appends, 99):.1f} ms" if len(appends) else "no deadlines"
     fast = int((diagnosis == "fast").sum())
     say(
         "bursts",
         f"{_share(bursty, n)} drops followed bunched appends ({BUNCH_FRAMES} within "
         f"{BUNCH_S * 1000:g} ms, or one {BURST_LAG_MS:g} ms late) and {_share(fast, n)} audio "
         f"faster than {FAST_SPEED:g}x real time, in the {WINDOW_S:g} s before the drop (all "
-        f"appends: {lateness}).",
+        f"appends: {pacing}).",
     )
     # concurrency: drops of different workers close together, against chance
     times = drops.sort_values("closed")[["closed", "worker"]].to_numpy()

@@ -16,14 +16,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness import analysis
-from harness.frames import RunDirError, load
+from harness.frames import RunDirError, load_for_report
 from harness.report import charts
 
 __all__ = ["build_history"]
 
 
 def _run_metrics(run_dir: Path) -> list[dict]:
-    frames = load(run_dir)
+    frames = load_for_report(run_dir)  # connections and utterances: no full events frame
     conns, utts = frames.connections, frames.utterances
     manifest = frames.manifests[run_dir.name]
     rows = []
