@@ -184,21 +184,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _frames_and_report(run_dir: Path, report: bool) -> bool:
     """frames/*.parquet always (they are the run's data); the report unless --no-report (it
-    says when the run was interrupted: a partial report)."""
-    from harness.frames import load, write_frames
-
-    frames = load(run_dir)
-    write_frames(frames, run_dir / "frames")
-    print(f"rtsoak: frames {run_dir / 'frames'}")
+    says when the run was interrupted: a partial report). The report streams the log, so a
+    long run never holds its full events frame in memory."""
     if report:
         from harness.report import build_report
 
-        built = build_report([run_dir], frames=frames)
+        built = build_report([run_dir])
+        print(f"rtsoak: frames {run_dir / 'frames'}")
         print(f"rtsoak: report {built.index}")
         print(built.headline)
         if built.verdict_table:
             print(built.verdict_table)
         return built.failed
+    from harness.frames import load, write_frames
+
+    write_frames(load(run_dir), run_dir / "frames")
+    print(f"rtsoak: frames {run_dir / 'frames'}")
     return False
 
 
