@@ -42,6 +42,7 @@ __all__ = [
     "check_output_dir",
     "manifest",
     "new_run_dir",
+    "open_run",
     "run_facts",
     "run_scenario",
     "run_workers",
@@ -241,6 +242,13 @@ def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) ->
         "seed": scenario.run.seed,
         "time_scale": scenario.run.time_scale,
         "target": target,
+        **open_run(started),
+    }
+
+
+def open_run(started: str) -> dict[str, Any]:
+    """A manifest's status fields while the run is going: filled in when it ends."""
+    return {
         "started": started,
         "ended": None,
         "interrupted": None,

@@ -50,6 +50,13 @@ VAD_OFF = {
 }
 
 
+async def _until_closed(ws) -> tuple[list[dict], aiohttp.WSMessage]:
+    events = []
+    while (msg := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+        events.append(json.loads(msg.data))
+    return events, msg
+
+
 class ProxyRun:
     """A proxy recording into a run directory, relaying to an upstream fake server that only
     accepts the upstream's key."""
@@ -74,6 +81,12 @@ class ProxyRun:
 
     def frames(self):
         return load(self.run_dir)
+
+    def connect(self, http: aiohttp.ClientSession, **headers: str):
+        """A client WebSocket to the proxy, with the client's own key."""
+        return http.ws_connect(
+            f"{self.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}", **headers}
+        )
 
 
 @pytest.fixture
@@ -145,9 +158,7 @@ async def test_idle_timeout_at_the_proxy_drops_the_client_with_1006(tmp_path, up
     async with ProxyRun(tmp_path, upstream.url, faults, scale=50.0) as run:  # 10 s in 0.2 s
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(
-                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-            ) as ws,
+            run.connect(http) as ws,
         ):
             first = await ws.receive_json(timeout=5)
             assert first["type"] == "session.created"
@@ -165,47 +176,32 @@ async def test_idle_timeout_at_the_proxy_drops_the_client_with_1006(tmp_path, up
     assert conn.lifetime == pytest.approx(10.0, abs=2.5)
 
 
-async def test_upstream_abort_is_an_abort_for_the_client(tmp_path, fake_server) -> None:
-    faults = parse_faults({"accept_then_close": {"action": "abort", "after": "0.2s"}}, "t")
+@pytest.mark.parametrize(
+    ("action", "code", "closed_by", "cause"),
+    [
+        ({"action": "abort"}, 1006, "transport", "abnormal"),
+        ({"action": "close", "code": 4002, "reason": "go away"}, 4002, "server", "server_close"),
+    ],
+)
+async def test_the_upstreams_close_reaches_the_client_as_it_was(
+    tmp_path, fake_server, action, code, closed_by, cause
+) -> None:
+    """A close frame passes on with its code and reason; a drop with none stays a drop."""
+    faults = parse_faults({"accept_then_close": {**action, "after": "0.2s"}}, "t")
     server = await fake_server(ServerConfig(faults=faults, api_keys=frozenset({UPSTREAM_KEY})))
     async with ProxyRun(tmp_path, server.url) as run:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(
-                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-            ) as ws,
-        ):
-            while (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
-                pass
-            assert ws.close_code == 1006
+        async with aiohttp.ClientSession() as http, run.connect(http) as ws:
+            _, msg = await _until_closed(ws)
+            if code == 1006:
+                assert msg.type is not aiohttp.WSMsgType.CLOSE and ws.close_code == 1006
+            else:
+                assert (msg.data, msg.extra) == (code, action["reason"])
     (conn,) = run.frames().connections.itertuples()
-    assert (conn.closed_by, conn.cause, conn.dropped) == ("transport", "abnormal", True)
-
-
-async def test_upstream_close_code_and_reason_reach_the_client(tmp_path, fake_server) -> None:
-    table = {"accept_then_close": {"action": "close", "code": 4002, "reason": "go away"}}
-    server = await fake_server(
-        ServerConfig(faults=parse_faults(table, "t"), api_keys=frozenset({UPSTREAM_KEY}))
-    )
-    async with ProxyRun(tmp_path, server.url) as run:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(
-                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-            ) as ws,
-        ):
-            while (msg := await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
-                pass
-            assert msg.type is aiohttp.WSMsgType.CLOSE and (msg.data, msg.extra) == (
-                4002,
-                "go away",
-            )
-    (conn,) = run.frames().connections.itertuples()
-    assert (conn.closed_by, conn.cause, conn.close_code, conn.close_reason) == (
-        "server",
-        "server_close",
-        4002,
-        "go away",
+    assert (conn.closed_by, conn.cause, conn.close_code, conn.dropped) == (
+        closed_by,
+        cause,
+        code,
+        True,
     )
 
 
@@ -219,16 +215,11 @@ async def test_client_close_code_reaches_upstream_and_refusals_come_back(
     )
     async with ProxyRun(tmp_path, server.url) as run:
         async with aiohttp.ClientSession() as http:
-            ws = await http.ws_connect(
-                f"{run.base}/v1/realtime",
-                headers={"Authorization": f"Bearer {CLIENT_KEY}", CALLER_HEADER: "alice"},
-            )
+            ws = await run.connect(http, **{CALLER_HEADER: "alice"})
             await ws.receive_json(timeout=5)
             await ws.close(code=4100, message=b"caller hung up")
-            ws = await http.ws_connect(  # the same caller again: its second attempt
-                f"{run.base}/v1/realtime",
-                headers={"Authorization": f"Bearer {CLIENT_KEY}", CALLER_HEADER: "alice"},
-            )
+            # the same caller again: its second attempt
+            ws = await run.connect(http, **{CALLER_HEADER: "alice"})
             await ws.close()
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(f"{run.base}/v1/realtime")  # no key at all
@@ -338,13 +329,6 @@ def test_proxy_usage_mistakes_are_one_line_and_exit_2(tmp_path) -> None:
     assert not list(tmp_path.iterdir())  # nothing written before the mistake was found
 
 
-async def _until_closed(ws) -> tuple[list[dict], aiohttp.WSMessage]:
-    events = []
-    while (msg := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
-        events.append(json.loads(msg.data))
-    return events, msg
-
-
 @pytest.mark.parametrize(
     ("table", "code", "cause", "last_event"),
     [
@@ -370,9 +354,7 @@ async def test_faults_at_the_proxy_reach_the_client_as_the_fake_server_does_them
     async with ProxyRun(tmp_path, upstream.url, parse_faults(table, "t"), scale=50.0) as run:
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(
-                f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-            ) as ws,
+            run.connect(http) as ws,
         ):
             events, msg = await _until_closed(ws)
             got = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else ws.close_code
@@ -422,10 +404,7 @@ async def test_server_vad_beta_and_azure_clients_through_the_proxy(tmp_path, ups
                     break
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(
-                f"{run.base}/v1/realtime",
-                headers={"Authorization": f"Bearer {CLIENT_KEY}", "OpenAI-Beta": "realtime=v1"},
-            ) as ws,
+            run.connect(http, **{"OpenAI-Beta": "realtime=v1"}) as ws,
         ):
             assert (await ws.receive_json(timeout=5))["type"] == "transcription_session.created"
     frames = run.frames()
@@ -442,12 +421,7 @@ async def test_stopping_the_proxy_closes_open_clients_with_1001_censored(
 ) -> None:
     async with aiohttp.ClientSession() as http:
         async with ProxyRun(tmp_path, upstream.url) as run:
-            sockets = [
-                await http.ws_connect(
-                    f"{run.base}/v1/realtime", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-                )
-                for _ in range(3)
-            ]
+            sockets = [await run.connect(http) for _ in range(3)]
             for ws in sockets:
                 await ws.receive_json(timeout=5)
             await sockets[0].send_json(

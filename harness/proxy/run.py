@@ -18,7 +18,7 @@ from harness.fakeserver.faults import FaultProfile
 from harness.fakeserver.process import EmbeddedServer, banner
 from harness.proxy.app import RealtimeProxy
 from harness.recorder import Recorder
-from harness.runner import new_run_dir, run_event_loop, run_facts, write_json
+from harness.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
 from harness.scenario import TargetSection
 from harness.target import Target, build_target
 
@@ -84,12 +84,7 @@ def _manifest(options: ProxyOptions, started: str) -> dict[str, Any]:
         "seed": options.seed,
         "time_scale": options.time_scale,
         "target": None,
-        "started": started,
-        "ended": None,
-        "interrupted": None,
-        "saturated": None,
-        "append_lateness_p99_ms": None,
-        "rows": None,
+        **open_run(started),
     }
 
 
