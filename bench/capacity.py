@@ -27,6 +27,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -382,14 +383,18 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
     return point
 
 
-def search(sender: str, args, url: str, frames: Path, tmp: Path) -> dict:
-    """Step up by `growth` until a count fails, then bisect to within `resolution`."""
-    points: dict[int, dict] = {}
+def search(args):
+    """The counts one sender is measured at, one by one: each `yield n` is sent back whether n
+    passed. Steps up by `growth` until a count fails, then bisects to within `resolution`
+    (or just the given --counts)."""
+    if args.counts:
+        for n in args.counts:
+            yield n
+        return
     best, worst = 0, None
     n = args.start
     while n <= args.max:
-        points[n] = measure_point(sender, n, args, url, frames, tmp)
-        if not points[n]["passed"]:
+        if not (yield n):
             worst = n
             break
         best = n
@@ -398,16 +403,21 @@ def search(sender: str, args, url: str, frames: Path, tmp: Path) -> dict:
         mid = int(round((best + worst) / 2 / 10) * 10)
         if mid in (best, worst):
             break
-        points[mid] = measure_point(sender, mid, args, url, frames, tmp)
-        if points[mid]["passed"]:
+        if (yield mid):
             best = mid
         else:
             worst = mid
+
+
+def summarize(points: dict[int, dict]) -> dict:
+    passed = [n for n, p in points.items() if p["passed"]]
+    best = max(passed) if passed else 0
+    above = sorted(n for n, p in points.items() if not p["passed"] and n > best)
     return {
         "max_n": best,
         "at_max": points.get(best),
-        "first_failing_n": worst,
-        "at_first_failing": points.get(worst) if worst else None,
+        "first_failing_n": above[0] if above else None,
+        "at_first_failing": points[above[0]] if above else None,
         "points": [points[k] for k in sorted(points)],
     }
 
@@ -490,6 +500,8 @@ def main() -> None:
         rtsoak_child(args.url, args.n, args.seconds, args.out)
         return
 
+    # a SIGTERM unwinds like Ctrl-C, so the fake server and a running sender are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if "peer" in args.senders:
         peer_python()
     report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "args": {}}
@@ -506,23 +518,21 @@ def main() -> None:
         global SERVER_PID
         SERVER_PID = server.pid
         try:
-            results = {}
-            for sender in args.senders:
-                print(f"## {sender}", flush=True)
-                if args.counts:
-                    pts = [measure_point(sender, n, args, url, frames, tmp) for n in args.counts]
-                    ok = [p for p in pts if p["passed"]]
-                    best = max(ok, key=lambda p: p["n"]) if ok else None
-                    above = [p for p in pts if not p["passed"] and p["n"] > (best or {"n": 0})["n"]]
-                    results[sender] = {
-                        "max_n": best["n"] if best else 0,
-                        "at_max": best,
-                        "first_failing_n": above[0]["n"] if above else None,
-                        "at_first_failing": above[0] if above else None,
-                        "points": pts,
-                    }
-                else:
-                    results[sender] = search(sender, args, url, frames, tmp)
+            # the senders take turns, one count each, so a noisy spell on the machine
+            # falls on all of them rather than on one sender's whole search
+            searches = {sender: search(args) for sender in args.senders}
+            points: dict[str, dict[int, dict]] = {sender: {} for sender in args.senders}
+            pending = {sender: next(searches[sender]) for sender in args.senders}
+            while pending:
+                for sender in list(pending):
+                    n = pending[sender]
+                    point = measure_point(sender, n, args, url, frames, tmp)
+                    points[sender][n] = point
+                    try:
+                        pending[sender] = searches[sender].send(point["passed"])
+                    except StopIteration:
+                        del pending[sender]
+            results = {sender: summarize(points[sender]) for sender in args.senders}
         finally:
             server.terminate()
             server.wait(10)
