@@ -14,8 +14,10 @@ process on 127.0.0.1; each sender runs in a process of its own. A count passes w
 over repeats of the p99 send lateness (send time minus deadline, over a measurement window after
 every socket is open) is within 10 ms, every socket sent, and the frames sent reach 99 % of
 N x 50/s. Counts step up geometrically until one fails, then bisect. Usage:
-    python bench/capacity.py [--senders rtsoak ceiling peer] [--start 100] [--growth 1.5]
-        [--resolution 0.05] [--seconds 6] [--repeats 3] [--json bench/capacity.json]
+    python bench/capacity.py [--senders rtsoak ceiling peer] [--start 200] [--growth 1.5]
+        [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 2] [--counts N ...]
+        [--json bench/capacity.json]
+About 10 minutes on a quiet 2-core machine; results in bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -202,7 +204,7 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
             }
         )
     )
-    if not os.environ.get("CAP_KEEP"):
+    if not os.environ.get("CAP_KEEP"):  # CAP_KEEP=1: keep the run dir, to look into a run
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -466,14 +468,14 @@ def machine() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--senders", nargs="+", choices=SENDERS, default=list(SENDERS))
-    parser.add_argument("--start", type=int, default=100, help="first connection count")
+    parser.add_argument("--start", type=int, default=200, help="first connection count")
     parser.add_argument("--growth", type=float, default=1.5, help="step-up factor")
     parser.add_argument("--max", type=int, default=3000, help="largest count tried")
     parser.add_argument(
-        "--resolution", type=float, default=0.05, help="bisect until within this share"
+        "--resolution", type=float, default=0.1, help="bisect until within this share"
     )
     parser.add_argument("--counts", type=int, nargs="*", help="measure these counts only")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measurement window")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measurement window")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--max-other",
@@ -481,7 +483,7 @@ def main() -> None:
         default=0.15,
         help="a run during which other processes kept this many cores busy is measured again",
     )
-    parser.add_argument("--retries", type=int, default=6, help="re-measurements per count")
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per count")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "capacity.json")
     # a sender's own process (internal)
     parser.add_argument("--child", choices=("rtsoak", "ceiling"), help=argparse.SUPPRESS)
