@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -525,6 +526,14 @@ async def monitor_loop_lag(recorder: Recorder, clock: ScaledClock, period: float
             worst, samples, window_start = 0.0, 0, now
 
 
+async def freeze_after_ramp(clock: ScaledClock, ramp_up: float, settle: float = 2.0) -> None:
+    """Once the ramp is over and its handshakes had `settle` wall seconds to finish, freeze
+    what the workers' first connections allocated (see run_workers)."""
+    await clock.sleep_until(ramp_up)
+    await asyncio.sleep(settle)
+    gc.freeze()
+
+
 async def report_progress(
     progress: Progress,
     recorder: Recorder,
@@ -624,10 +633,19 @@ async def run_workers(
         if n % procs == k
     ]
     connector = aiohttp.TCPConnector(limit=0)
+    # A full garbage collection stops every sender for as long as it scans every tracked
+    # object: ~100 ms for the 165k objects of 700 open connections (bench/RESULTS.md). What
+    # exists now (modules, audio, workers) lives as long as the run, and so do the first
+    # connections: both are taken out of the collector's sight, so a collection mid-run scans
+    # only what the run allocated since. (Frozen objects are still freed by reference
+    # counting; only a cycle among them is kept once it dies.) No collection first: the run's
+    # clock is already running, and at 60x its ~100 ms would be 6 scenario seconds late.
+    gc.freeze()
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
             tasks = [loop.create_task(w.run(http)) for w in workers]
             lag_monitor = loop.create_task(monitor_loop_lag(recorder, clock))
+            freezer = loop.create_task(freeze_after_ramp(clock, run.ramp_up))
             tty = sys.stdout.isatty() and k == 0 and handle_signals
             ticker = (
                 loop.create_task(report_progress(progress, recorder, clock, run.duration, log, tty))
@@ -640,6 +658,7 @@ async def run_workers(
             await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
             end_wait.cancel()
             lag_monitor.cancel()
+            freezer.cancel()
             if ticker is not None:
                 ticker.cancel()
                 if tty:
@@ -657,4 +676,5 @@ async def run_workers(
         for sig in signals:
             loop.remove_signal_handler(sig)
         await recorder.aclose()
+        gc.unfreeze()
     return WorkersResult(interrupted, recorder.count, recorder.lateness.quantile(0.99))

@@ -108,3 +108,42 @@ async def test_progress_lines_count_what_workers_do(tmp_path) -> None:
     recorder.close()
     assert "3 open  2 drops  40 utterances (1 lost)" in lines[0]
     assert "/30.0 min" in lines[0] and "events/s" in lines[0]
+
+
+async def test_workers_run_with_setup_frozen_out_of_the_collector(
+    tmp_path, tone_library, fake_server
+) -> None:
+    """A full collection mid-run would stall every sender for as long as it scans the
+    modules, the audio and the open connections: run_workers freezes them (and unfreezes at
+    the end, so a process that goes on to build reports collects as usual)."""
+    import asyncio
+    import gc
+
+    from harness.clock import ScaledClock
+    from harness.runner import freeze_after_ramp, run_workers
+    from harness.target import Target
+
+    scenario = scenario_from(tmp_path, SCENARIO.split("[faults.session_age]")[0])
+    server = await fake_server()
+    gc.unfreeze()
+    run = asyncio.ensure_future(
+        run_workers(
+            scenario,
+            ScaledClock(scenario.run.time_scale),
+            Target.fake(server.url),
+            tone_library,
+            tmp_path,
+            log=lambda *_: None,
+            handle_signals=False,
+        )
+    )
+    await asyncio.sleep(0.2)
+    assert gc.get_freeze_count() > 0  # frozen from the start
+    await run
+    assert gc.get_freeze_count() == 0
+
+    frozen = gc.get_freeze_count()
+    later = [[] for _ in range(100)]  # allocated after the start: frozen once the ramp is over
+    await freeze_after_ramp(ScaledClock(1000.0), ramp_up=0.0, settle=0.0)
+    assert gc.get_freeze_count() >= frozen + len(later)
+    gc.unfreeze()

@@ -1,0 +1,579 @@
+"""Capacity of one client process at 20 ms pacing: the most concurrent WebSockets whose send
+lateness p99 stays within 10 ms, for three senders against the same fake server (issue 9):
+
+- rtsoak: the harness's own worker fleet (`harness.runner.run_workers`, what `rtsoak run
+  --procs 1` runs in its process): own-VAD utterances back to back (clear, steady 20 ms
+  appends, commit, transcript), every event recorded; lateness read back from its event log.
+- ceiling: a minimal aiohttp + uvloop loop sending the same pre-encoded append frames on N
+  sockets on absolute deadlines, nothing else.
+- peer: Locust (websocket-client on gevent, bench-only environment bench/.venv-peer), one User
+  per socket, the same frames and deadlines (bench/capacity_locust.py).
+
+The fake server (`rtsoak serve`, no faults, transcripts without added latency) runs in its own
+process on 127.0.0.1; each sender runs in a process of its own. A count passes when the median
+over repeats of the p99 send lateness (send time minus deadline, over a measurement window after
+every socket is open) is within 10 ms, every socket sent, and the frames sent reach 99 % of
+N x 50/s. Counts step up geometrically until one fails, then bisect. Usage:
+    python bench/capacity.py [--senders rtsoak ceiling peer] [--start 200] [--growth 1.5]
+        [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 2] [--counts N ...]
+        [--json bench/capacity.json]
+About 10 minutes on a quiet 2-core machine; results in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_VENV = ROOT / "bench" / ".venv-peer"
+PEER_PACKAGES = ["locust", "websocket-client"]
+PERIOD = 0.020  # 20 ms pacing
+LIMIT_MS = 10.0  # p99 send lateness a sender may reach at its capacity
+MIN_RATE = 0.99  # share of N x 50 frames/s that must actually leave
+RAMP = 1.0  # connections open over this long, spreading their phases
+WARMUP = 1.5  # then settle this long before the window opens
+SENDERS = ("rtsoak", "ceiling", "peer")
+VAD_OFF = json.dumps(
+    {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
+)
+
+
+# ---------------------------------------------------------------------------- children
+async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out: Path) -> None:
+    """N sockets, pre-encoded frames on absolute deadlines, lateness sampled before each send."""
+    import array
+
+    import aiohttp
+
+    frames = frames_path.read_text().splitlines()
+    lateness = array.array("d")
+    sent_in_window = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        gate = asyncio.Semaphore(50)
+
+        async def connect() -> aiohttp.ClientWebSocketResponse:
+            async with gate:
+                ws = await http.ws_connect(
+                    url, headers={"Authorization": "Bearer bench"}, max_msg_size=0
+                )
+                await ws.receive()  # session.created
+                await ws.send_str(VAD_OFF)
+                await ws.receive()  # session.updated
+                return ws
+
+        sockets = await asyncio.gather(*(connect() for _ in range(n)))
+        start = time.monotonic() + 0.1
+        win_start, win_end = start + WARMUP, start + WARMUP + seconds
+
+        async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
+            nonlocal sent_in_window
+            due = start + i * PERIOD / n  # phases spread over the period
+            k = i % len(frames)
+            while True:
+                now = time.monotonic()
+                if now < due:
+                    await asyncio.sleep(due - now)
+                    now = time.monotonic()
+                if now >= win_end:
+                    return
+                await ws.send_str(frames[k])
+                if now >= win_start:
+                    lateness.append((now - due) * 1000.0)
+                    sent_in_window += 1
+                k = (k + 1) % len(frames)
+                due += PERIOD
+
+        async def cpu() -> float:
+            await asyncio.sleep(max(0.0, win_start - time.monotonic()))
+            c0 = time.process_time()
+            await asyncio.sleep(max(0.0, win_end - time.monotonic()))
+            return time.process_time() - c0
+
+        cpu_task = asyncio.ensure_future(cpu())
+        await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)))
+        cpu_s = await cpu_task
+        for ws in sockets:
+            await ws.close()
+    with open(str(out) + ".lag", "wb") as f:
+        lateness.tofile(f)
+    out.write_text(
+        json.dumps(
+            {
+                "connected": len(sockets),
+                "senders_in_window": n,
+                "frames_in_window": sent_in_window,
+                "window_s": seconds,
+                "cpu_s": cpu_s,
+            }
+        )
+    )
+
+
+def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
+    """The harness's workers, as `rtsoak run --procs 1` runs them (on the loop
+    `harness.runner.run_event_loop` picks: uvloop), against `url`; lateness from the event log
+    they record."""
+    import gc
+
+    import numpy as np
+    import pyarrow as pa
+
+    sys.path.insert(0, str(ROOT))
+    from harness.audio import AudioLibrary
+    from harness.clock import ScaledClock
+    from harness.runner import run_event_loop, run_workers
+    from harness.scenario import scenario_from_doc
+    from harness.target import Target
+
+    win_start, win_end = RAMP + WARMUP, RAMP + WARMUP + seconds
+    doc = {
+        "run": {
+            "name": "capacity",
+            "workers": n,
+            "duration": win_end + 0.05,
+            "ramp_up": RAMP,
+            "time_scale": 1,
+            "target": "fake",
+        },
+        "audio": {"dir": str(ROOT / "fixtures" / "audio")},
+        "pacing": {"chunk_ms": 20, "mode": "steady"},
+        "silence": {"gap": 0, "fill": "idle"},  # utterances back to back
+        "turns": {"mode": "client"},
+    }
+    scenario = scenario_from_doc(doc, "bench/capacity.py")
+    library = AudioLibrary.from_dir(scenario.audio_dir())
+    run_dir = out.parent / f"{out.name}.run"
+    run_dir.mkdir()
+    gc.collect()
+    clock = ScaledClock(1.0)
+
+    async def cpu() -> float:
+        await clock.sleep_until(win_start)
+        c0 = time.process_time()
+        await clock.sleep_until(win_end)
+        return time.process_time() - c0
+
+    async def both():
+        cpu_task = asyncio.ensure_future(cpu())
+        result = await run_workers(
+            scenario,
+            clock,
+            Target.fake(url),
+            library,
+            run_dir,
+            log=lambda *_: None,
+            handle_signals=False,
+        )
+        return result, await cpu_task
+
+    result, cpu_s = run_event_loop(both())
+    with pa.OSFile(str(run_dir / "events-client.arrows")) as f:
+        table = pa.ipc.open_stream(f).read_all()
+    t = table.column("t").to_numpy()
+    kind = table.column("type").to_numpy(zero_copy_only=False)
+    direction = table.column("dir").to_numpy(zero_copy_only=False)
+    mask = (direction == "send") & (kind == "input_audio_buffer.append")
+    mask &= (t >= win_start) & (t < win_end)
+    lag = table.column("lag_ms").to_numpy(zero_copy_only=False)[mask].astype(np.float64)
+    workers = table.column("worker").to_numpy()[mask]
+    handshakes = int(((direction == "meta") & (kind == "handshake")).sum())
+    lag.tofile(str(out) + ".lag")
+    out.write_text(
+        json.dumps(
+            {
+                "connected": handshakes,
+                "senders_in_window": int(len(np.unique(workers))),
+                "frames_in_window": int(mask.sum()),
+                "window_s": seconds,
+                "cpu_s": cpu_s,
+                "rows": result.rows,
+                "recorder_p99_ms_whole_run": result.append_lateness_p99_ms,
+            }
+        )
+    )
+    if not os.environ.get("CAP_KEEP"):  # CAP_KEEP=1: keep the run dir, to look into a run
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- parent
+def peer_python() -> Path:
+    """The bench-only environment for Locust, created on first use (never in .venv)."""
+    python = PEER_VENV / "bin" / "python"
+    if not (PEER_VENV / "bin" / "locust").exists():
+        print(f"## creating {PEER_VENV} ({', '.join(PEER_PACKAGES)})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *PEER_PACKAGES], check=True)
+    return python
+
+
+def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
+    """`rtsoak serve` in its own process: no faults, transcripts without added latency (so
+    rtsoak's workers stream back to back rather than wait 0.25 s per utterance)."""
+    config = tmp / "server.toml"
+    config.write_text("[server]\nlatency_base = 0\nlatency_per_audio_second = 0\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "serve", "--port", "0", "--faults", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if " on " not in line:
+        proc.kill()
+        raise RuntimeError(f"fake server did not start: {line!r}")
+    return proc, line.split(" on ")[1].strip()
+
+
+def write_frames(tmp: Path) -> Path:
+    """The fixtures' utterances as pre-encoded 20 ms appends, one JSON text per line."""
+    sys.path.insert(0, str(ROOT))
+    from harness.audio import AudioLibrary
+
+    library = AudioLibrary.from_dir(ROOT / "fixtures" / "audio")
+    path = tmp / "frames.jsonl"
+    path.write_text("\n".join(f.json for u in library.utterances for f in u.frames(20)) + "\n")
+    return path
+
+
+SERVER_PID: int | None = None  # the fake server's process, for its CPU time
+
+
+def busy_seconds() -> float:
+    """CPU seconds all cores of the machine have been busy (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def self_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_once(
+    sender: str, url: str, n: int, seconds: float, frames: Path, tmp: Path
+) -> dict[str, float]:
+    """One run of one sender at n sockets, in its own process. `other_cores` is how busy the
+    machine was with anything but this bench (server, sender, parent): another user's load."""
+    import numpy as np
+
+    out = tmp / f"{sender}-{n}-{time.monotonic_ns()}.json"
+    timeout = 120 + n * 0.05 + seconds
+    if sender == "peer":
+        env = dict(
+            os.environ,
+            CAP_URL=url,
+            CAP_FRAMES=str(frames),
+            CAP_OUT=str(out),
+            CAP_WIN_START=repr(RAMP + WARMUP),
+            CAP_WIN_END=repr(RAMP + WARMUP + seconds),
+        )
+        cmd = [
+            str(PEER_VENV / "bin" / "locust"),
+            "-f",
+            str(ROOT / "bench" / "capacity_locust.py"),
+            "--headless",
+            "--only-summary",
+            "--loglevel",
+            "ERROR",
+            "-u",
+            str(n),
+            "-r",
+            str(n / RAMP),
+            "--run-time",
+            f"{RAMP + WARMUP + seconds + 1:.0f}s",
+            "--stop-timeout",
+            "5",
+        ]
+    else:
+        env = dict(os.environ)
+        cmd = [sys.executable, __file__, "--child", sender, "--url", url, "--n", str(n)]
+        cmd += ["--seconds", repr(seconds), "--frames", str(frames), "--out", str(out)]
+    marks = (busy_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
+    wall0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    wall = time.monotonic() - wall0
+    now = (busy_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
+    busy, server_cpu, child_cpu, own = (b - a for a, b in zip(marks, now, strict=True))
+    if not out.exists():
+        raise RuntimeError(f"{sender} at {n} wrote no result ({proc.returncode}): {proc.stderr}")
+    result = json.loads(out.read_text())
+    lag = np.fromfile(str(out) + ".lag", dtype=np.float64)
+    for p in (out, Path(str(out) + ".lag")):
+        p.unlink(missing_ok=True)
+    expected = n * seconds / PERIOD
+    result.update(
+        n=n,
+        lateness_p50_ms=float(np.percentile(lag, 50)) if len(lag) else None,
+        lateness_p99_ms=float(np.percentile(lag, 99)) if len(lag) else None,
+        lateness_max_ms=float(lag.max()) if len(lag) else None,
+        rate_share=result["frames_in_window"] / expected,
+        cpu_share=(result["cpu_s"] or 0.0) / seconds,
+        cpu_us_per_frame=(result["cpu_s"] or 0.0) / max(1, result["frames_in_window"]) * 1e6,
+        server_cores=server_cpu / wall,
+        other_cores=max(0.0, busy - server_cpu - child_cpu - own) / wall,
+    )
+    return result
+
+
+def passes(r: dict[str, float], n: int) -> bool:
+    return (
+        r["lateness_p99_ms"] is not None
+        and r["lateness_p99_ms"] <= LIMIT_MS
+        and r["rate_share"] >= MIN_RATE
+        and r.get("senders_in_window", n) >= n
+    )
+
+
+def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) -> dict:
+    """Up to `repeats` runs; stop once the majority is decided. The median p99 decides."""
+    runs, disturbed = [], []
+    while len(runs) < args.repeats:
+        r = run_once(sender, url, n, args.seconds, frames, tmp)
+        print(json.dumps({"sender": sender, **r}), flush=True)
+        if r["other_cores"] > args.max_other and len(disturbed) < args.retries:
+            # someone else loaded the machine meanwhile: measure again, after a pause
+            disturbed.append(r)
+            print(f"# disturbed ({r['other_cores']:.2f} cores busy elsewhere): again", flush=True)
+            time.sleep(5)
+            continue
+        runs.append(r)
+        ok = sum(passes(x, n) for x in runs)
+        if ok > args.repeats // 2 or len(runs) - ok > args.repeats // 2:
+            break
+    point = {
+        "n": n,
+        "runs": len(runs),
+        "other_cores": [round(x["other_cores"], 2) for x in runs],
+        "disturbed_runs_discarded": len(disturbed),
+        "p99_ms": [round(x["lateness_p99_ms"] or float("nan"), 2) for x in runs],
+        "median_p99_ms": statistics.median(x["lateness_p99_ms"] or 1e9 for x in runs),
+        "median_rate_share": statistics.median(x["rate_share"] for x in runs),
+        "median_cpu_share": statistics.median(x["cpu_share"] for x in runs),
+        "median_cpu_us_per_frame": statistics.median(x["cpu_us_per_frame"] for x in runs),
+        "passed": sum(passes(x, n) for x in runs) > len(runs) // 2,
+    }
+    print(json.dumps({"sender": sender, "point": point}), flush=True)
+    return point
+
+
+def search(args):
+    """The counts one sender is measured at, one by one: each `yield n` is sent back whether n
+    passed. Steps up by `growth` until a count fails, then bisects to within `resolution`
+    (or just the given --counts)."""
+    if args.counts:
+        for n in args.counts:
+            yield n
+        return
+    best, worst = 0, None
+    n = args.start
+    while n <= args.max:
+        if not (yield n):
+            worst = n
+            break
+        best = n
+        n = int(round(n * args.growth / 10) * 10)
+    while worst is not None and best and (worst - best) > max(10, args.resolution * best):
+        mid = int(round((best + worst) / 2 / 10) * 10)
+        if mid in (best, worst):
+            break
+        if (yield mid):
+            best = mid
+        else:
+            worst = mid
+
+
+def summarize(points: dict[int, dict]) -> dict:
+    passed = [n for n, p in points.items() if p["passed"]]
+    best = max(passed) if passed else 0
+    above = sorted(n for n, p in points.items() if not p["passed"] and n > best)
+    return {
+        "max_n": best,
+        "at_max": points.get(best),
+        "first_failing_n": above[0] if above else None,
+        "at_first_failing": points[above[0]] if above else None,
+        "points": [points[k] for k in sorted(points)],
+    }
+
+
+def machine() -> dict:
+    import aiohttp
+
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = None
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    peer = subprocess.run(
+        [
+            str(PEER_VENV / "bin" / "python"),
+            "-c",
+            "import locust, websocket, gevent; "
+            "print(locust.__version__, websocket.__version__, gevent.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": sys.version.split()[0],
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uv,
+        "locust": peer[0] if peer else None,
+        "websocket_client": peer[1] if len(peer) > 1 else None,
+        "gevent": peer[2] if len(peer) > 2 else None,
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--senders", nargs="+", choices=SENDERS, default=list(SENDERS))
+    parser.add_argument("--start", type=int, default=200, help="first connection count")
+    parser.add_argument("--growth", type=float, default=1.5, help="step-up factor")
+    parser.add_argument("--max", type=int, default=3000, help="largest count tried")
+    parser.add_argument(
+        "--resolution", type=float, default=0.1, help="bisect until within this share"
+    )
+    parser.add_argument("--counts", type=int, nargs="*", help="measure these counts only")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measurement window")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.15,
+        help="a run during which other processes kept this many cores busy is measured again",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per count")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "capacity.json")
+    # a sender's own process (internal)
+    parser.add_argument("--child", choices=("rtsoak", "ceiling"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child == "ceiling":
+        import uvloop
+
+        uvloop.run(ceiling_child(args.url, args.n, args.seconds, args.frames, args.out))
+        return
+    if args.child == "rtsoak":
+        rtsoak_child(args.url, args.n, args.seconds, args.out)
+        return
+
+    # a SIGTERM unwinds like Ctrl-C, so the fake server and a running sender are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if "peer" in args.senders:
+        peer_python()
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "args": {}}
+    report["args"] = {
+        k: v
+        for k, v in vars(args).items()
+        if k in ("senders", "start", "growth", "max", "resolution", "counts", "seconds", "repeats")
+    }
+    print(json.dumps(report), flush=True)
+    with tempfile.TemporaryDirectory(prefix="rtsoak-capacity-") as name:
+        tmp = Path(name)
+        frames = write_frames(tmp)
+        server, url = start_server(tmp)
+        global SERVER_PID
+        SERVER_PID = server.pid
+        try:
+            # the senders take turns, one count each, so a noisy spell on the machine
+            # falls on all of them rather than on one sender's whole search
+            searches = {sender: search(args) for sender in args.senders}
+            points: dict[str, dict[int, dict]] = {sender: {} for sender in args.senders}
+            pending = {sender: next(searches[sender]) for sender in args.senders}
+            while pending:
+                for sender in list(pending):
+                    n = pending[sender]
+                    point = measure_point(sender, n, args, url, frames, tmp)
+                    points[sender][n] = point
+                    try:
+                        pending[sender] = searches[sender].send(point["passed"])
+                    except StopIteration:
+                        del pending[sender]
+            results = {sender: summarize(points[sender]) for sender in args.senders}
+        finally:
+            server.terminate()
+            server.wait(10)
+    report["results"] = results
+    r = {s: results[s]["max_n"] for s in results}
+    if r.get("rtsoak") and r.get("ceiling"):
+        report["rtsoak_over_ceiling"] = round(r["rtsoak"] / r["ceiling"], 3)
+    if r.get("rtsoak") and r.get("peer"):
+        report["rtsoak_over_peer"] = round(r["rtsoak"] / r["peer"], 3)
+    report["targets"] = {"rtsoak_over_ceiling": 0.8, "rtsoak_over_peer": 1.6}
+    args.json.write_text(json.dumps(report, indent=2))
+    print_table(report)
+
+
+def print_table(report: dict) -> None:
+    rows = [
+        "| sender | max N (p99 <= 10 ms) | p99 at max N (runs) | next N tried: p99 (runs) "
+        "| client CPU at max N | CPU per frame |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for sender, res in report["results"].items():
+        at, nxt = res.get("at_max"), res.get("at_first_failing")
+        rows.append(
+            f"| {sender} | {res['max_n']} | "
+            + (f"{at['median_p99_ms']:.1f} ms {at['p99_ms']}" if at else "-")
+            + " | "
+            + (f"{nxt['n']}: {nxt['median_p99_ms']:.1f} ms {nxt['p99_ms']}" if nxt else "-")
+            + " | "
+            + (f"{at['median_cpu_share'] * 100:.0f} %" if at else "-")
+            + " | "
+            + (f"{at['median_cpu_us_per_frame']:.1f} µs" if at else "-")
+            + " |"
+        )
+    print("\n".join(rows))
+    for key, target in report["targets"].items():
+        if key in report:
+            verdict = "met" if report[key] >= target else "missed"
+            print(f"{key}: {report[key]:.2f} (target >= {target}): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
