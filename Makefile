@@ -47,6 +47,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/server_appends.py --vad
 	$(BIN)/python bench/recorder_overhead.py
 	tmp=$$(mktemp -d) && $(BIN)/python bench/load_10m.py all $$tmp/run; rc=$$?; rm -rf $$tmp; exit $$rc
+	$(BIN)/python bench/proxy_overhead.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check harness tests

@@ -346,8 +346,9 @@ def main() -> None:
         load_lean(args.dir) if args.lean else load(args.dir, args.write)
     if args.command == "report":
         report(args.dir, args.repeat)
-    if args.command == "all":  # a fresh process, so peak memory is the load's own
+    if args.command == "all":  # fresh processes, so peak memory is each step's own
         subprocess.run([sys.executable, __file__, "load", str(args.dir), "--write"], check=True)
+        report(args.dir, args.repeat)
 
 
 if __name__ == "__main__":
