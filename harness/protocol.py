@@ -77,14 +77,16 @@ def error_event(
     *,
     param: str | None = None,
     client_event_id: str | None = None,
-    type_: str = "invalid_request_error",
+    type_: str | None = None,
 ) -> dict[str, Any]:
-    """A server `error` event (the same shape in both dialects)."""
+    """A server `error` event (the same shape in both dialects); its type follows the code
+    unless given."""
     return {
         "type": "error",
         "event_id": event_id,
         "error": {
-            "type": type_,
+            "type": type_
+            or ("server_error" if code == "server_error" else "invalid_request_error"),
             "code": code,
             "message": message,
             "param": param,

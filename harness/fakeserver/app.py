@@ -295,10 +295,7 @@ class FakeServer:
                 code=fault.code,
                 text=fault.policy,
                 detail={
-                    "kind": str(fault.kind),
-                    "reason": fault.reason,
-                    "age": self.clock.now() - session.opened,
-                    "due_age": None if fault.due is None else fault.due - session.opened,
+                    **fault.detail(self.clock.now(), session.opened),
                     "session_key": session_key,
                 },
             )

@@ -54,6 +54,15 @@ class Fault:
     error_message: str = ""
     due: float | None = None  # the scenario time it was scheduled for, if by a deadline
 
+    def detail(self, now: float, opened: float) -> dict[str, Any]:
+        """What the ground-truth log says of it, ages from the connection's opening."""
+        return {
+            "kind": str(self.kind),
+            "reason": self.reason,
+            "age": now - opened,
+            "due_age": None if self.due is None else self.due - opened,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class HandshakeDecision:

@@ -107,11 +107,7 @@ class TranscriptionSession:
 
     def error_event(self, code: str, message: str) -> dict[str, Any]:
         """An `error` event in the service's shape, for faults that complain before acting."""
-        return self._error(
-            code,
-            message,
-            type_="server_error" if code == "server_error" else "invalid_request_error",
-        )
+        return error_event(self._id("event_"), code, message)
 
     def _error(
         self,

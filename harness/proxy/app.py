@@ -185,21 +185,28 @@ class _Relay:
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            before = self.faults.next_deadline()
             self.record(self.obs.client_frame(now, msg.data))
-            pcm = self.obs.last_pcm
-            fault = self.faults.on_frame(now, "event" if pcm is None else "audio")
-            if fault is None and pcm is not None and self.faults.wants_audio:
-                fault = self.faults.on_audio(now, pcm, self.obs.uncommitted_bytes)
-            if not await self.inject(fault):
-                return  # the fault ended the connection: the frame never reaches upstream
-            after = self.faults.next_deadline()
-            if after is not None and (before is None or after < before):
-                self.wake.set()
+            if self.faults.policies and not await self._judge(now):
+                return  # a fault ended the connection: the frame never reaches upstream
             if msg.type is WSMsgType.TEXT:
                 await _forward(up.send_str(msg.data))
             else:
                 await _forward(up.send_bytes(msg.data))
+
+    async def _judge(self, now: float) -> bool:
+        """The fault policies' verdict on the client frame just observed; False once a fault
+        has ended the connection. Wakes the timers when a deadline moved earlier."""
+        before = self.faults.next_deadline()
+        pcm = self.obs.last_pcm
+        fault = self.faults.on_frame(now, "event" if pcm is None else "audio")
+        if fault is None and pcm is not None and self.faults.wants_audio:
+            fault = self.faults.on_audio(now, pcm, self.obs.uncommitted_bytes)
+        if not await self.inject(fault):
+            return False
+        after = self.faults.next_deadline()
+        if after is not None and (before is None or after < before):
+            self.wake.set()
+        return True
 
     # upstream -> client -------------------------------------------------------------------
     async def _upstream_to_client(self) -> None:
@@ -258,42 +265,24 @@ class _Relay:
         if fault is None or self.ending is not None:
             return self.ending is None
         clock = self.proxy.clock
-        self.proxy.record(
-            [
-                Row(
-                    clock.now(),
-                    "meta",
-                    "fault",
-                    {
-                        "code": fault.code,
-                        "item": self.obs.request_id,
-                        "text": fault.policy,
-                        "detail": {
-                            "kind": str(fault.kind),
-                            "reason": fault.reason,
-                            "age": clock.now() - (self.obs.established or self.obs.opened),
-                            "due_age": None
-                            if fault.due is None
-                            else fault.due - (self.obs.established or self.obs.opened),
-                        },
-                    },
-                )
-            ],
-            self.worker,
-            self.conn,
-            src="proxy",
+        now, opened = clock.now(), self.obs.established or self.obs.opened
+        row = Row(
+            now,
+            "meta",
+            "fault",
+            {
+                "code": fault.code,
+                "item": self.obs.request_id,
+                "text": fault.policy,
+                "detail": fault.detail(now, opened),
+            },
         )
+        self.proxy.record([row], self.worker, self.conn, src="proxy")
         if fault.kind is not FaultKind.ERROR:
             self.end(_fault_ending(fault))
         if fault.error_code and not self.client.closed:
-            event = error_event(
-                "event_" + f"{self.proxy.rng.getrandbits(88):022x}",
-                fault.error_code,
-                fault.error_message,
-                type_="server_error"
-                if fault.error_code == "server_error"
-                else "invalid_request_error",
-            )
+            event_id = "event_" + f"{self.proxy.rng.getrandbits(88):022x}"
+            event = error_event(event_id, fault.error_code, fault.error_message)
             text = json.dumps(event)
             self.record(self.obs.server_frame(clock.now(), text))
             await _forward(self.client.send_str(text))

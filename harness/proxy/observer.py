@@ -18,15 +18,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.fakeserver.transcript import parse_transcript
+from harness.fakeserver.transcript import BYTES_PER_SECOND, parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.protocol import COMPLETED, CREATED, FAILED, UPDATED, error_text, text_field
 
 __all__ = ["RelayObserver", "Row"]
 
 UPDATES = frozenset({"session.update", "transcription_session.update"})
-# audio bytes per millisecond of each input format (PCM16 at 24 kHz; G.711 at 8 kHz)
-_BYTES_PER_MS = {"audio/pcm": 48.0, "pcm16": 48.0}
+# audio bytes per millisecond of each input format (PCM16 at 24 kHz; else G.711 at 8 kHz)
+_BYTES_PER_MS = {"audio/pcm": BYTES_PER_SECOND / 1000, "pcm16": BYTES_PER_SECOND / 1000}
 _G711_BYTES_PER_MS = 8.0
 
 
@@ -56,19 +56,6 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def _turn_detection(session: Any) -> tuple[bool, Any]:
-    """(present, value) of turn_detection in a GA or beta session object."""
-    if not isinstance(session, dict):
-        return False, None
-    audio_in = (
-        session.get("audio", {}).get("input") if isinstance(session.get("audio"), dict) else None
-    )
-    for holder in (audio_in, session):
-        if isinstance(holder, dict) and "turn_detection" in holder:
-            return True, holder["turn_detection"]
-    return False, None
-
-
 def _audio_format(session: Any) -> str | None:
     if not isinstance(session, dict):
         return None
@@ -88,8 +75,7 @@ class RelayObserver:
         self.opened = opened
         self.established: float | None = None
         self.configured = False
-        self.server_vad = True  # the service's default for transcription sessions
-        self.bytes_per_ms = 48.0
+        self.bytes_per_ms = _BYTES_PER_MS["audio/pcm"]
         self.session_id: str | None = None
         self.request_id: str | None = None
         self.expired = False  # the service said session_expired
@@ -336,9 +322,7 @@ class RelayObserver:
         )
 
     def _configure(self, session: Any) -> None:
-        present, value = _turn_detection(session)
-        if present:
-            self.server_vad = value is not None
+        """Audio milliseconds follow the session's input format."""
         fmt = _audio_format(session)
         if fmt is not None:
             self.bytes_per_ms = _BYTES_PER_MS.get(fmt, _G711_BYTES_PER_MS)
