@@ -58,7 +58,9 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
 
     import aiohttp
 
-    frames = frames_path.read_text().splitlines()
+    # UTF-8 once, sent as text frames as they are: what rtsoak's workers do
+    frames = [line.encode() for line in frames_path.read_text().splitlines()]
+    text = aiohttp.WSMsgType.TEXT
     lateness = array.array("d")
     sent_in_window = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
@@ -89,7 +91,7 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
                     now = time.monotonic()
                 if now >= win_end:
                     return
-                await ws.send_str(frames[k])
+                await ws.send_frame(frames[k], text)
                 if now >= win_start:
                     lateness.append((now - due) * 1000.0)
                     sent_in_window += 1
@@ -245,7 +247,8 @@ def write_frames(tmp: Path) -> Path:
 
     library = AudioLibrary.from_dir(ROOT / "fixtures" / "audio")
     path = tmp / "frames.jsonl"
-    path.write_text("\n".join(f.json for u in library.utterances for f in u.frames(20)) + "\n")
+    frames = (f.json.decode() for u in library.utterances for f in u.frames(20))
+    path.write_text("\n".join(frames) + "\n")
     return path
 
 
@@ -441,17 +444,19 @@ def machine() -> dict:
         ),
         platform.processor(),
     )
-    peer = subprocess.run(
-        [
-            str(PEER_VENV / "bin" / "python"),
-            "-c",
-            "import locust, websocket, gevent; "
-            "print(locust.__version__, websocket.__version__, gevent.__version__)",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
+    peer: list[str] = []
+    if (PEER_VENV / "bin" / "python").exists():  # made on the peer's first run
+        peer = subprocess.run(
+            [
+                str(PEER_VENV / "bin" / "python"),
+                "-c",
+                "import locust, websocket, gevent; "
+                "print(locust.__version__, websocket.__version__, gevent.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

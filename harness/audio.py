@@ -17,7 +17,7 @@ __all__ = ["RATE", "AudioError", "AudioLibrary", "Utterance", "silence", "noise"
 
 RATE = 24_000
 AUDIO_SUFFIXES = (".wav", ".flac")
-_APPEND = '{"type":"input_audio_buffer.append","audio":"%s"}'
+_APPEND = b'{"type":"input_audio_buffer.append","audio":"%s"}'
 
 
 class AudioError(Exception):
@@ -26,7 +26,7 @@ class AudioError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    json: str  # the whole input_audio_buffer.append event
+    json: bytes  # the whole input_audio_buffer.append event, UTF-8: sent as it is
     audio_bytes: int  # PCM bytes it carries
 
 
@@ -50,9 +50,7 @@ class Utterance:
         if cached is None:
             step = RATE * 2 * chunk_ms // 1000
             chunks = [self.pcm[i : i + step] for i in range(0, len(self.pcm), step)]
-            cached = tuple(
-                Frame(_APPEND % base64.b64encode(c).decode("ascii"), len(c)) for c in chunks
-            )
+            cached = tuple(Frame(_APPEND % base64.b64encode(c), len(c)) for c in chunks)
             self._frames[chunk_ms] = cached
         return cached
 

@@ -7,6 +7,8 @@ send", so lateness never accumulates into drift.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -14,10 +16,12 @@ import numpy as np
 __all__ = ["schedule", "steady_offsets"]
 
 
-def steady_offsets(frame_count: int, chunk_ms: int, speed: float = 1.0) -> list[float]:
-    """One frame every chunk_ms of audio, `speed` times faster than real time."""
+@lru_cache(maxsize=1024)
+def steady_offsets(frame_count: int, chunk_ms: int, speed: float = 1.0) -> tuple[float, ...]:
+    """One frame every chunk_ms of audio, `speed` times faster than real time. Cached: every
+    utterance of a fixture has the same schedule, and hundreds of workers ask for it."""
     step = chunk_ms / 1000.0 / speed
-    return [i * step for i in range(frame_count)]
+    return tuple(i * step for i in range(frame_count))
 
 
 def schedule(
@@ -26,7 +30,7 @@ def schedule(
     rng: np.random.Generator,
     pause_at: int | None = None,
     pause: float = 0.0,
-) -> list[float]:
+) -> Sequence[float]:
     """Offsets for `frame_count` frames under a [pacing] section: steady; jitter (each deadline
     moved by up to +-jitter_ms, kept in order); burst (burst_frames at once every
     burst_every_ms, by default as often as keeps the average at real time). A pause of

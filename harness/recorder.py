@@ -3,11 +3,14 @@
 Rows are appended flat to one list (cheap on the per-frame path, and no object per row that
 the garbage collector must track: a tuple per row made full collections four times as
 frequent, each a pause of tens of ms with hundreds of sockets open) and written every
-`flush_every` wall seconds, so a SIGKILL loses at most that much (plus the slices still being
-written). The periodic flush writes in slices of `slice_rows` with a yield to the event loop
-between them, so a busy run never stalls its senders for more than about a millisecond. A batch
-torn by a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever
-logged: bytes, audio milliseconds and CRCs stand for it.
+`flush_every` wall seconds, so a SIGKILL loses at most that much. The list is the same object
+for the whole run: once the runner freezes it out of the collector's sight it is never scanned,
+where a fresh list per flush was scanned item by item by every young collection that met it
+(5-10 ms pauses at 600 sockets). Flushes are frequent and small, in slices of `slice_rows` with a
+yield to the event loop between them: writing costs about 0.5 µs a row, and a flush's rows
+written in one burst made a backlog every sender paid for (bench/RESULTS.md). A batch torn by
+a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged:
+bytes, audio milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
@@ -82,12 +85,11 @@ class LatenessHistogram:
 class Recorder:
     """Appends rows and persists them in batches. `row()` is the only per-frame call."""
 
-    def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 2000) -> None:
+    def __init__(self, path: Path, flush_every: float = 0.05, slice_rows: int = 1000) -> None:
         self.path = path
         self.flush_every = flush_every
         self.slice_rows = slice_rows
-        self.rows: list[Any] = []  # flat: _WIDTH values per row
-        self._pending: list[Any] = []  # taken from `rows`, being written slice by slice
+        self.rows: list[Any] = []  # flat: _WIDTH values per row; never replaced (see above)
         self.count = 0
         self.lateness = LatenessHistogram()
         self._sink = pa.OSFile(str(path), "wb")
@@ -139,7 +141,7 @@ class Recorder:
     @property
     def recorded(self) -> int:
         """Rows recorded so far, written or not."""
-        return self.count + (len(self.rows) + len(self._pending)) // _WIDTH
+        return self.count + len(self.rows) // _WIDTH
 
     def _write(self, flat: list[Any]) -> None:
         columns = [pa.array(flat[i::_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
@@ -148,25 +150,30 @@ class Recorder:
         self.count += len(flat) // _WIDTH
         self.lateness.add(columns[_LAG])
 
+    def _write_head(self, rows: int) -> None:
+        """Write the oldest `rows` rows and drop them from the buffer (no await in between:
+        the slice taken lives only as long as this call)."""
+        end = rows * _WIDTH
+        head = self.rows[:end]
+        del self.rows[:end]
+        self._write(head)
+
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._write(pending)
-        rows, self.rows = self.rows, []
-        if rows:
-            self._write(rows)
+        if self.rows:
+            self._write_head(len(self.rows) // _WIDTH)
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
-            self._pending, self.rows = self.rows, []
-            # `flush()` may run between slices (a second signal) and take what is left.
-            step = self.slice_rows * _WIDTH
-            while self._pending:
-                self._write(self._pending[:step])
-                del self._pending[:step]
-                await asyncio.sleep(0)
+            # only what was there when the flush began: rows keep arriving between slices
+            left = len(self.rows) // _WIDTH
+            while left > 0 and self.rows:  # `flush()` may have run between slices
+                step = min(left, self.slice_rows, len(self.rows) // _WIDTH)
+                self._write_head(step)
+                left -= step
+                if left:
+                    await asyncio.sleep(0)
 
     def start(self) -> None:
         """Begin periodic flushing on the running loop."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,10 @@ from harness.target import Target
 
 __all__ = ["Worker", "WorkerSetup"]
 
+TEXT = aiohttp.WSMsgType.TEXT
 _SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
+_CLEAR = json.dumps({"type": "input_audio_buffer.clear"})  # pre-encoded: sent every utterance
+_COMMIT = json.dumps({"type": "input_audio_buffer.commit"})
 _NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
 
 
@@ -115,6 +119,7 @@ class Worker:
         self._silence = self._silence_frames()
         self._silence_i = 0
         self._paused: dict[str, Utterance] = {}
+        self._stopped: asyncio.Future | None = None  # this worker's view of setup.stop
 
     # recording ------------------------------------------------------------------------------
     def _row(self, conn: int, dir_: str, type_: str, t: float | None = None, **kw: Any) -> None:
@@ -135,7 +140,7 @@ class Worker:
         self, fut: asyncio.Future | None, until: float, conn: Conn | None = None
     ) -> str:
         """Wait for `fut` until scenario time `until`: 'done', 'closed', 'stopped' or 'timeout'."""
-        waits: set[asyncio.Future] = {self.s.stop}
+        waits: set[asyncio.Future] = {self._stopped or self.s.stop}
         if fut is not None:
             waits.add(fut)
         if conn is not None:
@@ -150,6 +155,11 @@ class Worker:
 
     # the worker's life ----------------------------------------------------------------------
     async def run(self, http: aiohttp.ClientSession) -> None:
+        # Every wait also waits for the run's stop. With one shared future each wait would add
+        # and remove a callback among every worker's (a scan of hundreds per wait); a future
+        # of our own that the shared one resolves once keeps a wait's cost flat.
+        self._stopped = stopped = asyncio.get_running_loop().create_future()
+        self.s.stop.add_done_callback(lambda _: stopped.done() or stopped.set_result(None))
         try:
             await self._live(http)
         finally:
@@ -463,19 +473,30 @@ class Worker:
 
     # sending --------------------------------------------------------------------------------
     async def _send(self, conn: Conn, event: dict) -> None:
+        await self._send_text(conn, event["type"], json.dumps(event))
+
+    async def _send_text(self, conn: Conn, type_: str, text: str) -> None:
         assert conn.ws is not None
-        text = json.dumps(event)
         await conn.ws.send_str(text)
         conn.last_sent = self.clock.now()
-        self._row(conn.attempt, "send", event["type"], bytes_=len(text))
+        self._row(conn.attempt, "send", type_, bytes_=len(text))
 
-    async def _stream(
-        self, conn: Conn, frames: list[Frame] | tuple[Frame, ...], offsets: list[float]
+    def _stream(
+        self, conn: Conn, frames: Sequence[Frame], offsets: Sequence[float]
+    ) -> asyncio.Task[bool]:
+        """Send frames on absolute deadlines, in a task of its own: each frame's wake-up then
+        resumes this loop alone, not the worker's whole chain of calls above it (run, _live,
+        _talk, the turn, the utterance), which cost hundreds of senders a fifth of their CPU
+        per frame (bench/RESULTS.md). True unless the connection closed or the run stopped."""
+        return asyncio.get_running_loop().create_task(self._send_frames(conn, frames, offsets))
+
+    async def _send_frames(
+        self, conn: Conn, frames: Sequence[Frame], offsets: Sequence[float]
     ) -> bool:
-        """Send frames on absolute deadlines; False if the connection closed or the run
-        stopped first. This is the per-frame hot path: keep it lean."""
+        """The per-frame hot path: keep it lean."""
         clock, ws, row = self.clock, conn.ws, self.s.recorder.row
         assert ws is not None
+        send = ws.send_frame
         start, scale = clock.now(), clock.scale
         variant, worker, attempt = self.s.variant, self.s.worker, conn.attempt
         closed, stop = conn.closed, self.s.stop
@@ -486,7 +507,7 @@ class Worker:
             if clock.now() < due:
                 await clock.sleep_until(due)
             sent = clock.now()
-            await ws.send_str(frame.json)
+            await send(frame.json, TEXT)
             audio_ms = frame.audio_bytes / 48.0
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
@@ -594,7 +615,7 @@ class Worker:
         sc, clock = self.sc, self.clock
         self._last_result: tuple = ()
         conn.state = ConnState.STREAMING
-        await self._send(conn, {"type": "input_audio_buffer.clear"})
+        await self._send_text(conn, "input_audio_buffer.clear", _CLEAR)
         conn.uncommitted_ms = 0.0
         frames = utt.frames(sc.pacing.chunk_ms)
         pause_at = len(frames) // 2 if sc.silence.fill == "idle" and sc.silence.pause else None
@@ -602,7 +623,7 @@ class Worker:
         if not await self._stream(conn, frames, offsets):
             return self._interrupted("closed" if conn.closed.done() else "stopped")
         conn.committed = asyncio.get_running_loop().create_future()
-        await self._send(conn, {"type": "input_audio_buffer.commit"})
+        await self._send_text(conn, "input_audio_buffer.commit", _COMMIT)
         committed_at = clock.now()
         conn.state = ConnState.AWAITING
         deadline = committed_at + sc.turns.transcript_timeout
@@ -672,7 +693,8 @@ class Worker:
         gap = max(gap, at_least)
         conn.state = ConnState.IDLE
         if self.sc.silence.fill == "idle" and not at_least:
-            await self._wait(None, self.clock.now() + gap, conn)
+            if gap > 0:
+                await self._wait(None, self.clock.now() + gap, conn)
             return
         if not at_least and not self._afford(gap * 1000):  # server-VAD turns paid ahead
             return

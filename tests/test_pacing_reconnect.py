@@ -47,8 +47,8 @@ def test_schedules_keep_every_frame_in_order_and_bounded(
 
 
 def test_steady_is_real_time() -> None:
-    assert steady_offsets(4, 20) == pytest.approx([0, 0.02, 0.04, 0.06])
-    assert steady_offsets(3, 100, speed=2) == pytest.approx([0, 0.05, 0.1])
+    assert steady_offsets(4, 20) == pytest.approx((0, 0.02, 0.04, 0.06))
+    assert steady_offsets(3, 100, speed=2) == pytest.approx((0, 0.05, 0.1))
 
 
 def test_idle_pause_shifts_the_second_half() -> None:

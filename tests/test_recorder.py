@@ -55,3 +55,31 @@ def test_lateness_histogram_quantiles() -> None:
     assert hist.quantile(0.5) == 0.6  # upper edge of the 0.1 ms bin
     assert hist.quantile(0.985) == 12.1
     assert hist.quantile(1.0) == 1000.0  # capped: "a second or more"
+
+
+async def test_rows_recorded_between_slices_keep_their_order(tmp_path: Path) -> None:
+    """Rows keep arriving while a flush is between slices: each is written once, in order,
+    and the buffer stays the one list the runner froze out of the collector's sight."""
+    rec = Recorder(tmp_path / "events.arrows", flush_every=0.01, slice_rows=10)
+    buffer = rec.rows
+
+    def add(i: int) -> None:
+        rec.row(float(i), 0.0, "client", "v", 0, 1, "send", "x", 1, None, None)
+
+    for i in range(25):
+        add(i)
+    rec.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while not rec.count and loop.time() < deadline:
+        await asyncio.sleep(0)
+    assert rec.count == 10
+    for i in range(25, 30):  # arrive mid-flush
+        add(i)
+    while rec.count < 25 and loop.time() < deadline:
+        await asyncio.sleep(0)
+    assert rec.count == 25 and rec.recorded == 30  # the flush took only what it began with
+    await rec.aclose()
+    assert rec.rows is buffer
+    walls, _ = read_walls(tmp_path / "events.arrows")
+    assert walls == [float(i) for i in range(30)]
