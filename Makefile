@@ -36,12 +36,13 @@ screenshot:
 	  --screenshot=$(RUN)/report/screenshot.png file://$(abspath $(RUN))/report/index.html
 	@echo "screenshot: $(RUN)/report/screenshot.png"
 
-# Every benchmark of bench/RESULTS.md, in one go (about 40 minutes on 2 cores; quiet machine
+# Every benchmark of bench/RESULTS.md, in one go (about 45 minutes on 2 cores; quiet machine
 # please: capacity re-measures runs another process disturbed). Locust, the capacity peer,
 # lives in its own environment, bench/.venv-peer, created by bench/capacity.py on first use:
 # nothing bench-only goes into .venv. Results: bench/capacity.json and the printed lines.
 bench: $(VENV)/.installed
 	$(BIN)/python bench/capacity.py $(ARGS)
+	$(BIN)/python bench/ceiling_features.py
 	$(BIN)/python bench/fidelity.py
 	$(BIN)/python bench/server_appends.py
 	$(BIN)/python bench/server_appends.py --vad

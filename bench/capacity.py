@@ -162,11 +162,12 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
     gc.collect()
     clock = ScaledClock(1.0)
 
-    async def cpu() -> float:
+    async def cpu() -> tuple[float, float]:
         await clock.sleep_until(win_start)
-        c0 = time.process_time()
+        t0 = os.times()
         await clock.sleep_until(win_end)
-        return time.process_time() - c0
+        t1 = os.times()
+        return t1.user - t0.user, t1.system - t0.system
 
     async def both():
         cpu_task = asyncio.ensure_future(cpu())
@@ -181,7 +182,7 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
         )
         return result, await cpu_task
 
-    result, cpu_s = run_event_loop(both())
+    result, (user_s, sys_s) = run_event_loop(both())
     with pa.OSFile(str(run_dir / "events-client.arrows")) as f:
         table = pa.ipc.open_stream(f).read_all()
     t = table.column("t").to_numpy()
@@ -200,7 +201,9 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
                 "senders_in_window": int(len(np.unique(workers))),
                 "frames_in_window": int(mask.sum()),
                 "window_s": seconds,
-                "cpu_s": cpu_s,
+                "cpu_s": user_s + sys_s,
+                "user_s": user_s,
+                "sys_s": sys_s,
                 "rows": result.rows,
                 "recorder_p99_ms_whole_run": result.append_lateness_p99_ms,
             }
@@ -249,6 +252,8 @@ def write_frames(tmp: Path) -> Path:
     path = tmp / "frames.jsonl"
     frames = (f.json.decode() for u in library.utterances for f in u.frames(20))
     path.write_text("\n".join(frames) + "\n")
+    counts = [len(u.frames(20)) for u in library.utterances]  # where each utterance starts
+    (tmp / "utterances.json").write_text(json.dumps(counts))
     return path
 
 

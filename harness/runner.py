@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-WORKERS_PER_PROC = 300  # a process paces ~800 20 ms sockets (bench/RESULTS.md): room to spare
+WORKERS_PER_PROC = 300  # a process paces 500-850 20 ms sockets (bench/RESULTS.md): room to spare
 # A run whose append frames left this late (p99, wall ms) measured its own client, not the
 # service: the manifest says so and reports should too.
 SATURATED_P99_MS = 10.0
