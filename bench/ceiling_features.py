@@ -6,8 +6,9 @@ Features: `reader` (a task per socket reading the server's events), `hb` (aiohtt
 pings, as keepalive.ping_interval = 20 s), `imports` (pandas, pyarrow and the harness loaded:
 the process's size), `rec` (a harness Recorder row per frame, flushed as the runner does),
 `conv` (the conversation: clear before each utterance of the fixtures, commit after it, wait
-for its transcript, which implies `reader`), and `rtsoak` (the real worker fleet,
-bench/capacity.py's rtsoak sender). Usage:
+for its transcript, which implies `reader`), `waker` (sleeping through the clock's shared
+deadline timer, as the workers do, instead of `asyncio.sleep`), and `rtsoak` (the real worker
+fleet, bench/capacity.py's rtsoak sender). Usage:
     python bench/ceiling_features.py [--n 450] [--seconds 6] [--repeats 3]
 About 5 minutes; results in bench/RESULTS.md.
 """
@@ -24,13 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from capacity import PERIOD, VAD_OFF, start_server, write_frames  # noqa: E402
 
-VARIANTS = ("", "reader", "hb", "imports", "rec", "conv", "hb,imports,conv,rec", "rtsoak")
+VARIANTS = (
+    *("", "reader", "hb", "imports", "rec", "conv", "waker"),
+    *("hb,imports,conv,rec,waker", "rtsoak"),
+)
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 
 
@@ -47,6 +52,14 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
         import harness.frames  # noqa: F401
         import harness.runner  # noqa: F401
     conv = "conv" in features
+    sys.path.insert(0, str(ROOT))
+    from harness.clock import sleep_until_monotonic
+
+    def sleep_until(when: float) -> Awaitable[None]:
+        if "waker" in features:
+            return sleep_until_monotonic(when)
+        return asyncio.sleep(when - time.monotonic())
+
     lines = frames_path.read_text().splitlines()
     frames = [line.encode() for line in lines if line]
     # utterance boundaries: the fixtures' utterances, one after the other, as frames.jsonl has them
@@ -54,7 +67,6 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
     text = aiohttp.WSMsgType.TEXT
     recorder = None
     if "rec" in features:
-        sys.path.insert(0, str(ROOT))
         from harness.recorder import Recorder
 
         recorder = Recorder(frames_path.parent / f"events-{os.getpid()}.arrows")
@@ -106,7 +118,7 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                     k, left, spoken = sum(utt_frames[:u]), utt_frames[u], True
                 now = time.monotonic()
                 if now < due:
-                    await asyncio.sleep(due - now)
+                    await sleep_until(due)
                     now = time.monotonic()
                 if now >= win_end:
                     return

@@ -652,7 +652,7 @@ async def run_workers(
                 if k == 0
                 else None
             )
-            end_wait = loop.create_task(clock.sleep_until(run.duration))
+            end_wait = asyncio.ensure_future(clock.sleep_until(run.duration))
             all_done = asyncio.gather(*tasks, return_exceptions=True)
             # the run ends at its duration, on a signal, or when every worker has stopped
             await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
