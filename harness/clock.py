@@ -26,7 +26,7 @@ class Clock(Protocol):
         """Wall-clock epoch seconds, for rows a person lines up with other logs."""
 
     def sleep_until(self, t: float) -> Awaitable[None]:
-        """Awaitable that returns once scenario time t has passed."""
+        """Awaitable that returns once scenario time t has passed (to the wall millisecond)."""
 
 
 class ScaledClock:
@@ -65,7 +65,7 @@ class ScaledClock:
 class _DeadlineWaker:
     """Wakes every sleeper of one event loop whose deadline falls in the same millisecond with
     one timer. Hundreds of paced senders would otherwise start, fire and drop a timer each per
-    frame, which is a tenth of a bare sender's CPU (bench/RESULTS.md). Deadlines are rounded
+    frame, which is 14 % of a bare sender's CPU (bench/RESULTS.md). Deadlines are rounded
     to the nearest millisecond: uvloop's timers have that resolution anyway, and with them the
     lateness of paced frames stays centred where a timer per sleeper had it."""
 
