@@ -450,10 +450,11 @@ def machine() -> dict:
         platform.processor(),
     )
     peer: list[str] = []
-    if (PEER_VENV / "bin" / "python").exists():  # made on the peer's first run
+    peer_python_path = PEER_VENV / "bin" / "python"
+    if peer_python_path.exists():  # made on the peer's first run
         peer = subprocess.run(
             [
-                str(PEER_VENV / "bin" / "python"),
+                str(peer_python_path),
                 "-c",
                 "import locust, websocket, gevent; "
                 "print(locust.__version__, websocket.__version__, gevent.__version__)",

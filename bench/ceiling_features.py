@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -29,6 +30,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from capacity import PERIOD, VAD_OFF, start_server, write_frames  # noqa: E402
 
@@ -37,6 +39,11 @@ VARIANTS = (
     *("hb,imports,conv,rec,waker", "rtsoak"),
 )
 COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+def asyncio_sleep_until(when: float) -> Awaitable[None]:
+    """A timer of its own per sleeper, as the bare ceiling sleeps."""
+    return asyncio.sleep(when - time.monotonic())
 
 
 async def sender(url: str, n: int, seconds: float, frames_path: Path, features: set[str]) -> dict:
@@ -51,19 +58,16 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
 
         import harness.frames  # noqa: F401
         import harness.runner  # noqa: F401
-    conv = "conv" in features
-    sys.path.insert(0, str(ROOT))
     from harness.clock import sleep_until_monotonic
 
-    def sleep_until(when: float) -> Awaitable[None]:
-        if "waker" in features:
-            return sleep_until_monotonic(when)
-        return asyncio.sleep(when - time.monotonic())
+    conv = "conv" in features
+    sleep_until = sleep_until_monotonic if "waker" in features else asyncio_sleep_until
 
     lines = frames_path.read_text().splitlines()
     frames = [line.encode() for line in lines if line]
     # utterance boundaries: the fixtures' utterances, one after the other, as frames.jsonl has them
     utt_frames = json.loads((frames_path.parent / "utterances.json").read_text())
+    utt_starts = [0, *itertools.accumulate(utt_frames)]
     text = aiohttp.WSMsgType.TEXT
     recorder = None
     if "rec" in features:
@@ -115,7 +119,7 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                         due = max(due, time.monotonic())
                     await ws.send_str('{"type":"input_audio_buffer.clear"}')
                     u = (u + 1) % len(utt_frames)
-                    k, left, spoken = sum(utt_frames[:u]), utt_frames[u], True
+                    k, left, spoken = utt_starts[u], utt_frames[u], True
                 now = time.monotonic()
                 if now < due:
                     await sleep_until(due)
