@@ -13,11 +13,12 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol
 
-__all__ = ["Clock", "ScaledClock", "sleep_until_monotonic"]
+__all__ = ["Clock", "ScaledClock", "deadline_waker", "sleep_until_monotonic"]
 
 
 class Clock(Protocol):
     scale: float
+    origin: float  # time.monotonic() at scenario time 0
 
     def now(self) -> float:
         """Scenario seconds since the clock's origin."""
@@ -95,13 +96,19 @@ class _DeadlineWaker:
 _wakers: dict[asyncio.AbstractEventLoop, _DeadlineWaker] = {}
 
 
-def sleep_until_monotonic(when: float) -> asyncio.Future[None]:
-    """A future done once time.monotonic() has reached `when` (on the next loop turn if it
-    already has), sharing its timer with every sleeper due in the same millisecond."""
+def deadline_waker() -> _DeadlineWaker:
+    """The running loop's shared timer. A paced sender keeps it and calls its `wait_until`
+    itself: each level of calls in between costs each of hundreds of senders per frame."""
     loop = asyncio.get_running_loop()
     waker = _wakers.get(loop)
     if waker is None:
         for closed in [old for old in _wakers if old.is_closed()]:
             del _wakers[closed]
         waker = _wakers[loop] = _DeadlineWaker(loop)
-    return waker.wait_until(when)
+    return waker
+
+
+def sleep_until_monotonic(when: float) -> asyncio.Future[None]:
+    """A future done once time.monotonic() has reached `when` (on the next loop turn if it
+    already has), sharing its timer with every sleeper due in the same millisecond."""
+    return deadline_waker().wait_until(when)
