@@ -43,9 +43,7 @@ async def test_soak_records_drops_reconnects_and_censored_ends(
     assert set(drops["closed_by"]) == {"transport"}
     assert set(drops["injected_fault"]) == {"session_age"}  # server's ground truth joins
     # every worker reconnected after its drops and was closed by the harness at the end
-    last = conns.groupby("worker").tail(1)
-    assert set(last["cause"]) == {"scenario_end"} and last["censored"].all()
-    assert (last["close_code"] == 1000).all()
+    assert_ends_of_the_run(conns)
     assert conns["request_id"].str.startswith("req_").all()
     # utterances: most complete with a matching CRC; drops mid-utterance are lost, not hidden
     utts = frames.utterances
@@ -63,6 +61,18 @@ async def test_soak_records_drops_reconnects_and_censored_ends(
     assert len(lag) >= 1 and (lag["lag_ms"] >= 0).all()  # the event loop watched itself
 
 
+def assert_ends_of_the_run(conns) -> None:
+    """Each worker's last connection was closed by the harness at the run's end (censored,
+    1000), unless the fault dropped it too close to the end to reconnect (seen about once in
+    twenty runs: 26 drops over 4 workers)."""
+    last = conns.groupby("worker").tail(1)
+    ended = last[last["censored"]]
+    assert len(ended) >= 3
+    assert (ended["cause"] == "scenario_end").all() and (ended["close_code"] == 1000).all()
+    late = last[~last["censored"]]
+    assert late["dropped"].all() and (late["closed"] > 240 - 2).all()
+
+
 async def test_report_of_a_soak(tmp_path, tone_library, fake_server) -> None:
     run_dir = await soak(tmp_path, scenario_from(tmp_path, SCENARIO), tone_library, fake_server)
     report = build_report([run_dir])
@@ -71,7 +81,10 @@ async def test_report_of_a_soak(tmp_path, tone_library, fake_server) -> None:
         assert (report.index.parent / f"{name}.png").stat().st_size > 5000
     summary = report.summary
     (variant,) = summary["variants"]
-    assert variant["drops"] >= 3 and variant["censored"] == 4
+    conns = load(run_dir).connections
+    assert_ends_of_the_run(conns)
+    assert variant["drops"] == conns["dropped"].sum() >= 3
+    assert variant["censored"] == conns["censored"].sum()
     assert any(row["close_code"] == "1006" for row in summary["close_codes"])
     assert summary["utterances"]["t"]["completed"] >= 20
     html = report.index.read_text()
