@@ -192,11 +192,10 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
     mask = (direction == "send") & (kind == "input_audio_buffer.append")
     mask &= (t >= win_start) & (t < win_end)
     lag = table.column("lag_ms").to_numpy(zero_copy_only=False)[mask].astype(np.float64)
-    workers = table.column("worker").to_numpy()[mask]
+    worker = table.column("worker").to_numpy()
+    workers = worker[mask]
     handshakes = int(((direction == "meta") & (kind == "handshake")).sum())
-    awaiting = awaiting_server_seconds(
-        table.column("worker").to_numpy(), t, kind, direction, win_start, win_end
-    )
+    awaiting = awaiting_server_seconds(worker, t, kind, direction, win_start, win_end)
     lag.tofile(str(out) + ".lag")
     out.write_text(
         json.dumps(
