@@ -54,6 +54,25 @@ class Run:
             time.sleep(0.1)
         raise AssertionError(f"no rows within {timeout} s\n{self.output()}")
 
+    def wait_for_server_exit(self, timeout: float = 10.0) -> None:
+        """Until the embedded fake server is gone. Left behind by a second signal, it sees its
+        stdin close and writes its last rows on the way out; reading the run before then
+        can catch that batch half-written."""
+        marker = str(self.run_dir).encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = False
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    args = cmdline.read_bytes().split(b"\0")
+                except OSError:  # gone meanwhile
+                    continue
+                alive |= b"serve" in args and marker in args
+            if not alive:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"the embedded server outlived its run by {timeout} s")
+
     def wait(self, timeout: float = 60.0) -> int:
         try:
             return self.proc.wait(timeout)
@@ -123,6 +142,7 @@ def test_second_sigint_exits_at_once_with_the_log_intact(background_run) -> None
     started = time.monotonic()
     assert run.wait(timeout=10) == 130, run.output()
     assert time.monotonic() - started < 5
+    run.wait_for_server_exit()
     frames = load(run.run_dir)
     assert frames.torn_batches == 0
     assert frames.connections["established"].notna().sum() >= 3
