@@ -17,7 +17,7 @@ N x 50/s, less the time rtsoak's workers wait for transcripts (when their scenar
 frame due). Counts step up geometrically until one fails, then bisect. Usage:
     python bench/capacity.py [--senders rtsoak ceiling peer] [--start 200] [--growth 1.5]
         [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 2] [--counts N ...]
-        [--json bench/capacity.json]
+        [--json bench/capacity.json] [--audio fixtures/audio]
 About 10 minutes on a quiet 2-core machine; results in bench/RESULTS.md.
 """
 
@@ -125,7 +125,7 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
     )
 
 
-def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
+def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> None:
     """The harness's workers, as `rtsoak run --procs 1` runs them (on the loop
     `harness.runner.run_event_loop` picks: uvloop), against `url`; lateness from the event log
     they record."""
@@ -151,7 +151,7 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path) -> None:
             "time_scale": 1,
             "target": "fake",
         },
-        "audio": {"dir": str(ROOT / "fixtures" / "audio")},
+        "audio": {"dir": str(audio)},
         "pacing": {"chunk_ms": 20, "mode": "steady"},
         "silence": {"gap": 0, "fill": "idle"},  # utterances back to back
         "turns": {"mode": "client"},
@@ -247,12 +247,15 @@ def start_server(tmp: Path) -> tuple[subprocess.Popen, str]:
     return proc, line.split(" on ")[1].strip()
 
 
-def write_frames(tmp: Path) -> Path:
-    """The fixtures' utterances as pre-encoded 20 ms appends, one JSON text per line."""
+AUDIO = ROOT / "fixtures" / "audio"
+
+
+def write_frames(tmp: Path, audio: Path = AUDIO) -> Path:
+    """The utterances of `audio` as pre-encoded 20 ms appends, one JSON text per line."""
     sys.path.insert(0, str(ROOT))
     from harness.audio import AudioLibrary
 
-    library = AudioLibrary.from_dir(ROOT / "fixtures" / "audio")
+    library = AudioLibrary.from_dir(audio)
     path = tmp / "frames.jsonl"
     frames = (f.json.decode() for u in library.utterances for f in u.frames(20))
     path.write_text("\n".join(frames) + "\n")
@@ -309,7 +312,7 @@ def awaiting_server_seconds(worker, t, kind, direction, win_start: float, win_en
 
 
 def run_once(
-    sender: str, url: str, n: int, seconds: float, frames: Path, tmp: Path
+    sender: str, url: str, n: int, seconds: float, frames: Path, tmp: Path, audio: Path = AUDIO
 ) -> dict[str, float]:
     """One run of one sender at n sockets, in its own process. `other_cores` is how busy the
     machine was with anything but this bench (server, sender, parent): another user's load."""
@@ -347,6 +350,7 @@ def run_once(
         env = dict(os.environ)
         cmd = [sys.executable, __file__, "--child", sender, "--url", url, "--n", str(n)]
         cmd += ["--seconds", repr(seconds), "--frames", str(frames), "--out", str(out)]
+        cmd += ["--audio", str(audio)]
     marks = (busy_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
     wall0 = time.monotonic()
     proc = subprocess.run(
@@ -390,7 +394,7 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
     """Up to `repeats` runs; stop once the majority is decided. The median p99 decides."""
     runs, disturbed = [], []
     while len(runs) < args.repeats:
-        r = run_once(sender, url, n, args.seconds, frames, tmp)
+        r = run_once(sender, url, n, args.seconds, frames, tmp, args.audio)
         print(json.dumps({"sender": sender, **r}), flush=True)
         if r["other_cores"] > args.max_other and len(disturbed) < args.retries:
             # someone else loaded the machine meanwhile: measure again, after a pause
@@ -521,6 +525,9 @@ def main() -> None:
     )
     parser.add_argument("--retries", type=int, default=2, help="re-measurements per count")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "capacity.json")
+    parser.add_argument(
+        "--audio", type=Path, default=AUDIO, help="utterances every sender streams (a fixture dir)"
+    )
     # a sender's own process (internal)
     parser.add_argument("--child", choices=("rtsoak", "ceiling"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -535,7 +542,7 @@ def main() -> None:
         uvloop.run(ceiling_child(args.url, args.n, args.seconds, args.frames, args.out))
         return
     if args.child == "rtsoak":
-        rtsoak_child(args.url, args.n, args.seconds, args.out)
+        rtsoak_child(args.url, args.n, args.seconds, args.out, args.audio)
         return
 
     # a SIGTERM unwinds like Ctrl-C, so the fake server and a running sender are stopped too
@@ -548,10 +555,11 @@ def main() -> None:
         for k, v in vars(args).items()
         if k in ("senders", "start", "growth", "max", "resolution", "counts", "seconds", "repeats")
     }
+    report["args"]["audio"] = str(args.audio)
     print(json.dumps(report), flush=True)
     with tempfile.TemporaryDirectory(prefix="rtsoak-capacity-") as name:
         tmp = Path(name)
-        frames = write_frames(tmp)
+        frames = write_frames(tmp, args.audio)
         server, url = start_server(tmp)
         global SERVER_PID
         SERVER_PID = server.pid
