@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from harness import wire
 from harness.audio import AudioLibrary, Frame, Utterance, noise, to_pcm16
 from harness.clock import Clock, deadline_waker
 from harness.fakeserver.app import SESSION_KEY_HEADER
@@ -427,7 +428,7 @@ class Worker:
     def _on_text(self, conn: Conn, data: str) -> None:
         conn.last_recv = self.clock.now()
         try:
-            event = json.loads(data)
+            event = wire.loads(data)
             type_ = event.get("type") if isinstance(event, dict) else None
         except ValueError:
             event, type_ = None, None

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import binascii
 import heapq
-import json
 import random
 import string
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from harness import wire
 from harness.fakeserver.faults import Fault, FaultKind
 from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
 from harness.fakeserver.vad import ServerVad
@@ -167,7 +167,7 @@ class TranscriptionSession:
         if self.expired:
             return []
         try:
-            event = json.loads(text)
+            event = wire.loads(text)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return [self._error("invalid_json", "The message is not valid JSON.")]
         if not isinstance(event, dict):
@@ -209,7 +209,7 @@ class TranscriptionSession:
                 )
             ]
         try:
-            pcm = binascii.a2b_base64(audio, strict_mode=True)
+            pcm = wire.b64decode_strict(audio)
         except (binascii.Error, ValueError):
             return [
                 self._error(

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import wire
 from harness.fakeserver.transcript import BYTES_PER_SECOND, parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.protocol import COMPLETED, CREATED, FAILED, UPDATED, error_text, text_field
@@ -330,7 +330,7 @@ class RelayObserver:
 
 def _parse(data: str) -> dict[str, Any] | None:
     try:
-        event = json.loads(data)
+        event = wire.loads(data)
     except ValueError:
         return None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
