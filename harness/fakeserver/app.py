@@ -272,7 +272,8 @@ class FakeServer:
             },
         )
         wake = asyncio.Event()
-        state: dict[str, Any] = {"ended_by": None, "silent": False}
+        # `until`: the deadline the timers task sleeps to; a frame that brings one nearer wakes it
+        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": float("inf")}
 
         async def send(outputs: list) -> bool:
             """Send session outputs; False once a fault has ended the connection."""
@@ -319,8 +320,9 @@ class FakeServer:
                     d for d in (session.next_deadline(), faults.next_deadline()) if d is not None
                 ]
                 wake.clear()
+                state["until"] = min(deadlines, default=float("inf"))
                 if deadlines:
-                    delay = (min(deadlines) - self.clock.now()) / self.clock.scale
+                    delay = (state["until"] - self.clock.now()) / self.clock.scale
                     if delay > 0:
                         try:
                             await asyncio.wait_for(wake.wait(), delay)
@@ -347,11 +349,11 @@ class FakeServer:
                         continue
                     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                         continue
-                    before = min(
-                        session.next_deadline() or float("inf"),
-                        faults.next_deadline() or float("inf"),
-                    )
-                    if not await send(session.receive(msg.data, now)):
+                    outputs = session.receive(msg.data, now)
+                    if outputs:
+                        if not await send(outputs):
+                            break
+                    elif ws.closed or state["ended_by"] is not None:  # as send([]) says
                         break
                     pcm = session.last_pcm
                     if faults.policies:
@@ -360,11 +362,11 @@ class FakeServer:
                             fault = faults.on_audio(now, pcm, session.buffer_bytes)
                         if not await observe(fault):
                             break
-                    after = min(
+                    nearest = min(
                         session.next_deadline() or float("inf"),
                         faults.next_deadline() or float("inf"),
                     )
-                    if after < before:
+                    if nearest < state["until"]:
                         wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
             pass

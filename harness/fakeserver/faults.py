@@ -100,7 +100,7 @@ class FaultSet:
         return None
 
     def next_deadline(self) -> float | None:
-        if self.fired is not None:
+        if self.fired is not None or not self.policies:
             return None
         deadlines = [d for p in self.policies if (d := p.next_deadline()) is not None]
         return min(deadlines) if deadlines else None
