@@ -99,15 +99,15 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
                 k = (k + 1) % len(frames)
                 due += PERIOD
 
-        async def cpu() -> float:
+        async def cpu() -> tuple[float, float]:
             await asyncio.sleep(max(0.0, win_start - time.monotonic()))
-            c0 = time.process_time()
+            c0, s0 = time.process_time(), server_seconds()
             await asyncio.sleep(max(0.0, win_end - time.monotonic()))
-            return time.process_time() - c0
+            return time.process_time() - c0, server_seconds() - s0
 
         cpu_task = asyncio.ensure_future(cpu())
         await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)))
-        cpu_s = await cpu_task
+        cpu_s, server_s = await cpu_task
         for ws in sockets:
             await ws.close()
     with open(str(out) + ".lag", "wb") as f:
@@ -120,6 +120,7 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
                 "frames_in_window": sent_in_window,
                 "window_s": seconds,
                 "cpu_s": cpu_s,
+                "server_cpu_s": server_s,
             }
         )
     )
@@ -163,12 +164,12 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
     gc.collect()
     clock = ScaledClock(1.0)
 
-    async def cpu() -> tuple[float, float]:
+    async def cpu() -> tuple[float, float, float]:
         await clock.sleep_until(win_start)
-        t0 = os.times()
+        t0, s0 = os.times(), server_seconds()
         await clock.sleep_until(win_end)
-        t1 = os.times()
-        return t1.user - t0.user, t1.system - t0.system
+        t1, s1 = os.times(), server_seconds()
+        return t1.user - t0.user, t1.system - t0.system, s1 - s0
 
     async def both():
         cpu_task = asyncio.ensure_future(cpu())
@@ -183,7 +184,7 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
         )
         return result, await cpu_task
 
-    result, (user_s, sys_s) = run_event_loop(both())
+    result, (user_s, sys_s, server_s) = run_event_loop(both())
     with pa.OSFile(str(run_dir / "events-client.arrows")) as f:
         table = pa.ipc.open_stream(f).read_all()
     t = table.column("t").to_numpy()
@@ -208,6 +209,7 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
                 "cpu_s": user_s + sys_s,
                 "user_s": user_s,
                 "sys_s": sys_s,
+                "server_cpu_s": server_s,
                 "rows": result.rows,
                 "recorder_p99_ms_whole_run": result.append_lateness_p99_ms,
             }
@@ -267,6 +269,12 @@ def write_frames(tmp: Path, audio: Path = AUDIO) -> Path:
 SERVER_PID: int | None = None  # the fake server's process, for its CPU time
 
 
+def server_seconds() -> float:
+    """CPU seconds of the fake server so far (its pid in CAP_SERVER_PID): a sender's child
+    reads it at the edges of its own measurement window."""
+    return process_seconds(int(os.environ["CAP_SERVER_PID"]))
+
+
 def busy_seconds() -> float:
     """CPU seconds all cores of the machine have been busy (/proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -323,6 +331,7 @@ def run_once(
     if sender == "peer":
         env = dict(
             os.environ,
+            CAP_SERVER_PID=str(SERVER_PID),
             CAP_URL=url,
             CAP_FRAMES=str(frames),
             CAP_OUT=str(out),
@@ -347,7 +356,7 @@ def run_once(
             "5",
         ]
     else:
-        env = dict(os.environ)
+        env = dict(os.environ, CAP_SERVER_PID=str(SERVER_PID))
         cmd = [sys.executable, __file__, "--child", sender, "--url", url, "--n", str(n)]
         cmd += ["--seconds", repr(seconds), "--frames", str(frames), "--out", str(out)]
         cmd += ["--audio", str(audio)]
@@ -375,6 +384,10 @@ def run_once(
         rate_share=result["frames_in_window"] / expected,
         cpu_share=(result["cpu_s"] or 0.0) / seconds,
         cpu_us_per_frame=(result["cpu_s"] or 0.0) / max(1, result["frames_in_window"]) * 1e6,
+        server_cores_in_window=(result.get("server_cpu_s") or 0.0) / seconds,
+        server_us_per_frame=(result.get("server_cpu_s") or 0.0)
+        / max(1, result["frames_in_window"])
+        * 1e6,
         server_cores=server_cpu / wall,
         other_cores=max(0.0, busy - server_cpu - child_cpu - own) / wall,
     )
@@ -416,6 +429,8 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
         "median_rate_share": statistics.median(x["rate_share"] for x in runs),
         "median_cpu_share": statistics.median(x["cpu_share"] for x in runs),
         "median_cpu_us_per_frame": statistics.median(x["cpu_us_per_frame"] for x in runs),
+        "median_server_cores": statistics.median(x["server_cores_in_window"] for x in runs),
+        "median_server_us_per_frame": statistics.median(x["server_us_per_frame"] for x in runs),
         "passed": sum(passes(x, n) for x in runs) > len(runs) // 2,
     }
     print(json.dumps({"sender": sender, "point": point}), flush=True)
@@ -596,8 +611,8 @@ def main() -> None:
 def print_table(report: dict) -> None:
     rows = [
         "| sender | max N (p99 <= 10 ms) | p99 at max N (runs) | next N tried: p99 (runs) "
-        "| client CPU at max N | CPU per frame |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| client CPU at max N | CPU per frame | fake server at max N |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for sender, res in report["results"].items():
         at, nxt = res.get("at_max"), res.get("at_first_failing")
@@ -610,6 +625,12 @@ def print_table(report: dict) -> None:
             + (f"{at['median_cpu_share'] * 100:.0f} %" if at else "-")
             + " | "
             + (f"{at['median_cpu_us_per_frame']:.1f} µs" if at else "-")
+            + " | "
+            + (
+                f"{at['median_server_cores']:.2f} core, {at['median_server_us_per_frame']:.1f} µs"
+                if at
+                else "-"
+            )
             + " |"
         )
     print("\n".join(rows))

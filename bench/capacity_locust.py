@@ -34,15 +34,22 @@ lateness = array.array("d")
 state = {"t0": 0.0, "frames": 0, "cpu0": None, "cpu1": None, "connected": 0, "errors": 0}
 
 
+def server_seconds() -> float:
+    """CPU seconds of the fake server so far (bench/capacity.py's server_seconds)."""
+    pid = os.environ["CAP_SERVER_PID"]
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @events.test_start.add_listener
 def _start(environment, **_):
     state["t0"] = time.monotonic()
 
     def sample_cpu():
         gevent.sleep(max(0.0, state["t0"] + WIN_START - time.monotonic()))
-        state["cpu0"] = time.process_time()
+        state["cpu0"], state["server0"] = time.process_time(), server_seconds()
         gevent.sleep(max(0.0, state["t0"] + WIN_END - time.monotonic()))
-        state["cpu1"] = time.process_time()
+        state["cpu1"], state["server1"] = time.process_time(), server_seconds()
 
     gevent.spawn(sample_cpu)
 
@@ -51,9 +58,10 @@ def _start(environment, **_):
 def _stop(environment, **_):
     with open(OUT + ".lag", "wb") as f:
         lateness.tofile(f)
-    cpu = None
+    cpu = server = None
     if state["cpu0"] is not None and state["cpu1"] is not None:
         cpu = state["cpu1"] - state["cpu0"]
+        server = state["server1"] - state["server0"]
     with open(OUT, "w") as f:
         json.dump(
             {
@@ -62,6 +70,7 @@ def _stop(environment, **_):
                 "frames_in_window": state["frames"],
                 "window_s": WIN_END - WIN_START,
                 "cpu_s": cpu,
+                "server_cpu_s": server,
             },
             f,
         )
