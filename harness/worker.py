@@ -503,11 +503,8 @@ class Worker:
         assert ws is not None
         send, wait_until, row = ws.send_frame, deadline_waker().wait_until, recorder.sent_append
         origin, scale = clock.origin, clock.scale
-        variant, worker, attempt = (
-            recorder.variant_code(self.s.variant),
-            self.s.worker,
-            conn.attempt,
-        )
+        variant = recorder.variant_code(self.s.variant)
+        worker, attempt = self.s.worker, conn.attempt
         closed, stop = conn.closed, self.s.stop
         start = monotonic()
         for frame, offset in zip(frames, offsets, strict=True):
