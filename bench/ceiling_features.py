@@ -75,7 +75,6 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
 
         recorder = Recorder(frames_path.parent / f"events-{os.getpid()}.arrows")
         recorder.start()
-        variant = recorder.variant_code("v")
     lateness = array.array("d")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         gate = asyncio.Semaphore(50)
@@ -129,9 +128,10 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                     return
                 await ws.send_frame(frames[k], text)
                 if recorder is not None:
-                    recorder.sent_append(
-                        time.time(), now, variant, i, 1, len(frames[k]), 20.0, (now - due) * 1e3
-                    )
+                    recorder.row(
+                        time.time(), now, "client", "v", i, 1, "send",
+                        "input_audio_buffer.append", len(frames[k]), 20.0, (now - due) * 1e3,
+                    )  # fmt: skip
                 if now >= win_start:
                     lateness.append((now - due) * 1000.0)
                 k, left, due = (k + 1) % len(frames), left - 1, due + PERIOD

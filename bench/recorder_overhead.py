@@ -1,13 +1,12 @@
 """What recording every append costs: (1) rows/s the Recorder absorbs and CPU per row, flushes
-included; (2) a paced sender over loopback WebSockets with and without a `Recorder.sent_append` per
+included; (2) a paced sender over loopback WebSockets with and without a `Recorder.row` per
 frame: its CPU per frame, send lateness and achieved rate; (3) the same sender unpaced (flood),
 where recording can only show up as lost throughput.
 
-The sender mirrors the worker's hot path (harness/worker.py `_send_frames`): clock sleep to
-the deadline, `ws.send_str` of a pre-built ~2.6 KB append, one `sent_append(...)` call. The
-sink is a bare aiohttp server in another process that reads and discards, so the client is
-what is measured. Usage:
-    python bench/recorder_overhead.py [--connections 300 --seconds 10 --repeats 3]
+The sender mirrors the worker's hot path (harness/worker.py `_utterance_turn`): clock sleep to
+the deadline, `ws.send_str` of a pre-built ~2.6 KB append, one `row(...)` call. The sink is a
+bare aiohttp server in another process that reads and discards, so the client is what is
+measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 10 --repeats 3]
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ FRAME = json.dumps(
 
 
 def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[str, float]:
-    """Recorder.sent_append + flush alone, append-shaped rows, flushing every `batch` rows (300
+    """Recorder.row + flush alone, append-shaped rows, flushing every `batch` rows (300
     connections x 50 frames/s fill 0.2 s with 3,000 rows). Median of `repeats` after a
     warm-up (the first conversion pays pyarrow's lazy initialisation)."""
     _micro_once(10_000, batch)
@@ -48,10 +47,22 @@ def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[s
 def _micro_once(rows: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         rec = Recorder(Path(tmp) / "events.arrows")
-        row, variant = rec.sent_append, rec.variant_code("v")
+        row = rec.row
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(rows):
-            row(1.7e9 + i, i * 0.02, variant, i % 300, 1, 2618, 20.0, 0.3)
+            row(
+                1.7e9 + i,
+                i * 0.02,
+                "client",
+                "v",
+                i % 300,
+                1,
+                "send",
+                "input_audio_buffer.append",
+                2618,
+                20.0,
+                0.3,
+            )
             if i % batch == batch - 1:
                 rec.flush()
         rec.close()
@@ -108,8 +119,7 @@ async def sender(
 
         async def one(i: int, ws) -> None:
             nonlocal sent
-            row = rec.sent_append if rec is not None else None
-            variant = rec.variant_code("v") if rec is not None else 0
+            row = rec.row if rec is not None else None
             k = 0
             due = start + i * CHUNK_MS / 1000 / connections  # spread the phases
             while True:
@@ -123,7 +133,19 @@ async def sender(
                 await ws.send_str(FRAME)
                 lag = (now - due) * 1000.0
                 if row is not None:
-                    row(time.time(), now, variant, i, 1, len(FRAME), float(CHUNK_MS), lag)
+                    row(
+                        time.time(),
+                        now,
+                        "client",
+                        "v",
+                        i,
+                        1,
+                        "send",
+                        "input_audio_buffer.append",
+                        len(FRAME),
+                        float(CHUNK_MS),
+                        lag,
+                    )
                 if paced and k % 10 == 0:
                     lateness.append(lag)
                 k += 1
@@ -209,7 +231,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    print("## micro: Recorder.sent_append + flush", flush=True)
+    print("## micro: Recorder.row + flush", flush=True)
     print(json.dumps(micro(args.micro_rows)), flush=True)
 
     sink = subprocess.Popen(

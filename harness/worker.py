@@ -499,12 +499,11 @@ class Worker:
         """The per-frame hot path: keep it lean. It works in monotonic seconds and sleeps on
         the shared timer directly, which takes six Python calls a frame out of the clock's
         methods (bench/RESULTS.md)."""
-        ws, clock, recorder = conn.ws, self.clock, self.s.recorder
+        ws, clock, row = conn.ws, self.clock, self.s.recorder.row
         assert ws is not None
-        send, wait_until, row = ws.send_frame, deadline_waker().wait_until, recorder.sent_append
+        send, wait_until = ws.send_frame, deadline_waker().wait_until
         origin, scale = clock.origin, clock.scale
-        variant = recorder.variant_code(self.s.variant)
-        worker, attempt = self.s.worker, conn.attempt
+        variant, worker, attempt = self.s.variant, self.s.worker, conn.attempt
         closed, stop = conn.closed, self.s.stop
         start = monotonic()
         for frame, offset in zip(frames, offsets, strict=True):
@@ -524,9 +523,12 @@ class Worker:
             row(
                 wall_time(),
                 sent,
+                "client",
                 variant,
                 worker,
                 attempt,
+                "send",
+                "input_audio_buffer.append",
                 len(frame.json),
                 audio_ms,
                 (now - due) * 1000.0,
