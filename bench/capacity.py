@@ -376,19 +376,18 @@ def run_once(
         p.unlink(missing_ok=True)
     # frames the senders' schedules called for: rtsoak's workers wait for each transcript
     expected = (n * seconds - result.get("awaiting_server_s", 0.0)) / PERIOD
+    sender_s, server_s = result["cpu_s"] or 0.0, result.get("server_cpu_s") or 0.0
+    frames_sent = max(1, result["frames_in_window"])
     result.update(
         n=n,
         lateness_p50_ms=float(np.percentile(lag, 50)) if len(lag) else None,
         lateness_p99_ms=float(np.percentile(lag, 99)) if len(lag) else None,
         lateness_max_ms=float(lag.max()) if len(lag) else None,
         rate_share=result["frames_in_window"] / expected,
-        cpu_share=(result["cpu_s"] or 0.0) / seconds,
-        cpu_us_per_frame=(result["cpu_s"] or 0.0) / max(1, result["frames_in_window"]) * 1e6,
-        server_cores_in_window=(result.get("server_cpu_s") or 0.0) / seconds,
-        server_us_per_frame=(result.get("server_cpu_s") or 0.0)
-        / max(1, result["frames_in_window"])
-        * 1e6,
-        server_cores=server_cpu / wall,
+        cpu_share=sender_s / seconds,
+        cpu_us_per_frame=sender_s / frames_sent * 1e6,
+        server_cores=server_s / seconds,  # over the window, as the sender's child read it
+        server_us_per_frame=server_s / frames_sent * 1e6,
         other_cores=max(0.0, busy - server_cpu - child_cpu - own) / wall,
     )
     return result
@@ -429,7 +428,7 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
         "median_rate_share": statistics.median(x["rate_share"] for x in runs),
         "median_cpu_share": statistics.median(x["cpu_share"] for x in runs),
         "median_cpu_us_per_frame": statistics.median(x["cpu_us_per_frame"] for x in runs),
-        "median_server_cores": statistics.median(x["server_cores_in_window"] for x in runs),
+        "median_server_cores": statistics.median(x["server_cores"] for x in runs),
         "median_server_us_per_frame": statistics.median(x["server_us_per_frame"] for x in runs),
         "passed": sum(passes(x, n) for x in runs) > len(runs) // 2,
     }

@@ -13,11 +13,15 @@ from __future__ import annotations
 import array
 import json
 import os
+import sys
 import time
 
 import gevent
 import websocket
 from locust import User, events, task
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capacity import PERIOD, VAD_OFF, server_seconds  # noqa: E402  (standard library only)
 
 URL = os.environ["CAP_URL"]
 FRAMES = open(os.environ["CAP_FRAMES"]).read().splitlines()
@@ -25,20 +29,9 @@ OUT = os.environ["CAP_OUT"]
 # measurement window in seconds after the test starts: [WIN_START, WIN_END)
 WIN_START = float(os.environ["CAP_WIN_START"])
 WIN_END = float(os.environ["CAP_WIN_END"])
-PERIOD = 0.020
-VAD_OFF = json.dumps(
-    {"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}
-)
 
 lateness = array.array("d")
 state = {"t0": 0.0, "frames": 0, "cpu0": None, "cpu1": None, "connected": 0, "errors": 0}
-
-
-def server_seconds() -> float:
-    """CPU seconds of the fake server so far (bench/capacity.py's server_seconds)."""
-    pid = os.environ["CAP_SERVER_PID"]
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @events.test_start.add_listener

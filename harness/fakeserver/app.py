@@ -314,14 +314,15 @@ class FakeServer:
                 await inject(fault)
             return state["ended_by"] is None
 
+        def nearest_deadline() -> float:
+            deadlines = (session.next_deadline(), faults.next_deadline())
+            return min((d for d in deadlines if d is not None), default=float("inf"))
+
         async def timers() -> None:
             while not ws.closed and state["ended_by"] is None:
-                deadlines = [
-                    d for d in (session.next_deadline(), faults.next_deadline()) if d is not None
-                ]
                 wake.clear()
-                state["until"] = min(deadlines, default=float("inf"))
-                if deadlines:
+                state["until"] = nearest_deadline()
+                if state["until"] < float("inf"):
                     delay = (state["until"] - self.clock.now()) / self.clock.scale
                     if delay > 0:
                         try:
@@ -362,11 +363,7 @@ class FakeServer:
                             fault = faults.on_audio(now, pcm, session.buffer_bytes)
                         if not await observe(fault):
                             break
-                    nearest = min(
-                        session.next_deadline() or float("inf"),
-                        faults.next_deadline() or float("inf"),
-                    )
-                    if nearest < state["until"]:
+                    if nearest_deadline() < state["until"]:
                         wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
