@@ -83,3 +83,16 @@ async def test_rows_recorded_between_slices_keep_their_order(tmp_path: Path) -> 
     assert rec.rows is buffer
     walls, _ = read_walls(tmp_path / "events.arrows")
     assert walls == [float(i) for i in range(30)]
+
+
+def test_each_flushed_batch_is_on_disk_while_the_log_is_still_open(tmp_path: Path) -> None:
+    """What a SIGKILL leaves: every batch written so far, readable by another reader, even
+    though the sink buffers a batch's pieces in memory until the flush."""
+    rec = Recorder(tmp_path / "events.arrows")
+    for batch in range(3):
+        for i in range(4):
+            rec.row(float(batch * 4 + i), 0.0, "client", "v", 0, 1, "send", "x", 1, None, None)
+        rec.flush()
+        walls, batches = read_walls(tmp_path / "events.arrows")
+        assert walls == [float(i) for i in range((batch + 1) * 4)] and batches == batch + 1
+    rec.close()
