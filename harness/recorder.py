@@ -9,8 +9,8 @@ where a fresh list per flush was scanned item by item by every young collection 
 (5-10 ms pauses at 600 sockets). A flush writes slices of `slice_rows` with a yield to the
 event loop between them: its rows written in one burst made a backlog every sender paid for.
 Flushes come every 0.2 s, not more often: each one finds pyarrow's code and data gone from the
-CPU caches and evicts the senders' in turn, which cost the senders twice the flush's own CPU
-at 50 ms (bench/RESULTS.md). A batch torn by a crash is skipped by the reader (frames.py),
+CPU caches, costs twice what it does warm, and evicts the senders' in turn, which costs them
+as much again (bench/RESULTS.md). A batch torn by a crash is skipped by the reader (frames.py),
 never fatal. No audio payload is ever logged: bytes, audio milliseconds and CRCs stand for it.
 """
 

@@ -31,6 +31,7 @@ __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig", "client_key", "er
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
+INF = float("inf")
 _HTTP_ERRORS = {
     401: ("invalid_api_key", "Incorrect API key provided."),
     429: ("rate_limit_exceeded", "Too many concurrent sessions. Try again later."),
@@ -273,7 +274,7 @@ class FakeServer:
         )
         wake = asyncio.Event()
         # `until`: the deadline the timers task sleeps to; a frame that brings one nearer wakes it
-        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": float("inf")}
+        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": INF}
 
         async def send(outputs: list) -> bool:
             """Send session outputs; False once a fault has ended the connection."""
@@ -315,20 +316,28 @@ class FakeServer:
             return state["ended_by"] is None
 
         def nearest_deadline() -> float:
-            deadlines = (session.next_deadline(), faults.next_deadline())
-            return min((d for d in deadlines if d is not None), default=float("inf"))
+            """Called for every frame: plain comparisons, no generator (that was 8 % of the
+            server's CPU under a worker fleet)."""
+            ours, theirs = session.next_deadline(), faults.next_deadline()
+            if ours is None:
+                return INF if theirs is None else theirs
+            return ours if theirs is None or ours < theirs else theirs
 
         async def timers() -> None:
+            loop = asyncio.get_running_loop()
             while not ws.closed and state["ended_by"] is None:
                 wake.clear()
                 state["until"] = nearest_deadline()
-                if state["until"] < float("inf"):
+                if state["until"] < INF:
                     delay = (state["until"] - self.clock.now()) / self.clock.scale
                     if delay > 0:
+                        # a timer that sets `wake`, not wait_for(): that made a task per wait,
+                        # 5 % of the server's CPU under a worker fleet
+                        alarm = loop.call_later(delay, wake.set)
                         try:
-                            await asyncio.wait_for(wake.wait(), delay)
-                        except TimeoutError:
-                            pass
+                            await wake.wait()
+                        finally:
+                            alarm.cancel()
                         continue  # deadlines may have moved: look again
                 else:
                     await wake.wait()
