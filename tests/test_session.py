@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
+import string
 import zlib
 
 from helpers import vad_off
@@ -151,3 +153,21 @@ def test_session_expires_with_error_then_close_1001() -> None:
     assert "maximum duration of 1 minutes" in out[0]["error"]["message"]
     assert out[1] == Fault(FaultKind.CLOSE, "max_duration", 1001, out[0]["error"]["message"])
     assert s.receive(append(b"\0" * 4800), 61.0) == []
+
+
+def test_ids_are_letters_and_digits_distinct_and_seeded() -> None:
+    """Event and item ids as the service shapes them (prefix + 22 letters or digits), never
+    repeated within a session, and the same for the same seed: fault draws and logs of a
+    seeded run replay exactly."""
+
+    def ids(seed: int) -> list[str]:
+        s = TranscriptionSession(
+            "sess_test", 0.0, 1_700_000_000.0, random.Random(seed), SessionLimits()
+        )
+        return [s.error_event("x", "y")["event_id"] for _ in range(2000)]
+
+    first = ids(7)
+    assert all(re.fullmatch(r"event_[A-Za-z0-9]{22}", i) for i in first)
+    assert len(set(first)) == len(first)
+    assert set("".join(i[6:] for i in first)) == set(string.ascii_letters + string.digits)
+    assert ids(7) == first and ids(8) != first
