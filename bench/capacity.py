@@ -328,10 +328,9 @@ def run_once(
 
     out = tmp / f"{sender}-{n}-{time.monotonic_ns()}.json"
     timeout = 120 + n * 0.05 + seconds
+    env = dict(os.environ, CAP_SERVER_PID=str(SERVER_PID))  # children read the server's CPU
     if sender == "peer":
-        env = dict(
-            os.environ,
-            CAP_SERVER_PID=str(SERVER_PID),
+        env.update(
             CAP_URL=url,
             CAP_FRAMES=str(frames),
             CAP_OUT=str(out),
@@ -356,7 +355,6 @@ def run_once(
             "5",
         ]
     else:
-        env = dict(os.environ, CAP_SERVER_PID=str(SERVER_PID))
         cmd = [sys.executable, __file__, "--child", sender, "--url", url, "--n", str(n)]
         cmd += ["--seconds", repr(seconds), "--frames", str(frames), "--out", str(out)]
         cmd += ["--audio", str(audio)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig", "client_key", "er
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
-INF = float("inf")
 _HTTP_ERRORS = {
     401: ("invalid_api_key", "Incorrect API key provided."),
     429: ("rate_limit_exceeded", "Too many concurrent sessions. Try again later."),
@@ -274,7 +274,7 @@ class FakeServer:
         )
         wake = asyncio.Event()
         # `until`: the deadline the timers task sleeps to; a frame that brings one nearer wakes it
-        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": INF}
+        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": math.inf}
 
         async def send(outputs: list) -> bool:
             """Send session outputs; False once a fault has ended the connection."""
@@ -320,7 +320,7 @@ class FakeServer:
             server's CPU under a worker fleet)."""
             ours, theirs = session.next_deadline(), faults.next_deadline()
             if ours is None:
-                return INF if theirs is None else theirs
+                return math.inf if theirs is None else theirs
             return ours if theirs is None or ours < theirs else theirs
 
         async def timers() -> None:
@@ -328,7 +328,7 @@ class FakeServer:
             while not ws.closed and state["ended_by"] is None:
                 wake.clear()
                 state["until"] = nearest_deadline()
-                if state["until"] < INF:
+                if state["until"] < math.inf:
                     delay = (state["until"] - self.clock.now()) / self.clock.scale
                     if delay > 0:
                         # a timer that sets `wake`, not wait_for(): that made a task per wait,
