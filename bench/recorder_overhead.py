@@ -1,10 +1,11 @@
 """What recording every append costs: (1) rows/s the Recorder absorbs and CPU per row, flushes
-included; (2) a paced sender over loopback WebSockets with and without a `Recorder.row` per
-frame: its CPU per frame, send lateness and achieved rate; (3) the same sender unpaced (flood),
-where recording can only show up as lost throughput.
+included; (2) a paced sender over loopback WebSockets with and without recording each frame:
+its CPU per frame, send lateness and achieved rate; (3) the same sender unpaced (flood), where
+recording can only show up as lost throughput.
 
-The sender mirrors the worker's hot path (harness/worker.py `_utterance_turn`): clock sleep to
-the deadline, `ws.send_str` of a pre-built ~2.6 KB append, one `row(...)` call. The sink is a
+The sender mirrors the worker's hot path (harness/worker.py `_send_frames`): sleep to the
+deadline, `ws.send_str` of a pre-built ~2.6 KB append, the append recorded as the worker
+records it (`Recorder.appends`). The sink is a
 bare aiohttp server in another process that reads and discards, so the client is what is
 measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 10 --repeats 5]
 """
@@ -35,7 +36,7 @@ FRAME = json.dumps(
 
 
 def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[str, float]:
-    """Recorder.row + flush alone, append-shaped rows, flushing every `batch` rows (300
+    """Recording appends + flush alone, flushing every `batch` rows (300
     connections x 50 frames/s fill 0.2 s with 3,000 rows). Median of `repeats` after a
     warm-up (the first conversion pays pyarrow's lazy initialisation)."""
     _micro_once(10_000, batch)
@@ -48,22 +49,11 @@ def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[s
 def _micro_once(rows: int, batch: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         rec = Recorder(Path(tmp) / "events.arrows")
-        row = rec.row
+        streams = [rec.appends("v", worker, 1) for worker in range(300)]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(rows):
-            row(
-                1.7e9 + i,
-                i * 0.02,
-                "client",
-                "v",
-                i % 300,
-                1,
-                "send",
-                "input_audio_buffer.append",
-                2618,
-                20.0,
-                0.3,
-            )
+            record, stream = streams[i % 300]
+            record((1.7e9 + i, i * 0.02, 2618, 20.0, 0.3, stream))
             if i % batch == batch - 1:
                 rec.flush()
         rec.close()
@@ -124,7 +114,7 @@ async def sender(
 
         async def one(i: int, ws) -> None:
             nonlocal sent
-            row = rec.row if rec is not None else None
+            log_append, stream = rec.appends("v", i, 1) if rec is not None else (None, 0)
             k = 0
             due = start + i * CHUNK_MS / 1000 / connections  # spread the phases
             while True:
@@ -137,20 +127,8 @@ async def sender(
                     break
                 await ws.send_str(FRAME)
                 lag = (now - due) * 1000.0
-                if row is not None:
-                    row(
-                        time.time(),
-                        now,
-                        "client",
-                        "v",
-                        i,
-                        1,
-                        "send",
-                        "input_audio_buffer.append",
-                        len(FRAME),
-                        float(CHUNK_MS),
-                        lag,
-                    )
+                if log_append is not None:
+                    log_append((time.time(), now, len(FRAME), float(CHUNK_MS), lag, stream))
                 if paced and k % 10 == 0:
                     lateness.append(lag)
                 k += 1
@@ -237,7 +215,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    print("## micro: Recorder.row + flush", flush=True)
+    print("## micro: appends recorded + flush", flush=True)
     print(json.dumps(micro(args.micro_rows)), flush=True)
 
     sink = subprocess.Popen(

@@ -1,9 +1,9 @@
 """Durable, append-only event log: one Arrow IPC stream per process in the run directory.
 
-Rows are appended flat to one list (cheap on the per-frame path, and no object per row that
+Rows are appended flat to lists (cheap on the per-frame path, and no object per row that
 the garbage collector must track: a tuple per row made full collections four times as
 frequent, each a pause of tens of ms with hundreds of sockets open) and written every
-`flush_every` wall seconds, so a SIGKILL loses at most that much. The list is the same object
+`flush_every` wall seconds, so a SIGKILL loses at most that much. Each list is the same object
 for the whole run: once the runner freezes it out of the collector's sight it is never scanned,
 where a fresh list per flush was scanned item by item by every young collection that met it
 (5-10 ms pauses at 600 sockets). A flush writes slices of `slice_rows` with a yield to the
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["EVENT_SCHEMA", "LatenessHistogram", "Recorder"]
+__all__ = ["APPEND", "EVENT_SCHEMA", "LatenessHistogram", "Recorder"]
 
 # One row per event sent, received or observed. `detail` holds a JSON object for the rare
 # meta rows (connection and utterance summaries), never for per-frame rows.
@@ -51,6 +52,8 @@ _FIELDS = EVENT_SCHEMA.names
 _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
 _LAG = _FIELDS.index("lag_ms")
+_APPEND_WIDTH = 6  # wall, t, bytes, audio_ms, lag_ms, stream (see Recorder.appends)
+APPEND = "input_audio_buffer.append"
 
 
 class LatenessHistogram:
@@ -84,13 +87,26 @@ class LatenessHistogram:
 
 
 class Recorder:
-    """Appends rows and persists them in batches. `row()` is the only per-frame call."""
+    """Appends rows and persists them in batches, in the order they were recorded.
+
+    Two buffers: `row()` for every kind of row, and `appends()` for the audio appends a worker
+    sends, nearly all the rows. An append is six numbers extended onto a list, with no Python
+    call of the recorder's: its constant columns and its connection's identity are filled in
+    at flush time, a column at a time. That took the recorder's cost to a paced sender from
+    about 4 to about 1 µs a frame (bench/RESULTS.md). Each `row()` notes how many appends came
+    before it, so a flush interleaves the two as they were recorded."""
 
     def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 1000) -> None:
         self.path = path
         self.flush_every = flush_every
         self.slice_rows = slice_rows
-        self.rows: list[Any] = []  # flat: _WIDTH values per row; never replaced (see above)
+        # Both buffers are flat lists, never replaced (see above).
+        self.rows: list[Any] = []  # _WIDTH values per row
+        self.sends: list[float] = []  # _APPEND_WIDTH numbers per append sent
+        self._before: list[int] = []  # per row: appends recorded before it, for log order
+        self._appends_written = 0
+        self._streams: dict[tuple[str | None, int, int], int] = {}
+        self._stream_columns: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
         self.count = 0
         self.lateness = LatenessHistogram()
         # buffered, so that a batch's few dozen buffers reach the file in one write(2) at
@@ -120,6 +136,7 @@ class Recorder:
         text: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
+        self._before.append(self._appends_written + len(self.sends) // _APPEND_WIDTH)
         # extend() with a tuple: the tuple dies at once, so the collector's count stays put
         self.rows.extend(
             (
@@ -141,19 +158,89 @@ class Recorder:
             )
         )
 
+    def appends(
+        self, variant: str | None, worker: int, conn: int
+    ) -> tuple[Callable[[tuple[float, ...]], None], int]:
+        """For the per-frame path: `(record, stream)`, where
+        `record((wall, t, bytes_, audio_ms, lag_ms, stream))` records one
+        `input_audio_buffer.append` this client connection sent, as `row()` would."""
+        key = (variant, worker, conn)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = len(self._streams)
+            self._stream_columns = None
+        return self.sends.extend, stream
+
     @property
     def recorded(self) -> int:
         """Rows recorded so far, written or not."""
-        return self.count + len(self.rows) // _WIDTH
+        return self.count + self._pending()
 
-    def _write_head(self, rows: int) -> None:
-        """Write the oldest `rows` rows and drop them from the buffer (no await in between).
-        Each column is sliced straight from the buffer: a copy of the head first touched
-        every row's objects once more, and by flush time they are no longer in the cache."""
+    def _pending(self) -> int:
+        return len(self.rows) // _WIDTH + len(self.sends) // _APPEND_WIDTH
+
+    def _row_columns(self, rows: int) -> list[pa.Array]:
+        """The oldest `rows` rows of `row()` as columns, dropped from the buffer. Each column
+        is sliced straight from the buffer: a copy of the head first touched every row's
+        objects once more, and by flush time they are no longer in the cache."""
         end = rows * _WIDTH
         flat = self.rows
         columns = [pa.array(flat[i:end:_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
-        del flat[:end]
+        del flat[:end], self._before[:rows]
+        return columns
+
+    def _append_columns(self, rows: int) -> list[pa.Array]:
+        """The oldest `rows` appends as columns, dropped from the buffer."""
+        end = rows * _APPEND_WIDTH
+        values = np.array(self.sends[:end], dtype=np.float64).reshape(rows, _APPEND_WIDTH)
+        del self.sends[:end]
+        self._appends_written += rows
+        if self._stream_columns is None:
+            keys = list(self._streams)
+            self._stream_columns = (
+                pa.array([k[0] for k in keys], pa.string()),
+                np.array([k[1] for k in keys], np.int32),
+                np.array([k[2] for k in keys], np.int32),
+            )
+        variants, workers, conns = self._stream_columns
+        stream = values[:, 5].astype(np.intp)
+        return [
+            pa.array(values[:, 0]),
+            pa.array(values[:, 1]),
+            pa.repeat("client", rows),
+            variants.take(pa.array(stream)),
+            pa.array(workers[stream]),
+            pa.array(conns[stream]),
+            pa.repeat("send", rows),
+            pa.repeat(APPEND, rows),
+            pa.array(values[:, 2].astype(np.int32)),
+            pa.array(values[:, 3].astype(np.float32)),
+            pa.array(values[:, 4].astype(np.float32)),
+            *(pa.nulls(rows, typ) for typ in _TYPES[_LAG + 1 :]),
+        ]
+
+    def _write_head(self, rows: int) -> None:
+        """Write the oldest `rows` rows of both buffers, in the order they were recorded, and
+        drop them from the buffers (no await in between)."""
+        before = np.array(self._before, np.int64) - self._appends_written
+        at = np.arange(len(before)) + before  # each row()'s place among all pending rows
+        own = int(np.searchsorted(at, rows))
+        sent = rows - own
+        if not sent:
+            columns = self._row_columns(own)
+        elif not own:
+            columns = self._append_columns(sent)
+        else:
+            order = np.empty(rows, np.int64)
+            is_row = np.zeros(rows, bool)
+            is_row[at[:own]] = True
+            order[is_row] = np.arange(own)
+            order[~is_row] = np.arange(own, rows)
+            take = pa.array(order)
+            columns = [
+                pa.concat_arrays([a, b]).take(take)
+                for a, b in zip(self._row_columns(own), self._append_columns(sent), strict=True)
+            ]
         self._writer.write_batch(pa.RecordBatch.from_arrays(columns, names=_FIELDS))
         self._sink.flush()
         self.count += rows
@@ -161,16 +248,16 @@ class Recorder:
 
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
-        if self.rows:
-            self._write_head(len(self.rows) // _WIDTH)
+        if self._pending():
+            self._write_head(self._pending())
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
             # only what was there when the flush began: rows keep arriving between slices
-            left = len(self.rows) // _WIDTH
-            while left > 0 and self.rows:  # `flush()` may have run between slices
-                step = min(left, self.slice_rows, len(self.rows) // _WIDTH)
+            left = self._pending()
+            while left > 0 and self._pending():  # `flush()` may have run between slices
+                step = min(left, self.slice_rows, self._pending())
                 self._write_head(step)
                 left -= step
                 if left:

@@ -499,11 +499,11 @@ class Worker:
         """The per-frame hot path: keep it lean. It works in monotonic seconds and sleeps on
         the shared timer directly, which takes six Python calls a frame out of the clock's
         methods (bench/RESULTS.md)."""
-        ws, clock, row = conn.ws, self.clock, self.s.recorder.row
+        ws, clock = conn.ws, self.clock
         assert ws is not None
         send, wait_until = ws.send_frame, deadline_waker().wait_until
         origin, scale = clock.origin, clock.scale
-        variant, worker, attempt = self.s.variant, self.s.worker, conn.attempt
+        record, stream = self.s.recorder.appends(self.s.variant, self.s.worker, conn.attempt)
         closed, stop = conn.closed, self.s.stop
         start = monotonic()
         for frame, offset in zip(frames, offsets, strict=True):
@@ -520,19 +520,7 @@ class Worker:
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
             conn.audio_ms += audio_ms
-            row(
-                wall_time(),
-                sent,
-                "client",
-                variant,
-                worker,
-                attempt,
-                "send",
-                "input_audio_buffer.append",
-                len(frame.json),
-                audio_ms,
-                (now - due) * 1000.0,
-            )
+            record((wall_time(), sent, len(frame.json), audio_ms, (now - due) * 1000.0, stream))
         return True
 
     # conversation ---------------------------------------------------------------------------
