@@ -7,7 +7,7 @@ The sender mirrors the worker's hot path (harness/worker.py `_send_frames`): sle
 deadline, `ws.send_str` of a pre-built ~2.6 KB append, the append recorded as the worker
 records it (`Recorder.appends`). The sink is a
 bare aiohttp server in another process that reads and discards, so the client is what is
-measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 10 --repeats 5]
+measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 8 --repeats 7]
 """
 
 from __future__ import annotations
@@ -202,8 +202,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--flood-connections", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--micro-rows", type=int, default=1_000_000)
     parser.add_argument(
         "--capacity",
@@ -263,6 +263,7 @@ def main() -> None:
                             "throughput_change_pct": (on / off - 1) * 100,
                             "cpu_per_frame_change_pct": (cpu_on / cpu_off - 1) * 100,
                             "cpu_per_frame_change_pct_by_pair": [round(p, 1) for p in pairs],
+                            "cpu_per_frame_change_pct_median_pair": statistics.median(pairs),
                         }
                     ),
                     flush=True,

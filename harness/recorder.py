@@ -6,8 +6,10 @@ frequent, each a pause of tens of ms with hundreds of sockets open) and written 
 `flush_every` wall seconds, so a SIGKILL loses at most that much. Each list is the same object
 for the whole run: once the runner freezes it out of the collector's sight it is never scanned,
 where a fresh list per flush was scanned item by item by every young collection that met it
-(5-10 ms pauses at 600 sockets). A flush writes slices of `slice_rows` with a yield to the
-event loop between them: its rows written in one burst made a backlog every sender paid for.
+(5-10 ms pauses at 600 sockets). A flush writes even slices of at most `slice_rows` with a
+yield to the event loop between them: its rows written in one burst made a backlog every
+sender paid for. A slice costs about 2 ms at most; smaller ones cost more a row (fixed costs
+paid cold).
 Flushes come every 0.2 s, not more often: each one finds pyarrow's code and data gone from the
 CPU caches, costs twice what it does warm, and evicts the senders' in turn, which costs them
 as much again (bench/RESULTS.md). A batch torn by a crash is skipped by the reader (frames.py),
@@ -96,7 +98,7 @@ class Recorder:
     about 4 to about 1 µs a frame (bench/RESULTS.md). Each `row()` notes how many appends came
     before it, so a flush interleaves the two as they were recorded."""
 
-    def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 1000) -> None:
+    def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 4000) -> None:
         self.path = path
         self.flush_every = flush_every
         self.slice_rows = slice_rows
@@ -191,9 +193,10 @@ class Recorder:
 
     def _append_columns(self, rows: int) -> list[pa.Array]:
         """The oldest `rows` appends as columns, dropped from the buffer."""
-        end = rows * _APPEND_WIDTH
-        values = np.array(self.sends[:end], dtype=np.float64).reshape(rows, _APPEND_WIDTH)
-        del self.sends[:end]
+        end, sends = rows * _APPEND_WIDTH, self.sends
+        head = sends if end == len(sends) else sends[:end]
+        values = np.array(head, dtype=np.float64).reshape(rows, _APPEND_WIDTH)
+        del sends[:end]
         self._appends_written += rows
         if self._stream_columns is None:
             keys = list(self._streams)
@@ -256,8 +259,10 @@ class Recorder:
             await asyncio.sleep(self.flush_every)
             # only what was there when the flush began: rows keep arriving between slices
             left = self._pending()
+            slices = -(-left // self.slice_rows)
+            size = -(-left // slices) if slices else 0  # even: no small slice at the end
             while left > 0 and self._pending():  # `flush()` may have run between slices
-                step = min(left, self.slice_rows, self._pending())
+                step = min(left, size, self._pending())
                 self._write_head(step)
                 left -= step
                 if left:

@@ -23,7 +23,7 @@ def read_walls(path: Path) -> tuple[list[float], int]:
 
 async def test_a_hard_flush_between_slices_loses_and_repeats_nothing(tmp_path: Path) -> None:
     rec = Recorder(tmp_path / "events.arrows", flush_every=0.01, slice_rows=10)
-    for i in range(35):
+    for i in range(40):
         rec.row(
             float(i),
             0.0,
@@ -44,11 +44,11 @@ async def test_a_hard_flush_between_slices_loses_and_repeats_nothing(tmp_path: P
         await asyncio.sleep(0)  # one loop turn: we run between the flusher's slices
     assert rec.count == 10  # one slice written, then the loop got a turn
     rec.flush()  # what a second SIGINT does before exiting
-    assert rec.count == 35
+    assert rec.count == 40
     await rec.aclose()
     walls, batches = read_walls(tmp_path / "events.arrows")
-    assert walls == [float(i) for i in range(35)] and batches == 2
-    assert rec.lateness.total == 35
+    assert walls == [float(i) for i in range(40)] and batches == 2
+    assert rec.lateness.total == 40
 
 
 def test_lateness_histogram_quantiles() -> None:
@@ -70,23 +70,23 @@ async def test_rows_recorded_between_slices_keep_their_order(tmp_path: Path) -> 
     def add(i: int) -> None:
         rec.row(float(i), 0.0, "client", "v", 0, 1, "send", "x", 1, None, None)
 
-    for i in range(25):
+    for i in range(28):
         add(i)
     rec.start()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5.0
     while not rec.count and loop.time() < deadline:
         await asyncio.sleep(0)
-    assert rec.count == 10
-    for i in range(25, 30):  # arrive mid-flush
+    assert rec.count == 10  # 28 rows in slices of at most 10: 10, 10 and 8
+    for i in range(28, 33):  # arrive mid-flush
         add(i)
-    while rec.count < 25 and loop.time() < deadline:
+    while rec.count < 28 and loop.time() < deadline:
         await asyncio.sleep(0)
-    assert rec.count == 25 and rec.recorded == 30  # the flush took only what it began with
+    assert rec.count == 28 and rec.recorded == 33  # the flush took only what it began with
     await rec.aclose()
     assert rec.rows is buffer
     walls, _ = read_walls(tmp_path / "events.arrows")
-    assert walls == [float(i) for i in range(30)]
+    assert walls == [float(i) for i in range(33)]
 
 
 def test_each_flushed_batch_is_on_disk_while_the_log_is_still_open(tmp_path: Path) -> None:
