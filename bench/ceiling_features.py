@@ -4,11 +4,12 @@ below every sender's limit, runs interleaved so a busy spell falls on all of the
 
 Features: `reader` (a task per socket reading the server's events), `hb` (aiohttp heartbeat
 pings, as keepalive.ping_interval = 20 s), `imports` (pandas, pyarrow and the harness loaded:
-the process's size), `rec` (a harness Recorder row per frame, flushed as the runner does),
-`conv` (the conversation: clear before each utterance of the fixtures, commit after it, wait
-for its transcript, which implies `reader`), `waker` (sleeping through the clock's shared
-deadline timer, as the workers do, instead of `asyncio.sleep`), and `rtsoak` (the real worker
-fleet, bench/capacity.py's rtsoak sender). Usage:
+the process's size), `rec` (each frame recorded by a harness Recorder as the worker records
+it, flushed as the runner does), `conv` (the conversation: clear before each utterance of the
+fixtures, commit after it, wait for its transcript, which implies `reader`), `waker`
+(sleeping through the clock's shared deadline timer, as the workers do, instead of
+`asyncio.sleep`), and `rtsoak` (the real worker fleet, bench/capacity.py's rtsoak sender).
+Usage:
     python bench/ceiling_features.py [--n 450] [--seconds 6] [--repeats 3]
 About 5 minutes; results in bench/RESULTS.md.
 """
@@ -111,6 +112,7 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
         async def one(i: int, ws: aiohttp.ClientWebSocketResponse) -> None:
             due = start + i * PERIOD / n
             k, u, left, spoken = 0, i % len(utt_frames), 0, False
+            record, stream = recorder.appends("v", i, 1) if recorder is not None else (None, 0)
             while True:
                 if conv and left == 0:  # utterance boundary: commit, transcript, clear
                     if spoken:
@@ -127,11 +129,8 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                 if now >= win_end:
                     return
                 await ws.send_frame(frames[k], text)
-                if recorder is not None:
-                    recorder.row(
-                        time.time(), now, "client", "v", i, 1, "send",
-                        "input_audio_buffer.append", len(frames[k]), 20.0, (now - due) * 1e3,
-                    )  # fmt: skip
+                if record is not None:  # as the worker records an append
+                    record((time.time(), now, len(frames[k]), 20.0, (now - due) * 1e3, stream))
                 if now >= win_start:
                     lateness.append((now - due) * 1000.0)
                 k, left, due = (k + 1) % len(frames), left - 1, due + PERIOD
@@ -202,6 +201,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         frames = write_frames(tmp)
         server, url = start_server(tmp)
+        os.environ["CAP_SERVER_PID"] = str(server.pid)  # rtsoak's child reads the server's CPU
         try:
             runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
             for _ in range(args.repeats):
