@@ -14,7 +14,8 @@ process on 127.0.0.1; each sender runs in a process of its own. A count passes w
 over repeats of the p99 send lateness (send time minus deadline, over a measurement window after
 every socket is open) is within 10 ms, every socket sent, and the frames sent reach 99 % of
 N x 50/s, less the time rtsoak's workers wait for transcripts (when their scenario has no
-frame due). Counts step up geometrically until one fails, then bisect. Usage:
+frame due). Counts step up geometrically until one fails (down if the first fails), then
+bisect. Usage:
     python bench/capacity.py [--senders rtsoak ceiling peer] [--start 200] [--growth 1.5]
         [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 2] [--counts N ...]
         [--json bench/capacity.json] [--audio fixtures/audio]
@@ -436,20 +437,30 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
 
 def search(args):
     """The counts one sender is measured at, one by one: each `yield n` is sent back whether n
-    passed. Steps up by `growth` until a count fails, then bisects to within `resolution`
-    (or just the given --counts)."""
+    passed. Steps up by `growth` until a count fails (down, if the first one fails), then
+    bisects to within `resolution` (or just the given --counts)."""
     if args.counts:
         for n in args.counts:
             yield n
         return
     best, worst = 0, None
-    n = args.start
-    while n <= args.max:
+    n = min(args.start, args.max)
+    while True:
         if not (yield n):
             worst = n
             break
         best = n
-        n = int(round(n * args.growth / 10) * 10)
+        if n >= args.max:
+            break
+        n = min(max(int(round(n * args.growth / 10) * 10), n + 10), args.max)
+    while worst is not None and not best:  # the first count failed: below it, then
+        n = min(int(round(worst / args.growth / 10) * 10), worst - 10)
+        if n < 10:
+            break
+        if (yield n):
+            best = n
+        else:
+            worst = n
     while worst is not None and best and (worst - best) > max(10, args.resolution * best):
         mid = int(round((best + worst) / 2 / 10) * 10)
         if mid in (best, worst):

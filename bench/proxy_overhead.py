@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.seconds < 2:
+        parser.error("--seconds must be at least 2: the load settles for 1 s before probing")
     rows = run(args.counts, args.seconds, args.repeats)
     print(
         "\n| connections | direct p50 / p99 ms | proxied p50 / p99 ms "
