@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.recorder import EVENT_SCHEMA
+from harness.recorder import APPEND, EVENT_SCHEMA
 
 __all__ = [
     "CONNECTION_COLUMNS",
@@ -47,7 +47,6 @@ CRASHED = "interrupted"
 _CATEGORIES = ("src", "variant", "dir", "type")
 _PANDAS_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int32(): pd.Int32Dtype()}
 _STRING = pd.StringDtype("pyarrow")
-APPEND = "input_audio_buffer.append"
 COMMIT = "input_audio_buffer.commit"
 # Rows per chunk when a log is streamed rather than loaded whole (load_for_report): about
 # 110 MB of Arrow at a time, and one Parquet row group, as pandas writes them.

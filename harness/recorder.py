@@ -8,8 +8,8 @@ for the whole run: once the runner freezes it out of the collector's sight it is
 where a fresh list per flush was scanned item by item by every young collection that met it
 (5-10 ms pauses at 600 sockets). A flush writes even slices of at most `slice_rows` with a
 yield to the event loop between them: its rows written in one burst made a backlog every
-sender paid for. A slice costs about 2 ms at most; smaller ones cost more a row (fixed costs
-paid cold).
+sender paid for. A slice of 4,000 appends takes 2-4 ms; smaller ones cost more a row (their
+fixed costs are paid cold).
 Flushes come every 0.2 s, not more often: each one finds pyarrow's code and data gone from the
 CPU caches, costs twice what it does warm, and evicts the senders' in turn, which costs them
 as much again (bench/RESULTS.md). A batch torn by a crash is skipped by the reader (frames.py),
