@@ -107,8 +107,11 @@ class Recorder:
         self.sends: list[float] = []  # _APPEND_WIDTH numbers per append sent
         self._before: list[int] = []  # per row: appends recorded before it, for log order
         self._appends_written = 0
-        self._streams: dict[tuple[str | None, int, int], int] = {}
-        self._stream_columns: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
+        self._variants: dict[str | None, int] = {}
+        # variant code, worker and conn of each stream (row = stream number), and of the
+        # streams opened since the last flush, not yet in that table
+        self._streams = np.empty((0, 3), np.int64)
+        self._new_streams: list[int] = []
         self.count = 0
         self.lateness = LatenessHistogram()
         # buffered, so that a batch's few dozen buffers reach the file in one write(2) at
@@ -163,14 +166,12 @@ class Recorder:
     def appends(
         self, variant: str | None, worker: int, conn: int
     ) -> tuple[Callable[[tuple[float, ...]], None], int]:
-        """For the per-frame path: `(record, stream)`, where
+        """For the per-frame path, once per client connection: `(record, stream)`, where
         `record((wall, t, bytes_, audio_ms, lag_ms, stream))` records one
-        `input_audio_buffer.append` this client connection sent, as `row()` would."""
-        key = (variant, worker, conn)
-        stream = self._streams.get(key)
-        if stream is None:
-            stream = self._streams[key] = len(self._streams)
-            self._stream_columns = None
+        `input_audio_buffer.append` that connection sent, as `row()` would."""
+        stream = len(self._streams) + len(self._new_streams) // 3
+        code = self._variants.setdefault(variant, len(self._variants))
+        self._new_streams.extend((code, worker, conn))
         return self.sends.extend, stream
 
     @property
@@ -198,22 +199,18 @@ class Recorder:
         values = np.array(head, dtype=np.float64).reshape(rows, _APPEND_WIDTH)
         del sends[:end]
         self._appends_written += rows
-        if self._stream_columns is None:
-            keys = list(self._streams)
-            self._stream_columns = (
-                pa.array([k[0] for k in keys], pa.string()),
-                np.array([k[1] for k in keys], np.int32),
-                np.array([k[2] for k in keys], np.int32),
-            )
-        variants, workers, conns = self._stream_columns
-        stream = values[:, 5].astype(np.intp)
+        if self._new_streams:  # only the new ones converted: a long soak opens thousands
+            new = np.array(self._new_streams, np.int64).reshape(-1, 3)
+            self._streams = np.concatenate([self._streams, new])
+            del self._new_streams[:]
+        variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
         return [
             pa.array(values[:, 0]),
             pa.array(values[:, 1]),
             pa.repeat("client", rows),
-            variants.take(pa.array(stream)),
-            pa.array(workers[stream]),
-            pa.array(conns[stream]),
+            pa.array(list(self._variants), pa.string()).take(pa.array(variant)),
+            pa.array(worker.astype(np.int32)),
+            pa.array(conn.astype(np.int32)),
             pa.repeat("send", rows),
             pa.repeat(APPEND, rows),
             pa.array(values[:, 2].astype(np.int32)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
 from time import time as wall_time
@@ -106,6 +106,7 @@ class Conn:
     committed: asyncio.Future | None = None
     results: dict[str, asyncio.Future] = field(default_factory=dict)
     vad_results: asyncio.Queue | None = None
+    appends: tuple[Callable[[tuple[float, ...]], None], int] | None = None  # Recorder.appends
 
 
 class Worker:
@@ -503,7 +504,9 @@ class Worker:
         assert ws is not None
         send, wait_until = ws.send_frame, deadline_waker().wait_until
         origin, scale = clock.origin, clock.scale
-        record, stream = self.s.recorder.appends(self.s.variant, self.s.worker, conn.attempt)
+        if conn.appends is None:
+            conn.appends = self.s.recorder.appends(self.s.variant, self.s.worker, conn.attempt)
+        record, stream = conn.appends
         closed, stop = conn.closed, self.s.stop
         start = monotonic()
         for frame, offset in zip(frames, offsets, strict=True):

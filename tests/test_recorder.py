@@ -124,6 +124,7 @@ def test_appends_and_rows_land_as_row_would_write_them_in_order(
     with tempfile.TemporaryDirectory() as tmp:
         fast = Recorder(Path(tmp) / "fast.arrows", flush_every=0.0, slice_rows=slice_rows)
         reference = Recorder(Path(tmp) / "reference.arrows")
+        streams: dict[int, tuple] = {}
         for i, (kind, conn) in enumerate(steps):
             variant = "ab"[conn % 2]
             if kind == "flush":
@@ -132,7 +133,9 @@ def test_appends_and_rows_land_as_row_would_write_them_in_order(
                 for rec in (fast, reference):
                     rec.row(1e9 + i, i, "client", variant, conn, 1, "recv", "x", code=i, text="t")
             else:
-                record, stream = fast.appends(variant, conn, conn + 1)
+                if conn not in streams:  # once per connection, as the worker does
+                    streams[conn] = fast.appends(variant, conn, conn + 1)
+                record, stream = streams[conn]
                 record((1e9 + i, i / 3, 100 + i, 20.0 / (i + 1), i / 7, stream))
                 reference.row(
                     1e9 + i, i / 3, "client", variant, conn, conn + 1, "send", APPEND,
