@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
 _LAG = _FIELDS.index("lag_ms")
 _APPEND_WIDTH = 6  # wall, t, bytes, audio_ms, lag_ms, stream (see Recorder.appends)
+_STREAM_WIDTH = 3  # variant code, worker, conn
 APPEND = "input_audio_buffer.append"
 
 
@@ -110,7 +112,7 @@ class Recorder:
         self._variants: dict[str | None, int] = {}
         # variant code, worker and conn of each stream (row = stream number), and of the
         # streams opened since the last flush, not yet in that table
-        self._streams = np.empty((0, 3), np.int64)
+        self._streams = np.empty((0, _STREAM_WIDTH), np.int64)
         self._new_streams: list[int] = []
         self.count = 0
         self.lateness = LatenessHistogram()
@@ -169,7 +171,7 @@ class Recorder:
         """For the per-frame path, once per client connection: `(record, stream)`, where
         `record((wall, t, bytes_, audio_ms, lag_ms, stream))` records one
         `input_audio_buffer.append` that connection sent, as `row()` would."""
-        stream = len(self._streams) + len(self._new_streams) // 3
+        stream = len(self._streams) + len(self._new_streams) // _STREAM_WIDTH
         code = self._variants.setdefault(variant, len(self._variants))
         self._new_streams.extend((code, worker, conn))
         return self.sends.extend, stream
@@ -200,7 +202,7 @@ class Recorder:
         del sends[:end]
         self._appends_written += rows
         if self._new_streams:  # only the new ones converted: a long soak opens thousands
-            new = np.array(self._new_streams, np.int64).reshape(-1, 3)
+            new = np.array(self._new_streams, np.int64).reshape(-1, _STREAM_WIDTH)
             self._streams = np.concatenate([self._streams, new])
             del self._new_streams[:]
         variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
@@ -248,18 +250,23 @@ class Recorder:
 
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
-        if self._pending():
-            self._write_head(self._pending())
+        pending = self._pending()
+        if pending:
+            self._write_head(pending)
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
             # only what was there when the flush began: rows keep arriving between slices
             left = self._pending()
-            slices = -(-left // self.slice_rows)
-            size = -(-left // slices) if slices else 0  # even: no small slice at the end
-            while left > 0 and self._pending():  # `flush()` may have run between slices
-                step = min(left, size, self._pending())
+            if not left:
+                continue
+            slices = math.ceil(left / self.slice_rows)
+            size = math.ceil(left / slices)  # even slices: no small one at the end
+            while left > 0:
+                step = min(left, size, self._pending())  # `flush()` may have run between slices
+                if not step:
+                    break
                 self._write_head(step)
                 left -= step
                 if left:
