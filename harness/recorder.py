@@ -6,14 +6,15 @@ frequent, each a pause of tens of ms with hundreds of sockets open) and written 
 `flush_every` wall seconds, so a SIGKILL loses at most that much. Each list is the same object
 for the whole run: once the runner freezes it out of the collector's sight it is never scanned,
 where a fresh list per flush was scanned item by item by every young collection that met it
-(5-10 ms pauses at 600 sockets). A flush writes even slices of at most `slice_rows` with a
-yield to the event loop between them: its rows written in one burst made a backlog every
-sender paid for. A slice of 4,000 appends takes 2-4 ms; smaller ones cost more a row (their
-fixed costs are paid cold).
-Flushes come every 0.2 s, not more often: each one finds pyarrow's code and data gone from the
-CPU caches, costs twice what it does warm, and evicts the senders' in turn, which costs them
-as much again (bench/RESULTS.md). A batch torn by a crash is skipped by the reader (frames.py),
-never fatal. No audio payload is ever logged: bytes, audio milliseconds and CRCs stand for it.
+(5-10 ms pauses at 600 sockets). A flush holds the event loop while it turns rows into a
+batch, and every sender due meanwhile is late by as much, so the p99 lateness of a fleet is
+set by the longest hold. Flushes come every 0.2 s (more often cost the senders more CPU: each
+one finds pyarrow's code and data gone from the caches) in slices of at most `slice_rows`,
+with `slice_gap` seconds between slices for the senders due meanwhile, and the write itself
+goes to a thread of its own. Against slices of up to 4,000 rows back to back, written on the
+loop, that took the p99 of 450 paced sockets from 8-9 ms to about 4 ms (bench/RESULTS.md).
+A batch torn by a crash is skipped by the reader (frames.py), never fatal. No audio payload
+is ever logged: bytes, audio milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +55,14 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 _FIELDS = EVENT_SCHEMA.names
+_STRING = pa.string()
 _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
 _LAG = _FIELDS.index("lag_ms")
 _APPEND_WIDTH = 6  # wall, t, bytes, audio_ms, lag_ms, stream (see Recorder.appends)
 _STREAM_WIDTH = 3  # variant code, worker, conn
 APPEND = "input_audio_buffer.append"
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what an IPC stream writer closes with
 
 
 class LatenessHistogram:
@@ -75,7 +80,8 @@ class LatenessHistogram:
         values = lag_ms.drop_null().to_numpy(zero_copy_only=False)
         if len(values):
             bins = np.clip(values / self.RESOLUTION_MS, 0, self.BINS).astype(np.int64)
-            self.counts += np.bincount(bins, minlength=self.BINS + 1)
+            counts = np.bincount(bins)  # up to the largest bin seen, not all 10,001
+            self.counts[: len(counts)] += counts
 
     @property
     def total(self) -> int:
@@ -100,26 +106,40 @@ class Recorder:
     about 4 to about 1 µs a frame (bench/RESULTS.md). Each `row()` notes how many appends came
     before it, so a flush interleaves the two as they were recorded."""
 
-    def __init__(self, path: Path, flush_every: float = 0.2, slice_rows: int = 4000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        flush_every: float = 0.2,
+        slice_rows: int = 1000,
+        slice_gap: float = 0.002,
+    ) -> None:
         self.path = path
         self.flush_every = flush_every
         self.slice_rows = slice_rows
+        self.slice_gap = slice_gap
         # Both buffers are flat lists, never replaced (see above).
         self.rows: list[Any] = []  # _WIDTH values per row
         self.sends: list[float] = []  # _APPEND_WIDTH numbers per append sent
         self._before: list[int] = []  # per row: appends recorded before it, for log order
         self._appends_written = 0
         self._variants: dict[str | None, int] = {}
+        self._variant_names = pa.array([], pa.string())  # by code, as `_variants` numbers them
+        self._constants: dict[tuple[str | None, pa.DataType], pa.Array] = {}
         # variant code, worker and conn of each stream (row = stream number), and of the
         # streams opened since the last flush, not yet in that table
         self._streams = np.empty((0, _STREAM_WIDTH), np.int64)
         self._new_streams: list[int] = []
         self.count = 0
         self.lateness = LatenessHistogram()
-        # buffered, so that a batch's few dozen buffers reach the file in one write(2) at
-        # `flush()` instead of one each: about 85 µs less CPU per batch
-        self._sink = pa.BufferedOutputStream(pa.OSFile(str(path), "wb"), buffer_size=1 << 20)
-        self._writer = pa.ipc.new_stream(self._sink, EVENT_SCHEMA)
+        # Each batch is serialised on the loop into one buffer and written by a thread of
+        # its own, which holds no GIL in write(2): on the loop, the writes of 0.2 s of rows
+        # took 1-1.5 ms on this VM (256 KB a ms). The file's bytes are those an Arrow IPC
+        # stream writer makes.
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._file.write(EVENT_SCHEMA.serialize())
+        self._file.flush()
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="rtsoak-log")
+        self._writes: deque[Future[None]] = deque()  # oldest first, until seen done
         self._task: asyncio.Task | None = None
         # pyarrow initialises its conversion machinery on first use (~150 ms): pay that
         # now, not in the first flush of a running soak, where it stalls every sender.
@@ -184,18 +204,18 @@ class Recorder:
     def _pending(self) -> int:
         return len(self.rows) // _WIDTH + len(self.sends) // _APPEND_WIDTH
 
-    def _row_columns(self, rows: int) -> list[pa.Array]:
-        """The oldest `rows` rows of `row()` as columns, dropped from the buffer. Each column
-        is sliced straight from the buffer: a copy of the head first touched every row's
-        objects once more, and by flush time they are no longer in the cache."""
+    def _row_batch(self, rows: int) -> pa.RecordBatch:
+        """The oldest `rows` rows of `row()`, dropped from the buffer. Each column is sliced
+        straight from the buffer: a copy of the head first touched every row's objects once
+        more, and by flush time they are no longer in the cache."""
         end = rows * _WIDTH
         flat = self.rows
         columns = [pa.array(flat[i:end:_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
         del flat[:end], self._before[:rows]
-        return columns
+        return pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
 
-    def _append_columns(self, rows: int) -> list[pa.Array]:
-        """The oldest `rows` appends as columns, dropped from the buffer."""
+    def _append_batch(self, rows: int) -> pa.RecordBatch:
+        """The oldest `rows` appends, dropped from the buffer."""
         end, sends = rows * _APPEND_WIDTH, self.sends
         head = sends if end == len(sends) else sends[:end]
         values = np.array(head, dtype=np.float64).reshape(rows, _APPEND_WIDTH)
@@ -206,53 +226,80 @@ class Recorder:
             self._streams = np.concatenate([self._streams, new])
             del self._new_streams[:]
         variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
-        return [
+        if variant.min() == variant.max():  # the usual: one variant per process
+            variants = self._constant(list(self._variants)[variant[0]], rows)
+        else:
+            if len(self._variant_names) != len(self._variants):
+                self._variant_names = pa.array(list(self._variants), pa.string())
+            variants = self._variant_names.take(pa.array(variant))
+        columns = [
             pa.array(values[:, 0]),
             pa.array(values[:, 1]),
-            pa.repeat("client", rows),
-            pa.array(list(self._variants), pa.string()).take(pa.array(variant)),
+            self._constant("client", rows),
+            variants,
             pa.array(worker.astype(np.int32)),
             pa.array(conn.astype(np.int32)),
-            pa.repeat("send", rows),
-            pa.repeat(APPEND, rows),
+            self._constant("send", rows),
+            self._constant(APPEND, rows),
             pa.array(values[:, 2].astype(np.int32)),
             pa.array(values[:, 3].astype(np.float32)),
             pa.array(values[:, 4].astype(np.float32)),
-            *(pa.nulls(rows, typ) for typ in _TYPES[_LAG + 1 :]),
+            *(self._constant(None, rows, typ) for typ in _TYPES[_LAG + 1 :]),
         ]
+        return pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
+
+    def _constant(self, value: str | None, rows: int, typ: pa.DataType = _STRING) -> pa.Array:
+        """`rows` copies of `value`: a zero-copy slice of one array kept for the run, which
+        a slice's many small arrays would otherwise each allocate and fill anew."""
+        have = self._constants.get((value, typ))
+        if have is None or len(have) < rows:
+            size = max(rows, 2 * self.slice_rows)
+            have = pa.nulls(size, typ) if value is None else pa.repeat(value, size)
+            self._constants[value, typ] = have
+        return have.slice(0, rows)
 
     def _write_head(self, rows: int) -> None:
         """Write the oldest `rows` rows of both buffers, in the order they were recorded, and
-        drop them from the buffers (no await in between)."""
+        drop them from the buffers (no await in between). Few pyarrow calls: on this VM each
+        costs 10-15 µs, which made a slice of 1,000 rows cost 1.2 ms where 4,000 cost 1.9."""
         before = np.array(self._before, np.int64) - self._appends_written
         at = np.arange(len(before)) + before  # each row()'s place among all pending rows
         own = int(np.searchsorted(at, rows))
         sent = rows - own
         if not sent:
-            columns = self._row_columns(own)
+            batch = self._row_batch(own)
         elif not own:
-            columns = self._append_columns(sent)
+            batch = self._append_batch(sent)
         else:
             order = np.empty(rows, np.int64)
             is_row = np.zeros(rows, bool)
             is_row[at[:own]] = True
             order[is_row] = np.arange(own)
             order[~is_row] = np.arange(own, rows)
-            take = pa.array(order)
-            columns = [
-                pa.concat_arrays([a, b]).take(take)
-                for a, b in zip(self._row_columns(own), self._append_columns(sent), strict=True)
-            ]
-        self._writer.write_batch(pa.RecordBatch.from_arrays(columns, names=_FIELDS))
-        self._sink.flush()
+            both = pa.concat_batches([self._row_batch(own), self._append_batch(sent)])
+            batch = both.take(pa.array(order))
+        self._writes.append(self._io.submit(self._write, batch.serialize()))
         self.count += rows
-        self.lateness.add(columns[_LAG])
+        self.lateness.add(batch.column(_LAG))
+        while self._writes and self._writes[0].done():
+            self._writes.popleft().result()  # a failed write (disk full) is raised here
+
+    def _write(self, data: pa.Buffer) -> None:
+        """In the log's thread: one batch to the file, in the order submitted."""
+        self._file.write(data)
+        self._file.flush()
+
+    def _drain(self) -> None:
+        """Wait until every batch submitted is in the file (raising a failed write)."""
+        while self._writes:
+            self._writes.popleft().result()
 
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
         pending = self._pending()
         if pending:
             self._write_head(pending)
+        self._drain()
 
     async def _flush_periodically(self) -> None:
         while True:
@@ -270,7 +317,7 @@ class Recorder:
                 self._write_head(step)
                 left -= step
                 if left:
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(self.slice_gap)
 
     def start(self) -> None:
         """Begin periodic flushing on the running loop."""
@@ -283,7 +330,11 @@ class Recorder:
         self.close()
 
     def close(self) -> None:
-        self.flush()
-        if not self._sink.closed:
-            self._writer.close()
-            self._sink.close()
+        if self._file.closed:
+            return
+        try:
+            self.flush()
+            self._file.write(_END_OF_STREAM)
+        finally:
+            self._io.shutdown()
+            self._file.close()

@@ -5,10 +5,12 @@ histogram that decides `saturated` in the manifest."""
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -155,3 +157,15 @@ def test_appends_and_rows_land_as_row_would_write_them_in_order(
         assert fast.count == reference.count == sum(kind != "flush" for kind, _ in steps)
         assert read_table(fast.path).equals(read_table(reference.path))
         assert fast.lateness.total == reference.lateness.total
+
+
+def test_a_write_that_fails_in_the_log_thread_is_raised_not_lost(tmp_path: Path) -> None:
+    """Batches are written by a thread of the recorder's: a write that fails there (here the
+    file's descriptor is gone, as with a disk that vanished) fails the next flush loudly."""
+    rec = Recorder(tmp_path / "events.arrows")
+    os.close(rec._file.fileno())
+    rec.row(1.0, 0.0, "client", "v", 0, 1, "send", "x", 1, None, None)
+    with pytest.raises(OSError):
+        rec.flush()
+    with pytest.raises(OSError):
+        rec.close()
