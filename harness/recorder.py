@@ -123,7 +123,6 @@ class Recorder:
         self._before: list[int] = []  # per row: appends recorded before it, for log order
         self._appends_written = 0
         self._variants: dict[str | None, int] = {}
-        self._variant_names = pa.array([], pa.string())  # by code, as `_variants` numbers them
         self._constants: dict[tuple[str | None, pa.DataType], pa.Array] = {}
         # variant code, worker and conn of each stream (row = stream number), and of the
         # streams opened since the last flush, not yet in that table
@@ -226,12 +225,11 @@ class Recorder:
             self._streams = np.concatenate([self._streams, new])
             del self._new_streams[:]
         variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
+        names = list(self._variants)  # by code
         if variant.min() == variant.max():  # the usual: one variant per process
-            variants = self._constant(list(self._variants)[variant[0]], rows)
+            variants = self._constant(names[variant[0]], rows)
         else:
-            if len(self._variant_names) != len(self._variants):
-                self._variant_names = pa.array(list(self._variants), pa.string())
-            variants = self._variant_names.take(pa.array(variant))
+            variants = pa.array(names, _STRING).take(pa.array(variant))
         columns = [
             pa.array(values[:, 0]),
             pa.array(values[:, 1]),
