@@ -73,6 +73,7 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
     recorder = None
     if "rec" in features:
         from harness.recorder import Recorder
+        from harness.recorder import pack_append as pack
 
         recorder = Recorder(frames_path.parent / f"events-{os.getpid()}.arrows")
         recorder.start()
@@ -130,7 +131,7 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                     return
                 await ws.send_frame(frames[k], text)
                 if record is not None:  # as the worker records an append
-                    record((time.time(), now, len(frames[k]), 20.0, (now - due) * 1e3, stream))
+                    record(pack(time.time(), now, len(frames[k]), 20.0, (now - due) * 1e3, stream))
                 if now >= win_start:
                     lateness.append((now - due) * 1000.0)
                 k, left, due = (k + 1) % len(frames), left - 1, due + PERIOD

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.recorder import Recorder  # noqa: E402
+from harness.recorder import Recorder, pack_append  # noqa: E402
 
 CHUNK_MS = 20
 FRAME = json.dumps(
@@ -53,7 +53,7 @@ def _micro_once(rows: int, batch: int) -> dict[str, float]:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(rows):
             record, stream = streams[i % 300]
-            record((1.7e9 + i, i * 0.02, 2618, 20.0, 0.3, stream))
+            record(pack_append(1.7e9 + i, i * 0.02, 2618, 20.0, 0.3, stream))
             if i % batch == batch - 1:
                 rec.flush()
         rec.close()
@@ -128,7 +128,7 @@ async def sender(
                 await ws.send_str(FRAME)
                 lag = (now - due) * 1000.0
                 if log_append is not None:
-                    log_append((time.time(), now, len(FRAME), float(CHUNK_MS), lag, stream))
+                    log_append(pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, stream))
                 if paced and k % 10 == 0:
                     lateness.append(lag)
                 k += 1

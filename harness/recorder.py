@@ -1,20 +1,20 @@
 """Durable, append-only event log: one Arrow IPC stream per process in the run directory.
 
-Rows are appended flat to lists (cheap on the per-frame path, and no object per row that
-the garbage collector must track: a tuple per row made full collections four times as
-frequent, each a pause of tens of ms with hundreds of sockets open) and written every
-`flush_every` wall seconds, so a SIGKILL loses at most that much. Each list is the same object
-for the whole run: once the runner freezes it out of the collector's sight it is never scanned,
-where a fresh list per flush was scanned item by item by every young collection that met it
-(5-10 ms pauses at 600 sockets). A flush holds the event loop while it turns rows into a
-batch, and every sender due meanwhile is late by as much, so the p99 lateness of a fleet is
-set by the longest hold. Flushes come every 0.2 s (more often cost the senders more CPU: each
-one finds pyarrow's code and data gone from the caches) in slices of at most `slice_rows`,
-with `slice_gap` seconds between slices for the senders due meanwhile, and the write itself
-goes to a thread of its own. Against slices of up to 4,000 rows back to back, written on the
-loop, that took the p99 of 450 paced sockets from 8-9 ms to about 4 ms (bench/RESULTS.md).
-A batch torn by a crash is skipped by the reader (frames.py), never fatal. No audio payload
-is ever logged: bytes, audio milliseconds and CRCs stand for it.
+Rows are appended flat to a list, appends packed into bytes (cheap on the per-frame path, and
+no object per row that the garbage collector must track: a tuple per row made full collections
+four times as frequent, each a pause of tens of ms with hundreds of sockets open) and written
+every `flush_every` wall seconds, so a SIGKILL loses at most that much. The list is the same
+object for the whole run: once the runner freezes it out of the collector's sight it is never
+scanned, where a fresh list per flush was scanned item by item by every young collection that
+met it (5-10 ms pauses at 600 sockets). A flush holds the event loop while it turns rows into a
+batch, and every sender due meanwhile is late by as much, so the p99 lateness of a fleet is set
+by the longest hold. Flushes come every 0.2 s (more often cost the senders more CPU: each one
+finds pyarrow's code and data gone from the caches) in slices of at most `slice_rows`, with
+`slice_gap` seconds between slices for the senders due meanwhile, and the write itself goes to
+a thread of its own. Against slices of up to 4,000 rows back to back, written on the loop, that
+took the p99 of 450 paced sockets from 8-9 ms to about 4 ms (bench/RESULTS.md). A batch torn by
+a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged:
+bytes, audio milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import struct
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["APPEND", "EVENT_SCHEMA", "LatenessHistogram", "Recorder"]
+__all__ = ["APPEND", "EVENT_SCHEMA", "LatenessHistogram", "Recorder", "pack_append"]
 
 # One row per event sent, received or observed. `detail` holds a JSON object for the rare
 # meta rows (connection and utterance summaries), never for per-frame rows.
@@ -60,6 +61,8 @@ _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
 _LAG = _FIELDS.index("lag_ms")
 _APPEND_WIDTH = 6  # wall, t, bytes, audio_ms, lag_ms, stream (see Recorder.appends)
+_APPEND_ROW = struct.Struct(f"={_APPEND_WIDTH}d")  # native float64s, as numpy reads them
+pack_append = _APPEND_ROW.pack
 _STREAM_WIDTH = 3  # variant code, worker, conn
 APPEND = "input_audio_buffer.append"
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what an IPC stream writer closes with
@@ -76,10 +79,9 @@ class LatenessHistogram:
     def __init__(self) -> None:
         self.counts = np.zeros(self.BINS + 1, dtype=np.int64)
 
-    def add(self, lag_ms: pa.Array) -> None:
-        values = lag_ms.drop_null().to_numpy(zero_copy_only=False)
-        if len(values):
-            bins = np.clip(values / self.RESOLUTION_MS, 0, self.BINS).astype(np.int64)
+    def add(self, lag_ms: np.ndarray) -> None:
+        if len(lag_ms):
+            bins = np.clip(lag_ms / self.RESOLUTION_MS, 0, self.BINS).astype(np.intp)
             counts = np.bincount(bins)  # up to the largest bin seen, not all 10,001
             self.counts[: len(counts)] += counts
 
@@ -100,10 +102,12 @@ class Recorder:
     """Appends rows and persists them in batches, in the order they were recorded.
 
     Two buffers: `row()` for every kind of row, and `appends()` for the audio appends a worker
-    sends, nearly all the rows. An append is six numbers extended onto a list, with no Python
-    call of the recorder's: its constant columns and its connection's identity are filled in
-    at flush time, a column at a time. That took the recorder's cost to a paced sender from
-    about 4 to about 1 µs a frame (bench/RESULTS.md). Each `row()` notes how many appends came
+    sends, nearly all the rows. An append is six numbers packed as float64s onto a bytearray,
+    with no Python call of the recorder's: its constant columns and its connection's identity
+    are filled in at flush time, a column at a time. That took the recorder's cost to a paced
+    sender from about 4 to about 1 µs a frame (bench/RESULTS.md). Packed at once, the numbers'
+    objects die while still in the cache: kept in a list until the flush, each was a cache miss
+    to convert and another to free, 0.2 s later. Each `row()` notes how many appends came
     before it, so a flush interleaves the two as they were recorded."""
 
     def __init__(
@@ -117,9 +121,8 @@ class Recorder:
         self.flush_every = flush_every
         self.slice_rows = slice_rows
         self.slice_gap = slice_gap
-        # Both buffers are flat lists, never replaced (see above).
-        self.rows: list[Any] = []  # _WIDTH values per row
-        self.sends: list[float] = []  # _APPEND_WIDTH numbers per append sent
+        self.rows: list[Any] = []  # _WIDTH values per row; never replaced (see above)
+        self.sends = bytearray()  # an _APPEND_ROW per append sent
         self._before: list[int] = []  # per row: appends recorded before it, for log order
         self._appends_written = 0
         self._variants: dict[str | None, int] = {}
@@ -162,7 +165,7 @@ class Recorder:
         text: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self._before.append(self._appends_written + len(self.sends) // _APPEND_WIDTH)
+        self._before.append(self._appends_written + len(self.sends) // _APPEND_ROW.size)
         # extend() with a tuple: the tuple dies at once, so the collector's count stays put
         self.rows.extend(
             (
@@ -186,10 +189,10 @@ class Recorder:
 
     def appends(
         self, variant: str | None, worker: int, conn: int
-    ) -> tuple[Callable[[tuple[float, ...]], None], int]:
+    ) -> tuple[Callable[[bytes], None], int]:
         """For the per-frame path, once per client connection: `(record, stream)`, where
-        `record((wall, t, bytes_, audio_ms, lag_ms, stream))` records one
-        `input_audio_buffer.append` that connection sent, as `row()` would."""
+        `record(pack_append(wall, t, bytes_, audio_ms, lag_ms, stream))` records one
+        `input_audio_buffer.append` that connection sent, as `row()` would (two C calls)."""
         stream = len(self._streams) + len(self._new_streams) // _STREAM_WIDTH
         code = self._variants.setdefault(variant, len(self._variants))
         self._new_streams.extend((code, worker, conn))
@@ -201,29 +204,33 @@ class Recorder:
         return self.count + self._pending()
 
     def _pending(self) -> int:
-        return len(self.rows) // _WIDTH + len(self.sends) // _APPEND_WIDTH
+        return len(self.rows) // _WIDTH + len(self.sends) // _APPEND_ROW.size
 
     def _row_batch(self, rows: int) -> pa.RecordBatch:
-        """The oldest `rows` rows of `row()`, dropped from the buffer. Each column is sliced
-        straight from the buffer: a copy of the head first touched every row's objects once
-        more, and by flush time they are no longer in the cache."""
+        """The oldest `rows` rows of `row()`, dropped from the buffer, their lateness counted.
+        Each column is sliced straight from the buffer: a copy of the head first touched every
+        row's objects once more, and by flush time they are no longer in the cache."""
         end = rows * _WIDTH
         flat = self.rows
         columns = [pa.array(flat[i:end:_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
         del flat[:end], self._before[:rows]
+        if columns[_LAG].null_count < rows:  # rare: appends come by appends()
+            self.lateness.add(columns[_LAG].drop_null().to_numpy())
         return pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
 
     def _append_batch(self, rows: int) -> pa.RecordBatch:
         """The oldest `rows` appends, dropped from the buffer."""
-        end, sends = rows * _APPEND_WIDTH, self.sends
-        head = sends if end == len(sends) else sends[:end]
-        values = np.array(head, dtype=np.float64).reshape(rows, _APPEND_WIDTH)
-        del sends[:end]
+        # a copy, so that no view of the buffer outlives this line: a bytearray that has one
+        # cannot shrink
+        values = np.frombuffer(self.sends, np.float64, rows * _APPEND_WIDTH).copy()
+        values = values.reshape(rows, _APPEND_WIDTH)
+        del self.sends[: rows * _APPEND_ROW.size]
         self._appends_written += rows
         if self._new_streams:  # only the new ones converted: a long soak opens thousands
             new = np.array(self._new_streams, np.int64).reshape(-1, _STREAM_WIDTH)
             self._streams = np.concatenate([self._streams, new])
             del self._new_streams[:]
+        self.lateness.add(values[:, 4])
         variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
         names = list(self._variants)  # by code
         if variant.min() == variant.max():  # the usual: one variant per process
@@ -278,7 +285,6 @@ class Recorder:
             batch = both.take(pa.array(order))
         self._writes.append(self._io.submit(self._write, batch.serialize()))
         self.count += rows
-        self.lateness.add(batch.column(_LAG))
         while self._writes and self._writes[0].done():
             self._writes.popleft().result()  # a failed write (disk full) is raised here
 

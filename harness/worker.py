@@ -36,7 +36,7 @@ from harness.protocol import (
     error_text,
     text_field,
 )
-from harness.recorder import Recorder
+from harness.recorder import Recorder, pack_append
 from harness.scenario import Scenario
 from harness.target import Target
 
@@ -106,7 +106,7 @@ class Conn:
     committed: asyncio.Future | None = None
     results: dict[str, asyncio.Future] = field(default_factory=dict)
     vad_results: asyncio.Queue | None = None
-    appends: tuple[Callable[[tuple[float, ...]], None], int] | None = None  # Recorder.appends
+    appends: tuple[Callable[[bytes], None], int] | None = None  # Recorder.appends
 
 
 class Worker:
@@ -506,7 +506,7 @@ class Worker:
         origin, scale = clock.origin, clock.scale
         if conn.appends is None:
             conn.appends = self.s.recorder.appends(self.s.variant, self.s.worker, conn.attempt)
-        record, stream = conn.appends
+        (record, stream), pack = conn.appends, pack_append
         closed, stop = conn.closed, self.s.stop
         start = monotonic()
         for frame, offset in zip(frames, offsets, strict=True):
@@ -523,7 +523,7 @@ class Worker:
             conn.last_sent = sent
             conn.uncommitted_ms += audio_ms
             conn.audio_ms += audio_ms
-            record((wall_time(), sent, len(frame.json), audio_ms, (now - due) * 1000.0, stream))
+            record(pack(wall_time(), sent, len(frame.json), audio_ms, (now - due) * 1e3, stream))
         return True
 
     # conversation ---------------------------------------------------------------------------

@@ -9,12 +9,13 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.recorder import APPEND, LatenessHistogram, Recorder
+from harness.recorder import APPEND, LatenessHistogram, Recorder, pack_append
 
 
 def read_walls(path: Path) -> tuple[list[float], int]:
@@ -56,8 +57,9 @@ async def test_a_hard_flush_between_slices_loses_and_repeats_nothing(tmp_path: P
 def test_lateness_histogram_quantiles() -> None:
     hist = LatenessHistogram()
     assert hist.quantile(0.99) is None
-    hist.add(pa.array([0.5] * 98 + [None, 12.0, 2000.0], pa.float32()))
-    assert hist.total == 100  # nulls (rows without lateness) are not counted
+    hist.add(np.array([0.5] * 97 + [-0.2, 12.0, 2000.0]))
+    assert hist.total == 100
+    assert hist.quantile(0.01) == 0.1  # early (a timer rounds to the ms) counts as on time
     assert hist.quantile(0.5) == 0.6  # upper edge of the 0.1 ms bin
     assert hist.quantile(0.985) == 12.1
     assert hist.quantile(1.0) == 1000.0  # capped: "a second or more"
@@ -138,7 +140,7 @@ def test_appends_and_rows_land_as_row_would_write_them_in_order(
                 if conn not in streams:  # once per connection, as the worker does
                     streams[conn] = fast.appends(variant, conn, conn + 1)
                 record, stream = streams[conn]
-                record((1e9 + i, i / 3, 100 + i, 20.0 / (i + 1), i / 7, stream))
+                record(pack_append(1e9 + i, i / 3, 100 + i, 20.0 / (i + 1), i / 7, stream))
                 reference.row(
                     1e9 + i, i / 3, "client", variant, conn, conn + 1, "send", APPEND,
                     100 + i, 20.0 / (i + 1), i / 7,
