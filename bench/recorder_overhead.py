@@ -1,13 +1,17 @@
 """What recording every append costs: (1) rows/s the Recorder absorbs and CPU per row, flushes
 included; (2) a paced sender over loopback WebSockets with and without recording each frame:
 its CPU per frame, send lateness and achieved rate; (3) the same sender unpaced (flood), where
-recording can only show up as lost throughput.
+recording can only show up as lost throughput; (4) the paced sender in one process with
+recording switched on and off every few seconds, which pairs each "on" with an "off" a moment
+apart: on this VM separate runs of each differ by ±10 % from minute to minute, more than the
+recorder costs.
 
 The sender mirrors the worker's hot path (harness/worker.py `_send_frames`): sleep to the
 deadline, `ws.send_str` of a pre-built ~2.6 KB append, the append recorded as the worker
 records it (`Recorder.appends`). The sink is a
 bare aiohttp server in another process that reads and discards, so the client is what is
-measured. Usage:  python bench/recorder_overhead.py [--connections 300 --seconds 8 --repeats 7]
+measured. Usage:
+    python bench/recorder_overhead.py [--connections 300 --seconds 8 --repeats 7 --pairs 40]
 """
 
 from __future__ import annotations
@@ -156,15 +160,98 @@ async def sender(
     }
 
 
-def run_sender(
-    port: int, connections: int, seconds: float, record: bool, paced: bool, log_dir: Path
-) -> dict[str, float]:
-    coro = sender(port, connections, seconds, record, paced, log_dir)
+async def alternating(
+    port: int, connections: int, pairs: int, segment: float, log_dir: Path
+) -> dict[str, object]:
+    """The paced sender on one set of sockets for `pairs` pairs of `segment`-second segments,
+    each pair one segment recording and one not (in turn first), CPU per frame measured in
+    each after `SETTLE` s, once the other segment's rows are flushed. The recorder runs
+    throughout, so what the pairs differ by is what recording the frames costs."""
+    import aiohttp
+    import numpy as np
+
+    rec = Recorder(log_dir / "events-alternating.arrows")
+    rec.start()
+    loop = asyncio.get_running_loop()
+    recording, frames = False, 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sockets = [
+            await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
+            for _ in range(connections)
+        ]
+        gc.freeze()  # as in sender()
+        start = loop.time() + 0.2
+        end = start + 2 * pairs * segment
+
+        async def one(i: int, ws) -> None:
+            nonlocal frames
+            record, stream = rec.appends("v", i, 1)
+            due = start + i * CHUNK_MS / 1000 / connections
+            while True:
+                now = loop.time()
+                if now < due:
+                    await asyncio.sleep(due - now)
+                    now = loop.time()
+                if now >= end:
+                    return
+                await ws.send_str(FRAME)
+                if recording:
+                    lag = (now - due) * 1000.0
+                    record(pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, stream))
+                frames += 1
+                due += CHUNK_MS / 1000
+
+        async def switch() -> list[tuple[float, float]]:
+            nonlocal recording
+            cpu: dict[bool, list[float]] = {False: [], True: []}
+            for k in range(2 * pairs):
+                at = start + k * segment
+                await asyncio.sleep(max(0.0, at - loop.time()))
+                recording = (k % 2 == 0) == (k // 2 % 2 == 0)  # on-off, then off-on
+                await asyncio.sleep(max(0.0, at + SETTLE - loop.time()))
+                cpu0, frames0 = time.process_time(), frames
+                await asyncio.sleep(max(0.0, at + segment - loop.time()))
+                cpu[recording].append((time.process_time() - cpu0) / (frames - frames0) * 1e6)
+            return list(zip(cpu[False], cpu[True], strict=True))
+
+        measured = asyncio.ensure_future(switch())
+        await asyncio.gather(*(one(i, ws) for i, ws in enumerate(sockets)))
+        pairs_us = await measured
+        for ws in sockets:
+            await ws.close()
+    gc.unfreeze()
+    await rec.aclose()
+    change = np.array([(on / off - 1) * 100 for off, on in pairs_us])
+    half_ci = 1.96 * change.std(ddof=1) / np.sqrt(len(change))
+    return {
+        "mode": f"paced, {connections} connections, recording on and off in one process",
+        "pairs": len(change),
+        "cpu_us_per_frame_off_median": statistics.median(off for off, _ in pairs_us),
+        "cpu_us_per_frame_on_median": statistics.median(on for _, on in pairs_us),
+        "cpu_per_frame_change_pct_median_pair": float(np.median(change)),
+        "cpu_per_frame_change_pct_quartiles": np.percentile(change, [25, 75]).round(1).tolist(),
+        "cpu_per_frame_change_pct_mean_ci95": [
+            round(float(change.mean() - half_ci), 1),
+            round(float(change.mean() + half_ci), 1),
+        ],
+    }
+
+
+SETTLE = 0.5  # s into a segment before its CPU counts: the last one's rows are flushed by then
+
+
+def run_on_uvloop(coro):
     try:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def run_sender(
+    port: int, connections: int, seconds: float, record: bool, paced: bool, log_dir: Path
+) -> dict[str, float]:
+    return run_on_uvloop(sender(port, connections, seconds, record, paced, log_dir))
 
 
 def capacity(port: int, steps: list[int], seconds: float, repeats: int, log_dir: Path) -> None:
@@ -206,6 +293,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--micro-rows", type=int, default=1_000_000)
     parser.add_argument(
+        "--pairs", type=int, default=40, help="on/off pairs of the alternating measure (0: none)"
+    )
+    parser.add_argument("--segment", type=float, default=2.0, help="seconds per segment")
+    parser.add_argument(
         "--capacity",
         type=int,
         nargs="*",
@@ -214,6 +305,8 @@ def main() -> None:
         "p99 lateness <= 10 ms, with and without recording",
     )
     args = parser.parse_args()
+    if args.pairs and args.segment <= SETTLE:
+        parser.error(f"--segment must be longer than the {SETTLE} s each segment settles for")
 
     print("## micro: appends recorded + flush", flush=True)
     print(json.dumps(micro(args.micro_rows)), flush=True)
@@ -268,6 +361,10 @@ def main() -> None:
                     ),
                     flush=True,
                 )
+            if args.pairs:
+                print(f"## paced, {args.connections} connections, alternating", flush=True)
+                coro = alternating(port, args.connections, args.pairs, args.segment, Path(tmp))
+                print(json.dumps(run_on_uvloop(coro)), flush=True)
     finally:
         sink.stdin.close()
         sink.wait(10)

@@ -92,8 +92,11 @@ def test_recorder_overhead_bench_runs() -> None:
     stdout = bench(
         "bench/recorder_overhead.py", "--connections", "4", "--flood-connections", "2",
         "--seconds", "0.3", "--repeats", "1", "--micro-rows", "3000",
+        "--pairs", "2", "--segment", "0.7",
     )  # fmt: skip
     assert "cpu_per_frame_change_pct_median_pair" in stdout
+    alternating = json.loads(stdout.splitlines()[-2])
+    assert alternating["pairs"] == 2 and len(alternating["cpu_per_frame_change_pct_quartiles"]) == 2
 
 
 @pytest.mark.slow
