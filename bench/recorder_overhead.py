@@ -160,6 +160,9 @@ async def sender(
     }
 
 
+SETTLE = 0.5  # s into a segment before its CPU counts: the last one's rows are flushed by then
+
+
 async def alternating(
     port: int, connections: int, pairs: int, segment: float, log_dir: Path
 ) -> dict[str, object]:
@@ -235,9 +238,6 @@ async def alternating(
             round(float(change.mean() + half_ci), 1),
         ],
     }
-
-
-SETTLE = 0.5  # s into a segment before its CPU counts: the last one's rows are flushed by then
 
 
 def run_on_uvloop(coro):
