@@ -139,6 +139,8 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
     sys.path.insert(0, str(ROOT))
     from harness.audio import AudioLibrary
     from harness.clock import ScaledClock
+    from harness.frames import read_log
+    from harness.recorder import appends_log
     from harness.runner import run_event_loop, run_workers
     from harness.scenario import scenario_from_doc
     from harness.target import Target
@@ -186,8 +188,8 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
         return result, await cpu_task
 
     result, (user_s, sys_s, server_s) = run_event_loop(both())
-    with pa.OSFile(str(run_dir / "events-client.arrows")) as f:
-        table = pa.ipc.open_stream(f).read_all()
+    log = run_dir / "events-client.arrows"
+    table = pa.concat_tables(read_log(path)[0] for path in (log, appends_log(log)))
     t = table.column("t").to_numpy()
     kind = table.column("type").to_numpy(zero_copy_only=False)
     direction = table.column("dir").to_numpy(zero_copy_only=False)

@@ -1,6 +1,6 @@
 """Load time and peak memory of `harness.frames.load` on a synthetic run of N event rows
-(default 10 million) written with the real schema, as the recorder writes it: Arrow IPC stream
-batches of a few thousand rows, a client log and a server log.
+(default 10 million) written with the real schemas, as the recorder writes them: Arrow IPC
+stream batches of a few thousand rows, a client's events log and appends log and a server log.
 
 The synthetic run looks like a soak of 200 workers: connections of 10 utterances of 1 s audio
 in 20 ms appends (50 append rows + 6 meta/protocol rows per utterance), one connection in ten
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.recorder import EVENT_SCHEMA  # noqa: E402
+from harness.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA  # noqa: E402
 
 WORKERS, UTTS, APPENDS, CHUNK_S, GAP_S = 200, 10, 50, 0.02, 2.0
 # One utterance, row by row: (dir, type, bytes, audio_ms)
@@ -227,9 +227,21 @@ def server_table(n_conns: int, dropped: np.ndarray) -> pa.Table:
 
 
 def write_log(table: pa.Table, path: Path, batch_rows: int = 3000) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, EVENT_SCHEMA) as writer:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         for batch in table.to_batches(max_chunksize=batch_rows):
             writer.write_batch(batch)
+
+
+def split_appends(client: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """The client's rows as the recorder splits them: the appends sent, in APPEND_SCHEMA, and
+    the rest."""
+    is_append = pc.equal(client.column("type"), APPEND)
+    sends = client.filter(is_append)
+    columns = [
+        pc.dictionary_encode(sends.column(f.name)) if f.name == "variant" else sends.column(f.name)
+        for f in APPEND_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=APPEND_SCHEMA), client.filter(pc.invert(is_append))
 
 
 def generate(run_dir: Path, rows: int) -> None:
@@ -238,10 +250,12 @@ def generate(run_dir: Path, rows: int) -> None:
     rng = np.random.default_rng(0)
     n_conns = max(1, rows // len(CONN))
     client, dropped = client_table(n_conns, rng)
-    write_log(client, run_dir / "events-client.arrows")
+    appends, others = split_appends(client)
+    write_log(others, run_dir / "events-client.arrows")
+    write_log(appends, run_dir / "appends-client.arrows")
     write_log(server_table(n_conns, dropped), run_dir / "events-server.arrows")
     (run_dir / "manifest.json").write_text(json.dumps({"seed": 0, "synthetic": True}))
-    size = sum(p.stat().st_size for p in run_dir.glob("events-*.arrows"))
+    size = sum(p.stat().st_size for p in run_dir.glob("*.arrows"))
     print(
         json.dumps(
             {

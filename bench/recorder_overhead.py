@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.recorder import Recorder, pack_append  # noqa: E402
+from harness.recorder import Recorder, appends_log, pack_append  # noqa: E402
 
 CHUNK_MS = 20
 FRAME = json.dumps(
@@ -62,7 +62,7 @@ def _micro_once(rows: int, batch: int) -> dict[str, float]:
                 rec.flush()
         rec.close()
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        size = (Path(tmp) / "events.arrows").stat().st_size
+        size = sum(path.stat().st_size for path in (rec.path, appends_log(rec.path)))
     return {
         "rows": rows,
         "rows_per_s": rows / wall,

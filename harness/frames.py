@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from harness.fakeserver.transcript import parse_transcript
 from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.recorder import APPEND, EVENT_SCHEMA
+from harness.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
 
 __all__ = [
     "CONNECTION_COLUMNS",
@@ -38,10 +38,12 @@ __all__ = [
     "is_run_dir",
     "load",
     "load_for_report",
+    "read_log",
     "write_frames",
 ]
 
 EVENT_LOG_GLOB = "events-*.arrows"
+APPEND_LOG_GLOB = "appends-*.arrows"  # recorder.appends_log
 # A connection with no close row when the log ends: its process died (crash or second signal).
 CRASHED = "interrupted"
 _CATEGORIES = ("src", "variant", "dir", "type")
@@ -162,8 +164,37 @@ def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch,
         yield batch
 
 
-def _read_log(path: Path) -> tuple[pa.Table, int]:
-    """All complete batches of one event log, and how many trailing batches were torn."""
+def _logs(run_dir: Path) -> list[Path]:
+    """A run's logs: every process's events log, then every process's appends log."""
+    return [*sorted(run_dir.glob(EVENT_LOG_GLOB)), *sorted(run_dir.glob(APPEND_LOG_GLOB))]
+
+
+def _is_appends_log(path: Path) -> bool:
+    return path.match(APPEND_LOG_GLOB)
+
+
+def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
+    """The batches of one log as a table of event rows: an appends log's rows (APPEND_SCHEMA)
+    are the sends they stand for, with the columns every append shares filled in."""
+    if not _is_appends_log(path):
+        return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+    appends = pa.Table.from_batches(batches, schema=APPEND_SCHEMA)
+    rows = len(appends)
+    shared = {"src": "client", "dir": "send", "type": APPEND}
+    columns = [
+        appends.column(f.name).cast(f.type)
+        if f.name in APPEND_SCHEMA.names
+        else pa.repeat(shared[f.name], rows)
+        if f.name in shared
+        else pa.nulls(rows, f.type)
+        for f in EVENT_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+
+
+def read_log(path: Path) -> tuple[pa.Table, int]:
+    """All complete batches of one log as event rows, and how many trailing batches were
+    torn."""
     batches: list[pa.RecordBatch] = []
     # Memory-mapped: batches point into the page cache instead of a private copy of the file.
     with pa.memory_map(str(path)) as source:
@@ -174,11 +205,11 @@ def _read_log(path: Path) -> tuple[pa.Table, int]:
             except StopIteration as end:
                 torn = end.value
                 break
-    return pa.Table.from_batches(batches, schema=EVENT_SCHEMA), torn
+    return _as_events(batches, path), torn
 
 
 class _LogChunks:
-    """One event log streamed in chunks of about `rows` rows, read from the file rather than
+    """One log streamed in chunks of about `rows` rows, read from the file rather than
     memory-mapped so that only the chunk in hand is resident (touched pages of a mapping count
     in the process's RSS until it is unmapped). `torn` is known once iterated to the end."""
 
@@ -199,10 +230,10 @@ class _LogChunks:
                 pending.append(batch)
                 n += batch.num_rows
                 if n >= self.rows:
-                    yield _with_run(pa.Table.from_batches(pending, EVENT_SCHEMA), self.run)
+                    yield _with_run(_as_events(pending, self.path), self.run)
                     pending, n = [], 0
         if pending:
-            yield _with_run(pa.Table.from_batches(pending, EVENT_SCHEMA), self.run)
+            yield _with_run(_as_events(pending, self.path), self.run)
 
 
 def _with_run(table: pa.Table, run: str) -> pa.Table:
@@ -216,8 +247,8 @@ def _with_run(table: pa.Table, run: str) -> pa.Table:
 def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
     """One run's event logs as one Arrow table with a `run` column first."""
     tables, torn = [], 0
-    for log in sorted(run_dir.glob(EVENT_LOG_GLOB)):
-        table, t = _read_log(log)
+    for log in _logs(run_dir):
+        table, t = read_log(log)
         tables.append(table)
         torn += t
     table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
@@ -560,7 +591,7 @@ def _drop_windows(run_dir: Path, drops: pd.DataFrame, window_s: float) -> list[p
     lo, hi = bounds["lo"].min(), bounds["hi"].max()  # sorted by key
     keys, lo, hi = lo.index.to_numpy("int64"), lo.to_numpy(), hi.to_numpy()
     parts = []
-    for log in sorted(run_dir.glob(EVENT_LOG_GLOB)):
+    for log in _logs(run_dir):
         for chunk in _LogChunks(log, run_dir.name):
             w = pc.fill_null(chunk.column("worker"), -1).to_numpy().astype(np.int64)
             c = pc.fill_null(chunk.column("conn"), -1).to_numpy().astype(np.int64)
@@ -592,7 +623,7 @@ def load_for_report(
     rows = torn = 0
     for name, (run_dir, _) in runs.items():
         t_max = wall_max = -np.inf
-        for log in sorted(run_dir.glob(EVENT_LOG_GLOB)):
+        for log in _logs(run_dir):
             chunks = _LogChunks(log, name)
             for chunk in chunks:
                 rows += len(chunk)

@@ -1,4 +1,10 @@
-"""Durable, append-only event log: one Arrow IPC stream per process in the run directory.
+"""Durable, append-only event logs: two Arrow IPC streams per process in the run directory.
+
+`events-X.arrows` holds every row recorded by `row()`; `appends-X.arrows` the audio appends a
+client sends, nearly all the rows, in a narrow schema of their own (APPEND_SCHEMA): packed into
+bytes when sent and turned into a batch with a few numpy calls per flush, where converting them
+to the events schema and interleaving them with the other rows cost the senders' loop about
+0.8 µs a row (bench/RESULTS.md). The reader (frames.py) turns them back into event rows.
 
 Rows are appended flat to a list, appends packed into bytes (cheap on the per-frame path, and
 no object per row that the garbage collector must track: a tuple per row made full collections
@@ -9,12 +15,12 @@ scanned, where a fresh list per flush was scanned item by item by every young co
 met it (5-10 ms pauses at 600 sockets). A flush holds the event loop while it turns rows into a
 batch, and every sender due meanwhile is late by as much, so the p99 lateness of a fleet is set
 by the longest hold. Flushes come every 0.2 s (more often cost the senders more CPU: each one
-finds pyarrow's code and data gone from the caches) in slices of at most `slice_rows`, with
-`slice_gap` seconds between slices for the senders due meanwhile, and the write itself goes to
-a thread of its own. Against slices of up to 4,000 rows back to back, written on the loop, that
-took the p99 of 450 paced sockets from 8-9 ms to about 4 ms (bench/RESULTS.md). A batch torn by
-a crash is skipped by the reader (frames.py), never fatal. No audio payload is ever logged:
-bytes, audio milliseconds and CRCs stand for it.
+finds pyarrow's code and data gone from the caches); the `row()` rows in slices of at most
+`slice_rows`, with `slice_gap` seconds between slices for the senders due meanwhile, and the
+writes go to a thread of their own. Against slices of up to 4,000 rows back to back, written
+on the loop, that took the p99 of 450 paced sockets from 8-9 ms to about 4 ms. A batch torn by
+a crash is skipped by the reader, never fatal. No audio payload is ever logged: bytes, audio
+milliseconds and CRCs stand for it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["APPEND", "EVENT_SCHEMA", "LatenessHistogram", "Recorder", "pack_append"]
+__all__ = [
+    "APPEND",
+    "APPEND_SCHEMA",
+    "EVENT_SCHEMA",
+    "LatenessHistogram",
+    "Recorder",
+    "appends_log",
+    "pack_append",
+]
 
 # One row per event sent, received or observed. `detail` holds a JSON object for the rare
 # meta rows (connection and utterance summaries), never for per-frame rows.
@@ -65,7 +79,27 @@ _APPEND_ROW = struct.Struct(f"={_APPEND_WIDTH}d")  # native float64s, as numpy r
 pack_append = _APPEND_ROW.pack
 _STREAM_WIDTH = 3  # variant code, worker, conn
 APPEND = "input_audio_buffer.append"
+# An append's row in its own log: the events columns that vary from one append to the next.
+# Read back as event rows with src "client", dir "send", type APPEND and nulls for the rest.
+APPEND_SCHEMA = pa.schema(
+    [
+        ("wall", pa.float64()),
+        ("t", pa.float64()),
+        ("variant", pa.dictionary(pa.int32(), pa.string())),
+        ("worker", pa.int32()),
+        ("conn", pa.int32()),
+        ("bytes", pa.int32()),
+        ("audio_ms", pa.float32()),
+        ("lag_ms", pa.float32()),
+    ]
+)
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what an IPC stream writer closes with
+
+
+def appends_log(events_log: Path) -> Path:
+    """Where the recorder writing `events_log` puts its appends: events-client.arrows ->
+    appends-client.arrows."""
+    return events_log.with_name("appends-" + events_log.name.removeprefix("events-"))
 
 
 class LatenessHistogram:
@@ -99,16 +133,15 @@ class LatenessHistogram:
 
 
 class Recorder:
-    """Appends rows and persists them in batches, in the order they were recorded.
+    """Appends rows and persists them in batches: `row()` rows to `path` in the order they
+    were recorded, appends to `appends_log(path)` in the order they were sent.
 
-    Two buffers: `row()` for every kind of row, and `appends()` for the audio appends a worker
-    sends, nearly all the rows. An append is six numbers packed as float64s onto a bytearray,
-    with no Python call of the recorder's: its constant columns and its connection's identity
-    are filled in at flush time, a column at a time. That took the recorder's cost to a paced
-    sender from about 4 to about 1 µs a frame (bench/RESULTS.md). Packed at once, the numbers'
-    objects die while still in the cache: kept in a list until the flush, each was a cache miss
-    to convert and another to free, 0.2 s later. Each `row()` notes how many appends came
-    before it, so a flush interleaves the two as they were recorded."""
+    An append is six numbers packed as float64s onto a bytearray, with no Python call of the
+    recorder's (`appends()`): its connection's identity is filled in at flush time, a column
+    at a time. That took the recorder's cost to a paced sender from about 4 to about 1 µs a
+    frame (bench/RESULTS.md). Packed at once, the numbers' objects die while still in the
+    cache: kept in a list until the flush, each was a cache miss to convert and another to
+    free, 0.2 s later."""
 
     def __init__(
         self,
@@ -123,23 +156,24 @@ class Recorder:
         self.slice_gap = slice_gap
         self.rows: list[Any] = []  # _WIDTH values per row; never replaced (see above)
         self.sends = bytearray()  # an _APPEND_ROW per append sent
-        self._before: list[int] = []  # per row: appends recorded before it, for log order
-        self._appends_written = 0
         self._variants: dict[str | None, int] = {}
-        self._constants: dict[tuple[str | None, pa.DataType], pa.Array] = {}
-        # variant code, worker and conn of each stream (row = stream number), and of the
-        # streams opened since the last flush, not yet in that table
-        self._streams = np.empty((0, _STREAM_WIDTH), np.int64)
+        self._variant_names = pa.array([], _STRING)  # by code
+        # variant code, worker and conn (rows) of each stream (column = stream number), and
+        # of the streams opened since the last flush, not yet in that table
+        self._streams = np.empty((_STREAM_WIDTH, 0), np.int32)
         self._new_streams: list[int] = []
         self.count = 0
         self.lateness = LatenessHistogram()
-        # Each batch is serialised on the loop into one buffer and written by a thread of
-        # its own, which holds no GIL in write(2): on the loop, the writes of 0.2 s of rows
-        # took 1-1.5 ms on this VM (256 KB a ms). The file's bytes are those an Arrow IPC
-        # stream writer makes.
+        # Each batch of rows is serialised on the loop into one buffer and written by a
+        # thread of its own, which holds no GIL in write(2): on the loop, the writes of 0.2 s
+        # of rows took 1-1.5 ms on this VM (256 KB a ms). The file's bytes are those an
+        # Arrow IPC stream writer makes. The appends' writer, made on the first append,
+        # serialises in that thread too (pyarrow lets go of the GIL there).
         self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
         self._file.write(EVENT_SCHEMA.serialize())
         self._file.flush()
+        self._appends_file: pa.NativeFile | None = None
+        self._appends_writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="rtsoak-log")
         self._writes: deque[Future[None]] = deque()  # oldest first, until seen done
         self._task: asyncio.Task | None = None
@@ -165,7 +199,6 @@ class Recorder:
         text: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> None:
-        self._before.append(self._appends_written + len(self.sends) // _APPEND_ROW.size)
         # extend() with a tuple: the tuple dies at once, so the collector's count stays put
         self.rows.extend(
             (
@@ -192,104 +225,80 @@ class Recorder:
     ) -> tuple[Callable[[bytes], None], int]:
         """For the per-frame path, once per client connection: `(record, stream)`, where
         `record(pack_append(wall, t, bytes_, audio_ms, lag_ms, stream))` records one
-        `input_audio_buffer.append` that connection sent, as `row()` would (two C calls)."""
-        stream = len(self._streams) + len(self._new_streams) // _STREAM_WIDTH
-        code = self._variants.setdefault(variant, len(self._variants))
-        self._new_streams.extend((code, worker, conn))
+        `input_audio_buffer.append` that connection sent (two C calls)."""
+        if self._appends_writer is None:
+            self._appends_file = pa.OSFile(str(appends_log(self.path)), "wb")
+            self._appends_writer = pa.ipc.new_stream(self._appends_file, APPEND_SCHEMA)
+        stream = self._streams.shape[1] + len(self._new_streams) // _STREAM_WIDTH
+        if variant not in self._variants:
+            self._variants[variant] = len(self._variants)
+            self._variant_names = pa.array(list(self._variants), _STRING)
+        self._new_streams.extend((self._variants[variant], worker, conn))
         return self.sends.extend, stream
 
     @property
     def recorded(self) -> int:
         """Rows recorded so far, written or not."""
-        return self.count + self._pending()
+        return self.count + self._pending_rows() + self._pending_appends()
 
-    def _pending(self) -> int:
-        return len(self.rows) // _WIDTH + len(self.sends) // _APPEND_ROW.size
+    def _pending_rows(self) -> int:
+        return len(self.rows) // _WIDTH
 
-    def _row_batch(self, rows: int) -> pa.RecordBatch:
-        """The oldest `rows` rows of `row()`, dropped from the buffer, their lateness counted.
+    def _pending_appends(self) -> int:
+        return len(self.sends) // _APPEND_ROW.size
+
+    def _write_rows(self, rows: int) -> None:
+        """The oldest `rows` rows of `row()` to the events log, dropped from the buffer.
         Each column is sliced straight from the buffer: a copy of the head first touched every
         row's objects once more, and by flush time they are no longer in the cache."""
         end = rows * _WIDTH
         flat = self.rows
         columns = [pa.array(flat[i:end:_WIDTH], type=typ) for i, typ in enumerate(_TYPES)]
-        del flat[:end], self._before[:rows]
+        del flat[:end]
         if columns[_LAG].null_count < rows:  # rare: appends come by appends()
             self.lateness.add(columns[_LAG].drop_null().to_numpy())
-        return pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
+        batch = pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
+        self._submit(self._write, batch.serialize(), rows)
 
-    def _append_batch(self, rows: int) -> pa.RecordBatch:
-        """The oldest `rows` appends, dropped from the buffer."""
-        # a copy, so that no view of the buffer outlives this line: a bytearray that has one
-        # cannot shrink
-        values = np.frombuffer(self.sends, np.float64, rows * _APPEND_WIDTH).copy()
-        values = values.reshape(rows, _APPEND_WIDTH)
+    def _write_appends(self) -> None:
+        """Every append recorded so far to the appends log, as one batch: a few numpy and
+        pyarrow calls whatever the number of rows, 0.2 s of 600 sockets' appends in well
+        under a millisecond."""
+        rows = self._pending_appends()
+        # transposed into a copy: contiguous columns, and no view of the buffer outlives
+        # this line (a bytearray that has one cannot shrink)
+        values = np.frombuffer(self.sends, np.float64, rows * _APPEND_WIDTH)
+        values = values.reshape(rows, _APPEND_WIDTH).T.copy()
         del self.sends[: rows * _APPEND_ROW.size]
-        self._appends_written += rows
         if self._new_streams:  # only the new ones converted: a long soak opens thousands
-            new = np.array(self._new_streams, np.int64).reshape(-1, _STREAM_WIDTH)
-            self._streams = np.concatenate([self._streams, new])
+            new = np.array(self._new_streams, np.int32).reshape(-1, _STREAM_WIDTH)
+            self._streams = np.concatenate([self._streams, new.T], axis=1)
             del self._new_streams[:]
-        self.lateness.add(values[:, 4])
-        variant, worker, conn = self._streams[values[:, 5].astype(np.intp)].T
-        names = list(self._variants)  # by code
-        if variant.min() == variant.max():  # the usual: one variant per process
-            variants = self._constant(names[variant[0]], rows)
-        else:
-            variants = pa.array(names, _STRING).take(pa.array(variant))
+        wall, t, bytes_, audio_ms, lag_ms, stream = values
+        self.lateness.add(lag_ms)
+        variant, worker, conn = self._streams[:, stream.astype(np.intp)]
         columns = [
-            pa.array(values[:, 0]),
-            pa.array(values[:, 1]),
-            self._constant("client", rows),
-            variants,
-            pa.array(worker.astype(np.int32)),
-            pa.array(conn.astype(np.int32)),
-            self._constant("send", rows),
-            self._constant(APPEND, rows),
-            pa.array(values[:, 2].astype(np.int32)),
-            pa.array(values[:, 3].astype(np.float32)),
-            pa.array(values[:, 4].astype(np.float32)),
-            *(self._constant(None, rows, typ) for typ in _TYPES[_LAG + 1 :]),
+            pa.array(wall),
+            pa.array(t),
+            pa.DictionaryArray.from_arrays(pa.array(variant), self._variant_names),
+            pa.array(worker),
+            pa.array(conn),
+            pa.array(bytes_.astype(np.int32)),
+            pa.array(audio_ms.astype(np.float32)),
+            pa.array(lag_ms.astype(np.float32)),
         ]
-        return pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
+        batch = pa.RecordBatch.from_arrays(columns, schema=APPEND_SCHEMA)
+        self._submit(self._appends_writer.write_batch, batch, rows)
 
-    def _constant(self, value: str | None, rows: int, typ: pa.DataType = _STRING) -> pa.Array:
-        """`rows` copies of `value`: a zero-copy slice of one array kept for the run, which
-        a slice's many small arrays would otherwise each allocate and fill anew."""
-        have = self._constants.get((value, typ))
-        if have is None or len(have) < rows:
-            size = max(rows, 2 * self.slice_rows)
-            have = pa.nulls(size, typ) if value is None else pa.repeat(value, size)
-            self._constants[value, typ] = have
-        return have.slice(0, rows)
-
-    def _write_head(self, rows: int) -> None:
-        """Write the oldest `rows` rows of both buffers, in the order they were recorded, and
-        drop them from the buffers (no await in between). Few pyarrow calls: on this VM each
-        costs 10-15 µs, which made a slice of 1,000 rows cost 1.2 ms where 4,000 cost 1.9."""
-        before = np.array(self._before, np.int64) - self._appends_written
-        at = np.arange(len(before)) + before  # each row()'s place among all pending rows
-        own = int(np.searchsorted(at, rows))
-        sent = rows - own
-        if not sent:
-            batch = self._row_batch(own)
-        elif not own:
-            batch = self._append_batch(sent)
-        else:
-            order = np.empty(rows, np.int64)
-            is_row = np.zeros(rows, bool)
-            is_row[at[:own]] = True
-            order[is_row] = np.arange(own)
-            order[~is_row] = np.arange(own, rows)
-            both = pa.concat_batches([self._row_batch(own), self._append_batch(sent)])
-            batch = both.take(pa.array(order))
-        self._writes.append(self._io.submit(self._write, batch.serialize()))
+    def _submit(self, write: Callable[[Any], None], data: Any, rows: int) -> None:
+        """`write(data)` in the log's thread, after every write submitted before it."""
+        self._writes.append(self._io.submit(write, data))
         self.count += rows
         while self._writes and self._writes[0].done():
             self._writes.popleft().result()  # a failed write (disk full) is raised here
 
     def _write(self, data: pa.Buffer) -> None:
-        """In the log's thread: one batch to the file, in the order submitted."""
+        """In the log's thread: one batch to the events log."""
         self._file.write(data)
         self._file.flush()
 
@@ -300,25 +309,28 @@ class Recorder:
 
     def flush(self) -> None:
         """Write everything recorded so far, at once (at close, or before a hard exit)."""
-        pending = self._pending()
-        if pending:
-            self._write_head(pending)
+        if self._pending_appends():
+            self._write_appends()
+        if self._pending_rows():
+            self._write_rows(self._pending_rows())
         self._drain()
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
-            # only what was there when the flush began: rows keep arriving between slices
-            left = self._pending()
+            if self._pending_appends():
+                self._write_appends()
+            # only the rows there when the flush began: rows keep arriving between slices
+            left = self._pending_rows()
             if not left:
                 continue
             slices = math.ceil(left / self.slice_rows)
             size = math.ceil(left / slices)  # even slices: no small one at the end
             while left > 0:
-                step = min(left, size, self._pending())  # `flush()` may have run between slices
+                step = min(left, size, self._pending_rows())  # `flush()` may have run meanwhile
                 if not step:
                     break
-                self._write_head(step)
+                self._write_rows(step)
                 left -= step
                 if left:
                     await asyncio.sleep(self.slice_gap)
@@ -339,6 +351,10 @@ class Recorder:
         try:
             self.flush()
             self._file.write(_END_OF_STREAM)
+            if self._appends_writer is not None:
+                self._appends_writer.close()
         finally:
             self._io.shutdown()
             self._file.close()
+            if self._appends_file is not None:
+                self._appends_file.close()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.frames import RunDirError, load
-from harness.recorder import Recorder
+from harness.recorder import APPEND, Recorder, appends_log, pack_append
 
 
 def make_run(tmp_path: Path) -> Path:
@@ -126,6 +126,33 @@ def test_torn_last_batch_is_skipped_and_counted(tmp_path: Path) -> None:
     frames = load(run_dir)
     assert frames.torn_batches == 1
     assert len(frames.connections) >= 1  # the first batch survives whole
+
+
+def test_appends_read_back_as_sends_and_a_torn_appends_batch_is_skipped(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text("{}")
+    rec = Recorder(run_dir / "events-client.arrows")
+    record, stream = rec.appends("v", 3, 2)
+    for batch in range(2):
+        for i in range(5):
+            record(pack_append(1e9 + i, batch + i / 50, 2000, 20.0, 0.5, stream))
+        rec.flush()
+    rec.close()
+    log = appends_log(run_dir / "events-client.arrows")
+    assert load(run_dir).events["type"].eq(APPEND).sum() == 10
+    log.write_bytes(log.read_bytes()[:-60])  # the second batch cut mid-write
+    frames = load(run_dir)
+    assert frames.torn_batches == 1
+    sends = frames.events
+    assert len(sends) == 5 and (sends["t"] < 1).all()
+    assert set(map(tuple, sends[["src", "variant", "dir", "type"]].astype(str).to_numpy())) == {
+        ("client", "v", "send", APPEND)
+    }
+    assert (
+        (sends["worker"] == 3).all() and (sends["conn"] == 2).all() and sends["code"].isna().all()
+    )
+    assert sends["lag_ms"].tolist() == [0.5] * 5
 
 
 def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:

@@ -229,9 +229,9 @@ async def test_client_close_code_reaches_upstream_and_refusals_come_back(
     assert conns[["worker", "conn"]].values.tolist() == [[1, 1], [1, 2]]
     assert conns["close_code"].tolist() == [4100, 1000]
     await asyncio.sleep(0)
-    from harness.frames import _read_log
+    from harness.frames import read_log
 
-    server_rows = _read_log(rec_path)[0].to_pandas()
+    server_rows = read_log(rec_path)[0].to_pandas()
     closes = server_rows[server_rows["type"] == "session_close"]
     assert 4100 in closes["code"].tolist()  # the upstream heard the client's own code
 

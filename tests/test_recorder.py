@@ -1,6 +1,6 @@
-"""The event log: sliced periodic flushes lose and duplicate nothing; appends recorded by the
-per-frame path land as `row()` would write them, in the order recorded; the lateness
-histogram that decides `saturated` in the manifest."""
+"""The event logs: sliced periodic flushes lose and duplicate nothing; appends recorded by the
+per-frame path read back as the rows `row()` would write for them, in the order recorded; the
+lateness histogram that decides `saturated` in the manifest."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.recorder import APPEND, LatenessHistogram, Recorder, pack_append
+from harness.frames import read_log
+from harness.recorder import APPEND, LatenessHistogram, Recorder, appends_log, pack_append
 
 
 def read_walls(path: Path) -> tuple[list[float], int]:
@@ -120,11 +122,12 @@ STEPS = st.lists(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=STEPS, slice_rows=st.integers(1, 7))
-def test_appends_and_rows_land_as_row_would_write_them_in_order(
+def test_appends_and_rows_read_back_as_row_would_write_them_in_order(
     steps: list[tuple[str, int]], slice_rows: int
 ) -> None:
     """The per-frame path against the reference it replaces: the same events through `row()`
-    alone give the same log, value for value, whatever the interleaving, slicing and flushes."""
+    alone give the same rows, value for value and each kind in the order recorded, whatever
+    the interleaving, slicing and flushes; the appends in their own log."""
     with tempfile.TemporaryDirectory() as tmp:
         fast = Recorder(Path(tmp) / "fast.arrows", flush_every=0.0, slice_rows=slice_rows)
         reference = Recorder(Path(tmp) / "reference.arrows")
@@ -157,7 +160,13 @@ def test_appends_and_rows_land_as_row_would_write_them_in_order(
         asyncio.run(drain())
         reference.close()
         assert fast.count == reference.count == sum(kind != "flush" for kind, _ in steps)
-        assert read_table(fast.path).equals(read_table(reference.path))
+        expected = read_table(reference.path)
+        is_append = pc.equal(expected.column("type"), APPEND)
+        assert read_log(fast.path) == (expected.filter(pc.invert(is_append)), 0)
+        if any(kind == "append" for kind, _ in steps):
+            assert read_log(appends_log(fast.path)) == (expected.filter(is_append), 0)
+        else:  # no connection sent audio: no appends log
+            assert not appends_log(fast.path).exists()
         assert fast.lateness.total == reference.lateness.total
 
 
@@ -167,6 +176,17 @@ def test_a_write_that_fails_in_the_log_thread_is_raised_not_lost(tmp_path: Path)
     rec = Recorder(tmp_path / "events.arrows")
     os.close(rec._file.fileno())
     rec.row(1.0, 0.0, "client", "v", 0, 1, "send", "x", 1, None, None)
+    with pytest.raises(OSError):
+        rec.flush()
+    with pytest.raises(OSError):
+        rec.close()
+
+
+def test_an_appends_write_that_fails_in_the_log_thread_is_raised_not_lost(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "events.arrows")
+    record, stream = rec.appends("v", 0, 1)
+    os.close(rec._appends_file.fileno())  # as with a disk that vanished
+    record(pack_append(1.0, 0.0, 100, 20.0, 0.1, stream))
     with pytest.raises(OSError):
         rec.flush()
     with pytest.raises(OSError):
