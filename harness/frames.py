@@ -47,6 +47,12 @@ APPEND_LOG_GLOB = "appends-*.arrows"  # recorder.appends_log
 # A connection with no close row when the log ends: its process died (crash or second signal).
 CRASHED = "interrupted"
 _CATEGORIES = ("src", "variant", "dir", "type")
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+# EVENT_SCHEMA as logs are loaded: the categorical columns dictionary-encoded, as the frames
+# hold them (an appends log's are so already)
+LOADED_SCHEMA = pa.schema(
+    [pa.field(f.name, _DICTIONARY) if f.name in _CATEGORIES else f for f in EVENT_SCHEMA]
+)
 _PANDAS_TYPES = {pa.string(): pd.StringDtype("pyarrow"), pa.int32(): pd.Int32Dtype()}
 _STRING = pd.StringDtype("pyarrow")
 COMMIT = "input_audio_buffer.commit"
@@ -174,22 +180,31 @@ def _is_appends_log(path: Path) -> bool:
 
 
 def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
-    """The batches of one log as a table of event rows: an appends log's rows (APPEND_SCHEMA)
-    are the sends they stand for, with the columns every append shares filled in."""
+    """The batches of one log as a table of event rows (LOADED_SCHEMA): an appends log's rows
+    (APPEND_SCHEMA) are the sends they stand for, with the columns every append shares filled
+    in, the categorical ones as one-word dictionaries rather than a string a row."""
     if not _is_appends_log(path):
-        return pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+        events = pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+        return pa.Table.from_arrays(
+            [
+                pc.dictionary_encode(events.column(f.name)) if f.name in _CATEGORIES else column
+                for f, column in zip(EVENT_SCHEMA, events.columns, strict=True)
+            ],
+            schema=LOADED_SCHEMA,
+        )
     appends = pa.Table.from_batches(batches, schema=APPEND_SCHEMA)
     rows = len(appends)
+    first = pa.array(np.zeros(rows, np.int32))
     shared = {"src": "client", "dir": "send", "type": APPEND}
     columns = [
-        appends.column(f.name).cast(f.type)
+        appends.column(f.name)
         if f.name in APPEND_SCHEMA.names
-        else pa.repeat(shared[f.name], rows)
+        else pa.DictionaryArray.from_arrays(first, pa.array([shared[f.name]]))
         if f.name in shared
         else pa.nulls(rows, f.type)
-        for f in EVENT_SCHEMA
+        for f in LOADED_SCHEMA
     ]
-    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+    return pa.Table.from_arrays(columns, schema=LOADED_SCHEMA)
 
 
 def read_log(path: Path) -> tuple[pa.Table, int]:
@@ -251,17 +266,14 @@ def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
         table, t = read_log(log)
         tables.append(table)
         torn += t
-    table = pa.concat_tables(tables) if tables else EVENT_SCHEMA.empty_table()
+    table = pa.concat_tables(tables) if tables else LOADED_SCHEMA.empty_table()
     return _with_run(table, run_dir.name), torn
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    """Events table -> DataFrame; categoricals are dictionary-encoded in Arrow (no per-row
-    Python objects), so the conversion costs about a copy."""
+    """Events table (LOADED_SCHEMA) -> DataFrame; categoricals are dictionary-encoded in
+    Arrow (no per-row Python objects), so the conversion costs about a copy."""
     table = table.unify_dictionaries()
-    for name in _CATEGORIES:
-        i = table.schema.get_field_index(name)
-        table = table.set_column(i, name, pc.dictionary_encode(table.column(name)))
     return table.to_pandas(types_mapper=_PANDAS_TYPES.get, self_destruct=True)
 
 
@@ -531,12 +543,10 @@ class _EventsParquet:
 
     def __init__(self, path: Path) -> None:
         self.path, self.partial = path, path.with_name(path.name + ".partial")
-        empty = _to_pandas(_with_run(EVENT_SCHEMA.empty_table(), ""))
-        fields = [pa.field("run", pa.dictionary(pa.int32(), pa.string()))]
-        for field in EVENT_SCHEMA:
-            if field.name in _CATEGORIES:
-                fields.append(pa.field(field.name, pa.dictionary(pa.int32(), pa.string())))
-            elif field.type == pa.string():
+        empty = _to_pandas(_with_run(LOADED_SCHEMA.empty_table(), ""))
+        fields = [pa.field("run", _DICTIONARY)]
+        for field in LOADED_SCHEMA:
+            if field.type == pa.string():
                 fields.append(pa.field(field.name, pa.large_string()))
             else:
                 fields.append(field)
@@ -546,12 +556,7 @@ class _EventsParquet:
         self.writer = pq.ParquetWriter(str(self.partial), self.schema)
 
     def write(self, chunk: pa.Table) -> None:
-        columns = [
-            pc.dictionary_encode(chunk.column(f.name))
-            if f.name in _CATEGORIES
-            else chunk.column(f.name).cast(f.type)
-            for f in self.schema
-        ]
+        columns = [chunk.column(f.name).cast(f.type) for f in self.schema]
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:
@@ -571,7 +576,7 @@ def _scan(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
     lateness = pa.table(
         {
             "run": pc.filter(chunk.column("run"), late),
-            "variant": pc.dictionary_encode(pc.filter(chunk.column("variant"), late)),
+            "variant": pc.filter(chunk.column("variant"), late),
             "lag_ms": pc.filter(chunk.column("lag_ms"), late),
         }
     )
@@ -639,7 +644,7 @@ def load_for_report(
             last[name] = (t_max, wall_max)
     if writer is not None:
         writer.close()
-    schema = EVENT_SCHEMA.insert(0, pa.field("run", pa.dictionary(pa.int32(), pa.string())))
+    schema = LOADED_SCHEMA.insert(0, pa.field("run", _DICTIONARY))
     base = pa.concat_tables(kept) if kept else schema.empty_table()
     events = _to_pandas(base)
     ends = pd.DataFrame.from_dict(last, orient="index", columns=["t", "wall"])
