@@ -290,7 +290,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=300)
     parser.add_argument("--flood-connections", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="separate runs of each mode (0: none)"
+    )
     parser.add_argument("--micro-rows", type=int, default=1_000_000)
     parser.add_argument(
         "--pairs", type=int, default=40, help="on/off pairs of the alternating measure (0: none)"
@@ -320,7 +322,8 @@ def main() -> None:
             if args.capacity:
                 capacity(port, args.capacity, args.seconds, args.repeats, Path(tmp))
                 return
-            for paced, conns in ((True, args.connections), (False, args.flood_connections)):
+            separate = ((True, args.connections), (False, args.flood_connections))
+            for paced, conns in separate if args.repeats else ():
                 mode = (
                     f"paced, {conns} connections x 50 frames/s"
                     if paced
