@@ -208,8 +208,8 @@ def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
 
 
 def read_log(path: Path) -> tuple[pa.Table, int]:
-    """All complete batches of one log as event rows, and how many trailing batches were
-    torn."""
+    """All complete batches of one log, events or appends, as event rows (LOADED_SCHEMA), and
+    how many trailing batches were torn."""
     batches: list[pa.RecordBatch] = []
     # Memory-mapped: batches point into the page cache instead of a private copy of the file.
     with pa.memory_map(str(path)) as source:
