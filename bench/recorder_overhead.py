@@ -93,6 +93,17 @@ except ImportError:
 """
 
 
+async def _connect_and_freeze(http, port: int, connections: int) -> list:
+    """`connections` sockets to the sink, then `gc.freeze()`, as the runner does once its
+    workers are connected (harness/runner.py): what exists now lives as long as the run, so
+    the collector stops scanning it (the recorder's buffer among it)."""
+    sockets = [
+        await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0) for _ in range(connections)
+    ]
+    gc.freeze()
+    return sockets
+
+
 async def sender(
     port: int, connections: int, seconds: float, record: bool, paced: bool, log_dir: Path
 ) -> dict[str, float]:
@@ -105,14 +116,7 @@ async def sender(
     sent = 0
     loop = asyncio.get_running_loop()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = [
-            await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
-            for _ in range(connections)
-        ]
-        # as the runner does once its workers are connected (harness/runner.py): what exists
-        # now lives as long as the run, so the collector stops scanning it (the recorder's
-        # buffer among it)
-        gc.freeze()
+        sockets = await _connect_and_freeze(http, port, connections)
         start = loop.time() + 0.2
         end = start + seconds
 
@@ -178,11 +182,7 @@ async def alternating(
     loop = asyncio.get_running_loop()
     recording, frames = False, 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = [
-            await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
-            for _ in range(connections)
-        ]
-        gc.freeze()  # as in sender()
+        sockets = await _connect_and_freeze(http, port, connections)
         start = loop.time() + 0.2
         end = start + 2 * pairs * segment
 

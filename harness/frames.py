@@ -175,15 +175,11 @@ def _logs(run_dir: Path) -> list[Path]:
     return [*sorted(run_dir.glob(EVENT_LOG_GLOB)), *sorted(run_dir.glob(APPEND_LOG_GLOB))]
 
 
-def _is_appends_log(path: Path) -> bool:
-    return path.match(APPEND_LOG_GLOB)
-
-
 def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
     """The batches of one log as a table of event rows (LOADED_SCHEMA): an appends log's rows
     (APPEND_SCHEMA) are the sends they stand for, with the columns every append shares filled
     in, the categorical ones as one-word dictionaries rather than a string a row."""
-    if not _is_appends_log(path):
+    if not path.match(APPEND_LOG_GLOB):
         events = pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
         return pa.Table.from_arrays(
             [
