@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -75,9 +76,10 @@ async def _stream(http: aiohttp.ClientSession, url: str, until: float, sent: lis
         sent.append(n)
 
 
-async def _probe(http: aiohttp.ClientSession, url: str, until: float) -> list[float]:
-    """Round trips of clear -> cleared, every 50 ms, in wall ms."""
-    rtts = []
+async def _probe(http: aiohttp.ClientSession, url: str, until: float) -> tuple[list[float], str]:
+    """Round trips of clear -> cleared, every 50 ms, in wall ms, and why the probe stopped:
+    "done", or the frame that ended it early (a saturated path closes or times out)."""
+    rtts: list[float] = []
     async with http.ws_connect(url, headers={"Authorization": f"Bearer {KEY}"}) as ws:
         await ws.send_str(VAD_OFF)
         loop = asyncio.get_running_loop()
@@ -85,14 +87,17 @@ async def _probe(http: aiohttp.ClientSession, url: str, until: float) -> list[fl
             t0 = time.perf_counter()
             await ws.send_str('{"type": "input_audio_buffer.clear"}')
             while True:
-                msg = await ws.receive(timeout=10)
+                try:
+                    msg = await ws.receive(timeout=10)
+                except TimeoutError:
+                    return rtts, "no answer in 10 s"
                 if msg.type is not aiohttp.WSMsgType.TEXT:
-                    return rtts
+                    return rtts, f"{msg.type.name} {ws.close_code}"
                 if json.loads(msg.data)["type"] == "input_audio_buffer.cleared":
                     break
             rtts.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(0.05)
-    return rtts
+    return rtts, "done"
 
 
 async def _measure(url: str, connections: int, seconds: float) -> dict[str, float]:
@@ -102,13 +107,21 @@ async def _measure(url: str, connections: int, seconds: float) -> dict[str, floa
         sent: list[int] = []
         load = [asyncio.create_task(_stream(http, url, until, sent)) for _ in range(connections)]
         await asyncio.sleep(1.0)  # let the load settle before probing
-        rtts = await _probe(http, url, until)
+        rtts, ended = await _probe(http, url, until)
         await asyncio.gather(*load)
-    a = np.array(rtts[5:])
+    a = np.array(rtts[5:])  # the first few pay the connection's warm-up
+    if not len(a):  # nothing to take percentiles of: the row says why instead
+        return {
+            "rtt_p50_ms": math.nan,
+            "rtt_p99_ms": math.nan,
+            "frames": float(sum(sent)),
+            "probe": ended,
+        }
     return {
         "rtt_p50_ms": float(np.percentile(a, 50)),
         "rtt_p99_ms": float(np.percentile(a, 99)),
         "frames": float(sum(sent)),
+        "probe": ended,
     }
 
 
@@ -147,6 +160,8 @@ def run(counts: list[int], seconds: float, repeats: int) -> list[dict[str, float
                             / proxied["frames"]
                             * 1e6,  # per client frame
                             "proxy_cpu_share": cpu / seconds,
+                            "probe_direct": direct["probe"],
+                            "probe_proxied": proxied["probe"],
                         }
                     )
                     print(json.dumps(rows[-1]), flush=True)
@@ -176,7 +191,9 @@ def main() -> None:
         mine = [r for r in rows if r["connections"] == n]
 
         def med(key: str, mine=mine) -> float:
-            return statistics.median(r[key] for r in mine)
+            """Median of the runs that measured it; nan (printed so) if none did."""
+            values = [r[key] for r in mine if not math.isnan(r[key])]
+            return statistics.median(values) if values else math.nan
 
         print(
             f"| {n} | {med('direct_p50_ms'):.2f} / {med('direct_p99_ms'):.2f} | "
