@@ -100,7 +100,7 @@ async def _probe(http: aiohttp.ClientSession, url: str, until: float) -> tuple[l
     return rtts, "done"
 
 
-async def _measure(url: str, connections: int, seconds: float) -> dict[str, float]:
+async def _measure(url: str, connections: int, seconds: float) -> dict[str, float | str]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
@@ -110,22 +110,17 @@ async def _measure(url: str, connections: int, seconds: float) -> dict[str, floa
         rtts, ended = await _probe(http, url, until)
         await asyncio.gather(*load)
     a = np.array(rtts[5:])  # the first few pay the connection's warm-up
-    if not len(a):  # nothing to take percentiles of: the row says why instead
-        return {
-            "rtt_p50_ms": math.nan,
-            "rtt_p99_ms": math.nan,
-            "frames": float(sum(sent)),
-            "probe": ended,
-        }
+    # none left (a saturated path): nan, and the row says why the probe stopped
+    p50, p99 = np.percentile(a, [50, 99]) if len(a) else (math.nan, math.nan)
     return {
-        "rtt_p50_ms": float(np.percentile(a, 50)),
-        "rtt_p99_ms": float(np.percentile(a, 99)),
+        "rtt_p50_ms": float(p50),
+        "rtt_p99_ms": float(p99),
         "frames": float(sum(sent)),
         "probe": ended,
     }
 
 
-def run(counts: list[int], seconds: float, repeats: int) -> list[dict[str, float]]:
+def run(counts: list[int], seconds: float, repeats: int) -> list[dict[str, float | str]]:
     import uvloop
 
     rows = []
