@@ -280,22 +280,16 @@ def recovery(connections: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFram
             columns=["variant", "worker", "conn", "dropped_at", "recovery", "uncommitted_ms"]
         )
     good = utterances[utterances["status"].isin(["completed", "retried_ok"])]
-    done_at = good.groupby(["run", "worker", "conn"], observed=True)["ended"].min()
-    rows = []
-    for d in drops.itertuples(index=False):
-        later = done_at.loc[(d.run, d.worker)] if (d.run, d.worker) in done_at.index else None
-        first = np.nan
-        if later is not None:
-            after = later[(later.index > d.conn) & (later >= d.closed)]
-            first = float(after.min()) - d.closed if len(after) else np.nan
-        rows.append(
-            {
-                "variant": str(d.variant),
-                "worker": d.worker,
-                "conn": d.conn,
-                "dropped_at": d.closed,
-                "recovery": first,
-                "uncommitted_ms": d.uncommitted_ms,
-            }
-        )
-    return pd.DataFrame(rows)
+    first_done = good.groupby(["run", "worker", "conn"], observed=True)["ended"].min().reset_index()
+    out = drops[["variant", "worker", "conn", "closed", "uncommitted_ms"]].reset_index(drop=True)
+    out = out.rename(columns={"closed": "dropped_at"}).astype({"variant": str})
+    # each drop against its worker's later connections: one merge, not a lookup per drop
+    pairs = (
+        drops[["run", "worker", "conn", "closed"]]
+        .assign(drop=np.arange(len(drops)))
+        .merge(first_done, on=["run", "worker"], suffixes=("", "_later"))
+    )
+    later = pairs[(pairs["conn_later"] > pairs["conn"]) & (pairs["ended"] >= pairs["closed"])]
+    first = later.groupby("drop")["ended"].min().reindex(range(len(drops)))
+    out.insert(4, "recovery", first.to_numpy(float) - out["dropped_at"].to_numpy())
+    return out

@@ -57,33 +57,45 @@ def diagnose(connections: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     appends = events.loc[
         events["type"] == "input_audio_buffer.append", [*key, "t", "audio_ms", "lag_ms"]
     ]
-    appends = appends.merge(drops[key].drop_duplicates(), on=key)  # only dropped connections
-    by_conn = {
-        k: g[["t", "audio_ms", "lag_ms"]].to_numpy(float)
-        for k, g in appends.groupby(["run", "worker", "conn"], observed=True)
-    }
-    out = pd.Series(pd.NA, index=connections.index, dtype="object")
-    for idx, d in drops.iterrows():
-        sent = by_conn.get((d["run"], d["worker"], d["conn"]), np.empty((0, 3)))
-        recent = sent[(sent[:, 0] >= d["closed"] - WINDOW_S) & (sent[:, 0] <= d["closed"])]
-        times = np.sort(recent[:, 0])
-        k = BUNCH_FRAMES
-        bunched = len(times) >= k and bool(
-            (times[k - 1 :] - times[: len(times) - k + 1] <= BUNCH_S).any()
+    # each drop's appends in its last WINDOW_S, all drops in one merge
+    recent = appends.merge(drops[[*key, "closed"]].reset_index(names="drop"), on=key)
+    recent = recent[
+        (recent["t"] >= recent["closed"] - WINDOW_S) & (recent["t"] <= recent["closed"])
+    ]
+    recent = recent.sort_values(["drop", "t"])
+    # BUNCH_FRAMES appends within BUNCH_S: the (k-1)-th next append of the same drop is close
+    kth_next = recent.groupby("drop")["t"].shift(-(BUNCH_FRAMES - 1))
+    per_drop = (
+        recent.assign(
+            bunched=kth_next - recent["t"] <= BUNCH_S, late=recent["lag_ms"] >= BURST_LAG_MS
         )
-        if pd.notna(d["since_sent"]) and d["since_sent"] >= IDLE_S:
-            out[idx] = "idle"
-        elif pd.notna(d["uncommitted_ms"]) and d["uncommitted_ms"] >= BUFFER_MS:
-            out[idx] = "buffer"
-        elif recent[:, 1].sum() > FAST_SPEED * WINDOW_S * 1000:
-            out[idx] = "fast"
-        elif bunched or (recent[:, 2] >= BURST_LAG_MS).any():
-            out[idx] = "burst"
-        else:
-            out[idx] = "age"
+        .groupby("drop")
+        .agg(audio_ms=("audio_ms", "sum"), bunched=("bunched", "any"), late=("late", "any"))
+        .reindex(drops.index, fill_value=0)  # no appends in the window: none of these
+    )
+    audio = per_drop["audio_ms"].to_numpy(float)
+    bursty = (per_drop["bunched"] | per_drop["late"]).to_numpy(bool)
+    idle = (drops["since_sent"] >= IDLE_S).fillna(False).to_numpy(bool)
+    buffer = (drops["uncommitted_ms"] >= BUFFER_MS).fillna(False).to_numpy(bool)
+    fast = audio > FAST_SPEED * WINDOW_S * 1000
+    diagnosis = np.select(
+        [idle, buffer, fast, bursty], ["idle", "buffer", "fast", "burst"], default="age"
+    )
+    out = pd.Series(pd.NA, index=connections.index, dtype="object")
+    out[drops.index] = diagnosis
     failed = connections["cause"].astype(str) == "handshake_failed"
     out[failed] = "handshake"
     return out
+
+
+def _with_another_worker(closed: np.ndarray, worker: np.ndarray) -> int:
+    """How many drops had a drop of another worker within ±COINCIDENCE_S: a window of sorted
+    times per drop, so the cost grows with drops times their neighbours, not drops squared."""
+    order = np.argsort(closed, kind="stable")
+    times, workers = closed[order], worker[order]
+    lo = np.searchsorted(times, times - COINCIDENCE_S, side="left")
+    hi = np.searchsorted(times, times + COINCIDENCE_S, side="right")
+    return sum(bool((workers[a:b] != w).any()) for a, b, w in zip(lo, hi, workers, strict=True))
 
 
 def _share(part: int, whole: int) -> str:
@@ -170,13 +182,8 @@ def findings(
         f"appends: {pacing}).",
     )
     # concurrency: drops of different workers close together, against chance
-    times = drops.sort_values("closed")[["closed", "worker"]].to_numpy()
-    together = sum(
-        1
-        for i, (t, w) in enumerate(times)
-        if any(
-            abs(t - t2) <= COINCIDENCE_S and w2 != w for j, (t2, w2) in enumerate(times) if j != i
-        )
+    together = _with_another_worker(
+        drops["closed"].to_numpy(float), drops["worker"].to_numpy("int64", na_value=-1)
     )
     span = float(conns["closed"].max() - conns["established"].min()) or 1.0
     chance = 1 - math.exp(-2 * COINCIDENCE_S * (n - 1) / span)
