@@ -142,3 +142,40 @@ def test_drops_together_counts_each_drop_with_another_workers_near_it(drops) -> 
         for i, (t, w) in enumerate(drops)
     )
     assert rules._with_another_worker(closed, workers) == want
+
+
+def test_an_append_at_the_very_close_time_is_in_the_drops_window() -> None:
+    """The window is closed at both ends: the fifth append of a bunch, sent at the instant
+    the connection closed, makes it a burst (hypothesis rarely lands on that edge)."""
+    closed = 10.0
+    conns = pd.DataFrame(
+        {
+            "run": "r",
+            "worker": pd.array([0], "Int32"),
+            "conn": pd.array([1], "Int32"),
+            "closed": [closed],
+            "dropped": [True],
+            "since_sent": [0.0],
+            "uncommitted_ms": [0.0],
+            "cause": ["server_drop"],
+        }
+    )
+    k = rules.BUNCH_FRAMES
+    bunch = [closed - (k - 1 - i) / 256 for i in range(k)]  # 4 ms apart, exact in binary
+    assert bunch[-1] - bunch[0] <= rules.BUNCH_S
+
+    def appends(times: list[float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "run": "r",
+                "type": "input_audio_buffer.append",
+                "worker": pd.array([0] * len(times), "Int32"),
+                "conn": pd.array([1] * len(times), "Int32"),
+                "t": times,
+                "audio_ms": 20.0,
+                "lag_ms": 0.0,
+            }
+        )
+
+    assert rules.diagnose(conns, appends(bunch))[0] == "burst"
+    assert rules.diagnose(conns, appends(bunch[:-1] + [closed + GRID]))[0] == "age"
