@@ -15,9 +15,13 @@ over repeats of the p99 send lateness (send time minus deadline, over a measurem
 every socket is open) is within 10 ms, every socket sent, and the frames sent reach 99 % of
 N x 50/s, less the time rtsoak's workers wait for transcripts (when their scenario has no
 frame due). Counts step up geometrically until one fails (down if the first fails), then
-bisect. Usage:
+bisect. A run during which other processes were busy, the hypervisor stole CPU, or a CPU
+second bought much less than at its fastest (a probe before and after each run) is measured
+again after a pause, up to `--retries` times; a point that keeps one anyway says so.
+Usage:
     python bench/capacity.py [--senders rtsoak ceiling peer] [--start 200] [--growth 1.5]
-        [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 2] [--counts N ...]
+        [--resolution 0.1] [--seconds 4] [--repeats 3] [--retries 3] [--counts N ...]
+        [--max-other 0.15] [--max-steal 0.1] [--max-slowdown 1.3] [--pause 5]
         [--json bench/capacity.json] [--audio fixtures/audio]
 About 10 minutes on a quiet 2-core machine; results in bench/RESULTS.md.
 """
@@ -278,11 +282,49 @@ def server_seconds() -> float:
     return process_seconds(int(os.environ["CAP_SERVER_PID"]))
 
 
-def busy_seconds() -> float:
-    """CPU seconds all cores of the machine have been busy (/proc/stat)."""
+def machine_seconds() -> tuple[float, float]:
+    """CPU seconds all cores of the machine have been busy, and steal: seconds the hypervisor
+    ran someone else on this VM's CPUs while they had work (/proc/stat). Steal is charged to
+    no process, so it slows a sender without showing in its CPU time."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+class CpuSpeed:
+    """How fast a CPU second is now against the fastest seen in this invocation. On the
+    shared VMs of bench/RESULTS.md the same code took up to 2.5x the CPU a frame for minutes
+    at a time, with no steal and no other process to show for it; a sender measured in such
+    a spell is compared with one that was not."""
+
+    def __init__(self) -> None:
+        self.fastest = float("inf")
+
+    @staticmethod
+    def probe() -> float:
+        """CPU seconds to encode and decode 2,500 append-sized JSON messages, the median of
+        five: a moment's stall is not a slow spell."""
+        import base64
+
+        audio = base64.b64encode(bytes(960)).decode()
+        append = {"type": "input_audio_buffer.append", "audio": audio}
+        times = []
+        for _ in range(5):
+            cpu0 = time.process_time()
+            for i in range(2500):
+                json.loads(json.dumps({**append, "i": i}))
+            times.append(time.process_time() - cpu0)
+        return statistics.median(times)
+
+    def slowdown(self) -> float:
+        """This moment's CPU cost of the probe over the fastest seen (1.0: as fast as yet)."""
+        cost = self.probe()
+        self.fastest = min(self.fastest, cost)
+        return cost / self.fastest
+
+
+CPU_SPEED = CpuSpeed()
 
 
 def process_seconds(pid: int | None) -> float:
@@ -361,14 +403,15 @@ def run_once(
         cmd = [sys.executable, __file__, "--child", sender, "--url", url, "--n", str(n)]
         cmd += ["--seconds", repr(seconds), "--frames", str(frames), "--out", str(out)]
         cmd += ["--audio", str(audio)]
-    marks = (busy_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
+    slowdown_before = CPU_SPEED.slowdown()
+    marks = (*machine_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
     wall0 = time.monotonic()
     proc = subprocess.run(
         cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     wall = time.monotonic() - wall0
-    now = (busy_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
-    busy, server_cpu, child_cpu, own = (b - a for a, b in zip(marks, now, strict=True))
+    now = (*machine_seconds(), process_seconds(SERVER_PID), children_seconds(), self_seconds())
+    busy, steal, server_cpu, child_cpu, own = (b - a for a, b in zip(marks, now, strict=True))
     if not out.exists():
         raise RuntimeError(f"{sender} at {n} wrote no result ({proc.returncode}): {proc.stderr}")
     result = json.loads(out.read_text())
@@ -390,8 +433,21 @@ def run_once(
         server_cores=server_s / seconds,  # over the window, as the sender's child read it
         server_us_per_frame=server_s / frames_sent * 1e6,
         other_cores=max(0.0, busy - server_cpu - child_cpu - own) / wall,
+        steal_cores=steal / wall,
+        cpu_slowdown=(slowdown_before + CPU_SPEED.slowdown()) / 2,
     )
     return result
+
+
+def disturbance(r: dict[str, float], args) -> str | None:
+    """Why run `r` says more about the machine than the sender, if it does."""
+    if r["other_cores"] > args.max_other:
+        return f"{r['other_cores']:.2f} cores busy elsewhere"
+    if r["steal_cores"] > args.max_steal:
+        return f"{r['steal_cores']:.2f} cores stolen by the hypervisor"
+    if r["cpu_slowdown"] > args.max_slowdown:
+        return f"CPU {r['cpu_slowdown']:.2f}x slower than at its fastest"
+    return None
 
 
 def passes(r: dict[str, float], n: int) -> bool:
@@ -409,11 +465,12 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
     while len(runs) < args.repeats:
         r = run_once(sender, url, n, args.seconds, frames, tmp, args.audio)
         print(json.dumps({"sender": sender, **r}), flush=True)
-        if r["other_cores"] > args.max_other and len(disturbed) < args.retries:
-            # someone else loaded the machine meanwhile: measure again, after a pause
+        why = disturbance(r, args)
+        if why and len(disturbed) < args.retries:
+            # the machine was busy or slow meanwhile: measure again, after a longer pause
             disturbed.append(r)
-            print(f"# disturbed ({r['other_cores']:.2f} cores busy elsewhere): again", flush=True)
-            time.sleep(5)
+            print(f"# disturbed ({why}): again", flush=True)
+            time.sleep(args.pause * len(disturbed))
             continue
         runs.append(r)
         ok = sum(passes(x, n) for x in runs)
@@ -423,7 +480,10 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
         "n": n,
         "runs": len(runs),
         "other_cores": [round(x["other_cores"], 2) for x in runs],
+        "steal_cores": [round(x["steal_cores"], 2) for x in runs],
+        "cpu_slowdown": [round(x["cpu_slowdown"], 2) for x in runs],
         "disturbed_runs_discarded": len(disturbed),
+        "disturbed_runs_kept": sum(disturbance(x, args) is not None for x in runs),
         "p99_ms": [round(x["lateness_p99_ms"] or float("nan"), 2) for x in runs],
         "median_p99_ms": statistics.median(x["lateness_p99_ms"] or 1e9 for x in runs),
         "median_rate_share": statistics.median(x["rate_share"] for x in runs),
@@ -548,7 +608,22 @@ def main() -> None:
         default=0.15,
         help="a run during which other processes kept this many cores busy is measured again",
     )
-    parser.add_argument("--retries", type=int, default=2, help="re-measurements per count")
+    parser.add_argument(
+        "--max-steal",
+        type=float,
+        default=0.1,
+        help="a run during which the hypervisor took this many cores is measured again",
+    )
+    parser.add_argument(
+        "--max-slowdown",
+        type=float,
+        default=1.3,
+        help="a run when a CPU second bought this much less than at its fastest is measured again",
+    )
+    parser.add_argument("--retries", type=int, default=3, help="re-measurements per count")
+    parser.add_argument(
+        "--pause", type=float, default=5.0, help="s before a re-measurement, times its number"
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "capacity.json")
     parser.add_argument(
         "--audio", type=Path, default=AUDIO, help="utterances every sender streams (a fixture dir)"
@@ -644,6 +719,14 @@ def print_table(report: dict) -> None:
             + " |"
         )
     print("\n".join(rows))
+    for sender, res in report["results"].items():
+        for point in (res.get("at_max"), res.get("at_first_failing")):
+            if point and point.get("disturbed_runs_kept"):
+                print(
+                    f"# {sender} at {point['n']}: {point['disturbed_runs_kept']} of "
+                    f"{point['runs']} runs on a disturbed machine (steal {point['steal_cores']}, "
+                    f"CPU slowdown {point['cpu_slowdown']}, other {point['other_cores']})"
+                )
     for key, target in report["targets"].items():
         if key in report:
             verdict = "met" if report[key] >= target else "missed"
