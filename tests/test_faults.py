@@ -36,6 +36,18 @@ def test_same_seed_and_key_give_the_same_fault_time() -> None:
     assert a == b != c
 
 
+def test_a_seeded_draw_logs_the_same_age_whenever_its_connection_opened() -> None:
+    """The ground-truth log of two runs of one seed is compared key by key; a connection
+    that opened a moment later must not change the logged age in its last bits."""
+    for k in range(300):
+        logged = set()
+        for opened in (0.0, 0.1, 3.7, 61.25, 1234.567):
+            fault = start("session_age", opened=opened, key=f"v/0/{k}", mean="40s").poll(1e9)
+            assert fault is not None
+            logged.add(fault.detail(fault.due, opened)["due_age"])
+        assert len(logged) == 1, (k, logged)
+
+
 def test_policies_draw_from_their_own_rngs() -> None:
     alone = start("session_age", mean="8m").next_deadline()
     together = parse_faults(

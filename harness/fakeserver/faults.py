@@ -55,12 +55,14 @@ class Fault:
     due: float | None = None  # the scenario time it was scheduled for, if by a deadline
 
     def detail(self, now: float, opened: float) -> dict[str, Any]:
-        """What the ground-truth log says of it, ages from the connection's opening."""
+        """What the ground-truth log says of it, ages from the connection's opening, to the
+        microsecond: `(opened + draw) - opened` is not `draw` to the last bit, so unrounded
+        the same seeded draw would log differently when its connection opened later."""
         return {
             "kind": str(self.kind),
             "reason": self.reason,
-            "age": now - opened,
-            "due_age": None if self.due is None else self.due - opened,
+            "age": round(now - opened, 6),
+            "due_age": None if self.due is None else round(self.due - opened, 6),
         }
 
 
