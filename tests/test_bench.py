@@ -73,12 +73,15 @@ def test_capacity_bench_runs(tmp_path: Path) -> None:
     out = tmp_path / "capacity.json"
     bench(
         "bench/capacity.py", "--senders", "rtsoak", "ceiling", "--counts", "4",
-        "--seconds", "0.5", "--repeats", "1", "--json", str(out),
+        "--seconds", "0.5", "--repeats", "1", "--retries", "0", "--json", str(out),
     )  # fmt: skip
     results = json.loads(out.read_text())["results"]
     for sender in ("rtsoak", "ceiling"):
         (point,) = results[sender]["points"]
         assert point["n"] == 4 and point["median_cpu_us_per_frame"] > 0
+        # what the machine was doing meanwhile, kept with the point
+        assert point["steal_cores"][0] >= 0 and point["cpu_slowdown"][0] >= 1.0
+        assert point["disturbed_runs_discarded"] == 0
 
 
 @pytest.mark.slow
