@@ -294,9 +294,9 @@ def machine_seconds() -> tuple[float, float]:
 
 class CpuSpeed:
     """How fast a CPU second is now against the fastest seen in this invocation. On the
-    shared VMs of bench/RESULTS.md the same code took up to 2.5x the CPU a frame for minutes
-    at a time, with no steal and no other process to show for it; a sender measured in such
-    a spell is compared with one that was not."""
+    shared VMs of bench/RESULTS.md the same sender took up to 1.9x the CPU a frame for
+    minutes at a time, with under 0.1 core of steal or of other processes to show for it; a
+    sender measured in such a spell is compared with one that was not."""
 
     def __init__(self) -> None:
         self.fastest = float("inf")
