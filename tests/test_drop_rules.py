@@ -161,7 +161,7 @@ def test_an_append_at_the_very_close_time_is_in_the_drops_window() -> None:
         }
     )
     k = rules.BUNCH_FRAMES
-    bunch = [closed - (k - 1 - i) / 256 for i in range(k)]  # 4 ms apart, exact in binary
+    bunch = [closed - (k - 1 - i) / 256 for i in range(k)]  # 1/256 s apart, exact in binary
     assert bunch[-1] - bunch[0] <= rules.BUNCH_S
 
     def appends(times: list[float]) -> pd.DataFrame:
