@@ -483,7 +483,7 @@ class Worker:
         assert conn.ws is not None
         await conn.ws.send_str(text)
         conn.last_sent = self.clock.now()
-        self._row(conn.attempt, "send", type_, bytes_=len(text))
+        self._row(conn.attempt, "send", type_, t=conn.last_sent, bytes_=len(text))
 
     def _stream(
         self, conn: Conn, frames: Sequence[Frame], offsets: Sequence[float]
@@ -623,7 +623,7 @@ class Worker:
             return self._interrupted("closed" if conn.closed.done() else "stopped")
         conn.committed = asyncio.get_running_loop().create_future()
         await self._send_text(conn, "input_audio_buffer.commit", _COMMIT)
-        committed_at = clock.now()
+        committed_at = conn.last_sent  # the commit row's own time
         conn.state = ConnState.AWAITING
         deadline = committed_at + sc.turns.transcript_timeout
         outcome = await self._wait(conn.committed, deadline, conn)
@@ -641,8 +641,8 @@ class Worker:
             self._last_result = (item_id, None, None, committed_at)
             return self._interrupted(outcome)
         kind, text = conn.results.pop(item_id).result()
-        latency = clock.now() - committed_at
-        self._last_result = (item_id, text, latency, committed_at)
+        ended = clock.now()
+        self._last_result = (item_id, text, ended - committed_at, committed_at, ended)
         if kind == "failed":
             return UtteranceStatus.FAILED
         mark = parse_transcript(text)
@@ -674,7 +674,8 @@ class Worker:
             if outcome == "done":
                 item_id, kind, text = getter.result()
                 conn.uncommitted_ms = 0.0
-                self._last_result = (item_id, text, self.clock.now() - started, None)
+                ended = self.clock.now()
+                self._last_result = (item_id, text, ended - started, None, ended)
                 status = UtteranceStatus.FAILED if kind == "failed" else UtteranceStatus.COMPLETED
                 conn.completed += status is UtteranceStatus.COMPLETED
             else:
@@ -752,7 +753,11 @@ class Worker:
         transcript: str | None = None,
         latency: float | None = None,
         committed: float | None = None,
+        ended: float | None = None,
     ) -> None:
+        """The utterance's end row, stamped `ended` when its transcript arrived: latency is
+        then exactly that row's time less the commit row's, however long what came between
+        took."""
         if status is UtteranceStatus.LOST and self.stopping():
             status = UtteranceStatus.UNFINISHED
         progress = self.s.progress
@@ -762,6 +767,7 @@ class Worker:
             conn.attempt,
             "meta",
             "utt_end",
+            t=ended,
             item=key,
             text=str(status),
             detail={

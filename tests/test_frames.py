@@ -160,10 +160,9 @@ def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:
     done = utts[utts["status"] == "completed"]
     assert len(done) >= 5 and done["crc_match"].all() and (done["attempt"] == 1).all()
     assert (done["started"] < done["committed"]).all() and (done["committed"] < done["ended"]).all()
-    # latency and the utt_end row are timed a few statements apart, with no await between;
-    # at write_scenario's 120x even a 0.4 ms pause of the process there is 0.05 scenario s,
-    # so allow 2 ms of wall time
-    assert (done["latency"] - (done["ended"] - done["committed"])).abs().max() < 0.002 * 120
+    # latency is the utt_end row's time less the commit row's, whatever the machine did
+    # between them (a 4 ms stall of a slow host is half a scenario second at 120x)
+    assert (done["latency"] - (done["ended"] - done["committed"])).abs().max() < 1e-9
     assert utts.loc[utts["status"] == "lost", "crc_match"].isna().all()
 
 
