@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from capacity import search  # noqa: E402
+from capacity import search, verdict_basis  # noqa: E402
 
 
 def run_search(threshold: int, start: int, growth: float, top: int) -> tuple[int, list[int]]:
@@ -58,6 +58,29 @@ def test_capacity_search_measures_given_counts_only() -> None:
     assert next(steps) == 5 and steps.send(False) == 50
 
 
+def a_run(n: int, p99_ms: float, steal: float = 0.0) -> dict:
+    return dict(
+        n=n, lateness_p99_ms=p99_ms, rate_share=1.0, senders_in_window=n,
+        other_cores=0.0, steal_cores=steal, cpu_slowdown=1.0,
+    )  # fmt: skip
+
+
+def test_a_failure_on_a_disturbed_machine_does_not_outvote_a_sound_run() -> None:
+    """At 15:47 on 2026-12-03 rtsoak held 200 sockets in a quiet run, then failed twice while
+    the hypervisor stole half a core, and the search never went above 200."""
+    limits = Namespace(max_other=0.15, max_steal=0.1, max_slowdown=1.3)
+    quiet_pass, stolen_fail = a_run(200, 1.7), a_run(200, 21.4, steal=0.5)
+    assert verdict_basis([quiet_pass, stolen_fail, stolen_fail], limits) == [quiet_pass]
+    # a pass counts however slow the machine was; a quiet failure counts too
+    stolen_pass, quiet_fail = a_run(200, 2.0, steal=0.5), a_run(200, 12.0)
+    assert verdict_basis([quiet_fail, stolen_pass, stolen_fail], limits) == [
+        quiet_fail,
+        stolen_pass,
+    ]
+    # when disturbed failures are all there is, they decide
+    assert verdict_basis([stolen_fail, stolen_fail], limits) == [stolen_fail, stolen_fail]
+
+
 def bench(*argv: str, timeout: float = 240) -> str:
     done = subprocess.run(
         [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout
@@ -81,7 +104,7 @@ def test_capacity_bench_runs(tmp_path: Path) -> None:
         assert point["n"] == 4 and point["median_cpu_us_per_frame"] > 0
         # what the machine was doing meanwhile, kept with the point
         assert point["steal_cores"][0] >= 0 and point["cpu_slowdown"][0] >= 1.0
-        assert point["disturbed_runs_discarded"] == 0
+        assert point["disturbed_runs_discarded"] == 0 and point["runs_deciding"] == 1
 
 
 @pytest.mark.slow
