@@ -469,7 +469,7 @@ def verdict_basis(runs: list[dict], args) -> list[dict]:
 
 def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) -> dict:
     """Up to `repeats` runs; stop once the majority of those that count is decided."""
-    runs, disturbed = [], []
+    runs, disturbed, basis = [], [], []
     while len(runs) < args.repeats:
         r = run_once(sender, url, n, args.seconds, frames, tmp, args.audio)
         print(json.dumps({"sender": sender, **r}), flush=True)
@@ -485,7 +485,6 @@ def measure_point(sender: str, n: int, args, url: str, frames: Path, tmp: Path) 
         ok = sum(passes(x, n) for x in basis)
         if ok > args.repeats // 2 or len(basis) - ok > args.repeats // 2:
             break
-    basis = verdict_basis(runs, args)
     point = {
         "n": n,
         "runs": len(runs),
