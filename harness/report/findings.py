@@ -1,29 +1,48 @@
-"""Findings: one plain sentence per field hypothesis, with numbers from the frames, and (for
-fake-server runs) how well the diagnosis of each drop agrees with the fault actually injected.
+"""Findings: one plain sentence per field hypothesis and variant, with numbers from the frames,
+and (for fake-server runs) how well the diagnosis of each drop agrees with the fault injected.
 
-The diagnosis is a rule over what the client saw at the drop, written down so a reader can
-argue with it:
+The diagnosis is a rule over what the client did before the drop, written down so a reader can
+argue with it (docs/report.md, "The diagnosis of a drop"; a test checks the two agree). First
+rule that matches:
+- `handshake`: the connection never opened;
 - `idle`: nothing sent for `IDLE_S` or more (idle timeout theory);
 - `buffer`: at least `BUFFER_MS` of uncommitted audio (buffer pressure);
-- `fast`: more than `FAST_SPEED` x real time of audio sent in the `WINDOW_S` before the drop
+- `fast`: more than `FAST_SPEED` x real time of audio scheduled in the `WINDOW_S` before the drop
   (audio-too-fast theory);
-- `burst`: in that window, `BUNCH_FRAMES` appends within `BUNCH_S`, or an append `BURST_LAG_MS`
-  or more late (frames arriving bunched: micro-burst theory);
-- `handshake`: the connection never opened;
-- `age`: none of those: the session simply died at its age (hot sessions, random loss).
+- `burst`: in that window, `BUNCH_FRAMES` appends scheduled within `BUNCH_S` (micro-bursts);
+- `late`: an append sent in that window left `LATE_MS` (wall) or more after its deadline: the
+  server saw another pattern than the one scheduled, and the harness was too late to tell;
+- `age`: none of those: the session simply died at its age (hot sessions, random loss, ...).
+
+Why the schedule: the sender's timing rules are about what the pacing strategy does, and at time
+scale k one wall millisecond of event-loop jitter is k scenario milliseconds. An append's
+scheduled scenario time, `t - lag_ms / 1000 * scale`, is the same at every scale, so the same
+seeded run gets the same diagnosis at 10x and 60x. Harness lateness is judged where it lives, in
+wall milliseconds.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-from lifelines import WeibullFitter
 
+from harness import analysis
 from harness.analysis import observed_connections
+from harness.recorder import APPEND
 
-__all__ = ["diagnose", "findings", "INJECTED_TO_DIAGNOSIS"]
+__all__ = [
+    "CATEGORIES",
+    "INJECTED_TO_DIAGNOSIS",
+    "MIN_DROPS",
+    "agreement_table",
+    "connection_key",
+    "diagnose",
+    "findings",
+]
 
 IDLE_S = 10.0
 BUFFER_MS = 10_000.0
@@ -31,8 +50,26 @@ WINDOW_S = 2.0
 FAST_SPEED = 1.25
 BUNCH_FRAMES = 5
 BUNCH_S = 0.02
-BURST_LAG_MS = 20.0
+# An append this late (wall ms) means frames went out bunched behind it whatever the schedule
+# said: at 1x it is one 20 ms frame period, at 60x over a scenario second of stall.
+LATE_MS = 20.0
 COINCIDENCE_S = 1.0
+# Below this many drops a variant's shares say nothing; the report's one minimum (analysis).
+MIN_DROPS: int = getattr(analysis, "MIN_DROPS", 10)
+
+# In rule order; `handshake` is judged first, `age` is what is left.
+CATEGORIES = ("handshake", "idle", "buffer", "fast", "burst", "late", "age")
+RULES = {
+    "handshake": "the connection never opened",
+    "idle": f"nothing sent for {IDLE_S:g} s or more",
+    "buffer": f"{BUFFER_MS / 1000:g} s or more of uncommitted audio",
+    "fast": f"more than {FAST_SPEED:g}x real time of audio scheduled in the {WINDOW_S:g} s "
+    "before the drop",
+    "burst": f"{BUNCH_FRAMES} appends scheduled within {BUNCH_S * 1000:g} ms in that window",
+    "late": f"an append sent in that window left {LATE_MS:g} ms (wall) or more late: "
+    "harness too late to tell",
+    "age": "none of the above",
+}
 
 # what each fault policy should look like from the client, for the agreement table
 INJECTED_TO_DIAGNOSIS = {
@@ -48,49 +85,108 @@ INJECTED_TO_DIAGNOSIS = {
     "accept_then_close": "age",
     "handshake_faults": "handshake",
 }
+# policies about frame timing: the server judges them on arrival, in scenario time
+_TIMING_FAULTS = ("micro_burst", "rate")
 
 
-def diagnose(connections: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """The rule above, for every dropped connection (index aligned with `connections`)."""
+def connection_key(frame: pd.DataFrame) -> pd.Series:
+    """Each row's connection, unique in a run across variants: the frames' `connection` column,
+    or "{run}/{variant}/{worker}/{conn}" built the same way where a frame predates it. Worker
+    numbers restart per variant, so (run, worker, conn) alone joins connections of different
+    variants."""
+    if "connection" in frame.columns:
+        return frame["connection"].astype(str)
+    parts = [frame[c].astype(str) for c in ("run", "variant", "worker", "conn")]
+    return parts[0].str.cat(parts[1:], sep="/")
+
+
+def _worker_key(frame: pd.DataFrame) -> pd.Series:
+    """A worker's identity, (run, variant, worker), as one string."""
+    parts = [frame[c].astype(str) for c in ("run", "variant", "worker")]
+    return parts[0].str.cat(parts[1:], sep="/")
+
+
+def _window(
+    connections: pd.DataFrame, events: pd.DataFrame, scales: Mapping[str, float]
+) -> pd.DataFrame:
+    """Per drop (index: the connections' index): audio_ms scheduled in its last WINDOW_S,
+    bunched (any BUNCH_FRAMES scheduled within BUNCH_S), late (any append LATE_MS late).
+
+    An append counts for audio and bunching when it was scheduled in the window and sent before
+    the close: one scheduled earlier but sent into the window late is not what the strategy
+    meant to send there. It counts for lateness when it was sent in the window, whenever due:
+    that is when the harness stalled."""
     drops = connections[connections["dropped"]]
-    key = ["run", "worker", "conn"]
-    appends = events.loc[
-        events["type"] == "input_audio_buffer.append", [*key, "t", "audio_ms", "lag_ms"]
-    ]
-    # each drop's appends in its last WINDOW_S, all drops in one merge
-    recent = appends.merge(drops[[*key, "closed"]].reset_index(names="drop"), on=key)
-    recent = recent[
-        (recent["t"] >= recent["closed"] - WINDOW_S) & (recent["t"] <= recent["closed"])
-    ]
-    recent = recent.sort_values(["drop", "t"])
-    # BUNCH_FRAMES appends within BUNCH_S: the (k-1)-th next append of the same drop is close
-    kth_next = recent.groupby("drop")["t"].shift(-(BUNCH_FRAMES - 1))
-    per_drop = (
-        recent.assign(
-            bunched=kth_next - recent["t"] <= BUNCH_S, late=recent["lag_ms"] >= BURST_LAG_MS
-        )
-        .groupby("drop")
-        .agg(audio_ms=("audio_ms", "sum"), bunched=("bunched", "any"), late=("late", "any"))
-        .reindex(drops.index, fill_value=0)  # no appends in the window: none of these
+    appends = events[(events["type"] == APPEND).to_numpy(bool)]
+    lag = appends["lag_ms"].astype(float).fillna(0.0)  # a proxied client's: no deadline known
+    scale = appends["run"].astype(str).map(dict(scales)).astype(float).fillna(1.0)
+    t = appends["t"].astype(float)
+    sent = pd.DataFrame(
+        {
+            "key": connection_key(appends).to_numpy(),
+            "t": t.to_numpy(),
+            "due": (t - lag / 1000 * scale).to_numpy(),
+            "audio_ms": appends["audio_ms"].astype(float).to_numpy(),
+            "late": (lag >= LATE_MS).to_numpy(),
+        }
     )
-    audio = per_drop["audio_ms"].to_numpy(float)
-    bursty = (per_drop["bunched"] | per_drop["late"]).to_numpy(bool)
+    ends = pd.DataFrame(
+        {
+            "key": connection_key(drops).to_numpy(),
+            "closed": drops["closed"].to_numpy(float),
+            "drop": drops.index,
+        }
+    )
+    recent = sent.merge(ends, on="key")
+    start = recent["closed"] - WINDOW_S
+    recent = recent[(recent["t"] >= start) & (recent["t"] <= recent["closed"])]
+    planned = recent[recent["due"] >= recent["closed"] - WINDOW_S].sort_values(["drop", "due"])
+    kth_next = planned.groupby("drop")["due"].shift(-(BUNCH_FRAMES - 1))
+    pattern = (
+        planned.assign(bunched=kth_next - planned["due"] <= BUNCH_S)
+        .groupby("drop")
+        .agg(audio_ms=("audio_ms", "sum"), bunched=("bunched", "any"))
+    )
+    late = recent.groupby("drop")["late"].any()
+    # no appends in the window: none of these
+    return pd.DataFrame(
+        {
+            "audio_ms": pattern["audio_ms"].reindex(drops.index, fill_value=0.0),
+            "bunched": pattern["bunched"].reindex(drops.index, fill_value=False),
+            "late": late.reindex(drops.index, fill_value=False),
+        }
+    )
+
+
+def diagnose(
+    connections: pd.DataFrame,
+    events: pd.DataFrame,
+    scales: Mapping[str, float] | None = None,
+) -> pd.Series:
+    """The rule of the module docstring for every connection (index aligned with
+    `connections`): one of CATEGORIES for drops and failed handshakes, NA for the rest.
+    `events` needs the appends of each drop's last WINDOW_S at least; `scales` maps each run
+    to its time scale (manifest `time_scale`; a run not in it counts as 1x)."""
+    drops = connections[connections["dropped"]]
+    window = _window(connections, events, scales or {})
+    audio = window["audio_ms"].to_numpy(float)
     idle = (drops["since_sent"] >= IDLE_S).fillna(False).to_numpy(bool)
     buffer = (drops["uncommitted_ms"] >= BUFFER_MS).fillna(False).to_numpy(bool)
     fast = audio > FAST_SPEED * WINDOW_S * 1000
+    bunched, late = window["bunched"].to_numpy(bool), window["late"].to_numpy(bool)
     diagnosis = np.select(
-        [idle, buffer, fast, bursty], ["idle", "buffer", "fast", "burst"], default="age"
+        [idle, buffer, fast, bunched, late], ["idle", "buffer", "fast", "burst", "late"], "age"
     )
     out = pd.Series(pd.NA, index=connections.index, dtype="object")
     out[drops.index] = diagnosis
-    failed = connections["cause"].astype(str) == "handshake_failed"
-    out[failed] = "handshake"
+    out[connections["cause"].astype(str) == "handshake_failed"] = "handshake"
     return out
 
 
 def _with_another_worker(closed: np.ndarray, worker: np.ndarray) -> int:
     """How many drops had a drop of another worker within ±COINCIDENCE_S: a window of sorted
-    times per drop, so the cost grows with drops times their neighbours, not drops squared."""
+    times per drop, so the cost grows with drops times their neighbours, not drops squared.
+    `worker` holds one code per worker identity (run, variant, worker)."""
     order = np.argsort(closed, kind="stable")
     times, workers = closed[order], worker[order]
     lo = np.searchsorted(times, times - COINCIDENCE_S, side="left")
@@ -102,44 +198,32 @@ def _share(part: int, whole: int) -> str:
     return f"{part} of {whole} ({100 * part / whole:.0f} %)" if whole else "none"
 
 
-def findings(
-    connections: pd.DataFrame, events: pd.DataFrame, lateness: pd.Series | None = None
-) -> list[dict[str, str]]:
-    """[{hypothesis, finding}] in a fixed order, each sentence carrying its numbers. `events`
-    needs the appends of each drop's last `WINDOW_S` at least; `lateness` is the send
-    lateness of all appends (by default, of the appends in `events`)."""
-    conns = observed_connections(connections)
-    drops = conns[conns["dropped"]]
-    n = len(drops)
-    out: list[dict[str, str]] = []
+def _weibull(conns: pd.DataFrame) -> pd.DataFrame:
+    """Weibull shape per variant: analysis's when it has one, else the same fit here."""
+    by_variant = getattr(analysis, "weibull_by_variant", None)
+    if by_variant is not None:
+        return by_variant(conns)
+    from lifelines import WeibullFitter
 
-    def say(hypothesis: str, sentence: str) -> None:
-        out.append({"hypothesis": hypothesis, "finding": sentence})
+    rows = []
+    for variant, group in conns.groupby("variant", observed=True):
+        row = {"variant": str(variant), "drops": int(group["dropped"].sum()), "verdict": "no fit"}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                wf = WeibullFitter().fit(group["lifetime"].clip(lower=1e-3), group["dropped"])
+            lo, hi = (float(wf.summary.loc["rho_", f"coef {b} 95%"]) for b in ("lower", "upper"))
+            verdict = "rising" if lo > 1 else "falling" if hi < 1 else "flat"
+            row.update(shape=float(wf.rho_), shape_lo=lo, shape_hi=hi, verdict=verdict)
+        except Exception:  # lifelines raises several kinds on degenerate data
+            pass
+        rows.append(row)
+    return pd.DataFrame(rows)
 
-    if n == 0:
-        say(
-            "drops",
-            f"No connection dropped in {conns['lifetime'].sum() / 3600:.1f} "
-            "connection-hours: nothing to explain.",
-        )
-        return out
-    # session age: a Weibull shape above 1 means the hazard rises with age
+
+def _age_sentence(drops: pd.DataFrame, weibull: pd.Series | None) -> str:
     ages = drops["lifetime"] / 60
-    try:
-        wf = WeibullFitter().fit(conns["lifetime"].clip(lower=1e-3), conns["dropped"])
-        rho = float(wf.rho_)
-        lo, hi = (float(wf.summary.loc["rho_", c]) for c in ("coef lower 95%", "coef upper 95%"))
-        shape = (
-            f"the hazard rises with session age (Weibull shape {rho:.2f}, 95 % CI "
-            f"{lo:.2f}–{hi:.2f}): sessions wear out"
-            if lo > 1.1
-            else f"the hazard falls with age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f})"
-            if hi < 0.9
-            else f"the hazard is flat in age (Weibull shape {rho:.2f}, CI {lo:.2f}–{hi:.2f}): "
-            "consistent with random loss, not with a session-age limit"
-        )
-    except Exception:  # too few drops for a fit
-        shape = "too few drops to fit the hazard's shape"
+    n = len(drops)
     cv = float(ages.std() / ages.mean()) if n > 1 and ages.mean() > 0 else math.nan
     cluster = (
         f"drops cluster at {ages.median():.1f} min of age (spread {cv:.2f} of the mean)"
@@ -147,75 +231,178 @@ def findings(
         else f"drop ages spread from {ages.min():.1f} to {ages.max():.1f} "
         f"min (median {ages.median():.1f})"
     )
-    say("session age", f"{cluster}; {shape}.")
-    # idle gaps
-    idle = drops[drops["state"].astype(str) == "idle"]
-    since = drops["since_sent"].dropna()
-    long_quiet = int((since >= IDLE_S).sum())
-    say(
-        "idle gaps",
-        f"{_share(len(idle), n)} drops came while idle; {_share(long_quiet, n)} "
-        f"after {IDLE_S:g} s or more without a frame sent (median {since.median():.1f} s).",
-    )
-    # buffer
-    buffered = drops["uncommitted_ms"].fillna(0)
-    say(
-        "buffer",
-        f"{_share(int((buffered >= BUFFER_MS).sum()), n)} drops had "
-        f"{BUFFER_MS / 1000:g} s or more of uncommitted audio in the buffer (median "
-        f"{buffered.median() / 1000:.1f} s, max {buffered.max() / 1000:.1f} s).",
-    )
-    # bursts
-    diagnosis = diagnose(connections, events)
-    bursty = int((diagnosis == "burst").sum())
-    if lateness is None:
-        lateness = events.loc[events["type"] == "input_audio_buffer.append", "lag_ms"]
-    appends = lateness.dropna()
+    verdict = None if weibull is None else weibull["verdict"]
+    if verdict in ("rising", "falling", "flat"):
+        fit = (
+            f"Weibull shape {weibull['shape']:.2f}, 95 % CI "
+            f"{weibull['shape_lo']:.2f}–{weibull['shape_hi']:.2f}"
+        )
+        shape = {
+            "rising": f"the hazard rises with session age ({fit}): sessions wear out",
+            "falling": f"the hazard falls with age ({fit})",
+            "flat": f"the hazard is flat in age ({fit}): consistent with random loss, "
+            "not with a session-age limit",
+        }[verdict]
+    else:
+        shape = "the hazard's shape could not be fitted"
+    return f"{cluster}; {shape}."
+
+
+def _timing_sentence(diagnosis: pd.Series, n: int, lateness: pd.Series, scale: float | None) -> str:
+    """Only what happened: a share of zero drops is not said, so a report never talks of
+    bursts that were not there."""
+    counts = diagnosis.value_counts()
+    said = [
+        f"{_share(int(counts[c]), n)} drops {what}"
+        for c, what in (
+            (
+                "burst",
+                f"followed appends scheduled bunched ({BUNCH_FRAMES} within {BUNCH_S * 1000:g} ms)",
+            ),
+            ("fast", f"followed audio scheduled faster than {FAST_SPEED:g}x real time"),
+            (
+                "late",
+                f"came after an append the harness sent {LATE_MS:g} ms or more late: "
+                "too late to tell what the server saw",
+            ),
+        )
+        if counts.get(c, 0)
+    ]
+    head = "; ".join(said) if said else "no drop followed bunched, fast or late appends"
+    lag = lateness.dropna()
     # a proxied client's appends have no deadline rtsoak knows of
-    pacing = f"p99 lateness {np.percentile(appends, 99):.1f} ms" if len(appends) else "no deadlines"
-    fast = int((diagnosis == "fast").sum())
-    say(
-        "bursts",
-        f"{_share(bursty, n)} drops followed bunched appends ({BUNCH_FRAMES} within "
-        f"{BUNCH_S * 1000:g} ms, or one {BURST_LAG_MS:g} ms late) and {_share(fast, n)} audio "
-        f"faster than {FAST_SPEED:g}x real time, in the {WINDOW_S:g} s before the drop (all "
-        f"appends: {pacing}).",
-    )
-    # concurrency: drops of different workers close together, against chance
-    together = _with_another_worker(
-        drops["closed"].to_numpy(float), drops["worker"].to_numpy("int64", na_value=-1)
-    )
-    span = float(conns["closed"].max() - conns["established"].min()) or 1.0
-    chance = 1 - math.exp(-2 * COINCIDENCE_S * (n - 1) / span)
-    say(
-        "concurrency",
-        f"{_share(together, n)} drops had another worker's drop within "
-        f"±{COINCIDENCE_S:g} s; by chance about {100 * chance:.0f} % would"
-        + (
-            "; drops come together: look for a shared cause (concurrency, the host)."
-            if n >= 5 and together / n > 2 * chance + 0.1
-            else "."
-        ),
-    )
-    # ground truth from the fake server
+    pacing = f"p99 lateness {np.percentile(lag, 99):.1f} ms" if len(lag) else "no deadlines"
+    at = f" at {scale:g}x" if scale else ""
+    return f"{head}, in the {WINDOW_S:g} s before the drop (all appends{at}: {pacing})."
+
+
+def _truth_sentence(drops: pd.DataFrame, diagnosis: pd.Series) -> str | None:
     injected = drops["injected_fault"].astype(object)
     known = injected.notna()
-    if known.any():
-        expected = injected[known].map(INJECTED_TO_DIAGNOSIS).fillna("age")
-        agree = int((expected == diagnosis[known.index[known]]).sum())
-        counts = ", ".join(f"{k} {v}" for k, v in injected[known].value_counts().items())
-        say(
-            "ground truth",
-            f"rtsoak injected {counts}; the diagnosis above agrees "
-            f"with the injected fault for {_share(agree, int(known.sum()))} drops.",
+    if not known.any():
+        return None
+    injected, diagnosis = injected[known], diagnosis[known[known].index]
+    expected = injected.map(INJECTED_TO_DIAGNOSIS).fillna("age")
+    agree = int((expected == diagnosis).sum())
+    counts = ", ".join(f"{k} {v}" for k, v in injected.value_counts().items())
+    sentence = (
+        f"rtsoak injected {counts}; the diagnosis agrees with the injected fault for "
+        f"{_share(agree, len(injected))} drops"
+    )
+    late = int((diagnosis == "late").sum())
+    if late:
+        sentence += f" ({late} the harness was too late to tell)"
+    # a frame-timing fault on a schedule with neither burst nor speed-up: the harness's jitter,
+    # times the scale, is what the server judged (docs/faults.md, time compression caveats)
+    jitter = int((injected.isin(_TIMING_FAULTS) & ~diagnosis.isin(["burst", "fast", "late"])).sum())
+    if jitter:
+        sentence += (
+            f"; {jitter} micro_burst or rate faults fired where the schedule had no burst or "
+            "speed-up: the server judged the harness's jitter, multiplied by the time scale"
         )
+    return sentence + "."
+
+
+def findings(
+    connections: pd.DataFrame,
+    events: pd.DataFrame,
+    lateness: pd.Series | pd.DataFrame | None = None,
+    scales: Mapping[str, float] | None = None,
+) -> list[dict[str, str | None]]:
+    """[{hypothesis, finding, variant}] in a fixed order, each sentence carrying its numbers,
+    one block per variant (drops of different variants come from different strategies and
+    fault profiles: pooled shares would describe none of them); `variant` is None when the
+    runs have one variant. A variant with fewer than MIN_DROPS drops gets one row saying so.
+
+    `events` needs the appends of each drop's last WINDOW_S at least; `lateness` is the send
+    lateness of all appends (`ReportFrames.lateness`, or its `lag_ms` alone, which then counts
+    for every variant; by default the appends in `events`); `scales` as for `diagnose`."""
+    scales = dict(scales or {})
+    conns = observed_connections(connections)
+    diagnosis = diagnose(connections, events, scales)
+    if lateness is None:
+        lateness = events.loc[events["type"] == APPEND, ["variant", "lag_ms"]]
+    variants = [str(v) for v in conns["variant"].astype(str).unique()]
+    several = len(variants) > 1
+    weibull = _weibull(conns).set_index("variant") if len(conns) else pd.DataFrame()
+    run_scales = {scales.get(str(r), 1.0) for r in conns["run"].astype(str).unique()}
+    scale = next(iter(run_scales)) if len(run_scales) == 1 else None
+    out: list[dict[str, str | None]] = []
+    for variant in variants or [None]:
+        mine = conns if variant is None else conns[conns["variant"].astype(str) == variant]
+        label = variant if several else None
+
+        def say(hypothesis: str, sentence: str, label: str | None = label) -> None:
+            out.append({"hypothesis": hypothesis, "finding": sentence, "variant": label})
+
+        drops = mine[mine["dropped"]]
+        n = len(drops)
+        hours = mine["lifetime"].sum() / 3600
+        if n == 0:
+            say(
+                "drops",
+                f"No connection dropped in {hours:.1f} connection-hours: nothing to explain.",
+            )
+            continue
+        if n < MIN_DROPS:
+            say(
+                "drops",
+                f"{n} drop{'s' * (n > 1)} in {hours:.1f} connection-hours: too few drops to "
+                f"tell (findings need {MIN_DROPS}).",
+            )
+            continue
+        own = str(drops["variant"].iloc[0])
+        say("session age", _age_sentence(drops, weibull.loc[own] if own in weibull.index else None))
+        idle = int((drops["state"].astype(str) == "idle").sum())
+        since = drops["since_sent"].dropna()
+        say(
+            "idle gaps",
+            f"{_share(idle, n)} drops came while idle; {_share(int((since >= IDLE_S).sum()), n)} "
+            f"after {IDLE_S:g} s or more without a frame sent (median {since.median():.1f} s).",
+        )
+        buffered = drops["uncommitted_ms"].fillna(0)
+        say(
+            "buffer",
+            f"{_share(int((buffered >= BUFFER_MS).sum()), n)} drops had "
+            f"{BUFFER_MS / 1000:g} s or more of uncommitted audio in the buffer (median "
+            f"{buffered.median() / 1000:.1f} s, max {buffered.max() / 1000:.1f} s).",
+        )
+        if isinstance(lateness, pd.DataFrame):
+            lag = lateness.loc[lateness["variant"].astype(str) == variant, "lag_ms"]
+            lag = lateness["lag_ms"] if variant is None else lag
+        else:
+            lag = lateness
+        say("bursts", _timing_sentence(diagnosis[drops.index], n, lag.astype(float), scale))
+        # concurrency: drops of different workers close together, against chance
+        together = _with_another_worker(
+            drops["closed"].to_numpy(float), pd.factorize(_worker_key(drops))[0]
+        )
+        span = float(mine["closed"].max() - mine["established"].min()) or 1.0
+        chance = 1 - math.exp(-2 * COINCIDENCE_S * (n - 1) / span)
+        say(
+            "concurrency",
+            f"{_share(together, n)} drops had another worker's drop within "
+            f"±{COINCIDENCE_S:g} s; by chance about {100 * chance:.0f} % would"
+            + (
+                "; drops come together: look for a shared cause (concurrency, the host)."
+                if together / n > 2 * chance + 0.1
+                else "."
+            ),
+        )
+        truth = _truth_sentence(drops, diagnosis[drops.index])
+        if truth is not None:
+            say("ground truth", truth)
     return out
 
 
-def agreement_table(connections: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def agreement_table(
+    connections: pd.DataFrame,
+    events: pd.DataFrame,
+    scales: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
     """Drops by injected fault (rows) and diagnosis (columns)."""
     drops = connections[connections["dropped"] & connections["injected_fault"].notna()]
     if drops.empty:
         return pd.DataFrame()
-    diagnosis = diagnose(connections, events)[drops.index]
+    diagnosis = diagnose(connections, events, scales)[drops.index]
     return pd.crosstab(drops["injected_fault"].astype(str), diagnosis.rename("diagnosis"))
