@@ -21,7 +21,9 @@ import pandas as pd
 from harness import analysis
 from harness.frames import Frames, ReportFrames, RunDirError, load_for_report, write_small_frames
 from harness.report import charts
-from harness.report.findings import WINDOW_S, agreement_table, findings
+from harness.report.fidelity import SATURATED_P99_MS
+from harness.report.findings import WINDOW_S
+from harness.report.model import ReportModel, fit
 from harness.report.thresholds import Verdict, console_table, judge, write_junit
 
 __all__ = ["Report", "build_report"]
@@ -91,20 +93,21 @@ def build_report(
     if write:
         write_small_frames(frames.connections, frames.utterances, frames_dir)
     frames = _label_runs(frames)
+    model = fit(frames)
     scenario = next(iter(frames.manifests.values())).get("scenario", {})
     verdicts = judge(
         scenario.get("thresholds", {}),
-        frames.connections,
+        model,
         frames.utterances,
         scenario.get("thresholds_by_variant"),
     )
-    summary = _summary(frames, verdicts)
-    images = _charts(frames, out)
+    summary = _summary(frames, model, verdicts)
+    images = _charts(frames, model, out)
     (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
     write_junit(verdicts, out / "junit.xml", suite="/".join(frames.manifests))
     headline = "\n".join(_headline(v) for v in summary["variants"])
     index = out / "index.html"
-    index.write_text(_html(frames, summary, images, headline))
+    index.write_text(_html(frames, model, summary, images, headline))
     return Report(index, summary, headline, tuple(verdicts))
 
 
@@ -155,17 +158,14 @@ def _label_runs(frames: ReportFrames) -> ReportFrames:
     )
 
 
-def _summary(frames: ReportFrames, verdicts: list[Verdict]) -> dict[str, Any]:
-    conns, utts = frames.connections, frames.utterances
-    survival, _ = analysis.survival_by_variant(conns)
-    lateness = frames.lateness["lag_ms"].to_numpy(float)
-    outcomes = analysis.final_outcomes(utts)
-    codes = analysis.close_codes(conns)
+def _records(table: pd.DataFrame | None) -> list[dict[str, Any]]:
+    return [] if table is None else table.to_dict(orient="records")
+
+
+def _summary(frames: ReportFrames, model: ReportModel, verdicts: list[Verdict]) -> dict[str, Any]:
     manifests = frames.manifests
-    drops = sum(s.drops for s in survival)
-    hours = sum(s.connection_hours for s in survival)
-    recovery = analysis.recovery(conns, utts)
-    cox = analysis.cox_by_factors(conns)
+    faults = model.fault_lateness.set_index("run") if not model.fault_lateness.empty else None
+    cox = model.cox
     return {
         "generated": datetime.now(UTC).isoformat(),
         "runs": {
@@ -176,22 +176,34 @@ def _summary(frames: ReportFrames, verdicts: list[Verdict]) -> dict[str, Any]:
                 "ended": m.get("ended"),
                 "interrupted": m.get("interrupted"),
                 "status": _run_status(m),
-                "saturated": m.get("saturated"),
+                "saturated": _saturated(m, faults, name),
                 "target": m.get("target"),
             }
             for name, m in manifests.items()
         },
-        "variants": [asdict(s) for s in survival],
-        "close_codes": codes.astype({"close_code": str}).to_dict(orient="records"),
+        "variants": [asdict(s) for s in model.survival],
+        "ranking": _records(model.ranking),
+        "close_codes": model.close_codes.astype({"close_code": str}).to_dict(orient="records"),
         "utterances": {
-            str(v): {str(k): int(n) for k, n in row.items()} for v, row in outcomes.iterrows()
+            str(v): {str(k): int(n) for k, n in row.items()} for v, row in model.outcomes.iterrows()
         },
-        "pacing_lateness_ms": analysis.percentiles(lateness),
-        "logrank": analysis.pairwise_logrank(conns).to_dict(orient="records"),
-        "cox": None if cox is None else cox.to_dict(orient="records"),
-        "power": analysis.power(drops, drops / hours if hours else 0.0),
-        "hazard_by_age": analysis.hazard_by_age(conns).to_dict(orient="records"),
-        "latency_s": analysis.latency_percentiles(utts).to_dict(orient="records"),
+        "pacing_lateness_ms": analysis.percentiles(frames.lateness["lag_ms"].to_numpy(float)),
+        "client_lateness": _records(model.client_lateness),
+        "fault_lateness": _records(model.fault_lateness),
+        "logrank": _records(model.logrank),
+        "cox": None
+        if cox is None
+        else {
+            "table": _records(cox.table),
+            "ph_test": _records(cox.ph_test),
+            "ph_violated": list(cox.ph_violated),
+            "penalizer": cox.penalizer,
+            "problem": cox.problem,
+        },
+        "power": model.power,
+        "weibull": _records(model.weibull),
+        "hazard_by_age": _records(model.hazard),
+        "latency_s": _records(model.latency),
         "recovery_s": [
             {
                 "variant": v,
@@ -199,13 +211,32 @@ def _summary(frames: ReportFrames, verdicts: list[Verdict]) -> dict[str, Any]:
                 "recovered": int(g["recovery"].notna().sum()),
                 **analysis.percentiles(g["recovery"].dropna().to_numpy(float)),
             }
-            for v, g in recovery.groupby("variant")
+            for v, g in model.recovery.groupby("variant")
         ],
-        "findings": findings(conns, frames.events, frames.lateness["lag_ms"]),
+        "stopped_workers": _records(model.stopped),
+        "diagnosis": {
+            str(v): {str(k): int(n) for k, n in counts.items()}
+            for v, counts in model.diagnosis.dropna()
+            .groupby(frames.connections["variant"].astype(str))
+            .value_counts()
+            .unstack(fill_value=0)
+            .iterrows()
+        },
+        "findings": model.findings,
         "thresholds": [asdict(v) for v in verdicts],
         "torn_batches": frames.torn_batches,
         "events": frames.rows,
     }
+
+
+def _saturated(manifest: dict[str, Any], faults: pd.DataFrame | None, run: str) -> bool | None:
+    """The client's verdict (append lateness, written by the run) or the fake server's (faults
+    fired late), whichever is worse: either way the timings describe this machine."""
+    client = manifest.get("saturated")
+    server = None if faults is None or run not in faults.index else faults.at[run, "saturated"]
+    if client is None and server is None:
+        return None
+    return bool(client) or bool(server)
 
 
 def _run_status(m: dict[str, Any]) -> str:
@@ -226,45 +257,43 @@ def _headline(v: dict[str, Any]) -> str:
     )
 
 
-def _charts(frames: ReportFrames, out: Path) -> dict[str, Path]:
-    _, fitters = analysis.survival_by_variant(frames.connections)
-    images: dict[str, Path] = {}
+def _charts(frames: ReportFrames, model: ReportModel, out: Path) -> dict[str, Path]:
+    """Every chart as a PNG, each drawn from the fitted model."""
     conns = frames.connections
-    plans = [
-        ("survival", (9, 5), lambda ax: charts.survival_chart(ax, fitters)),
-        ("hazard", (9, 4), lambda ax: charts.hazard_chart(ax, analysis.hazard_by_age(conns))),
-        ("state_at_drop", (9, 3), lambda ax: charts.state_at_drop_chart(ax, conns)),
-        ("quiet_before_drop", (9, 2.6), lambda ax: charts.since_sent_chart(ax, conns)),
+    variants = len(model.fitters)
+    workers = conns[["variant", "worker"]].drop_duplicates().shape[0]
+    figure_plans = [
         (
-            "latency",
-            (9, 3),
-            lambda ax: charts.latency_chart(ax, analysis.latency_percentiles(frames.utterances)),
-        ),
-        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.lateness)),
-        (
-            "recovery",
-            (9, 3),
-            lambda ax: charts.recovery_chart(ax, analysis.recovery(conns, frames.utterances)),
+            "survival",
+            (10, charts.panel_height(variants, 5)),
+            lambda fig: charts.survival_chart(fig, model.fitters),
         ),
         (
-            "close_codes",
-            (9, 3.5),
-            lambda ax: charts.close_code_chart(ax, analysis.close_codes(frames.connections)),
-        ),
-        (
-            "utterances",
-            (9, 3),
-            lambda ax: charts.utterance_chart(ax, analysis.final_outcomes(frames.utterances)),
-        ),
-        (
-            "timeline",
-            (10, 1.5 + 0.3 * frames.connections[["variant", "worker"]].drop_duplicates().shape[0]),
-            lambda ax: charts.timeline_chart(ax, frames.connections),
+            "hazard",
+            (10, charts.panel_height(variants, 4)),
+            lambda fig: charts.hazard_chart(fig, model.hazard),
         ),
     ]
-    for name, size, draw in plans:
-        fig, ax = plt.subplots(figsize=size)
-        draw(ax)
+    axes_plans = [
+        ("logrank", (7, 6), lambda ax: charts.logrank_matrix_chart(ax, model.logrank)),
+        ("state_at_drop", (9, 3), lambda ax: charts.state_at_drop_chart(ax, conns)),
+        ("quiet_before_drop", (9, 2.6), lambda ax: charts.since_sent_chart(ax, conns)),
+        ("latency", (9, 3), lambda ax: charts.latency_chart(ax, model.latency)),
+        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.lateness)),
+        ("recovery", (9, 3), lambda ax: charts.recovery_chart(ax, model.recovery)),
+        ("close_codes", (9, 3.5), lambda ax: charts.close_code_chart(ax, model.close_codes)),
+        ("utterances", (9, 3), lambda ax: charts.utterance_chart(ax, model.outcomes)),
+        ("timeline", (10, 1.5 + 0.3 * workers), lambda ax: charts.timeline_chart(ax, conns)),
+    ]
+    if variants <= 3:  # a matrix of one or three cells says less than the table
+        axes_plans = axes_plans[1:]
+    images: dict[str, Path] = {}
+    for name, size, draw in figure_plans + axes_plans:
+        fig = plt.figure(figsize=size)
+        if (name, size, draw) in figure_plans:
+            draw(fig)
+        else:
+            draw(fig.add_subplot(1, 1, 1))
         path = out / f"{name}.png"
         charts.save(fig, path)
         images[name] = path
@@ -280,6 +309,8 @@ td, th { border: 1px solid #ddd; padding: 3px 9px; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child, td.text { text-align: left; }
 img { max-width: 100%; } .meta { color: #666; font-size: 13px; }
 .headline { background: #f7f7f2; border-left: 4px solid #1f77b4; padding: .6em 1em; }
+table.findings th, table.findings td { text-align: left; } td.text { white-space: normal; }
+details { margin: .3em 0; } summary { cursor: pointer; }
 """
 
 
@@ -288,12 +319,13 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], css: str = "") -> str:
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
     body = "".join(
         "<tr>" + "".join(_td(row.get(key)) for key, _ in columns) + "</tr>" for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    klass = f' class="{css}"' if css else ""
+    return f"<table{klass}><tr>{head}</tr>{body}</table>"
 
 
 def _td(value: Any) -> str:
@@ -311,89 +343,44 @@ def _cell(value: Any) -> str:
 
 
 def _html(
-    frames: ReportFrames, summary: dict[str, Any], images: dict[str, Path], headline: str
+    frames: ReportFrames,
+    model: ReportModel,
+    summary: dict[str, Any],
+    images: dict[str, Path],
+    headline: str,
 ) -> str:
-    variants = [
-        dict(
-            v,
-            median=_minutes(v["median_s"]),
-            median_ci=f"{_minutes(v['median_ci_s'][0])} – {_minutes(v['median_ci_s'][1])}",
-            rate_ci=v["drops_per_hour_ci"],
-        )
-        for v in summary["variants"]
-    ]
     runs = "; ".join(
         f"{html.escape(name)} (seed {r['seed']}, {r['time_scale']}x"
         f"{'' if r['status'] == 'finished' else ', ' + r['status']})"
         for name, r in summary["runs"].items()
     )
-    partial = [
-        f"{html.escape(name)} {r['status']}"
-        for name, r in summary["runs"].items()
-        if r["status"] != "finished"
-    ]
-    notes = (
-        f'<p class="headline">Partial report: {"; ".join(partial)}. It covers what was '
-        "recorded until then; connections still open count as censored.</p>"
-        if partial
-        else ""
-    )
-    saturated = [html.escape(name) for name, r in summary["runs"].items() if r["saturated"]]
-    if saturated:
-        notes += (
-            f'<p class="headline">Client saturated in {", ".join(saturated)}: append '
-            "frames left more than 10 ms late (p99), so timings describe this machine as "
-            "much as the service. Run fewer workers per process.</p>"
-        )
-    outcome_rows = [{"variant": v, **counts} for v, counts in summary["utterances"].items()]
-    statuses = sorted({k for counts in summary["utterances"].values() for k in counts})
-    lateness = summary["pacing_lateness_ms"]
     torn = (
         f"<p>{summary['torn_batches']} torn batch(es) from a crash were skipped.</p>"
         if summary["torn_batches"]
         else ""
     )
-    power = summary["power"]
-    agreement = agreement_table(frames.connections, frames.events)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>rtsoak report</title>
 <style>{_CSS}</style></head><body>
 <h1>rtsoak disconnect report</h1>
 <p class="meta">{runs} · {summary["events"]:,} events · generated {summary["generated"]}</p>
 <pre class="headline">{html.escape(headline)}</pre>
-{notes}
+{_notes_html(summary, model)}
 {_thresholds_html(summary["thresholds"])}
+{_ranking_html(model)}
 <h2>Findings</h2>
-{_table(summary["findings"], [("hypothesis", "hypothesis"), ("finding", "what the data says")])}
+{_findings_html(summary["findings"], model)}
 <h2>How long connections live</h2>
 {_img(images["survival"], "Kaplan-Meier survival curves")}
-{
-        _table(
-            variants,
-            [
-                ("variant", "variant"),
-                ("connections", "connections"),
-                ("drops", "drops"),
-                ("censored", "censored"),
-                ("connection_hours", "connection-hours"),
-                ("drops_per_hour", "drops / conn-hour"),
-                ("rate_ci", "95 % CI"),
-                ("median", "median lifetime"),
-                ("median_ci", "95 % CI"),
-            ],
-        )
-    }
+{_survival_table_html(summary["variants"])}
 <p>Connections closed by the harness itself (end of run, planned rotation) are censored: they
 count as "survived at least this long", not as drops. Rates use exact Poisson intervals.</p>
-{_logrank_html(summary["logrank"])}
-{_cox_html(summary["cox"])}
-<p>Power: with {sum(v["drops"] for v in summary["variants"])} drops, a comparison of two equal
-groups this size detects a hazard ratio of {_cell(power["detectable_hazard_ratio"])} or more
-(80 % power, 5 % two-sided); detecting 2&times; needs about
-{_cell(power["drops_for_2x"])} drops, about {_cell(power["connection_hours_for_2x"])}
-connection-hours at this drop rate.</p>
+{_logrank_html(model, images)}
+{_cox_html(model.cox)}
+{_power_html(model)}
 <h2>Hazard by session age</h2>
 {_img(images["hazard"], "hazard by session age")}
+{_weibull_html(model.weibull)}
 <h2>How connections ended</h2>
 {_img(images["close_codes"], "close codes by variant")}
 {
@@ -410,12 +397,13 @@ connection-hours at this drop rate.</p>
     }
 {_img(images["state_at_drop"], "state at drop")}
 {_img(images["quiet_before_drop"], "time since last sent and received at drop")}
-{_agreement_html(agreement)}
+{_agreement_html(model.agreement)}
+{_stopped_html(model.stopped)}
 <h2>Every connection</h2>
 {_img(images["timeline"], "timeline of connections per worker")}
 <h2>Utterances</h2>
 {_img(images["utterances"], "utterance outcomes")}
-{_table(outcome_rows, [("variant", "variant")] + [(s, s) for s in statuses])}
+{_outcomes_html(summary["utterances"])}
 <p>Each utterance counts once, by its last attempt. Completed means the transcript arrived and
 its CRC32 matches the audio sent; retried_ok that it completed on a replay after a drop; lost
 that the connection dropped before the transcript came and it was not sent again.</p>
@@ -435,16 +423,47 @@ that the connection dropped before the transcript came and it was not sent again
             ],
         )
     }
-<h2>Pacing</h2>
+<p>Seconds (scenario time) from a drop to the first transcript completed on a later
+connection of the same worker.</p>
+<h2>Pacing: did the harness keep time?</h2>
 {_img(images["lateness"], "send lateness of append frames")}
-<p>Send lateness of append frames against their deadlines (wall milliseconds):
-p50 {_cell(lateness["p50"])} ms, p90 {_cell(lateness["p90"])} ms,
-p99 {_cell(lateness["p99"])} ms.</p>
+{_timing_html(summary)}
 {torn}
 <p class="meta">Data: frames/*.parquet and *.csv in the run directory;
 machine-readable summary: summary.json (docs/report.md); thresholds: junit.xml.</p>
 </body></html>
 """
+
+
+def _notes_html(summary: dict[str, Any], model: ReportModel) -> str:
+    """What a reader must know before trusting the rest: a partial run, a saturated harness,
+    workers that gave up."""
+    notes = []
+    partial = [
+        f"{name} {r['status']}" for name, r in summary["runs"].items() if r["status"] != "finished"
+    ]
+    if partial:
+        notes.append(
+            f"Partial report: {'; '.join(partial)}. It covers what was recorded until then; "
+            "connections still open count as censored."
+        )
+    saturated = [name for name, r in summary["runs"].items() if r["saturated"]]
+    if saturated:
+        notes.append(
+            f"Harness saturated in {', '.join(saturated)}: append frames left, or the fake "
+            f"server's faults fired, more than {SATURATED_P99_MS:g} ms (wall, p99) late, so "
+            "timings describe this machine as much as the service. Run fewer workers per "
+            "process or a lower time scale (see Pacing below)."
+        )
+    if not model.stopped.empty:
+        by_variant = model.stopped.groupby("variant").size()
+        notes.append(
+            f"{len(model.stopped)} worker(s) stopped before the end because their reconnect "
+            "policy gave up ("
+            + ", ".join(f"{v}: {n}" for v, n in by_variant.items())
+            + "); they ran no connections after that (table under How connections ended)."
+        )
+    return "".join(f'<p class="headline">{html.escape(n)}</p>' for n in notes)
 
 
 def _thresholds_html(verdicts: list[dict[str, Any]]) -> str:
@@ -469,39 +488,241 @@ def _thresholds_html(verdicts: list[dict[str, Any]]) -> str:
     )
 
 
-def _logrank_html(rows: list[dict[str, Any]]) -> str:
-    if not rows:
+def _ci(lo: float, hi: float) -> str:
+    return f"{_cell(lo)} – {_cell(hi)}"
+
+
+def _ranking_html(model: ReportModel) -> str:
+    """The comparison's answer first: variants best first, those the run could not tell apart
+    in one group, and how much longer a run would need to separate them."""
+    ranking = model.ranking
+    if ranking is None or len(ranking) < 2:
         return ""
+    rows = [
+        {
+            "group": r["group"],
+            "variant": r["variant"],
+            "connection_hours": r["connection_hours"],
+            "drops": r["drops"],
+            "rate": r["drops_per_hour"],
+            "rate_ci": _ci(r["drops_per_hour_lo"], r["drops_per_hour_hi"]),
+            "lost": r["lost_per_hour"],
+            "lost_ci": _ci(r["lost_per_hour_lo"], r["lost_per_hour_hi"]),
+            "separate": "too few drops"
+            if r["drops"] < analysis.MIN_DROPS
+            else _hours(r.get("hours_to_separate")),
+        }
+        for r in ranking.to_dict(orient="records")
+    ]
+    groups = ranking["group"].nunique()
+    verdict = (
+        "The run could not tell any of the variants apart."
+        if groups == 1
+        else f"The run separates the variants into {groups} groups; within a group, the "
+        "order is not established."
+    )
     return (
-        "<h3>Do the variants differ?</h3><p>Pairwise log-rank tests of connection "
-        "lifetime; p-values Holm-corrected for the number of pairs.</p>"
+        "<h2>Which variant loses least</h2><p>Variants ranked by drops per connection-hour "
+        f"(95 % exact CIs). {verdict} Variants sharing a letter could not be told apart "
+        "(docs/report.md gives the rule); the last column says how many connection-hours per "
+        "variant a run would need to separate a variant from the next one at the difference "
+        "observed.</p>"
         + _table(
             rows,
             [
-                ("a", "variant"),
-                ("b", "vs variant"),
-                ("statistic", "chi2"),
-                ("p", "p"),
-                ("p_holm", "p (Holm)"),
+                ("group", "group"),
+                ("variant", "variant"),
+                ("connection_hours", "connection-hours"),
+                ("drops", "drops"),
+                ("rate", "drops / conn-hour"),
+                ("rate_ci", "95 % CI"),
+                ("lost", "lost utterances / hour"),
+                ("lost_ci", "95 % CI"),
+                ("separate", "hours to separate from next"),
             ],
         )
     )
 
 
-def _cox_html(rows: list[dict[str, Any]] | None) -> str:
-    if not rows:
-        return ""
+def _hours(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "never (no difference)"
+    return f"{value:,.0f}"
+
+
+def _findings_html(rows: list[dict[str, Any]], model: ReportModel) -> str:
+    """One table of sentences; with several variants, one folded table per variant, its
+    summary line saying what the diagnosis made of most of its drops."""
+    columns = [("hypothesis", "hypothesis"), ("finding", "what the data says")]
+    variants = list(dict.fromkeys(r.get("variant") for r in rows))
+    if len(variants) < 2:
+        return _table(rows, columns, css="findings")
+    drops = model.connections["variant"].astype(str)[model.diagnosis.notna()]
+    diagnosis = model.diagnosis.dropna().groupby(drops)
+    parts = []
+    for v in variants:
+        counts = diagnosis.get_group(v).value_counts() if v in diagnosis.groups else None
+        gist = (
+            "no drops"
+            if counts is None or counts.empty
+            else f"{counts.sum()} drops, most diagnosed {counts.index[0]} "
+            f"({100 * counts.iloc[0] / counts.sum():.0f} %)"
+        )
+        mine = [r for r in rows if r.get("variant") == v]
+        parts.append(
+            f"<details><summary><b>{html.escape(str(v))}</b>: {html.escape(gist)}</summary>"
+            + _table(mine, columns, css="findings")
+            + "</details>"
+        )
+    return "".join(parts)
+
+
+def _survival_table_html(variants: list[dict[str, Any]]) -> str:
+    rows = [
+        dict(
+            v,
+            median=_minutes(v["median_s"]) if v["drops"] else "no drops",
+            median_ci="–"
+            if not v["drops"]
+            else f"{_minutes(v['median_ci_s'][0])} – {_minutes(v['median_ci_s'][1])}",
+            rate_ci=_ci(*v["drops_per_hour_ci"]),
+        )
+        for v in variants
+    ]
+    quiet = [v for v in variants if v["drops"] == 0]
+    note = "".join(
+        f"<p>{html.escape(v['variant'])}: no drop in {v['connection_hours']:.1f} "
+        f"connection-hours; its drop rate is below {v['drops_per_hour_ci'][1]:.2g} per "
+        "connection-hour (95 % upper bound).</p>"
+        for v in quiet
+    )
     return (
-        "<h3>Which factor matters?</h3><p>Cox proportional-hazards model over the factors "
-        "the variants vary: a hazard ratio above 1 means shorter-lived connections.</p>"
-        + _table(
+        _table(
             rows,
             [
-                ("factor", "factor"),
-                ("hazard_ratio", "hazard ratio"),
-                ("lo", "95 % CI low"),
-                ("hi", "95 % CI high"),
-                ("p", "p"),
+                ("variant", "variant"),
+                ("connections", "connections"),
+                ("drops", "drops"),
+                ("censored", "censored"),
+                ("connection_hours", "connection-hours"),
+                ("drops_per_hour", "drops / conn-hour"),
+                ("rate_ci", "95 % CI"),
+                ("median", "median lifetime"),
+                ("median_ci", "95 % CI"),
+            ],
+        )
+        + note
+    )
+
+
+def _logrank_html(model: ReportModel, images: dict[str, Path]) -> str:
+    table = model.logrank
+    if table is None or table.empty:
+        return ""
+    rows = table.to_dict(orient="records")
+    matrix = _img(images["logrank"], "pairwise log-rank p-values") if "logrank" in images else ""
+    body = _table(
+        rows,
+        [
+            ("a", "variant"),
+            ("b", "vs variant"),
+            ("drops", "drops"),
+            ("statistic", "chi2"),
+            ("p", "p"),
+            ("p_holm", "p (Holm)"),
+            ("detectable_hazard_ratio", "detectable HR"),
+            ("connection_hours_for_2x", "conn-hours for 2x"),
+        ],
+    )
+    if len(rows) > 6:
+        body = f"<details><summary>All {len(rows)} pairs</summary>{body}</details>"
+    return (
+        "<h3>Do the variants differ?</h3><p>Pairwise log-rank tests of connection lifetime; "
+        "p-values Holm-corrected for the number of pairs. Detectable HR: the smallest hazard "
+        "ratio this pair's drops detect with 80 % power at the corrected 5 % level "
+        "(Schoenfeld); conn-hours for 2x: what the pair would need to detect a doubled hazard. "
+        f"With fewer than {analysis.MIN_DROPS} drops a pair has too few drops to tell.</p>"
+        + matrix
+        + body
+    )
+
+
+def _cox_html(cox: analysis.CoxResult | None) -> str:
+    if cox is None:
+        return ""
+    intro = (
+        "<h3>Which factor matters?</h3><p>Cox proportional-hazards model over the factors "
+        "the variants vary, fitted without a penalty. A hazard ratio above 1 means "
+        "shorter-lived connections; a categorical factor's ratio is against its reference "
+        "level, a numeric one's per unit step.</p>"
+    )
+    if cox.problem:
+        return intro + f"<p><b>No model:</b> {html.escape(cox.problem)}</p>"
+    rows = cox.table.to_dict(orient="records")
+    table = _table(
+        rows,
+        [
+            ("factor", "factor"),
+            ("level", "level"),
+            ("reference", "against"),
+            ("unit", "unit"),
+            ("hazard_ratio", "hazard ratio"),
+            ("lo", "95 % CI low"),
+            ("hi", "95 % CI high"),
+            ("p", "p"),
+        ],
+    )
+    ph = _table(cox.ph_test.to_dict(orient="records"), [("factor", "factor"), ("p", "p")])
+    verdict = (
+        "<p><b>The proportional-hazards assumption fails for "
+        + ", ".join(html.escape(f) for f in cox.ph_violated)
+        + "</b> (p &lt; 0.05): that factor's effect changes with connection age, so its "
+        "single hazard ratio is an average over ages; read the survival and hazard charts "
+        "per variant instead.</p>"
+        if cox.ph_violated
+        else "<p>The proportional-hazards check finds no factor whose effect changes with "
+        "age (all p ≥ 0.05).</p>"
+    )
+    return (
+        intro + table + "<p>Proportional-hazards check (Schoenfeld residuals):</p>" + ph + verdict
+    )
+
+
+def _power_html(model: ReportModel) -> str:
+    if len(model.survival) > 1:
+        return ""  # per pair, in the log-rank table
+    p = model.power
+    drops = model.survival[0].drops if model.survival else 0
+    if drops < analysis.MIN_DROPS:
+        return (
+            f"<p>Power: {drops} drop(s), too few to tell how large a difference a comparison "
+            f"would detect (at least {analysis.MIN_DROPS} needed).</p>"
+        )
+    return (
+        f"<p>Power: with {drops} drops, a comparison of two equal groups this size detects a "
+        f"hazard ratio of {_cell(p['detectable_hazard_ratio'])} or more (80 % power, 5 % "
+        f"two-sided); detecting 2&times; needs about {_cell(p['drops_for_2x'])} drops, about "
+        f"{_cell(p['connection_hours_for_2x'])} connection-hours at this drop rate.</p>"
+    )
+
+
+def _weibull_html(weibull: pd.DataFrame) -> str:
+    if weibull is None or weibull.empty:
+        return ""
+    return (
+        "<p>Weibull shape of each variant's lifetimes (95 % CI): above 1 the hazard rises with "
+        "age (sessions wear out), below 1 it falls, about 1 it is flat (random loss).</p>"
+        + _table(
+            weibull.to_dict(orient="records"),
+            [
+                ("variant", "variant"),
+                ("drops", "drops"),
+                ("shape", "shape"),
+                ("shape_lo", "95 % CI low"),
+                ("shape_hi", "95 % CI high"),
+                ("verdict", "hazard with age"),
             ],
         )
     )
@@ -515,4 +736,61 @@ def _agreement_html(table: pd.DataFrame) -> str:
         "<h3>Diagnosis against the fake server's ground truth</h3><p>Rows: the fault the "
         "server injected; columns: what the client-side diagnosis (docs/report.md) says.</p>"
         + _table(rows, [("injected", "injected")] + [(c, c) for c in table.columns])
+    )
+
+
+def _stopped_html(stopped: pd.DataFrame) -> str:
+    if stopped.empty:
+        return ""
+    return (
+        "<h3>Workers that stopped</h3><p>Their reconnect policy gave up: no connection of "
+        "theirs after this, so the rest of the run has fewer callers.</p>"
+        + _table(
+            stopped.to_dict(orient="records"),
+            [
+                ("variant", "variant"),
+                ("worker", "worker"),
+                ("at", "at (s)"),
+                ("reason", "why"),
+                ("failures", "failures in a row"),
+                ("close_code", "last close code"),
+                ("status", "last handshake status"),
+            ],
+        )
+    )
+
+
+def _outcomes_html(outcomes: dict[str, dict[str, int]]) -> str:
+    rows = [{"variant": v, **counts} for v, counts in outcomes.items()]
+    statuses = sorted({k for counts in outcomes.values() for k in counts})
+    return _table(rows, [("variant", "variant")] + [(s, s) for s in statuses])
+
+
+def _timing_html(summary: dict[str, Any]) -> str:
+    lateness = summary["pacing_lateness_ms"]
+    client = (
+        f"<p>Send lateness of append frames against their deadlines (wall milliseconds): "
+        f"p50 {_cell(lateness['p50'])} ms, p90 {_cell(lateness['p90'])} ms, p99 "
+        f"{_cell(lateness['p99'])} ms.</p>"
+    )
+    faults = summary["fault_lateness"]
+    if not faults:
+        return client
+    return (
+        client
+        + "<p>Faults the fake server scheduled for a given age, and how late they fired: at a "
+        "compressed time scale a late fault is a scenario-time error the size of its wall "
+        "lateness times the scale.</p>"
+        + _table(
+            faults,
+            [
+                ("run", "run"),
+                ("faults", "faults"),
+                ("p50_s", "p50 (scenario s)"),
+                ("p99_s", "p99 (scenario s)"),
+                ("max_s", "max (scenario s)"),
+                ("p99_ms", "p99 (wall ms)"),
+                ("saturated", "saturated"),
+            ],
+        )
     )

@@ -13,6 +13,8 @@ from lifelines import KaplanMeierFitter  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: E402
 
+from harness.analysis import MIN_DROPS  # noqa: E402
+
 __all__ = ["close_code_chart", "survival_chart", "timeline_chart", "utterance_chart", "save"]
 
 _MINUTES = FuncFormatter(lambda x, _pos: f"{x / 60:g}")
@@ -51,20 +53,69 @@ def _nothing(ax: Axes, message: str) -> Axes:
     return ax
 
 
-def survival_chart(ax: Axes, fitters: dict[str, KaplanMeierFitter]) -> Axes:
-    for kmf in fitters.values():
-        kmf.plot_survival_function(
-            ax=ax, ci_show=True, show_censors=True, censor_styles={"marker": "|", "ms": 8}
-        )
-    ax.set_xlim(left=0)
-    _minute_axis(ax)
-    ax.set_xlabel("connection age (minutes, scenario time)")
-    ax.set_ylabel("share of connections still open")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Connection survival (Kaplan-Meier, 95 % CI; | = censored)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="variant")
-    return ax
+# Up to this many variants overlay in one chart; more get one small chart each (with the
+# others in grey behind for context), because nine curves with bands are unreadable.
+OVERLAY_MAX = 4
+
+
+def panels(fig: plt.Figure, variants: list[str], ncols: int = 3, share: bool = True) -> list[Axes]:
+    """One axes for all variants when they are few, else a grid of one axes per variant,
+    sharing their scales when `share`: what `survival_chart` and `hazard_chart` draw into."""
+    if len(variants) <= OVERLAY_MAX:
+        return [fig.add_subplot(1, 1, 1)]
+    rows = -(-len(variants) // ncols)
+    grid = fig.subplots(rows, ncols, sharex=share, sharey=share, squeeze=False).ravel()
+    for ax in grid[len(variants) :]:
+        ax.set_visible(False)
+    return list(grid[: len(variants)])
+
+
+def panel_height(variants: int, overlay: float, per_row: float = 2.6, ncols: int = 3) -> float:
+    """Figure height (inches) for `panels`."""
+    return overlay if variants <= OVERLAY_MAX else 0.8 + per_row * -(-variants // ncols)
+
+
+def _legend_outside(ax: Axes, title: str) -> None:
+    """A legend to the right of the plot, where it cannot hide a curve."""
+    ax.legend(title=title, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def survival_chart(fig: plt.Figure, fitters: dict[str, KaplanMeierFitter]) -> plt.Figure:
+    """Kaplan-Meier curves with 95 % bands and censoring marks: overlaid when few, else one
+    panel per variant with every other variant's curve in grey behind it."""
+    names = list(fitters)
+    axes = panels(fig, names)
+    colours = _variant_colours(names)
+    for i, ax in enumerate(axes):
+        shown = names if len(axes) == 1 else [names[i]]
+        if len(axes) > 1:
+            for other in names:
+                if other != names[i]:
+                    fitters[other].plot_survival_function(
+                        ax=ax, ci_show=False, color="#cccccc", lw=0.8, legend=False
+                    )
+            ax.set_title(names[i], fontsize=9)
+        for name in shown:
+            fitters[name].plot_survival_function(
+                ax=ax,
+                ci_show=True,
+                show_censors=True,
+                censor_styles={"marker": "|", "ms": 6},
+                color=colours[name],
+                legend=len(axes) == 1,
+            )
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, 1.02)
+        _minute_axis(ax)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("connection age (min, scenario time)")
+        ax.set_ylabel("share still open")
+    if len(axes) == 1:
+        axes[0].set_title("Connection survival (Kaplan-Meier, 95 % CI; | = censored)")
+        _legend_outside(axes[0], "variant")
+    else:
+        fig.suptitle("Connection survival per variant (Kaplan-Meier, 95 % CI; grey: the others)")
+    return fig
 
 
 def close_code_chart(ax: Axes, codes: pd.DataFrame) -> Axes:
@@ -98,7 +149,7 @@ def _stacked(
     ax.set_xlabel(unit)
     ax.set_ylabel("variant")
     ax.set_title(title)
-    ax.legend(title=legend, fontsize=8)
+    _legend_outside(ax, legend)
     return ax
 
 
@@ -167,7 +218,7 @@ def timeline_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
 
 def save(fig: plt.Figure, path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends sit outside the axes
     plt.close(fig)
 
 
@@ -176,28 +227,65 @@ def _variant_colours(variants: list[str]) -> dict[str, str]:
     return {v: cycle[i % len(cycle)] for i, v in enumerate(variants)}
 
 
-def hazard_chart(ax: Axes, hazard: pd.DataFrame) -> Axes:
-    """Drops per connection-hour by age band, per variant, with exact Poisson 95 % CIs."""
+def hazard_chart(fig: plt.Figure, hazard: pd.DataFrame) -> plt.Figure:
+    """Drops per connection-hour by age band, per variant over its own lifetimes, with exact
+    Poisson 95 % CIs; each band drawn over its whole width."""
     if hazard.empty:
-        return _nothing(ax, "no connection opened")
+        _nothing(fig.add_subplot(1, 1, 1), "no connection opened")
+        return fig
     variants = list(dict.fromkeys(hazard["variant"]))
     colours = _variant_colours(variants)
-    for v in variants:
-        rows = hazard[hazard["variant"] == v]
-        mid = (rows["age_from"] + rows["age_to"]) / 2
-        ax.step(mid, rows["per_hour"], where="mid", color=colours[v], label=v)
-        ax.fill_between(
-            mid, rows["per_hour_lo"], rows["per_hour_hi"], step="mid", color=colours[v], alpha=0.15
-        )
-    ax.set_xlim(left=0)
-    _minute_axis(ax)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("connection age (minutes, scenario time)")
-    ax.set_ylabel("drops per connection-hour")
-    ax.set_title("Hazard by session age (95 % CI): flat = random loss, rising = wear-out")
-    ax.grid(alpha=0.3)
-    ax.legend(title="variant", fontsize=8)
-    return ax
+    # each variant's bands span its own lifetimes, and rates differ a hundredfold between
+    # variants: panels keep their own scales
+    axes = panels(fig, variants, share=False)
+    # the top of the axis: the highest band estimate of a variant with enough drops, with
+    # room for its CI, so that one band of one drop in a minute cannot stretch it to 7,000/h
+    enough = hazard[~hazard["too_few"]]
+    top = float(enough["per_hour"].max()) * 2.0 if len(enough) else 0.0
+    for i, ax in enumerate(axes):
+        for v in variants if len(axes) == 1 else [variants[i]]:
+            rows = hazard[hazard["variant"] == v]
+            if rows["too_few"].all():
+                if len(axes) > 1:
+                    ax.text(
+                        0.5,
+                        0.5,
+                        f"too few drops to tell ({rows['drops'].sum()})",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        fontsize=8,
+                    )
+                continue
+            edges = np.append(rows["age_from"].to_numpy(float), rows["age_to"].iloc[-1])
+            ax.stairs(rows["per_hour"].to_numpy(float), edges, color=colours[v], label=v, lw=1.6)
+            ax.stairs(
+                rows["per_hour_hi"].to_numpy(float),
+                edges,
+                baseline=rows["per_hour_lo"].to_numpy(float),
+                fill=True,
+                color=colours[v],
+                alpha=0.15,
+            )
+        if len(axes) > 1:
+            ax.set_title(variants[i], fontsize=9)
+        ax.set_xlim(left=0)
+        own = hazard.loc[hazard["variant"] == variants[i], "per_hour"].max()
+        ax.set_ylim(0, (top if len(axes) == 1 else 2.0 * own) or None)
+        _minute_axis(ax)
+        ax.set_xlabel("connection age (min, scenario time)")
+        ax.set_ylabel("drops / connection-hour")
+        ax.grid(alpha=0.3)
+    title = "Hazard by session age (95 % CI): flat = random loss, rising = wear-out"
+    if len(axes) == 1:
+        if not len(enough):
+            _nothing(axes[0], f"too few drops to tell (fewer than {MIN_DROPS} per variant)")
+        axes[0].set_title(title)
+        if axes[0].get_legend_handles_labels()[0]:
+            _legend_outside(axes[0], "variant")
+    else:
+        fig.suptitle(title)
+    return fig
 
 
 def state_at_drop_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
@@ -215,7 +303,7 @@ def state_at_drop_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
         ax.text(0.5, 0.5, "no drops", ha="center", va="center", transform=ax.transAxes)
     else:
         table.plot.barh(ax=ax, stacked=True, color=_palette(table.columns, colours))
-        ax.legend(title="state at drop", fontsize=8)
+        _legend_outside(ax, "state at drop")
     ax.set_xlabel("drops")
     ax.set_ylabel("variant")
     ax.set_title("State at drop")
@@ -243,7 +331,7 @@ def latency_chart(ax: Axes, latency: pd.DataFrame) -> Axes:
         ax.text(0.5, 0.5, "no transcripts", ha="center", va="center", transform=ax.transAxes)
     else:
         latency.set_index("variant")[["p50", "p90", "p99"]].plot.barh(ax=ax)
-        ax.legend(title="percentile", fontsize=8)
+        _legend_outside(ax, "percentile")
     ax.set_xlabel("seconds from commit to transcript (scenario time)")
     ax.set_ylabel("variant")
     ax.set_title("Transcription latency")
@@ -292,7 +380,7 @@ def lateness_chart(ax: Axes, lateness: pd.DataFrame) -> Axes:
     ax.set_ylabel("share of appends")
     ax.set_title("Pacing accuracy: how late appends left")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend_outside(ax, "variant")
     return ax
 
 
@@ -307,4 +395,38 @@ def recovery_chart(ax: Axes, recovery: pd.DataFrame) -> Axes:
     ax.set_xlabel("seconds (scenario time) from drop to the next completed transcript")
     ax.set_title("Recovery after a drop")
     ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def logrank_matrix_chart(ax: Axes, logrank: pd.DataFrame) -> Axes:
+    """Holm-corrected log-rank p-values of every pair of variants as a matrix: the pairs the
+    run tells apart (p < 0.05) stand out, where a table of dozens of rows hides them."""
+    if logrank is None or logrank.empty:
+        return _nothing(ax, "one variant: nothing to compare")
+    names = sorted(set(logrank["a"]) | set(logrank["b"]))
+    index = {n: i for i, n in enumerate(names)}
+    matrix = np.full((len(names), len(names)), np.nan)
+    for row in logrank.itertuples(index=False):
+        i, j = index[row.a], index[row.b]
+        matrix[i, j] = matrix[j, i] = row.p_holm
+    shown = np.log10(np.clip(matrix, 1e-4, 1.0))
+    image = ax.imshow(shown, cmap="RdYlGn", vmin=-4, vmax=0)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if i != j:
+                p = matrix[i, j]
+                ax.text(
+                    j,
+                    i,
+                    "<.001" if p < 0.001 else f"{p:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    fontweight="bold" if p < 0.05 else "normal",
+                    color="white" if p < 0.01 else "black",
+                )
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.figure.colorbar(image, ax=ax, label="log10 p (Holm)", shrink=0.8)
+    ax.set_title("Do lifetimes differ? Log-rank p (Holm); bold: p < 0.05")
     return ax

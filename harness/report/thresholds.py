@@ -6,13 +6,16 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree as ET
 
 import numpy as np
 import pandas as pd
 
 from harness import analysis
+
+if TYPE_CHECKING:
+    from harness.report.model import ReportModel
 
 __all__ = ["Verdict", "judge", "write_junit"]
 
@@ -32,16 +35,16 @@ def _fmt(x: float, unit: str = "") -> str:
 
 def judge(
     thresholds: dict[str, Any],
-    connections: pd.DataFrame,
+    model: ReportModel,
     utterances: pd.DataFrame,
     by_variant: dict[str, dict[str, Any]] | None = None,
 ) -> list[Verdict]:
     """Every configured threshold for every variant: its own `[thresholds]` when it has
-    them (`by_variant`), else `thresholds`. Unset ones (0, or -1 for counts) are not judged."""
-    summaries, fitters = analysis.survival_by_variant(connections)
-    recoveries = analysis.recovery(connections, utterances)
+    them (`by_variant`), else `thresholds`. Unset ones (0, or -1 for counts) are not judged.
+    The numbers judged are the report's own (`model`), never a second fit."""
+    fitters, recoveries = model.fitters, model.recovery
     verdicts: list[Verdict] = []
-    for s in summaries:
+    for s in model.survival:
         v = s.variant
         t = (by_variant or {}).get(v, thresholds) or {}
         checks: list[tuple[str, str, str, bool]] = []

@@ -1,0 +1,103 @@
+"""The report's models, fitted once per report: the HTML tables, the charts, the thresholds and
+summary.json all read this one object, so no two of them can disagree about a number."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from lifelines import KaplanMeierFitter
+
+from harness import analysis
+from harness.frames import ReportFrames
+from harness.report import fidelity
+from harness.report.findings import agreement_table, diagnose, findings
+
+__all__ = ["ReportModel", "fit", "stopped_workers"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportModel:
+    connections: pd.DataFrame
+    survival: list[analysis.SurvivalSummary]
+    fitters: dict[str, KaplanMeierFitter]
+    ranking: pd.DataFrame
+    logrank: pd.DataFrame
+    cox: analysis.CoxResult | None
+    power: dict[str, float]
+    weibull: pd.DataFrame
+    hazard: pd.DataFrame
+    recovery: pd.DataFrame
+    latency: pd.DataFrame
+    outcomes: pd.DataFrame
+    close_codes: pd.DataFrame
+    stopped: pd.DataFrame
+    diagnosis: pd.Series
+    findings: list[dict[str, Any]]
+    agreement: pd.DataFrame
+    client_lateness: pd.DataFrame
+    fault_lateness: pd.DataFrame
+
+    def variant(self, name: str) -> analysis.SurvivalSummary:
+        return next(s for s in self.survival if s.variant == name)
+
+
+def scales(frames: ReportFrames) -> dict[str, float]:
+    """Each run's time scale (scenario seconds per wall second)."""
+    return {name: float(m.get("time_scale") or 1.0) for name, m in frames.manifests.items()}
+
+
+def fit(frames: ReportFrames) -> ReportModel:
+    conns, utts, events = frames.connections, frames.utterances, frames.events
+    survival, fitters = analysis.survival_by_variant(conns)
+    drops = sum(s.drops for s in survival)
+    hours = sum(s.connection_hours for s in survival)
+    by_scale = scales(frames)
+    diagnosis = diagnose(conns, events, by_scale)
+    return ReportModel(
+        connections=conns,
+        survival=survival,
+        fitters=fitters,
+        ranking=analysis.ranking(conns, utts),
+        logrank=analysis.pairwise_logrank(conns),
+        cox=analysis.cox_by_factors(conns),
+        power=analysis.power(drops, drops / hours if hours else 0.0),
+        weibull=analysis.weibull_by_variant(conns),
+        hazard=analysis.hazard_by_age(conns),
+        recovery=analysis.recovery(conns, utts),
+        latency=analysis.latency_percentiles(utts),
+        outcomes=analysis.final_outcomes(utts),
+        close_codes=analysis.close_codes(conns),
+        stopped=stopped_workers(events),
+        diagnosis=diagnosis,
+        findings=findings(conns, events, frames.lateness["lag_ms"], by_scale),
+        agreement=agreement_table(conns, events, by_scale),
+        client_lateness=fidelity.client_lateness(frames.lateness),
+        fault_lateness=fidelity.fault_lateness(events, by_scale),
+    )
+
+
+STOPPED_COLUMNS = ["variant", "worker", "at", "reason", "failures", "close_code", "status"]
+
+
+def stopped_workers(events: pd.DataFrame) -> pd.DataFrame:
+    """Workers that stopped before the run ended (their reconnect policy gave up), and why:
+    a worker that stops sends nothing more, so its silence must not pass for survival."""
+    rows = events[(events["type"] == "worker_stopped") & (events["src"] == "client")]
+    out = []
+    for row in rows.itertuples(index=False):
+        detail = json.loads(row.detail) if isinstance(row.detail, str) else {}
+        out.append(
+            {
+                "variant": str(row.variant),
+                "worker": int(row.worker),
+                "at": float(row.t),
+                "reason": detail.get("reason", ""),
+                "failures": detail.get("failures"),
+                "close_code": None if pd.isna(row.code) else int(row.code),
+                "status": detail.get("status"),
+            }
+        )
+    return pd.DataFrame(out, columns=STOPPED_COLUMNS)
