@@ -498,6 +498,7 @@ def _ranking_html(model: ReportModel) -> str:
     ranking = model.ranking
     if ranking is None or len(ranking) < 2:
         return ""
+    records = ranking.to_dict(orient="records")
     rows = [
         {
             "group": r["group"],
@@ -508,11 +509,9 @@ def _ranking_html(model: ReportModel) -> str:
             "rate_ci": _ci(r["drops_per_hour_lo"], r["drops_per_hour_hi"]),
             "lost": r["lost_per_hour"],
             "lost_ci": _ci(r["lost_per_hour_lo"], r["lost_per_hour_hi"]),
-            "separate": "too few drops"
-            if r["drops"] < analysis.MIN_DROPS
-            else _hours(r.get("hours_to_separate")),
+            "separate": _separation(r, nxt),
         }
-        for r in ranking.to_dict(orient="records")
+        for r, nxt in zip(records, records[1:] + [None], strict=True)
     ]
     groups = ranking["group"].nunique()
     verdict = (
@@ -542,6 +541,17 @@ def _ranking_html(model: ReportModel) -> str:
             ],
         )
     )
+
+
+def _separation(row: dict[str, Any], nxt: dict[str, Any] | None) -> str:
+    """How much longer a run needs to separate a variant from the next one in the ranking."""
+    if nxt is None:
+        return "–"
+    if nxt["group"] != row["group"]:
+        return "separated"
+    if min(row["drops"], nxt["drops"]) < analysis.MIN_DROPS:
+        return "too few drops"
+    return _hours(row.get("hours_to_separate"))
 
 
 def _hours(value: Any) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from harness import analysis
-from harness.analysis import observed_connections
+from harness.analysis import observed_connections, poisson_rate_ci
 from harness.recorder import APPEND
 
 __all__ = [
@@ -303,6 +303,35 @@ def _truth_sentence(drops: pd.DataFrame, diagnosis: pd.Series) -> str | None:
     return sentence + "."
 
 
+def _no_drops_sentence(mine: pd.DataFrame, events: pd.DataFrame, hours: float) -> str:
+    """Why a variant has nothing to explain, as far as the run can tell: how low its rate
+    can be said to be, whether the fake server fired anything at its connections, and the
+    most audio its callers left in the buffer before a commit (what a buffer limit judges)."""
+    _, upper = poisson_rate_ci(0, hours)
+    sentence = (
+        f"No connection dropped in {hours:.1f} connection-hours: the drop rate is below "
+        f"{upper:.2g} per connection-hour (95 % upper bound)"
+    )
+    server = events["src"].astype(str) == "server"
+    if server.any():
+        fired = server & (events["type"] == "fault") & events["item"].isin(mine["request_id"])
+        sentence += (
+            "; the fake server fired no fault at its connections"
+            if not fired.any()
+            else f"; the fake server fired {int(fired.sum())} fault(s) that ended nothing"
+        )
+    started = events[
+        (events["type"] == "utt_start")
+        & events["variant"].astype(str).isin(mine["variant"].astype(str).unique())
+    ]
+    if len(started):
+        sentence += (
+            f"; the longest utterance held {started['audio_ms'].max() / 1000:.1f} s of audio "
+            "before its commit"
+        )
+    return sentence + "."
+
+
 def findings(
     connections: pd.DataFrame,
     events: pd.DataFrame,
@@ -339,10 +368,7 @@ def findings(
         n = len(drops)
         hours = mine["lifetime"].sum() / 3600
         if n == 0:
-            say(
-                "drops",
-                f"No connection dropped in {hours:.1f} connection-hours: nothing to explain.",
-            )
+            say("drops", _no_drops_sentence(mine, events, hours))
             continue
         if n < MIN_DROPS:
             say(
