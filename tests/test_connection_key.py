@@ -1,0 +1,260 @@
+"""One connection identity: `connection` = run/variant/worker/conn in every frame, and the joins
+that use it. Worker numbers restart in each variant, so (run, worker, conn) names several
+connections of a run; a join on it mixes variants (issue 29)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import rtsoak, write_scenario
+
+from harness.analysis import recovery
+from harness.frames import Frames, connection_key, load, load_for_report
+from harness.recorder import APPEND, Recorder
+
+COMMIT = "input_audio_buffer.commit"
+
+
+def write_run(run_dir: Path, conns: dict[tuple[str, int, int], dict[str, float]]) -> Path:
+    """A run whose connections (variant, worker, conn) each open, carry one utterance (started,
+    an append half a second before the commit, commit sent, completed) and close at `closed`:
+    dropped (1006) or at the scenario's end.
+    The fake server's own rows come too (worker and conn -1)."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text(json.dumps({"seed": 1}))
+    rec = Recorder(run_dir / "events-client.arrows")
+    server = Recorder(run_dir / "events-server.arrows")
+    for (variant, worker, conn), at in conns.items():
+        key = (variant, worker, conn)
+        rec.row(at["open"], at["open"], "client", *key, "meta", "conn_open")
+        rec.row(at["open"], at["open"], "client", *key, "meta", "handshake", code=101)
+        server.row(at["open"], at["open"], "server", None, -1, -1, "meta", "session_open")
+        utt = f"{variant}/{worker}/{conn}"
+        detail = {"name": "x", "crc32": 5}
+        rec.row(
+            at["start"], at["start"], "client", *key, "meta", "utt_start", item=utt, detail=detail
+        )
+        sent = at["commit"] - 0.5
+        rec.row(sent, sent, "client", *key, "send", APPEND, 2000, 20.0, 0.3)
+        rec.row(at["commit"], at["commit"], "client", *key, "send", COMMIT, 37)
+        rec.row(at["end"], at["end"], "client", *key, "meta", "utt_end", item=utt, text="completed")
+        dropped = at.get("drop", False)
+        close = {"cause": "abnormal" if dropped else "scenario_end", "uncommitted_ms": 0.0}
+        code = 1006 if dropped else 1000
+        rec.row(
+            at["closed"],
+            at["closed"],
+            "client",
+            *key,
+            "meta",
+            "conn_close",
+            code=code,
+            detail=close,
+        )
+    rec.close()
+    server.close()
+    return run_dir
+
+
+# Variant a's worker 0 and variant b's worker 0 both have connections 1 and 2, interleaved in
+# time so that a join without the variant picks the other variant's rows: b's commit on its
+# connection 1 comes between a's utterance start and a's own commit, and b's connection 2
+# completes a transcript after a's drop, before a's own connection 2 does.
+COLLIDING = {
+    ("a", 0, 1): dict(open=0.0, start=1.0, commit=3.0, end=3.5, closed=10.0, drop=True),
+    ("a", 0, 2): dict(open=11.0, start=12.0, commit=14.0, end=14.5, closed=30.0),
+    ("b", 0, 1): dict(open=0.0, start=1.2, commit=2.0, end=2.5, closed=5.0, drop=True),
+    ("b", 0, 2): dict(open=6.0, start=10.5, commit=11.5, end=12.0, closed=30.0),
+    ("b", 1, 1): dict(open=0.0, start=1.0, commit=2.2, end=2.6, closed=30.0),
+}
+
+
+def expected_committed(events: pd.DataFrame) -> pd.Series:
+    """Plain pandas: the first commit sent on the utterance's own (run, variant, worker, conn)
+    at or after its start, by utterance key."""
+    own = ["run", "variant", "worker", "conn"]
+    rows = events.astype({c: str for c in own})
+    starts = rows[rows["type"] == "utt_start"]
+    commits = rows[(rows["type"] == COMMIT) & (rows["dir"] == "send")]
+    out = {}
+    for start in starts.itertuples():
+        same = (commits[own] == [getattr(start, c) for c in own]).all(axis=1)
+        later = commits.loc[same & (commits["t"] >= start.t), "t"]
+        out[start.item] = later.min() if len(later) else np.nan
+    return pd.Series(out, dtype=float)
+
+
+def expected_recovery(frames: Frames) -> dict[tuple[str, int, int], float]:
+    """Plain pandas: per drop, the first transcript completed on a later connection of the same
+    (run, variant, worker), less the drop time."""
+    utts = frames.utterances.astype({"run": str, "variant": str, "worker": int, "conn": int})
+    done = utts[utts["status"].isin(["completed", "retried_ok"])]
+    out = {}
+    drops = frames.connections[frames.connections["dropped"]]
+    for drop in drops.astype({"run": str, "variant": str}).itertuples():
+        later = done[
+            (done["run"] == drop.run)
+            & (done["variant"] == drop.variant)
+            & (done["worker"] == drop.worker)
+            & (done["conn"] > drop.conn)
+            & (done["ended"] >= drop.closed)
+        ]
+        out[(drop.variant, drop.worker, drop.conn)] = later["ended"].min() - drop.closed
+    return out
+
+
+def test_every_frame_carries_a_connection_label_unique_across_variants_and_shards(
+    tmp_path: Path,
+) -> None:
+    """Two shards (their own run names, global worker numbers) loaded together: each label is
+    run/variant/worker/conn, categorical, NA on the server's rows, one per connection."""
+    shard0 = write_run(tmp_path / "soak-shard0", COLLIDING)
+    shard1 = write_run(tmp_path / "soak-shard1", {("a", 0, 1): COLLIDING[("a", 0, 1)]})
+    frames = load([shard0, shard1])
+    for name in ("events", "connections", "utterances"):
+        frame = getattr(frames, name)
+        assert isinstance(frame["connection"].dtype, pd.CategoricalDtype), name
+        assert list(frame.columns).index("connection") == list(frame.columns).index("conn") + 1
+        client = frame[frame["worker"] >= 0] if name == "events" else frame
+        parts = client[["run", "variant", "worker", "conn"]].astype(str).agg("/".join, axis=1)
+        assert list(client["connection"].astype(str)) == list(parts), name
+    events = frames.events
+    assert events.loc[events["src"] == "server", "connection"].isna().all()
+    conns = frames.connections
+    assert len(conns) == len(COLLIDING) + 1 == conns["connection"].nunique()
+    # (run, worker, conn) collides; the label does not
+    assert conns.duplicated(["run", "worker", "conn"]).any()
+    # a frame built by hand gets the same labels
+    pd.testing.assert_series_equal(
+        connection_key(conns).astype(str), conns["connection"].astype(str), check_names=False
+    )
+
+
+def test_colliding_worker_numbers_keep_their_own_commit_times_and_recovery(
+    tmp_path: Path,
+) -> None:
+    frames = load(write_run(tmp_path / "run", COLLIDING))
+    utts = frames.utterances.set_index(frames.utterances["utterance"].astype(str))
+    want = expected_committed(frames.events)
+    pd.testing.assert_series_equal(utts["committed"], want.reindex(utts.index), check_names=False)
+    assert utts.loc["a/0/1", "committed"] == 3.0  # not b's commit at 2.0 on "worker 0, conn 1"
+    got = recovery(frames.connections, frames.utterances)
+    got = {(r.variant, r.worker, r.conn): r.recovery for r in got.itertuples()}
+    assert got == pytest.approx(expected_recovery(frames))
+    assert got[("a", 0, 1)] == pytest.approx(4.5)  # not 2.0: b's connection 2 is not a's
+
+
+def test_the_report_loader_keeps_the_appends_of_each_drop_by_its_own_connection(
+    tmp_path: Path,
+) -> None:
+    """a's and b's worker 0 both drop their connection 1 (at 10 s and 5 s): each keeps the
+    appends of its own last 5 s, and a's append at 2.5 s is in neither window."""
+    run_dir = write_run(tmp_path / "run", COLLIDING)
+    full, lean = load(run_dir), load_for_report(run_dir, drop_window_s=5.0)
+    drops = full.connections.loc[full.connections["dropped"], ["connection", "closed"]]
+    appends = full.events[full.events["type"] == APPEND].merge(drops, on="connection")
+    want = appends[(appends["t"] >= appends["closed"] - 5.0) & (appends["t"] <= appends["closed"])]
+    got = lean.events[lean.events["type"] == APPEND]
+    assert sorted(got["connection"].astype(str)) == sorted(want["connection"].astype(str))
+    assert sorted(got["t"]) == sorted(want["t"]) == [1.5]
+
+
+def test_the_report_loader_labels_connections_as_load_does(
+    tmp_path: Path, finished_run: Path
+) -> None:
+    for run_dir in (write_run(tmp_path / "run", COLLIDING), finished_run):
+        full, lean = load(run_dir), load_for_report(run_dir, drop_window_s=5.0)
+        for name in ("connections", "utterances"):
+            assert list(getattr(lean, name)["connection"].astype(str)) == list(
+                getattr(full, name)["connection"].astype(str)
+            )
+        # the events the lean loader keeps (meta rows first, in log order) carry the same labels
+        meta = full.events[full.events["dir"] == "meta"]
+        kept = lean.events[lean.events["dir"] == "meta"]
+        assert list(kept["connection"].astype(str)) == list(meta["connection"].astype(str))
+        assert set(lean.events["connection"].dropna().astype(str)) <= set(
+            full.connections["connection"].astype(str)
+        )
+
+
+# Identical variants, in one run and each alone. A real run's times carry the machine's jitter
+# (a millisecond of wall time is 20 ms of scenario time at 20x), so the same seeded run is the
+# same in its events but only close in its times: connections are compared by what happened and
+# their lifetimes, recovery per drop, commit times per utterance as the delay after its start,
+# each within JITTER_S but for at most STALLS values (a stall of a busy machine delays a few
+# rows at once). Short sessions and gaps make the variants' connections overlap, so a join that
+# mixes them is off by seconds (recovery) or by up to an utterance's length (commit times) in
+# about ten values per variant; the right key measured at most 0.18 s off.
+JITTER_S = 0.25
+STALLS = 2
+VARIANTS = ("a", "b")
+END_S = 120  # the scenario's duration
+
+
+def soak_run(tmp_path: Path, name: str, variants: tuple[str, ...]) -> Frames:
+    blocks = "".join(
+        f'[[variant]]\nname = "{v}"\nfaults.session_age.mean = "15s"\n' for v in variants
+    )
+    extra = f'[reconnect]\ninitial = "200ms"\n[silence]\ngap = "300ms"\n{blocks}'
+    scenario = write_scenario(tmp_path, name, workers=3, duration="2m", time_scale=20, extra=extra)
+    out = tmp_path / name
+    result = rtsoak("run", str(scenario), "--out", str(out), "--seed", "7", "--no-report")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = out.iterdir()
+    return load(run_dir)
+
+
+def of(frame: pd.DataFrame, variant: str) -> pd.DataFrame:
+    rows = frame[frame["variant"] == variant]
+    return rows.astype({"worker": int, "conn": int}).reset_index(drop=True)
+
+
+def assert_close(got: pd.Series, want: pd.Series, what: str) -> None:
+    off = (got - want).abs() > JITTER_S
+    assert off.sum() <= STALLS, f"{what}: {off.sum()} of {len(off)} off by > {JITTER_S} s"
+
+
+def test_identical_variants_in_one_run_match_each_run_alone(tmp_path: Path) -> None:
+    """The fake server draws each session's faults from its key variant/worker/attempt, so a
+    variant is compared with a run of the same name alone, not with its twin."""
+    both = soak_run(tmp_path, "both", VARIANTS)
+    for variant in VARIANTS:
+        alone = soak_run(tmp_path, f"alone-{variant}", (variant,))
+        # connections: the same attempts, ended the same way, living as long
+        key = ["worker", "conn", "cause", "dropped"]
+        c2, c1 = of(both.connections, variant), of(alone.connections, variant)
+        assert c2[key].equals(c1[key]), variant
+        assert c2["dropped"].sum() >= 10, "the scenario should drop connections"
+        assert_close(c2["lifetime"], c1["lifetime"], f"{variant} lifetimes")
+        # recovery of each drop, but of those too near the end to tell whether one came
+        r2 = of(recovery(both.connections, both.utterances), variant)
+        r1 = of(recovery(alone.connections, alone.utterances), variant)
+        assert r2[["worker", "conn"]].equals(r1[["worker", "conn"]])
+        early = r1["dropped_at"] < END_S - 5
+        assert early.sum() >= 10
+        assert r2["recovery"].notna()[early].equals(r1["recovery"].notna()[early])
+        assert_close(r2["recovery"][early], r1["recovery"][early], f"{variant} recovery")
+        # commit times: each utterance against the one that started on the same connection
+        # at the same time in the run alone
+        cols = ["worker", "conn", "started", "committed"]
+        u2 = of(both.utterances, variant)[cols].sort_values("started")
+        u1 = of(alone.utterances, variant)[cols].sort_values("started")
+        pairs = pd.merge_asof(
+            u2,
+            u1.assign(started_alone=u1["started"]),
+            on="started",
+            by=["worker", "conn"],
+            direction="nearest",
+            tolerance=1.0,
+            suffixes=("", "_alone"),
+        ).dropna(subset=["started_alone", "committed", "committed_alone"])
+        assert len(pairs) >= 0.8 * len(u1)
+        assert_close(
+            pairs["committed"] - pairs["started"],
+            pairs["committed_alone"] - pairs["started_alone"],
+            f"{variant} commit delays",
+        )
