@@ -697,14 +697,18 @@ def recovery(connections: pd.DataFrame, utterances: pd.DataFrame) -> pd.DataFram
             columns=["variant", "worker", "conn", "dropped_at", "recovery", "uncommitted_ms"]
         )
     good = utterances[utterances["status"].isin(["completed", "retried_ok"])]
-    first_done = good.groupby(["run", "worker", "conn"], observed=True)["ended"].min().reset_index()
+    first_done = (
+        good.groupby(["run", "variant", "worker", "conn"], observed=True)["ended"]
+        .min()
+        .reset_index()
+    )
     out = drops[["variant", "worker", "conn", "closed", "uncommitted_ms"]].reset_index(drop=True)
     out = out.rename(columns={"closed": "dropped_at"}).astype({"variant": str})
     # each drop against its worker's later connections: one merge, not a lookup per drop
     pairs = (
-        drops[["run", "worker", "conn", "closed"]]
+        drops[["run", "variant", "worker", "conn", "closed"]]
         .assign(drop=np.arange(len(drops)))
-        .merge(first_done, on=["run", "worker"], suffixes=("", "_later"))
+        .merge(first_done, on=["run", "variant", "worker"], suffixes=("", "_later"))
     )
     later = pairs[(pairs["conn_later"] > pairs["conn"]) & (pairs["ended"] >= pairs["closed"])]
     first = later.groupby("drop")["ended"].min().reindex(range(len(drops)))
