@@ -12,6 +12,7 @@ from helpers import vad_off
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from test_session_validation import check_update_invariant, sdk_shaped_updates, update
 
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.fakeserver.transcript import parse_transcript
@@ -115,6 +116,17 @@ class SessionMachine(RuleBasedStateMachine):
             return  # possibly valid; not what this rule is about
         out = self.feed(json.dumps({"type": kind, field: value}))
         assert [e["type"] for e in out] == ["error"]
+
+    @rule(data=st.data())
+    def nested_session_fields(self, data) -> None:
+        """Updates with dicts, lists and wrong scalars at the SDK's own field paths: applied
+        whole or refused whole with one error, never a raise."""
+        fields = data.draw(sdk_shaped_updates(self.s.dialect))
+        reply = check_update_invariant(self.s, update(self.s.dialect, fields))
+        if reply["type"] != "error" and (self.s.vad is not None) != self.vad:
+            # the model here tracks one turn mode at a time: start the buffer afresh
+            self.vad = self.s.vad is not None
+            self.clear()
 
     @rule(seconds=st.floats(0.0, 30.0))
     def time_passes(self, seconds: float) -> None:

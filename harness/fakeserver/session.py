@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import binascii
 import heapq
+import math
 import random
 import string
 import zlib
@@ -26,7 +27,16 @@ from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
 from harness.fakeserver.vad import ServerVad
 from harness.protocol import error_event
 
-__all__ = ["SessionLimits", "TranscriptionSession", "Output", "NO_VAD_MODELS"]
+__all__ = [
+    "BETA_UPDATE_FIELDS",
+    "GA_UPDATE_FIELDS",
+    "NO_VAD_MODELS",
+    "Field",
+    "Output",
+    "SessionLimits",
+    "TranscriptionSession",
+    "invalid_field",
+]
 
 Output = dict[str, Any] | Fault
 
@@ -55,6 +65,180 @@ class SessionLimits:
     max_buffer_bytes: int = 15 * 60 * BYTES_PER_SECOND  # uncommitted audio (not documented)
     latency_base: float = 0.25  # transcription latency = base + per_audio_second * audio seconds
     latency_per_audio_second: float = 0.08
+
+
+# --- validation: the service's shapes, checked before anything is applied ------------------
+# Shapes follow the official SDK's types (openai.types.realtime.
+# RealtimeTranscriptionSessionCreateRequestParam for GA, openai.types.beta.realtime.
+# TranscriptionSessionUpdateParam for beta; tests/test_session_validation.py checks that every
+# field the SDK names is here). Fields not listed are ignored, as before.
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """What one field of a client event may hold. `choices` limit a value (or, for an array,
+    each item); `lo`/`hi` bound a number; `required` applies when its parent is an object."""
+
+    kind: str  # object, string, integer, number, boolean, array (of strings)
+    null: bool = False
+    choices: tuple[Any, ...] = ()
+    lo: float | None = None
+    hi: float | None = None
+    required: bool = False
+
+
+_KIND_NAMES = {
+    "object": "an object",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a decimal",
+    "boolean": "a boolean",
+    "array": "an array",
+    "null": "null",
+}
+_OBJECT = Field("object")
+_STRING = Field("string")
+_NULLABLE_STRING = Field("string", null=True)
+_STRINGS = Field("array")
+_BOOLEAN = Field("boolean")
+_MS = Field("integer", lo=0)
+_EAGERNESS = Field("string", choices=("low", "medium", "high", "auto"))
+_NOISE_TYPES = ("near_field", "far_field")
+
+
+def _vad_fields(at: str) -> dict[str, Field]:
+    """turn_detection: server_vad or semantic_vad (the keys of both, as the SDK's union)."""
+    return {
+        at: Field("object", null=True),
+        f"{at}.type": Field("string", choices=("server_vad", "semantic_vad"), required=True),
+        f"{at}.threshold": Field("number", lo=0.0, hi=1.0),
+        f"{at}.prefix_padding_ms": _MS,
+        f"{at}.silence_duration_ms": _MS,
+        f"{at}.idle_timeout_ms": Field("integer", null=True, lo=0),
+        f"{at}.create_response": _BOOLEAN,
+        f"{at}.interrupt_response": _BOOLEAN,
+        f"{at}.eagerness": _EAGERNESS,
+    }
+
+
+def _transcription_fields(at: str) -> dict[str, Field]:
+    return {
+        at: Field("object", null=True),
+        f"{at}.model": _STRING,  # any name: on Azure it is the deployment's
+        f"{at}.language": _NULLABLE_STRING,
+        f"{at}.prompt": _NULLABLE_STRING,
+        f"{at}.languages": _STRINGS,
+        f"{at}.keywords": _STRINGS,
+        f"{at}.delay": Field("string", choices=("minimal", "low", "medium", "high", "xhigh")),
+    }
+
+
+_INCLUDE = Field("array", null=True, choices=(LOGPROBS,))
+_IN = "session.audio.input"
+# path -> shape, parents before children; a child is checked only when its parent is an object
+GA_UPDATE_FIELDS: dict[str, Field] = {
+    "session": Field("object", required=True),
+    "session.type": Field("string", choices=("transcription",)),
+    "session.include": _INCLUDE,
+    "session.audio": _OBJECT,
+    _IN: _OBJECT,
+    f"{_IN}.format": _OBJECT,
+    f"{_IN}.format.type": Field("string", choices=tuple(_GA_FORMATS), required=True),
+    f"{_IN}.format.rate": Field("integer", choices=(24000,)),
+    f"{_IN}.noise_reduction": Field("object", null=True),
+    f"{_IN}.noise_reduction.type": Field("string", choices=_NOISE_TYPES),
+    f"{_IN}.noise_reduction.strength": Field("number", lo=0.0),
+    **_transcription_fields(f"{_IN}.transcription"),
+    **_vad_fields(f"{_IN}.turn_detection"),
+}
+BETA_UPDATE_FIELDS: dict[str, Field] = {
+    "session": Field("object", required=True),
+    "session.include": _INCLUDE,
+    "session.modalities": Field("array", choices=("text", "audio")),
+    "session.client_secret": _OBJECT,
+    "session.input_audio_format": Field("string", choices=tuple(_BETA_FORMATS)),
+    "session.input_audio_noise_reduction": Field("object", null=True),
+    "session.input_audio_noise_reduction.type": Field("string", choices=_NOISE_TYPES),
+    **_transcription_fields("session.input_audio_transcription"),
+    **_vad_fields("session.turn_detection"),
+}
+_PATHS = {path: tuple(path.split(".")) for path in (*GA_UPDATE_FIELDS, *BETA_UPDATE_FIELDS)}
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: True is an int to Python, not to JSON
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {float: "number", str: "string", list: "array", dict: "object"}[type(value)]
+
+
+def invalid_field(fields: dict[str, Field], event: dict[str, Any]) -> tuple[str, str, str] | None:
+    """The first field of `event` that breaks `fields`, as (code, message, param) for an
+    `error` event, or None when every listed field is well-formed."""
+    for path, field in fields.items():
+        *parents, key = _PATHS[path]
+        node: Any = event
+        for part in parents:
+            node = node.get(part) if type(node) is dict else None
+        if type(node) is not dict:
+            continue  # parent absent or null (already judged): nothing to check here
+        if key not in node:
+            if field.required:
+                return (
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{path}'.",
+                    path,
+                )
+            continue
+        if (problem := _problem(field, node[key], path)) is not None:
+            return problem
+    return None
+
+
+def _problem(field: Field, value: Any, path: str) -> tuple[str, str, str] | None:
+    kind = _kind_of(value)
+    if kind == "null" and field.null:
+        return None
+    if kind != field.kind and not (field.kind == "number" and kind == "integer"):
+        return (
+            "invalid_type",
+            f"Invalid type for '{path}': expected {_KIND_NAMES[field.kind]}, "
+            f"but got {_KIND_NAMES[kind]} instead.",
+            path,
+        )
+    if field.kind == "array":
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                return (
+                    "invalid_type",
+                    f"Invalid type for '{path}[{i}]': expected a string, "
+                    f"but got {_KIND_NAMES[_kind_of(item)]} instead.",
+                    f"{path}[{i}]",
+                )
+            if field.choices and item not in field.choices:
+                return _not_a_choice(field, item, f"{path}[{i}]")
+        return None
+    if field.choices and value not in field.choices:
+        return _not_a_choice(field, value, path)
+    if field.kind == "number" and not math.isfinite(value):  # Python's json reads NaN
+        return ("invalid_value", f"Invalid '{path}': expected a finite number.", path)
+    if field.lo is not None and not field.lo <= value:
+        return ("invalid_value", f"Invalid '{path}': expected a value >= {field.lo:g}.", path)
+    if field.hi is not None and not value <= field.hi:
+        return ("invalid_value", f"Invalid '{path}': expected a value <= {field.hi:g}.", path)
+    return None
+
+
+def _not_a_choice(field: Field, value: Any, path: str) -> tuple[str, str, str]:
+    supported = ", ".join(repr(c) for c in field.choices)
+    return (
+        "invalid_value",
+        f"Invalid value for '{path}': {value!r}. Supported values are: {supported}.",
+        path,
+    )
 
 
 def _default_input(model: str = "gpt-4o-transcribe") -> dict[str, Any]:
@@ -123,6 +307,10 @@ class TranscriptionSession:
         return error_event(
             self._id("event_"), code, message, param=param, client_event_id=event_id, type_=type_
         )
+
+    def _invalid(self, bad: tuple[str, str, str], event_id: str | None) -> dict:
+        code, message, param = bad
+        return self._error(code, message, param=param, event_id=event_id)
 
     @property
     def beta(self) -> bool:
@@ -354,25 +542,14 @@ class TranscriptionSession:
                     event_id=event_id,
                 )
             ]
-        if session.get("type", "transcription") != "transcription":
-            return [
-                self._error(
-                    "invalid_value",
-                    "This is a transcription session; session.type must be 'transcription'.",
-                    param="session.type",
-                    event_id=event_id,
-                )
-            ]
-        audio_input = (session.get("audio") or {}).get("input")
-        changes = (
-            {
-                k: audio_input[k]
-                for k in ("format", "noise_reduction", "transcription", "turn_detection")
-                if k in audio_input
-            }
-            if isinstance(audio_input, dict)
-            else {}
-        )
+        if (bad := invalid_field(GA_UPDATE_FIELDS, event)) is not None:
+            return [self._invalid(bad, event_id)]
+        audio_input = session.get("audio", {}).get("input", {})
+        changes = {
+            k: audio_input[k]
+            for k in ("format", "noise_reduction", "transcription", "turn_detection")
+            if k in audio_input
+        }
         return self._apply(changes, session, event_id, "session.updated", "session.audio.input")
 
     def _beta_update(self, event: dict, event_id: str | None, now: float) -> list[Output]:
@@ -390,20 +567,11 @@ class TranscriptionSession:
                     event_id=event_id,
                 )
             ]
+        if (bad := invalid_field(BETA_UPDATE_FIELDS, event)) is not None:
+            return [self._invalid(bad, event_id)]
         changes: dict[str, Any] = {}
         if "input_audio_format" in session:
-            fmt = _BETA_FORMATS.get(session["input_audio_format"])
-            if fmt is None:
-                return [
-                    self._error(
-                        "invalid_value",
-                        "Unsupported input_audio_format "
-                        f"{session['input_audio_format']!r}; use pcm16, g711_ulaw "
-                        "or g711_alaw.",
-                        param="session.input_audio_format",
-                        event_id=event_id,
-                    )
-                ]
+            fmt = _BETA_FORMATS[session["input_audio_format"]]
             changes["format"] = (
                 {"type": fmt, "rate": 24000} if fmt == "audio/pcm" else {"type": fmt}
             )
@@ -419,22 +587,8 @@ class TranscriptionSession:
     def _apply(
         self, changes: dict[str, Any], session: dict, event_id: str | None, reply: str, where: str
     ) -> list[Output]:
-        """Check a partial update whole, then apply it: a bad field changes nothing."""
-        fmt = changes.get("format")
-        if fmt is not None and (
-            not isinstance(fmt, dict)
-            or fmt.get("type") not in _GA_FORMATS
-            or (fmt.get("type") == "audio/pcm" and fmt.get("rate", 24000) != 24000)
-        ):
-            return [
-                self._error(
-                    "invalid_value",
-                    "Unsupported audio format; use audio/pcm at "
-                    "24000 Hz, audio/pcmu or audio/pcma.",
-                    param=f"{where}.format",
-                    event_id=event_id,
-                )
-            ]
+        """Apply a partial update whose every field has passed `invalid_field`; the checks that
+        span fields come first, so a bad update changes nothing."""
         merged = {**self.input, **changes}
         model = (merged.get("transcription") or {}).get("model")
         if model in NO_VAD_MODELS and merged.get("turn_detection") is not None:
@@ -449,17 +603,6 @@ class TranscriptionSession:
                 ]
             merged["turn_detection"] = None
         include = session.get("include", self.include)
-        if include is not None and (
-            not isinstance(include, list) or any(i != LOGPROBS for i in include)
-        ):
-            return [
-                self._error(
-                    "invalid_value",
-                    f"include may only contain '{LOGPROBS}'.",
-                    param="session.include",
-                    event_id=event_id,
-                )
-            ]
         vad_changed = merged.get("turn_detection") != self.input.get("turn_detection")
         self.input, self.include = merged, include
         if vad_changed:
