@@ -32,6 +32,7 @@ import pandas as pd
 
 from harness import analysis
 from harness.analysis import observed_connections, poisson_rate_ci
+from harness.frames import connection_key
 from harness.recorder import APPEND
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "INJECTED_TO_DIAGNOSIS",
     "MIN_DROPS",
     "agreement_table",
-    "connection_key",
     "diagnose",
     "findings",
 ]
@@ -89,15 +89,10 @@ INJECTED_TO_DIAGNOSIS = {
 _TIMING_FAULTS = ("micro_burst", "rate")
 
 
-def connection_key(frame: pd.DataFrame) -> pd.Series:
-    """Each row's connection, unique in a run across variants: the frames' `connection` column,
-    or "{run}/{variant}/{worker}/{conn}" built the same way where a frame predates it. Worker
-    numbers restart per variant, so (run, worker, conn) alone joins connections of different
-    variants."""
-    if "connection" in frame.columns:
-        return frame["connection"].astype(str)
-    parts = [frame[c].astype(str) for c in ("run", "variant", "worker", "conn")]
-    return parts[0].str.cat(parts[1:], sep="/")
+def _connection(frame: pd.DataFrame) -> pd.Series:
+    """Each row's connection label (docs/frames.md), built where a hand-made frame lacks it."""
+    key = frame["connection"] if "connection" in frame.columns else connection_key(frame)
+    return key.astype(str)
 
 
 def _worker_key(frame: pd.DataFrame) -> pd.Series:
@@ -123,7 +118,7 @@ def _window(
     t = appends["t"].astype(float)
     sent = pd.DataFrame(
         {
-            "key": connection_key(appends).to_numpy(),
+            "key": _connection(appends).to_numpy(),
             "t": t.to_numpy(),
             "due": (t - lag / 1000 * scale).to_numpy(),
             "audio_ms": appends["audio_ms"].astype(float).to_numpy(),
@@ -132,7 +127,7 @@ def _window(
     )
     ends = pd.DataFrame(
         {
-            "key": connection_key(drops).to_numpy(),
+            "key": _connection(drops).to_numpy(),
             "closed": drops["closed"].to_numpy(float),
             "drop": drops.index,
         }
