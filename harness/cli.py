@@ -14,6 +14,7 @@ from pathlib import Path
 from harness.audio import AudioError
 from harness.config import ConfigError, parse_duration
 from harness.frames import RunDirError
+from harness.recorder import LogWriteError
 from harness.target import TargetError
 
 __all__ = ["main"]
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (ConfigError, AudioError, UsageError, RunDirError, TargetError) as exc:
+    except (ConfigError, AudioError, UsageError, RunDirError, TargetError, LogWriteError) as exc:
         print(f"rtsoak: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -161,11 +162,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("rtsoak: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     done = "interrupted" if result.interrupted else "finished"
+    if result.error is not None:
+        done = "stopped"
+        print(f"rtsoak: the run stopped early: {result.error}", file=sys.stderr)
     print(f"rtsoak: run {done} after {result.wall_seconds:.1f} s wall: {result.run_dir}")
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
         failed = _frames_and_report(result.run_dir, report=not args.no_report)
+    except OSError as exc:
+        # the run directory's disk is (still) full: the log is intact up to where it stopped
+        print(
+            f"rtsoak: cannot write frames and report in {result.run_dir} "
+            f"({_reason(exc)}); free space and run `rtsoak report {result.run_dir}`, "
+            "or write the report elsewhere with `--out DIR`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(
             f"rtsoak: interrupted again; the event log in {result.run_dir} is complete, "
@@ -177,9 +190,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not result.interrupted:
             raise
         print(f"rtsoak: {exc}", file=sys.stderr)  # stopped before anything happened
+    if result.error is not None:
+        return EXIT_USAGE
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_THRESHOLDS if failed else EXIT_OK
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, and with which file: '[path: ]No space left on device'."""
+    text = exc.strerror or str(exc)
+    return f"{exc.filename}: {text}" if exc.filename else text
 
 
 def _frames_and_report(run_dir: Path, report: bool) -> bool:

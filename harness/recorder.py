@@ -21,14 +21,26 @@ writes go to a thread of their own. Against slices of up to 4,000 rows back to b
 on the loop, that took the p99 of 450 paced sockets from 8-9 ms to about 4 ms. A batch torn by
 a crash is skipped by the reader, never fatal. No audio payload is ever logged: bytes, audio
 milliseconds and CRCs stand for it.
+
+A write that fails (a full disk) is never retried and never swallowed: the recorder writes
+nothing more (a batch after a torn one would make the rest of the log unreadable), sets
+`failed` for the run to stop on, and `flush()`, `close()` and `aclose()` raise `LogWriteError`
+naming the file and the reason. For tests only, the environment variable
+`RTSOAK_TEST_DISK_FULL_AFTER=BYTES[:GLOB]` makes every recorder (or those whose log name
+matches GLOB) fail with ENOSPC once it has written BYTES bytes: a full disk, in any process of
+a real run, without root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fnmatch
 import json
 import math
+import os
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +55,7 @@ __all__ = [
     "APPEND_SCHEMA",
     "EVENT_SCHEMA",
     "LatenessHistogram",
+    "LogWriteError",
     "Recorder",
     "appends_log",
     "pack_append",
@@ -94,6 +107,68 @@ APPEND_SCHEMA = pa.schema(
     ]
 )
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what an IPC stream writer closes with
+
+
+FULL_DISK_ENV = "RTSOAK_TEST_DISK_FULL_AFTER"  # reserved for tests (see the module docstring)
+
+
+class LogWriteError(OSError):
+    """An event log could not be written (disk full, I/O error): what was written before is
+    intact and readable; nothing after it was kept. `errno` is the failed write's."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        super().__init__(error.errno, reason)
+        self.path = path
+        self.error = error
+        self.message = (
+            f"{path}: cannot write the event log ({reason}); recording stopped there. "
+            "Free space (or pass another --out) and run again"
+        )
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _FullAfter:
+    """A binary file that fails with ENOSPC once its recorder's files took `budget` bytes:
+    the test seam of FULL_DISK_ENV, shared by a recorder's two logs."""
+
+    def __init__(self, path: Path, budget: list[int]) -> None:
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self._budget = budget
+
+    def write(self, data: Any) -> int:
+        size = len(memoryview(data).cast("B"))
+        if size > self._budget[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        self._budget[0] -= size
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def writable(self) -> bool:
+        return True
+
+
+def _full_disk_budget(path: Path) -> list[int] | None:
+    """The bytes FULL_DISK_ENV lets the recorder of `path` write, if it applies to it."""
+    spec = os.environ.get(FULL_DISK_ENV)
+    if not spec:
+        return None
+    size, _, pattern = spec.partition(":")
+    if pattern and not fnmatch.fnmatch(path.name, pattern):
+        return None
+    return [int(size)]
 
 
 def appends_log(events_log: Path) -> Path:
@@ -169,14 +244,26 @@ class Recorder:
         # of rows took 1-1.5 ms on this VM (256 KB a ms). The file's bytes are those an
         # Arrow IPC stream writer makes. The appends' writer, made on the first append,
         # serialises in that thread too (pyarrow lets go of the GIL there).
-        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self._file.write(EVENT_SCHEMA.serialize())
-        self._file.flush()
+        self._budget = _full_disk_budget(path)
+        self._file: Any = (
+            open(path, "wb")  # noqa: SIM115 (closed by close())
+            if self._budget is None
+            else _FullAfter(path, self._budget)
+        )
         self._appends_file: pa.NativeFile | None = None
         self._appends_writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="rtsoak-log")
-        self._writes: deque[Future[None]] = deque()  # oldest first, until seen done
+        # oldest first, until seen done, with the log each writes
+        self._writes: deque[tuple[Future[None], Path]] = deque()
         self._task: asyncio.Task | None = None
+        self.error: LogWriteError | None = None  # the first failed write; nothing after it
+        self.failed_at: float | None = None  # time.monotonic() when the failure was seen
+        self.failed: asyncio.Future[LogWriteError] | None = None  # set by start()
+        try:
+            self._file.write(EVENT_SCHEMA.serialize())
+            self._file.flush()
+        except OSError as exc:
+            self._fail(path, exc)
         # pyarrow initialises its conversion machinery on first use (~150 ms): pay that
         # now, not in the first flush of a running soak, where it stalls every sender.
         pa.RecordBatch.from_arrays([pa.array([], t) for t in _TYPES], names=_FIELDS)
@@ -226,9 +313,17 @@ class Recorder:
         """For the per-frame path, once per client connection: `(record, stream)`, where
         `record(pack_append(wall, t, bytes_, audio_ms, lag_ms, stream))` records one
         `input_audio_buffer.append` that connection sent (two C calls)."""
-        if self._appends_writer is None:
-            self._appends_file = pa.OSFile(str(appends_log(self.path)), "wb")
-            self._appends_writer = pa.ipc.new_stream(self._appends_file, APPEND_SCHEMA)
+        if self._appends_writer is None and self.error is None:
+            path = appends_log(self.path)
+            try:
+                self._appends_file = (
+                    pa.OSFile(str(path), "wb")
+                    if self._budget is None
+                    else pa.PythonFile(_FullAfter(path, self._budget), mode="w")
+                )
+                self._appends_writer = pa.ipc.new_stream(self._appends_file, APPEND_SCHEMA)
+            except OSError as exc:
+                self._fail(path, exc)
         stream = self._streams.shape[1] + len(self._new_streams) // _STREAM_WIDTH
         if variant not in self._variants:
             self._variants[variant] = len(self._variants)
@@ -258,7 +353,7 @@ class Recorder:
         if columns[_LAG].null_count < rows:  # rare: appends come by appends()
             self.lateness.add(columns[_LAG].drop_null().to_numpy())
         batch = pa.RecordBatch.from_arrays(columns, schema=EVENT_SCHEMA)
-        self._submit(self._write, batch.serialize(), rows)
+        self._submit(self._write, batch.serialize(), rows, self.path)
 
     def _write_appends(self) -> None:
         """Every append recorded so far to the appends log, as one batch: a few numpy and
@@ -287,37 +382,67 @@ class Recorder:
             pa.array(audio_ms.astype(np.float32)),
             pa.array(lag_ms.astype(np.float32)),
         ]
+        if self._appends_writer is None:  # its file could not be made: failed already
+            return
         batch = pa.RecordBatch.from_arrays(columns, schema=APPEND_SCHEMA)
-        self._submit(self._appends_writer.write_batch, batch, rows)
+        self._submit(self._appends_writer.write_batch, batch, rows, appends_log(self.path))
 
-    def _submit(self, write: Callable[[Any], None], data: Any, rows: int) -> None:
-        """`write(data)` in the log's thread, after every write submitted before it."""
-        self._writes.append(self._io.submit(write, data))
+    def _submit(self, write: Callable[[Any], None], data: Any, rows: int, path: Path) -> None:
+        """`write(data)` in the log's thread, after every write submitted before it; nothing
+        once a write has failed (the rows are dropped: the log ends at its last good batch)."""
+        self._reap()
+        if self.error is not None:
+            return
+        self._writes.append((self._io.submit(self._guarded, write, data), path))
         self.count += rows
-        while self._writes and self._writes[0].done():
-            self._writes.popleft().result()  # a failed write (disk full) is raised here
+
+    def _guarded(self, write: Callable[[Any], None], data: Any) -> None:
+        """In the log's thread: `write(data)`, unless an earlier write failed."""
+        if self.error is None:
+            write(data)
+
+    def _reap(self, wait: bool = False) -> None:
+        """Forget the writes done (all of them, waiting, if `wait`), noting the first failure."""
+        while self._writes and (wait or self._writes[0][0].done()):
+            future, path = self._writes.popleft()
+            exc = future.exception()
+            if isinstance(exc, OSError):
+                self._fail(path, exc)
+            elif exc is not None:
+                raise exc
+
+    def _fail(self, path: Path, exc: OSError) -> None:
+        if self.error is not None:
+            return
+        self.error = LogWriteError(path, exc)
+        self.failed_at = time.monotonic()
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(self.error)
 
     def _write(self, data: pa.Buffer) -> None:
         """In the log's thread: one batch to the events log."""
         self._file.write(data)
         self._file.flush()
 
-    def _drain(self) -> None:
-        """Wait until every batch submitted is in the file (raising a failed write)."""
-        while self._writes:
-            self._writes.popleft().result()
-
     def flush(self) -> None:
-        """Write everything recorded so far, at once (at close, or before a hard exit)."""
-        if self._pending_appends():
+        """Write everything recorded so far, at once (at close, or before a hard exit).
+        Raises LogWriteError if this or an earlier write failed."""
+        if self.error is None and self._pending_appends():
             self._write_appends()
-        if self._pending_rows():
+        if self.error is None and self._pending_rows():
             self._write_rows(self._pending_rows())
-        self._drain()
+        self._reap(wait=True)
+        if self.error is not None:
+            raise self.error
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_every)
+            self._reap()
+            if self.error is not None:
+                del self.rows[:]  # never written: don't let them pile up until the end
+                del self.sends[:]
+                continue
             if self._pending_appends():
                 self._write_appends()
             # only the rows there when the flush began: rows keep arriving between slices
@@ -336,25 +461,44 @@ class Recorder:
                     await asyncio.sleep(self.slice_gap)
 
     def start(self) -> None:
-        """Begin periodic flushing on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._flush_periodically())
+        """Begin periodic flushing on the running loop. `failed` resolves (to the error) as
+        soon as a write fails: a run stops on it."""
+        loop = asyncio.get_running_loop()
+        self.failed = loop.create_future()
+        if self.error is not None:
+            self.failed.set_result(self.error)
+        self._task = loop.create_task(self._flush_periodically())
 
     async def aclose(self) -> None:
+        """Stop flushing, write the rest and close; raises LogWriteError if a write failed."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.close()
 
     def close(self) -> None:
+        """Write the rest and close the logs; raises LogWriteError if a write failed (the
+        files are closed all the same, ending at their last good batch)."""
         if self._file.closed:
+            if self.error is not None:
+                raise self.error
             return
         try:
-            self.flush()
-            self._file.write(_END_OF_STREAM)
-            if self._appends_writer is not None:
-                self._appends_writer.close()
+            if self.error is None:
+                self.flush()
+            if self.error is None:
+                self._file.write(_END_OF_STREAM)
+                if self._appends_writer is not None:
+                    self._appends_writer.close()
+        except OSError as exc:
+            self._fail(self.path, exc)
         finally:
             self._io.shutdown()
-            self._file.close()
-            if self._appends_file is not None:
-                self._appends_file.close()
+            for file in (self._file, self._appends_file):
+                try:
+                    if file is not None:
+                        file.close()
+                except OSError as exc:  # a buffered write failing on its way out
+                    self._fail(self.path, exc)
+        if self.error is not None:
+            raise self.error

@@ -7,6 +7,7 @@ end of the run. Workers record; nothing here computes statistics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +31,7 @@ from harness import __version__
 from harness.audio import AudioLibrary
 from harness.clock import ScaledClock
 from harness.fakeserver.process import EmbeddedServer
-from harness.recorder import Recorder
+from harness.recorder import LogWriteError, Recorder
 from harness.scenario import Scenario
 from harness.target import Target, TargetError, build_target
 from harness.worker import Progress, Worker, WorkerSetup
@@ -125,6 +127,8 @@ class RunResult:
     run_dir: Path
     interrupted: bool
     wall_seconds: float
+    # why the run stopped early on its own (an event log it could not write), if it did
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,10 @@ class WorkersResult:
     interrupted: bool
     rows: int
     append_lateness_p99_ms: float | None  # wall ms; None when no append was sent
+    # set when the workers stopped because their event log (or a process the run depends
+    # on) failed: the message, and the wall seconds from the failure to the workers' stop
+    error: str | None = None
+    stopped_after_s: float | None = None
 
 
 def check_output_dir(base: Path, min_free: int = MIN_FREE_BYTES) -> None:
@@ -353,6 +361,9 @@ def _run(
         )
         if budget is not None:
             budget.remaining_ms /= procs
+        children = {f"client process {k}/{procs}": proc for k, proc in enumerate(parts, 1)}
+        if server is not None and server.proc is not None:
+            children["embedded fake server"] = server.proc
         result = None
         try:
             result = run_event_loop(
@@ -366,6 +377,7 @@ def _run(
                     budget=budget,
                     part=(0, procs),
                     shard=shard,
+                    watch=lambda: watch_children(children),
                 )
             )
         finally:
@@ -384,13 +396,30 @@ def _run(
         append_lateness_p99_ms=p99,
         saturated=None if p99 is None else p99 > SATURATED_P99_MS,
     )
-    write_json(run_dir / "manifest.json", doc)
+    if result.error is not None:
+        doc["stopped"] = {"error": result.error, "stopped_after_s": result.stopped_after_s}
+    try:
+        write_json(run_dir / "manifest.json", doc)
+    except OSError as exc:  # the disk that filled up: the log is what counts
+        if result.error is None:
+            raise
+        log(f"rtsoak: could not complete {run_dir / 'manifest.json'} ({exc.strerror or exc})")
     if doc["saturated"]:
         log(
             f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
             f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process"
         )
-    return RunResult(run_dir, result.interrupted, time.monotonic() - wall0)
+    return RunResult(run_dir, result.interrupted, time.monotonic() - wall0, result.error)
+
+
+async def watch_children(children: dict[str, subprocess.Popen], period: float = 0.2) -> str:
+    """Returns (a message) once a process the run depends on exited with exit code 2: it
+    could not write its event log (its own message, on the shared stderr, says where)."""
+    while True:
+        await asyncio.sleep(period)
+        for name, proc in children.items():
+            if proc.poll() == 2:
+                return f"the {name} stopped: it could not go on (exit 2, see its message above)"
 
 
 def _start_part(
@@ -450,12 +479,17 @@ def _join_parts(
     return results
 
 
-def _merge_results(results: list[WorkersResult]) -> WorkersResult:
-    p99s = [r.append_lateness_p99_ms for r in results if r.append_lateness_p99_ms is not None]
+def _merge_results(results: list[WorkersResult | None]) -> WorkersResult:
+    """One result of the processes' (None: a process that returned none)."""
+    done = [r for r in results if r is not None]
+    p99s = [r.append_lateness_p99_ms for r in done if r.append_lateness_p99_ms is not None]
+    errors = [r for r in done if r.error is not None]
     return WorkersResult(
-        any(r.interrupted for r in results),
-        sum(r.rows for r in results),
+        len(done) < len(results) or any(r.interrupted for r in done),
+        sum(r.rows for r in done),
         max(p99s) if p99s else None,
+        errors[0].error if errors else None,
+        errors[0].stopped_after_s if errors else None,
     )
 
 
@@ -470,8 +504,14 @@ def run_part(
     scenario = scenario_from_doc(saved["doc"], saved["source"])
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target = Target.fake(url) if url else build_target(scenario.run.target, scenario.target)
-    print("ready", flush=True)
-    clock = ScaledClock(scenario.run.time_scale, float(sys.stdin.readline()))
+    try:
+        print("ready", flush=True)
+        origin = sys.stdin.readline()
+    except BrokenPipeError:
+        origin = ""
+    if not origin.strip():  # the parent is gone before the run began
+        return WorkersResult(True, 0, None)
+    clock = ScaledClock(scenario.run.time_scale, float(origin))
     budget = None if audio_hours is None else AudioBudget(audio_hours)
     result = run_event_loop(
         run_workers(
@@ -484,10 +524,25 @@ def run_part(
             budget=budget,
             part=part,
             shard=tuple(saved.get("shard", (0, 1))),
+            watch=parent_gone,
         )
     )
-    write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
+    try:
+        write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
+    except OSError:
+        if result.error is None:
+            raise
     return result
+
+
+async def parent_gone() -> None:
+    """Returns when stdin reaches its end: the parent holds the other end of that pipe for the
+    whole run, so the end means it is gone (killed, even with SIGKILL) and a --procs child
+    must stop rather than go on sending traffic nobody records or reports."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.read()
 
 
 def run_event_loop(coro) -> Any:
@@ -574,10 +629,15 @@ async def run_workers(
     budget: AudioBudget | None = None,
     part: tuple[int, int] = (0, 1),
     shard: tuple[int, int] = (0, 1),
+    watch: Callable[[], Awaitable[str | None]] | None = None,
 ) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
     into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
-    flushes the log and exits 130 at once."""
+    flushes the log and exits 130 at once.
+
+    The workers also stop, at once, when the event log cannot be written (a full disk: the
+    result's `error` says where and why) or when `watch()` returns: with a message, that is
+    an error too; with None, an interruption (a --procs child whose parent is gone)."""
     loop = asyncio.get_running_loop()
     k, procs = part
     recorder = Recorder(
@@ -586,11 +646,15 @@ async def run_workers(
     recorder.start()
     stop: asyncio.Future = loop.create_future()
     interrupted = False
+    error: str | None = None  # why the run stopped on a failure
+    failed_at: float | None = None  # time.monotonic() of that failure
+    stopped_after: float | None = None  # wall seconds from it to the workers' stop
 
     def on_signal() -> None:
         nonlocal interrupted
         if stop.done():  # second signal: flush what is recorded and leave at once
-            recorder.flush()
+            with contextlib.suppress(OSError):  # a log that failed was reported already
+                recorder.flush()
             log(
                 "rtsoak: interrupted again: exiting now; the event log is intact, "
                 "`rtsoak report` rebuilds frames and report from it"
@@ -654,9 +718,27 @@ async def run_workers(
             )
             end_wait = asyncio.ensure_future(clock.sleep_until(run.duration))
             all_done = asyncio.gather(*tasks, return_exceptions=True)
-            # the run ends at its duration, on a signal, or when every worker has stopped
-            await asyncio.wait([stop, end_wait, all_done], return_when=asyncio.FIRST_COMPLETED)
+            assert recorder.failed is not None
+            ends = [stop, end_wait, all_done, recorder.failed]
+            watcher = loop.create_task(watch()) if watch is not None else None
+            if watcher is not None:
+                ends.append(watcher)
+            # the run ends at its duration, on a signal, when every worker has stopped, when
+            # its log cannot be written, or when the watcher says so
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             end_wait.cancel()
+            if recorder.failed.done():
+                error = str(recorder.failed.result())
+                failed_at = recorder.failed_at
+            elif watcher is not None and watcher.done() and not watcher.cancelled():
+                error = watcher.result()  # None: stopped from outside, as by a signal
+                failed_at = time.monotonic()
+                interrupted = True
+            if watcher is not None:
+                watcher.cancel()
+            if error is not None:
+                interrupted = True
+                print(f"rtsoak: {error}; stopping the run", file=sys.stderr, flush=True)
             lag_monitor.cancel()
             freezer.cancel()
             if ticker is not None:
@@ -665,16 +747,27 @@ async def run_workers(
                     print()
             if not stop.done():
                 stop.set_result(True)
-            # Workers close with 1000 and stop; bounded so a stuck socket cannot hang the run.
-            _, pending = await asyncio.wait(tasks, timeout=30)
+            # Workers close with 1000 and stop; bounded so a stuck socket cannot hang the run
+            # (tighter when the run stops on a failure: what they say is not recorded anyway).
+            _, pending = await asyncio.wait(tasks, timeout=30 if error is None else 2)
             for task in pending:
                 task.cancel()
+            if failed_at is not None:
+                stopped_after = time.monotonic() - failed_at
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     log(f"rtsoak: worker failed: {task.exception()!r}")
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
-        await recorder.aclose()
-        gc.unfreeze()
-    return WorkersResult(interrupted, recorder.count, recorder.lateness.quantile(0.99))
+        try:
+            await recorder.aclose()
+        except LogWriteError as exc:  # failed while closing, or reported above already
+            if error is None:
+                error, interrupted = str(exc), True
+                print(f"rtsoak: {error}", file=sys.stderr, flush=True)
+        finally:
+            gc.unfreeze()
+    return WorkersResult(
+        interrupted, recorder.count, recorder.lateness.quantile(0.99), error, stopped_after
+    )

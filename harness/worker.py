@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+from yarl import URL
 
 from harness import wire
 from harness.audio import AudioLibrary, Frame, Utterance, noise, to_pcm16
@@ -47,6 +48,34 @@ _SEND_ERRORS = (ConnectionError, aiohttp.ClientError, RuntimeError)
 _CLEAR = json.dumps({"type": "input_audio_buffer.clear"})  # pre-encoded: sent every utterance
 _COMMIT = json.dumps({"type": "input_audio_buffer.commit"})
 _NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
+# Scenario seconds a handshake may take: the `websockets` library's open_timeout, which the
+# official SDK uses. Without it aiohttp waits 300 s on a server that accepts and never answers.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class _Redirected(Exception):
+    """A handshake answered 3xx. Never followed: the request carries the target's key (in
+    `api-key` or a custom header, which aiohttp keeps across origins) and may go from wss:// to
+    http://. Only the status and the Location's host are kept: a query may hold a key."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(status)
+        self.status = status
+        try:
+            url = URL(location or "")
+            host = url.host and (f"{url.host}:{url.port}" if url.explicit_port else url.host)
+        except ValueError:
+            host = None
+        self.host = host or "(no host)"
+
+
+async def _refuse_redirect(_session: Any, _ctx: Any, params: Any) -> None:
+    raise _Redirected(params.response.status, params.response.headers.get("Location"))
+
+
+_NO_REDIRECTS = aiohttp.TraceConfig()
+_NO_REDIRECTS.on_request_redirect.append(_refuse_redirect)
+_NO_REDIRECTS.freeze()
 
 
 @dataclass(slots=True)
@@ -164,9 +193,15 @@ class Worker:
         # of our own that the shared one resolves once keeps a wait's cost flat.
         self._stopped = stopped = asyncio.get_running_loop().create_future()
         self.s.stop.add_done_callback(lambda _: stopped.done() or stopped.set_result(None))
+        # Handshakes go through a session of our own over the caller's connection pool, traced
+        # so that a redirect raises before it is followed (ws_connect has no allow_redirects).
+        own = aiohttp.ClientSession(
+            connector=http.connector, connector_owner=False, trace_configs=[_NO_REDIRECTS]
+        )
         try:
-            await self._live(http)
+            await self._live(own)
         finally:
+            await own.close()
             self._end_pending_replay()
 
     def _end_pending_replay(self) -> None:
@@ -246,20 +281,29 @@ class Worker:
         scale = self.clock.scale
         timeouts = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=max(0.5, 10.0 / scale))
         try:
-            ws = await http.ws_connect(
-                self.s.target.url,
-                headers=headers,
-                max_msg_size=0,
-                autoping=True,
-                heartbeat=self.sc.keepalive.heartbeat(scale),
-                timeout=timeouts,
-            )
+            async with asyncio.timeout(max(0.5, HANDSHAKE_TIMEOUT / scale)):
+                ws = await http.ws_connect(
+                    self.s.target.url,
+                    headers=headers,
+                    max_msg_size=0,
+                    autoping=True,
+                    heartbeat=self.sc.keepalive.heartbeat(scale),
+                    timeout=timeouts,
+                )
         except aiohttp.WSServerHandshakeError as exc:
             headers_in = exc.headers or {}
             request_id = headers_in.get("x-request-id") or headers_in.get("apim-request-id")
             self._handshake_failed(conn, exc.status, f"HTTP {exc.status}", request_id)
             return conn
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except _Redirected as exc:
+            reason = f"HTTP {exc.status} redirect to {exc.host}, not followed"
+            self._handshake_failed(conn, exc.status, reason, None)
+            return conn
+        except TimeoutError:
+            reason = f"no handshake answer within {HANDSHAKE_TIMEOUT:g} s"
+            self._handshake_failed(conn, None, reason, None)
+            return conn
+        except (aiohttp.ClientError, OSError) as exc:
             self._handshake_failed(conn, None, type(exc).__name__, None)
             return conn
         response = getattr(ws, "_response", None)

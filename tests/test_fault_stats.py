@@ -1,13 +1,15 @@
-"""Fault injection measured end to end: known hazards give known survival, seeds repeat."""
+"""Fault injection measured end to end: known hazards give known survival, seeds repeat.
+
+Seeded draws are asserted whatever the timing; counts and lifetimes, which a loaded machine
+shifts at 120x, go through `require_timing` (skipped, with the harness's own measurements as
+the reason, when it says it was saturated)."""
 
 from __future__ import annotations
 
-import json
 import math
 
-import pandas as pd
 import pytest
-from helpers import scenario_from, soak
+from helpers import compare_faults, require_timing, scenario_from, soak
 
 from harness.analysis import survival_by_variant
 from harness.frames import load
@@ -47,8 +49,9 @@ async def test_km_median_matches_exponential_hazard(
     (summary,), _ = survival_by_variant(frames.connections)
     expected = scenario.faults.describe()["session_age"]["mean"] * math.log(2)
     lo, hi = summary.median_ci_s
-    assert summary.drops >= 40
-    assert lo <= expected <= hi, (summary, expected)
+    # lifetimes are measured by the client: they include handshake and fault lateness
+    require_timing(summary.drops >= 40, f"{summary.drops} drops, 40 expected", frames)
+    require_timing(lo <= expected <= hi, f"median {expected} outside {summary}", frames)
 
 
 DETERMINISM = """
@@ -68,25 +71,13 @@ mean = "40s"
 """
 
 
-def _faults(run_dir) -> pd.DataFrame:
-    events = load(run_dir).events
-    faults = events[(events["src"] == "server") & (events["type"] == "fault")]
-    detail = faults["detail"].map(json.loads)
-    return pd.DataFrame(
-        {
-            "key": detail.map(lambda d: d["session_key"]),
-            "policy": faults["text"].astype(str),
-            "due_age": detail.map(lambda d: d["due_age"]),
-        }
-    ).set_index("key")
-
-
 async def test_same_seed_same_faults_at_the_same_ages(tmp_path, tone_library, fake_server) -> None:
     scenario = scenario_from(tmp_path, DETERMINISM)
-    first = _faults(await soak(tmp_path, scenario, tone_library, fake_server))
-    second = _faults(await soak(tmp_path, scenario, tone_library, fake_server))
-    common = first.index.intersection(second.index)
-    assert len(common) >= 0.8 * max(len(first), len(second)) and len(common) >= 5
-    assert (first.loc[common, "policy"] == second.loc[common, "policy"]).all()
-    # ages are drawn per session key: the scheduled age is the same to the bit
-    assert (first.loc[common, "due_age"] == second.loc[common, "due_age"]).all()
+    first = load(await soak(tmp_path, scenario, tone_library, fake_server))
+    second = load(await soak(tmp_path, scenario, tone_library, fake_server))
+    same = compare_faults(first, second)
+    # ages are drawn per session key: the scheduled age is the same to the bit, however late
+    assert same.mismatched.empty, same.mismatched
+    # how many keys both runs reached depends on timing; every difference must be explained
+    # by it (see compare_faults), and enough keys must match for the check to mean something
+    require_timing(not same.unexplained and len(same.common) >= 5, same.describe(), first, second)

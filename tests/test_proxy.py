@@ -61,13 +61,15 @@ class ProxyRun:
     """A proxy recording into a run directory, relaying to an upstream fake server that only
     accepts the upstream's key."""
 
-    def __init__(self, tmp_path: Path, upstream_url: str, faults=None, scale: float = 1.0):
+    def __init__(
+        self, tmp_path: Path, upstream_url: str, faults=None, scale: float = 1.0, **options
+    ):
         self.run_dir = tmp_path / "proxy-run"
         self.run_dir.mkdir()
         write_json(self.run_dir / "manifest.json", {"scenario": {}, "seed": 0, "time_scale": scale})
         self.recorder = Recorder(self.run_dir / "events-client.arrows")
         target = Target("url", upstream_url, {"Authorization": f"Bearer {UPSTREAM_KEY}"})
-        self.proxy = RealtimeProxy(ScaledClock(scale), target, self.recorder, faults)
+        self.proxy = RealtimeProxy(ScaledClock(scale), target, self.recorder, faults, **options)
 
     async def __aenter__(self) -> ProxyRun:
         self.recorder.start()

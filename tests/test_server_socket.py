@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import zlib
@@ -125,3 +126,93 @@ async def test_azure_paths_and_api_key_header(fake_server, path: str) -> None:
     ):
         assert "apim-request-id" in ws._response.headers
         assert (await next_event(ws))["type"] == "session.created"
+
+
+class RowLog:
+    """Stands in for a Recorder: keeps the server's meta rows as (type, fields)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, dict]] = []
+
+    def row(self, wall, t, src, variant, worker, attempt, kind, type_, **fields) -> None:
+        self.rows.append((type_, fields))
+
+    def of(self, type_: str) -> list[dict]:
+        return [fields for t, fields in self.rows if t == type_]
+
+
+UPDATE = {"type": "session.update", "session": {"type": "transcription"}}
+
+
+@pytest.mark.parametrize(
+    "frame",
+    ["[" * 1000 + "]" * 1000, '{"a":' * 1000 + "1" + "}" * 1000, "[" * 100_000],
+    ids=["list-1000", "object-1000", "unclosed-100000"],
+)
+async def test_a_deeply_nested_frame_is_an_error_and_the_session_goes_on(
+    fake_server, frame: str
+) -> None:
+    server = await fake_server()
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        await next_event(ws)
+        await ws.send_str(frame)
+        error = await next_event(ws)
+        assert (error["type"], error["error"]["type"]) == ("error", "invalid_request_error")
+        await ws.send_json(UPDATE)
+        assert (await next_event(ws))["type"] == "session.updated"
+
+
+async def test_a_failure_handling_one_frame_is_that_frames_error_and_never_the_clients(
+    fake_server, monkeypatch
+) -> None:
+    """A planted bug in the session: the frame that trips it gets a `server_error` event, the
+    server logs the failure as its own, and the connection goes on."""
+    from harness.fakeserver.session import TranscriptionSession
+
+    real = TranscriptionSession.receive
+
+    def buggy(self, text, now):
+        if "boom" in str(text):
+            raise AttributeError("planted bug")
+        return real(self, text, now)
+
+    monkeypatch.setattr(TranscriptionSession, "receive", buggy)
+    log = RowLog()
+    server = await fake_server(recorder=log)
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        await next_event(ws)
+        await ws.send_json({"type": "session.update", "event_id": "boom"})
+        error = await next_event(ws)
+        assert (error["type"], error["error"]["type"]) == ("error", "server_error")
+        await ws.send_json(UPDATE)
+        assert (await next_event(ws))["type"] == "session.updated"
+    (failed,) = log.of("frame_error")
+    assert failed["text"] == "AttributeError" and "planted bug" in failed["detail"]["error"]
+
+
+async def test_a_crash_outside_a_frame_closes_1011_and_is_logged_as_the_servers(
+    fake_server, monkeypatch
+) -> None:
+    from harness.fakeserver.faults import FaultSet
+
+    def crash(self, now, kind):
+        raise RuntimeError("planted bug in a policy")
+
+    monkeypatch.setattr(FaultSet, "on_frame", crash)
+    log = RowLog()
+    faults = parse_faults({"idle_timeout": {"after": "1h"}}, "t", seed=1)
+    server = await fake_server(ServerConfig(faults=faults), recorder=log)
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        await next_event(ws)
+        await ws.send_json(UPDATE)
+        assert (await next_event(ws))["type"] == "session.updated"
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+    for _ in range(50):  # the handler logs its close just after the socket closes
+        if log.of("session_close"):
+            break
+        await asyncio.sleep(0.01)
+    (crashed,) = log.of("server_crash")
+    assert "planted bug" in crashed["detail"]["error"]
+    (closed,) = log.of("session_close")
+    assert closed["text"] == "server_error"

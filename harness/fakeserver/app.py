@@ -283,8 +283,26 @@ class FakeServer:
                     await inject(out)
                     return False
                 if not ws.closed and not state["silent"]:
-                    await ws.send_str(json.dumps(out))
+                    try:
+                        text = json.dumps(out)
+                    except (TypeError, ValueError, RecursionError) as exc:  # our bug, not theirs
+                        text = json.dumps(frame_failed(exc))
+                    await ws.send_str(text)
             return not ws.closed and state["ended_by"] is None
+
+        def frame_failed(exc: BaseException) -> dict[str, Any]:
+            """The fake itself failed on one frame: log it as the server's fault (never the
+            client's), and answer as the service does, with a `server_error` event; the
+            connection goes on."""
+            self._log(
+                "frame_error",
+                request_id,
+                text=type(exc).__name__,
+                detail={"error": repr(exc)[:300], "session_key": session_key},
+            )
+            return session.error_event(
+                "server_error", "The server had an error while processing your request."
+            )
 
         async def inject(fault: Fault) -> None:
             if state["ended_by"] is not None:
@@ -359,7 +377,10 @@ class FakeServer:
                         continue
                     if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                         continue
-                    outputs = session.receive(msg.data, now)
+                    try:
+                        outputs = session.receive(msg.data, now)
+                    except Exception as exc:  # one frame's failure is that frame's error
+                        outputs = [frame_failed(exc)]
                     if outputs:
                         if not await send(outputs):
                             break
@@ -376,6 +397,16 @@ class FakeServer:
                         wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
+        except Exception as exc:  # a bug in the fake: close 1011 and say so, not "client"
+            state["ended_by"] = state["ended_by"] or "server_error"
+            self._log(
+                "server_crash",
+                request_id,
+                text=type(exc).__name__,
+                detail={"error": repr(exc)[:300], "session_key": session_key},
+            )
+            if not ws.closed:
+                await ws.close(code=1011, message=b"server error")
         finally:
             self._live.pop(session_key, None)
             hold = state.get("hold")

@@ -92,7 +92,8 @@ async def serve(
         server.clock_ready.clear()
     url = await server.start(host, port)
     print(json.dumps({"url": url, "port": server.port}) if sync_stdin else banner(url), flush=True)
-    try:
+
+    async def serving() -> None:
         if sync_stdin:
             reader = asyncio.StreamReader()
             await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -103,7 +104,14 @@ async def serve(
             await reader.read()  # EOF: the runner is done with us
         else:
             await asyncio.Event().wait()
+
+    main = asyncio.ensure_future(serving())
+    try:
+        # a log that cannot be written (a full disk) stops the server: aclose() says why
+        ends = [main] if recorder is None or recorder.failed is None else [main, recorder.failed]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        main.cancel()
         await server.stop()
         if recorder is not None:
             await recorder.aclose()

@@ -43,6 +43,8 @@ CALLER_HEADER = "X-Rtsoak-Caller"
 FORWARDED_HEADERS = ("OpenAI-Beta", SESSION_KEY_HEADER, "User-Agent")
 REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id")
 UPSTREAM_CONNECT_TIMEOUT = 30.0  # wall seconds for the upstream's handshake
+UPSTREAM_MAX_MSG_BYTES = 16 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def upstream_url(base: str, client_query: str) -> str:
@@ -351,10 +353,12 @@ class RealtimeProxy:
         faults: FaultProfile | None = None,
         variant: str = "proxy",
         seed: int = 0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.clock, self.upstream, self.recorder = clock, upstream, recorder
         self.faults, self.variant = faults or FaultProfile(), variant
         self.rng = random.Random(seed)
+        self.handshake_timeout = handshake_timeout
         self.carrier = FaultCarrier(self._sleep)
         self._callers: dict[str, tuple[int, int]] = {}  # caller name -> (worker, attempts)
         self._workers = 0
