@@ -43,8 +43,45 @@ CALLER_HEADER = "X-Rtsoak-Caller"
 FORWARDED_HEADERS = ("OpenAI-Beta", SESSION_KEY_HEADER, "User-Agent")
 REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id")
 UPSTREAM_CONNECT_TIMEOUT = 30.0  # wall seconds for the upstream's handshake
-UPSTREAM_MAX_MSG_BYTES = 16 * 1024 * 1024
-HANDSHAKE_TIMEOUT = 10.0
+
+
+class _Redirected(aiohttp.ClientError):
+    """The upstream answered the handshake with a redirect. It is never followed: the next hop
+    would get the upstream's credentials, maybe over plain http (wss:// to http://)."""
+
+    def __init__(self, status: int, location: str | None) -> None:
+        super().__init__(status, location)
+        self.status, self.host = status, _host_of(location)
+
+
+def _host_of(location: str | None) -> str:
+    """A redirect's target as it may be shown: host and port only (the path and the query
+    may carry tokens)."""
+    try:
+        parts = urlsplit(location or "")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "an invalid location"
+    if not host:
+        return "the same host" if location else "no location"
+    return f"{host}:{port}" if port else host
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestRedirectParams
+) -> None:
+    """aiohttp follows a handshake's redirects (ws_connect has no switch): stop it at the
+    first one, before the next request is made."""
+    response = params.response
+    location = response.headers.get("Location") or response.headers.get("URI")
+    response.close()
+    raise _Redirected(response.status, location)
+
+
+def _never_redirect() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_redirect)
+    return trace
 
 
 def upstream_url(base: str, client_query: str) -> str:
@@ -353,12 +390,10 @@ class RealtimeProxy:
         faults: FaultProfile | None = None,
         variant: str = "proxy",
         seed: int = 0,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.clock, self.upstream, self.recorder = clock, upstream, recorder
         self.faults, self.variant = faults or FaultProfile(), variant
         self.rng = random.Random(seed)
-        self.handshake_timeout = handshake_timeout
         self.carrier = FaultCarrier(self._sleep)
         self._callers: dict[str, tuple[int, int]] = {}  # caller name -> (worker, attempts)
         self._workers = 0
@@ -376,7 +411,9 @@ class RealtimeProxy:
         await asyncio.sleep(max(0.0, seconds / self.clock.scale))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), trace_configs=[_never_redirect()]
+        )
         app = web.Application()
         app.router.add_get("/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -513,9 +550,14 @@ class RealtimeProxy:
         )
         try:
             ws = await asyncio.wait_for(connect, UPSTREAM_CONNECT_TIMEOUT)
+        except _Redirected as exc:
+            return self._redirected(obs, exc.status, exc.host, None, worker, conn)
         except aiohttp.WSServerHandshakeError as exc:
             got = exc.headers or {}
             request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
+            if 300 <= exc.status < 400:  # a redirect aiohttp would not follow either
+                location = _host_of(got.get("Location"))
+                return self._redirected(obs, exc.status, location, request_id, worker, conn)
             self._refused(obs, exc.status, request_id, f"HTTP {exc.status}", worker, conn)
             return error_response(
                 exc.status,
@@ -530,6 +572,26 @@ class RealtimeProxy:
         request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
         self.record(obs.handshake(self.clock.now(), 101, request_id), worker, conn)
         return ws
+
+    def _redirected(
+        self,
+        obs: RelayObserver,
+        status: int,
+        host: str,
+        request_id: str | None,
+        worker: int,
+        conn: int,
+    ) -> web.Response:
+        """A 3xx handshake answer: a failed handshake, recorded with its status and the
+        Location's host; the client gets a 502 (the redirect is not passed on either)."""
+        error = f"redirect to {host} not followed"
+        self._refused(obs, status, request_id, error, worker, conn)
+        return error_response(
+            502,
+            "upstream_redirected",
+            f"upstream answered the handshake with HTTP {status} ({error})",
+            headers={"x-request-id": request_id} if request_id else None,
+        )
 
     def _refused(
         self,

@@ -1,0 +1,104 @@
+"""The proxy against hostile peers: an upstream that redirects or floods, a client that sends
+frames nobody can parse or never finishes its handshake, and a relay that fails. Real servers on
+127.0.0.1 ephemeral ports, real frames; each test names the promise in docs/reliability.md."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from test_proxy import UPSTREAM_KEY, ProxyRun
+
+from harness.fakeserver.app import ServerConfig
+
+NESTED = "[" * 1000 + "]" * 1000  # 2 KB, 1,000 levels: deeper than Python's recursion limit
+CLEAR = json.dumps({"type": "input_audio_buffer.clear"})
+ACK = json.dumps({"type": "input_audio_buffer.cleared"})
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable]:
+    """Factory: an inline upstream (one handler for every path) on 127.0.0.1:0; its ws:// URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", handler)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]
+        return f"ws://127.0.0.1:{port}/v1/realtime"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream(fake_server):
+    """The fake server, accepting only the upstream's key."""
+    return await fake_server(ServerConfig(api_keys=frozenset({UPSTREAM_KEY})))
+
+
+async def _relaying_upstream(serve, received: list, closes: list) -> str:
+    """An upstream that keeps every frame it gets, answers a clear with `cleared`, sends the
+    nested frame first, and notes the close it is sent."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=0)
+        await ws.prepare(request)
+        await ws.send_str(NESTED)
+        async for msg in ws:
+            received.append(msg.data)
+            if msg.data == CLEAR:
+                await ws.send_str(ACK)
+        closes.append(ws.close_code)
+        return ws
+
+    return await serve(handler)
+
+
+# 1. redirects ----------------------------------------------------------------------------------
+async def test_an_upstream_redirect_fails_the_handshake_and_is_never_followed(
+    tmp_path, serve
+) -> None:
+    """A 307 to another origin: the origin hears nothing (not the upstream's key, not a
+    connection); the client gets 502; the row keeps the status and the Location's host only."""
+    heard: list[bytes] = []
+
+    async def elsewhere(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heard.append(await reader.readuntil(b"\r\n\r\n"))  # recorded before it answers
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(elsewhere, "127.0.0.1", 0)
+    other = listener.sockets[0].getsockname()[1]
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.1:{other}/v1/realtime?api-key=secret9")
+
+    url = await serve(redirect)
+    try:
+        async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await run.connect(http)
+    finally:
+        listener.close()
+    assert heard == []  # followed, it got the upstream's key: `Authorization: Bearer sk-...`
+    assert refused.value.status == 502
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.handshake_status, conn.cause) == (307, "handshake_failed")
+    assert f"127.0.0.1:{other}" in conn.handshake_error
+    assert "secret9" not in conn.handshake_error and "/v1" not in conn.handshake_error
+    for path in run.run_dir.rglob("*"):
+        if path.is_file():
+            assert b"secret9" not in path.read_bytes(), path
+            assert UPSTREAM_KEY.encode() not in path.read_bytes(), path
