@@ -216,3 +216,53 @@ async def test_a_crash_outside_a_frame_closes_1011_and_is_logged_as_the_servers(
     assert "planted bug" in crashed["detail"]["error"]
     (closed,) = log.of("session_close")
     assert closed["text"] == "server_error"
+
+
+# --- idle sockets -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /v1/realtime?intent=transcription HTTP/1.1\r\nHost: x\r\nUpgrade: webs"],
+    ids=["nothing", "half-a-request"],
+)
+async def test_a_socket_that_never_completes_its_upgrade_is_closed(fake_server, sent) -> None:
+    server = await fake_server(ServerConfig(upgrade_timeout=0.01))  # the 0.5 s wall floor
+    assert server.upgrade_wall_timeout == 0.5
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(sent)
+    try:
+        # EOF is the server closing; aiohttp's default would hold it for an hour
+        assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+    finally:
+        writer.close()
+
+
+async def test_the_upgrade_timeout_spares_upgraded_sessions(fake_server) -> None:
+    server = await fake_server(ServerConfig(upgrade_timeout=0.01))
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        await next_event(ws)
+        await asyncio.sleep(server.upgrade_wall_timeout * 2)
+        await ws.send_json(UPDATE)
+        assert (await next_event(ws))["type"] == "session.updated"
+
+
+async def test_an_idle_session_is_closed_1001_after_max_idle_scaled(fake_server) -> None:
+    log = RowLog()
+    server = await fake_server(
+        ServerConfig(limits=SessionLimits(max_idle=6.0)), clock=ScaledClock(60.0), recorder=log
+    )  # 6 scenario s = 0.1 s wall
+    async with aiohttp.ClientSession() as http, http.ws_connect(server.url, headers=AUTH) as ws:
+        await next_event(ws)
+        error = await next_event(ws)
+        assert error["error"]["code"] == "idle_timeout"
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1001)
+    assert [f["text"] for f in log.of("fault")] == ["max_idle"]
+
+
+def test_an_idle_timeout_policy_replaces_the_servers_idle_limit() -> None:
+    from harness.fakeserver.app import FakeServer
+
+    server = FakeServer(ScaledClock(1.0))
+    assert server._limits(parse_faults({}, "t")).max_idle == 1800.0
+    faults = parse_faults({"idle_timeout": {"after": "45m"}}, "t")
+    assert server._limits(faults).max_idle is None

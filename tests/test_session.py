@@ -171,3 +171,21 @@ def test_ids_are_letters_and_digits_distinct_and_seeded() -> None:
     assert len(set(first)) == len(first)
     assert set("".join(i[6:] for i in first)) == set(string.ascii_letters + string.digits)
     assert ids(7) == first and ids(8) != first
+
+
+def test_a_session_without_client_events_for_max_idle_is_closed_1001_and_frames_reset_it() -> None:
+    s = session(max_idle=60.0)
+    assert s.poll(59.9) == []
+    s.receive(json.dumps({"type": "input_audio_buffer.clear"}), 30.0)
+    assert s.poll(89.9) == []  # the event at 30 s moved the deadline to 90 s
+    out = s.poll(90.0)
+    assert types(out) == ["error", "CLOSE"]
+    assert out[0]["error"]["code"] == "idle_timeout"
+    assert (out[1].policy, out[1].code) == ("max_idle", 1001)
+    assert s.receive(json.dumps({"type": "input_audio_buffer.clear"}), 91.0) == []
+
+
+def test_the_default_idle_limit_is_generous_and_can_be_turned_off() -> None:
+    assert SessionLimits().max_idle == 1800.0  # half the service's 2025 session limit
+    s = session(max_idle=None, max_duration=1e9)
+    assert s.poll(1e6) == []

@@ -31,6 +31,7 @@ __all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig", "client_key", "er
 # order in which concurrent connections happen to arrive. Other clients need not send it.
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
+UPGRADE_FLOOR = 0.5  # wall seconds: the least time a client gets to send its HTTP request
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
 _HTTP_ERRORS = {
     401: ("invalid_api_key", "Incorrect API key provided."),
@@ -46,6 +47,10 @@ class ServerConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     seed: int = 0
     api_keys: frozenset[str] = frozenset()  # empty: any non-empty key is accepted
+    # a connection that has not completed its HTTP request (the upgrade) this long after it
+    # opened is closed; scenario seconds, at least UPGRADE_FLOOR wall seconds (the client's
+    # own TCP and HTTP work is not time-compressed). Also bounds idle keep-alive connections.
+    upgrade_timeout: float = 10.0
     # rtsoak variants may each have their own faults, chosen by the session key's variant
     variant_faults: dict[str, FaultProfile] = field(default_factory=dict)
 
@@ -131,13 +136,24 @@ class FakeServer:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            self.app(),
+            handle_signals=False,
+            access_log=None,
+            # aiohttp arms it at connection_made and closes a connection still waiting for a
+            # whole request when it fires: a bound on never-upgraded and slowloris sockets
+            keepalive_timeout=self.upgrade_wall_timeout,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.host = host
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.url
+
+    @property
+    def upgrade_wall_timeout(self) -> float:
+        return max(UPGRADE_FLOOR, self.config.upgrade_timeout / self.clock.scale)
 
     async def stop(self) -> None:
         self._carrier.cancel_held()
@@ -146,10 +162,14 @@ class FakeServer:
             self._runner = None
 
     def _limits(self, faults: FaultProfile) -> SessionLimits:
-        """A max_duration policy shortens the service's session limit."""
-        if faults.max_session is None:
-            return self.config.limits
-        return dataclasses.replace(self.config.limits, max_duration=faults.max_session)
+        """A max_duration policy shortens the service's session limit; an idle_timeout policy
+        replaces its idle limit (the policy, not the limit, is the hypothesis under test)."""
+        limits = self.config.limits
+        if faults.max_session is not None:
+            limits = dataclasses.replace(limits, max_duration=faults.max_session)
+        if "idle_timeout" in faults.names:
+            limits = dataclasses.replace(limits, max_idle=None)
+        return limits
 
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds / self.clock.scale))

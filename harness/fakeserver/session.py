@@ -61,6 +61,10 @@ class SessionLimits:
     """Service limits, in scenario seconds and bytes; defaults are the GA service's."""
 
     max_duration: float = 3600.0
+    # no client event for this long closes the session (1001, after an `idle_timeout` error);
+    # None: never. Generous (half the 2025 session limit) so that only a socket nobody uses
+    # meets it; an `idle_timeout` fault policy replaces it (docs/faults.md). Pings don't count.
+    max_idle: float | None = 1800.0
     max_append_bytes: int = 15 * 1024 * 1024
     max_buffer_bytes: int = 15 * 60 * BYTES_PER_SECOND  # uncommitted audio (not documented)
     latency_base: float = 0.25  # transcription latency = base + per_audio_second * audio seconds
@@ -281,8 +285,11 @@ class TranscriptionSession:
         self._vad_item: str | None = None
         self._due: list[tuple[float, int, Any]] = []  # heap of (time, seq, make outputs)
         self._seq = 0
+        self.last_seen = opened  # the last client frame (any text or binary message)
         self._configure_vad()
         self._schedule(opened + limits.max_duration, self._expire)
+        if limits.max_idle is not None:
+            self._schedule_idle_check(opened + limits.max_idle)
 
     # ids and shapes -------------------------------------------------------------------------
     def _id(self, prefix: str) -> str:
@@ -356,6 +363,7 @@ class TranscriptionSession:
         self.last_pcm = None
         if self.expired:
             return []
+        self.last_seen = now
         try:
             event = wire.loads(text)
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -665,6 +673,31 @@ class TranscriptionSession:
                 usage=usage,
                 logprobs=logprobs,
             )
+        ]
+
+    def _schedule_idle_check(self, when: float) -> None:
+        """One check per idle period, not one timer per frame: at `when`, a session that has
+        heard from its client since is checked again at its new deadline."""
+
+        def check() -> list[Output]:
+            assert self.limits.max_idle is not None
+            due = self.last_seen + self.limits.max_idle
+            if due > when:
+                self._schedule_idle_check(due)
+                return []
+            return self._idle()
+
+        self._schedule(when, check)
+
+    def _idle(self) -> list[Output]:
+        self.expired = True
+        assert self.limits.max_idle is not None
+        message = (
+            f"The session was closed after {self.limits.max_idle:g} seconds without a client event."
+        )
+        return [
+            self._error("idle_timeout", message),
+            Fault(FaultKind.CLOSE, "max_idle", 1001, "idle timeout"),
         ]
 
     def _expire(self) -> list[Output]:
