@@ -82,6 +82,7 @@ INJECTED_TO_DIAGNOSIS = {
     "silence_hazard": "age",
     "concurrency_cap": "age",
     "max_duration": "age",
+    "max_idle": "idle",
     "accept_then_close": "age",
     "handshake_faults": "handshake",
 }
