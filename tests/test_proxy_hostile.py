@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 from aiohttp import web
-from test_proxy import UPSTREAM_KEY, ProxyRun
+from test_proxy import CLIENT_KEY, UPSTREAM_KEY, ProxyRun
 
 from harness.fakeserver.app import ServerConfig
+from harness.proxy.app import UPSTREAM_MAX_MSG_BYTES
 
 NESTED = "[" * 1000 + "]" * 1000  # 2 KB, 1,000 levels: deeper than Python's recursion limit
 CLEAR = json.dumps({"type": "input_audio_buffer.clear"})
@@ -102,3 +103,38 @@ async def test_an_upstream_redirect_fails_the_handshake_and_is_never_followed(
         if path.is_file():
             assert b"secret9" not in path.read_bytes(), path
             assert UPSTREAM_KEY.encode() not in path.read_bytes(), path
+
+
+# 2. bounds -------------------------------------------------------------------------------------
+async def test_an_oversize_upstream_message_ends_the_connection_with_1009_on_both_sides(
+    tmp_path, serve
+) -> None:
+    upstream_ended = asyncio.get_running_loop().create_future()
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        try:
+            await ws.send_str("x" * (UPSTREAM_MAX_MSG_BYTES + 1))
+            async for _ in ws:
+                pass
+            upstream_ended.set_result(ws.close_code)
+        except ConnectionError:  # closed with its message unread: TCP resets the sender
+            upstream_ended.set_result("reset")
+        return ws
+
+    url = await serve(flood)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        client = await http.ws_connect(
+            f"{run.base}/v1/realtime",
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+            max_msg_size=0,  # the client would take it: only the proxy's bound may stop it
+        )
+        msg = await client.receive(timeout=10)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+        assert "too big" in msg.extra
+        await client.close()
+    assert await asyncio.wait_for(upstream_ended, 10) in (1009, "reset")  # the upstream too
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.close_code, conn.closed_by, conn.cause) == (1009, "server", "protocol_error")
+    assert "too big" in conn.close_reason and conn.dropped

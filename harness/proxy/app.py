@@ -43,6 +43,11 @@ CALLER_HEADER = "X-Rtsoak-Caller"
 FORWARDED_HEADERS = ("OpenAI-Beta", SESSION_KEY_HEADER, "User-Agent")
 REQUEST_ID_HEADERS = ("x-request-id", "apim-request-id")
 UPSTREAM_CONNECT_TIMEOUT = 30.0  # wall seconds for the upstream's handshake
+# The largest message the upstream may send (aiohttp's max_msg_size; 0 would be unbounded, and
+# endless continuation frames then grow one connection's memory until the proxy is killed).
+# The service's events are kilobytes (a transcript, session.created); 16 MiB is far above any,
+# and bounds what one upstream connection can make the proxy hold. Over it: close 1009 both ways.
+UPSTREAM_MAX_MSG_BYTES = 16 * 1024 * 1024
 
 
 class _Redirected(aiohttp.ClientError):
@@ -257,6 +262,9 @@ class _Relay:
                 cause = CloseCause.EXPIRED if self.obs.expired else CloseCause.SERVER_CLOSE
                 self.end(_Ending("upstream", ClosedBy.SERVER, cause, msg.data, msg.extra or ""))
                 return
+            if msg.type is WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
+                self.end(_protocol_error(msg.data))  # aiohttp closed the upstream with its code
+                return
             if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 reason = type(msg.data).__name__ if msg.data is not None else "upstream dropped"
                 self.end(_Ending("upstream", ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, reason))
@@ -340,6 +348,16 @@ def _fault_ending(fault: Fault) -> _Ending:
     return _Ending(
         "fault", ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, f"{fault.policy} ({fault.kind})"
     )
+
+
+def _protocol_error(exc: aiohttp.WebSocketError) -> _Ending:
+    """The upstream broke the protocol, or a bound (a message over UPSTREAM_MAX_MSG_BYTES is
+    1009): aiohttp has closed the upstream with that code; the client gets it too."""
+    if exc.code == 1009:
+        reason = f"upstream message too big (over {UPSTREAM_MAX_MSG_BYTES >> 20} MiB)"
+    else:
+        reason = f"upstream protocol error: {exc}"
+    return _Ending("upstream", ClosedBy.SERVER, CloseCause.PROTOCOL_ERROR, exc.code, reason)
 
 
 def _expiry(max_session: float) -> Fault:
@@ -544,7 +562,7 @@ class RealtimeProxy:
         connect = self._http.ws_connect(
             upstream_url(self.upstream.url, request.query_string),
             headers=headers,
-            max_msg_size=0,
+            max_msg_size=UPSTREAM_MAX_MSG_BYTES,
             autoping=False,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
         )
