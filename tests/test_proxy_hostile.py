@@ -14,7 +14,8 @@ from aiohttp import web
 from test_proxy import CLIENT_KEY, UPSTREAM_KEY, ProxyRun
 
 from harness.fakeserver.app import ServerConfig
-from harness.proxy.app import UPSTREAM_MAX_MSG_BYTES
+from harness.proxy.app import UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
+from harness.proxy.observer import RelayObserver
 
 NESTED = "[" * 1000 + "]" * 1000  # 2 KB, 1,000 levels: deeper than Python's recursion limit
 CLEAR = json.dumps({"type": "input_audio_buffer.clear"})
@@ -138,3 +139,85 @@ async def test_an_oversize_upstream_message_ends_the_connection_with_1009_on_bot
     (conn,) = run.frames().connections.itertuples()
     assert (conn.close_code, conn.closed_by, conn.cause) == (1009, "server", "protocol_error")
     assert "too big" in conn.close_reason and conn.dropped
+
+
+# 3. frames nobody can read, and a relay that fails ---------------------------------------------
+async def test_a_deeply_nested_frame_is_relayed_byte_for_byte_recorded_and_the_relay_goes_on(
+    tmp_path, serve
+) -> None:
+    received: list[str] = []
+    closes: list[int | None] = []
+    url = await _relaying_upstream(serve, received, closes)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        async with run.connect(http) as client:
+            assert (await client.receive(timeout=10)).data == NESTED  # upstream -> client
+            await client.send_str(NESTED)  # client -> upstream
+            await client.send_str(CLEAR)
+            assert (await client.receive(timeout=10)).data == ACK  # the relay went on
+            await client.close()
+    assert received == [NESTED, CLEAR] and closes == [1000]
+    frames = run.frames()
+    events = frames.events
+    nested = events[events["type"] == "unparseable"]
+    assert sorted(nested["dir"].astype(str)) == ["recv", "send"]
+    assert (nested["bytes"] == len(NESTED)).all()
+    (conn,) = frames.connections.itertuples()
+    assert (conn.closed_by, conn.cause, conn.close_code) == ("client", "client_close", 1000)
+
+
+async def test_a_frame_the_observer_fails_on_is_its_own_row_and_still_relayed(
+    tmp_path, serve, monkeypatch
+) -> None:
+    """Any failure to observe one frame (here a planted bug) is that frame's row, not the end
+    of the relay: the proxy stays transparent."""
+    real = RelayObserver.client_frame
+
+    def planted(self, now, data):
+        if data == CLEAR:
+            raise KeyError("planted observer bug")
+        return real(self, now, data)
+
+    monkeypatch.setattr(RelayObserver, "client_frame", planted)
+    received: list[str] = []
+    closes: list[int | None] = []
+    url = await _relaying_upstream(serve, received, closes)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        async with run.connect(http) as client:
+            await client.receive(timeout=10)
+            await client.send_str(CLEAR)
+            assert (await client.receive(timeout=10)).data == ACK
+            await client.close()
+    assert received == [CLEAR]
+    events = run.frames().events
+    (row,) = events[(events["dir"] == "send")].itertuples()
+    assert row.type == "unparseable" and "KeyError" in row.text and row.bytes == len(CLEAR)
+
+
+async def test_a_relay_task_that_dies_closes_both_sides_and_says_why(
+    tmp_path, serve, monkeypatch
+) -> None:
+    """A relay task failing for any reason (here: recording one row raises) ends its
+    connection: the client and the upstream are both closed (1011), the close row says why."""
+    real = RealtimeProxy.record
+
+    def planted(self, rows, worker, conn, src="client"):
+        if any(row.type == "input_audio_buffer.clear" for row in rows):
+            raise OSError("planted: the log refused a row")
+        return real(self, rows, worker, conn, src)
+
+    monkeypatch.setattr(RealtimeProxy, "record", planted)
+    received: list[str] = []
+    closes: list[int | None] = []
+    url = await _relaying_upstream(serve, received, closes)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        async with run.connect(http) as client:
+            await client.receive(timeout=10)
+            await client.send_str(CLEAR)
+            msg = await client.receive(timeout=10)
+            assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1011)
+            assert "relay failed" in msg.extra
+    assert closes == [1011]
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.closed_by, conn.cause, conn.close_code) == ("server", "protocol_error", 1011)
+    assert "relay failed" in conn.close_reason and "OSError" in conn.close_reason
+    assert conn.dropped

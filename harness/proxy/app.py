@@ -158,10 +158,12 @@ class _Relay:
 
     async def run(self) -> None:
         tasks = [
-            asyncio.create_task(self._client_to_upstream()),
-            asyncio.create_task(self._upstream_to_client()),
-            asyncio.create_task(self._timers()),
+            asyncio.create_task(self._client_to_upstream(), name="client-to-upstream"),
+            asyncio.create_task(self._upstream_to_client(), name="upstream-to-client"),
+            asyncio.create_task(self._timers(), name="timers"),
         ]
+        for task in tasks:
+            task.add_done_callback(self._task_ended)
         try:
             await self.ended.wait()
             await self._finish()
@@ -175,6 +177,16 @@ class _Relay:
             now = self.proxy.clock.now()
             self.record(self.obs.closed(now, e.closed_by, e.cause, e.code, e.reason))
             self.finished.set()
+
+    def _task_ended(self, task: asyncio.Task) -> None:
+        """A relay task that stops before its connection has ended (it raised: a bug, a full
+        log) ends the connection, so neither side is left open and unrelayed."""
+        if task.cancelled() or (task.exception() is None and self.ending is not None):
+            return
+        exc = task.exception()
+        why = "it returned" if exc is None else f"{type(exc).__name__}: {exc}"
+        reason = f"proxy relay failed ({task.get_name()}: {why})"
+        self.end(_Ending("proxy", ClosedBy.SERVER, CloseCause.PROTOCOL_ERROR, 1011, reason))
 
     async def _finish(self) -> None:
         """Carry the ending to the side that has not seen it yet."""
@@ -192,9 +204,13 @@ class _Relay:
         elif e.source == "upstream" and not self.client.closed:
             await self.client.close(code=_sendable(e.code), message=e.reason.encode()[:123])
         elif e.source == "proxy" and not self.client.closed:
-            await self.client.close(code=1001, message=b"rtsoak proxy stopping")
+            message = f"rtsoak {e.reason}".encode()[:123]
+            await asyncio.wait_for(self.client.close(code=_sendable(e.code), message=message), 10)
         # a fault was carried out on the client's side already
-        await _close(self.upstream, 1000, "client side ended")
+        failed = e.source == "proxy" and e.code == 1011
+        await _close(
+            self.upstream, 1011 if failed else 1000, e.reason if failed else "client side ended"
+        )
 
     # client -> upstream -------------------------------------------------------------------
     async def _client_to_upstream(self) -> None:
@@ -229,7 +245,11 @@ class _Relay:
                 continue
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
-            self.record(self.obs.client_frame(now, msg.data))
+            try:
+                rows = self.obs.client_frame(now, msg.data)
+            except Exception as exc:  # noqa: BLE001 (one frame misread never stops the relay)
+                rows = _unobserved(now, "send", msg.data, exc)
+            self.record(rows)
             if self.faults.policies and not await self._judge(now):
                 return  # a fault ended the connection: the frame never reaches upstream
             if msg.type is WSMsgType.TEXT:
@@ -277,12 +297,16 @@ class _Relay:
             elif msg.type is WSMsgType.PONG:
                 self.record(self.obs.control(now, "recv", "pong", len(msg.data)))
                 await _forward(client.pong(msg.data))
-            elif msg.type is WSMsgType.TEXT:
-                self.record(self.obs.server_frame(now, msg.data))
-                await _forward(client.send_str(msg.data))
-            elif msg.type is WSMsgType.BINARY:
-                self.record(self.obs.server_frame(now, msg.data))
-                await _forward(client.send_bytes(msg.data))
+            elif msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                try:
+                    rows = self.obs.server_frame(now, msg.data)
+                except Exception as exc:  # noqa: BLE001 (one frame misread never stops the relay)
+                    rows = _unobserved(now, "recv", msg.data, exc)
+                self.record(rows)
+                if msg.type is WSMsgType.TEXT:
+                    await _forward(client.send_str(msg.data))
+                else:
+                    await _forward(client.send_bytes(msg.data))
 
     # faults -------------------------------------------------------------------------------
     async def _timers(self) -> None:
@@ -336,6 +360,12 @@ class _Relay:
         self.hold = await self.proxy.carrier.carry_out(self.request.transport, self.client, fault)
         self.silent = self.hold is not None
         return self.ending is None
+
+
+def _unobserved(now: float, dir_: str, data: str | bytes, exc: Exception) -> list[Row]:
+    """The row of a frame the observer failed on: relayed all the same, and counted."""
+    text = f"observer failed: {type(exc).__name__}: {exc}"[:200]
+    return [Row(now, dir_, "unparseable", {"bytes_": len(data), "text": text})]
 
 
 def _fault_ending(fault: Fault) -> _Ending:

@@ -331,7 +331,7 @@ class RelayObserver:
 def _parse(data: str) -> dict[str, Any] | None:
     try:
         event = wire.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return None
