@@ -51,6 +51,10 @@ _NOISE_POOL = 50  # distinct pre-encoded noise frames, cycled
 # Scenario seconds a handshake may take: the `websockets` library's open_timeout, which the
 # official SDK uses. Without it aiohttp waits 300 s on a server that accepts and never answers.
 HANDSHAKE_TIMEOUT = 10.0
+# The largest inbound message a worker reads. The largest legitimate server event, a session
+# or transcript event, is a few KB; 16 MiB is far above anything plausible, and bounds what a
+# server can make a worker hold (unbounded, endless continuation frames took one to 3 GB in 4 s).
+MAX_MESSAGE_BYTES = 16 * 2**20
 
 
 class _Redirected(Exception):
@@ -129,6 +133,7 @@ class Conn:
     close_code: int | None = None
     close_frame: tuple[int, str] | None = None
     transport_error: str | None = None
+    too_big: bool = False  # a message over MAX_MESSAGE_BYTES: we closed with 1009
     expired: bool = False
     summarized: bool = False
     updated: asyncio.Future | None = None
@@ -285,7 +290,7 @@ class Worker:
                 ws = await http.ws_connect(
                     self.s.target.url,
                     headers=headers,
-                    max_msg_size=0,
+                    max_msg_size=MAX_MESSAGE_BYTES,
                     autoping=True,
                     heartbeat=self.sc.keepalive.heartbeat(scale),
                     timeout=timeouts,
@@ -404,6 +409,9 @@ class Worker:
         if conn.client_closing:
             who, cause = ClosedBy.CLIENT, conn.client_cause
             code, reason = 1000, str(conn.client_cause)
+        elif conn.too_big:  # we closed it, for the server's fault: a drop, not censored
+            who, cause, code = ClosedBy.CLIENT, CloseCause.PROTOCOL_ERROR, 1009
+            reason = f"message too big: over MAX_MESSAGE_BYTES ({MAX_MESSAGE_BYTES} bytes)"
         elif conn.close_frame is not None:
             who = ClosedBy.SERVER
             code, reason = conn.close_frame
@@ -452,15 +460,25 @@ class Worker:
             while True:
                 msg = await ws.receive()
                 if msg.type is aiohttp.WSMsgType.TEXT:
-                    self._on_text(conn, msg.data)
+                    try:
+                        self._on_text(conn, msg.data)
+                    except Exception as exc:  # one frame we cannot handle costs only itself
+                        self._row(
+                            conn.attempt,
+                            "recv",
+                            "unhandled",
+                            bytes_=len(msg.data),
+                            text=type(exc).__name__,
+                        )
                 elif msg.type is aiohttp.WSMsgType.BINARY:
                     conn.last_recv = self.clock.now()
                     self._row(conn.attempt, "recv", "binary", bytes_=len(msg.data))
                 elif msg.type is aiohttp.WSMsgType.CLOSE:
                     if not conn.client_closing:
                         conn.close_frame = (msg.data, msg.extra or "")
-                elif msg.type is aiohttp.WSMsgType.ERROR:
+                elif msg.type is aiohttp.WSMsgType.ERROR:  # aiohttp has closed the socket
                     conn.transport_error = type(msg.data).__name__
+                    conn.too_big = getattr(msg.data, "code", None) == 1009
                     break
                 else:  # CLOSING / CLOSED
                     break
@@ -474,11 +492,14 @@ class Worker:
         conn.last_recv = self.clock.now()
         try:
             event = wire.loads(data)
-            type_ = event.get("type") if isinstance(event, dict) else None
-        except ValueError:
-            event, type_ = None, None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+            self._row(
+                conn.attempt, "recv", "unparseable", bytes_=len(data), text=type(exc).__name__
+            )
+            return
+        type_ = event.get("type") if isinstance(event, dict) else None
         if not isinstance(type_, str):
-            self._row(conn.attempt, "recv", "unparseable", bytes_=len(data))
+            self._row(conn.attempt, "recv", "unparseable", bytes_=len(data), text="no string type")
             return
         # peers may send anything: only strings of the expected fields are believed or logged
         item = text_field(event.get("item_id"))

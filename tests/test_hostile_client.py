@@ -5,6 +5,9 @@ every timing is asserted on the scenario times the worker recorded itself."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from harness.recorder import Recorder
 from harness.runner import manifest, write_json
 from harness.scenario import scenario_from_doc
 from harness.target import Target
-from harness.worker import HANDSHAKE_TIMEOUT, Worker, WorkerSetup
+from harness.worker import HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, Worker, WorkerSetup
 
 CANARY = "sk-canary-7b1e0c55d4"
 TIME_SCALE = 20
@@ -28,7 +31,7 @@ BASE = {
     "pacing": {"chunk_ms": 100},
     "turns": {"transcript_timeout": "3s"},
     "silence": {"gap": "0.5s"},
-    "reconnect": {"initial": "100ms", "max_attempts": 2, "healthy_after": "0s", "jitter": 0},
+    "reconnect": {"initial": "100ms", "max_attempts": 2, "healthy_after": "1h", "jitter": 0},
 }
 
 
@@ -86,6 +89,37 @@ async def run_worker(
         await asyncio.wait_for(task, 10)
     recorder.close()
     return load(run_dir)
+
+
+def server_frame(payload: bytes, opcode: int = 1, fin: bool = True) -> bytes:
+    """A WebSocket frame as a server writes it (unmasked)."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 1 << 16:
+        return head + bytes([126]) + n.to_bytes(2, "big") + payload
+    return head + bytes([127]) + n.to_bytes(8, "big") + payload
+
+
+async def accept_websocket(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The server's half of a WebSocket handshake, by hand, then session.created/updated."""
+    request = await reader.readuntil(b"\r\n\r\n")
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(
+        hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    ).decode()
+    writer.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+    )
+    for type_ in ("session.created", "session.updated"):
+        writer.write(server_frame(json.dumps({"type": type_, "session": {"id": "s"}}).encode()))
+    await writer.drain()
 
 
 def rows(frames, type_: str) -> pd.DataFrame:
@@ -157,3 +191,114 @@ async def test_a_stalled_handshake_fails_after_the_handshake_timeout(
     latency = conns["handshake_latency"]
     assert (latency >= HANDSHAKE_TIMEOUT).all() and (latency < 3 * HANDSHAKE_TIMEOUT).all()
     assert len(rows(frames, "worker_stopped")) == 1
+
+
+# 2. inbound message size ----------------------------------------------------------------------
+async def test_endless_continuation_frames_end_the_connection_with_1009_and_the_run_goes_on(
+    tmp_path, tone_library
+) -> None:
+    """A message that never ends (a text frame, then continuation frames forever) is cut at
+    MAX_MESSAGE_BYTES: that connection ends 1009 'message too big', the worker reconnects."""
+    sent: list[int] = []
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_websocket(reader, writer)
+        chunk = b"x" * (1 << 16)
+        total, opcode = 0, 1
+        try:
+            while total < 4 * MAX_MESSAGE_BYTES:  # then hold: an unbounded reader would wait on
+                writer.write(server_frame(chunk, opcode, fin=False))
+                await writer.drain()
+                total, opcode = total + len(chunk), 0
+            await reader.read()
+        except ConnectionError:
+            pass
+        finally:
+            sent.append(total)
+            writer.close()
+
+    listener = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    scenario = doc(turns={"transcript_timeout": "60s"})
+    frames = await run_worker(port, scenario, tmp_path, tone_library)
+    listener.close()
+    await listener.wait_closed()
+
+    conns = frames.connections.sort_values("conn")
+    assert len(conns) == 2  # the first ended, the worker went on to its second attempt
+    assert (conns["handshake_status"] == 101).all()
+    assert (conns["close_code"] == 1009).all()
+    assert conns["close_reason"].str.contains("message too big").all()
+    assert (conns["cause"] == "protocol_error").all()
+    assert max(sent) < 4 * MAX_MESSAGE_BYTES  # the worker stopped reading, not the server
+
+
+async def test_one_message_over_the_bound_ends_its_connection_with_1009(
+    serve, tmp_path, tone_library
+) -> None:
+    async def huge(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "session.created", "session": {"id": "s"}}))
+        await ws.send_str(json.dumps({"type": "session.updated", "session": {"id": "s"}}))
+        await ws.send_str("x" * (MAX_MESSAGE_BYTES + 1))
+        await ws.receive()
+        return ws
+
+    port = await serve(huge)
+    frames = await run_worker(
+        port, doc(turns={"transcript_timeout": "60s"}), tmp_path, tone_library
+    )
+    conns = frames.connections
+    assert len(conns) == 2 and (conns["close_code"] == 1009).all()
+    assert conns["close_reason"].str.contains("message too big").all()
+
+
+# 3. frames the worker cannot parse ------------------------------------------------------------
+async def test_a_deeply_nested_frame_is_recorded_and_the_connection_goes_on(
+    serve, tmp_path, tone_library
+) -> None:
+    """A 1,000-level nested frame (RecursionError in the stdlib parser) is recorded as one
+    `unparseable` row naming the failure, each time; the utterance around it completes."""
+    nested = '{"type": "x", "a": ' + "[" * 1000 + "]" * 1000 + "}"
+    second_utterance = asyncio.get_running_loop().create_future()
+
+    async def realtime(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "session.created", "session": {"id": "s"}}))
+        await ws.send_str(nested)
+        commits = 0
+        async for msg in ws:
+            type_ = json.loads(msg.data)["type"]
+            if type_ == "session.update":
+                await ws.send_str(json.dumps({"type": "session.updated", "session": {}}))
+            elif type_ == "input_audio_buffer.commit":
+                commits += 1
+                item = f"item_{commits}"
+                await ws.send_str(nested)
+                await ws.send_str(
+                    json.dumps({"type": "input_audio_buffer.committed", "item_id": item})
+                )
+                await ws.send_str(
+                    json.dumps(
+                        {
+                            "type": "conversation.item.input_audio_transcription.completed",
+                            "item_id": item,
+                            "transcript": "hello",
+                        }
+                    )
+                )
+            elif type_ == "input_audio_buffer.clear" and commits and not second_utterance.done():
+                second_utterance.set_result(None)
+        return ws
+
+    port = await serve(realtime)
+    frames = await run_worker(port, doc(), tmp_path, tone_library, until=second_utterance)
+
+    conns = frames.connections
+    assert len(conns) == 1 and conns["cause"].iloc[0] == "scenario_end"  # never dropped
+    bad = rows(frames, "unparseable")
+    assert len(bad) >= 2 and bad["text"].str.contains("RecursionError").all()
+    assert (bad["bytes"] == len(nested)).all()
+    assert (frames.utterances["status"] == "completed").any()
