@@ -221,3 +221,31 @@ async def test_a_relay_task_that_dies_closes_both_sides_and_says_why(
     assert (conn.closed_by, conn.cause, conn.close_code) == ("server", "protocol_error", 1011)
     assert "relay failed" in conn.close_reason and "OSError" in conn.close_reason
     assert conn.dropped
+
+
+# 4. nothing upstream before a valid handshake --------------------------------------------------
+async def test_plain_gets_open_no_upstream_and_no_connection(tmp_path, serve) -> None:
+    arrivals: list[str] = []
+
+    async def counting(request: web.Request) -> web.StreamResponse:
+        arrivals.append(request.path)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for _ in ws:
+            pass
+        return ws
+
+    url = await serve(counting)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        address = f"http://127.0.0.1:{run.proxy.port}/v1/realtime"
+
+        async def plain_get() -> tuple[int, str]:
+            async with http.get(address, headers=auth) as response:
+                return response.status, await response.text()
+
+        answers = await asyncio.gather(*(plain_get() for _ in range(50)))
+    assert arrivals == []  # not one upstream session
+    assert run.recorder.count == 0  # and no phantom connection in the run
+    assert {status for status, _ in answers} == {426}
+    assert "WebSocket" in json.loads(answers[0][1])["error"]["message"]

@@ -362,6 +362,16 @@ class _Relay:
         return self.ending is None
 
 
+def _not_a_handshake(request: web.Request) -> web.Response:
+    """The answer to a request that is not a valid WebSocket handshake (a plain GET, a bad
+    key or version): no upstream connection is opened for it, and nothing is recorded."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        message = "This endpoint only accepts WebSocket connections (Upgrade: websocket)."
+        return error_response(426, "upgrade_required", message, headers={"Upgrade": "websocket"})
+    message = "Invalid WebSocket handshake (Connection, Sec-WebSocket-Key or -Version)."
+    return error_response(400, "invalid_handshake", message)
+
+
 def _unobserved(now: float, dir_: str, data: str | bytes, exc: Exception) -> list[Row]:
     """The row of a frame the observer failed on: relayed all the same, and counted."""
     text = f"observer failed: {type(exc).__name__}: {exc}"[:200]
@@ -513,6 +523,11 @@ class RealtimeProxy:
         key = client_key(request)
         if key is None:
             return error_response(401)
+        client = web.WebSocketResponse(
+            max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
+        )
+        if not client.can_prepare(request).ok:  # before anything opens upstream, or is recorded
+            return _not_a_handshake(request)
         # only a digest of the client's key is held, to count its sessions for caps
         key_digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         del key
@@ -528,13 +543,10 @@ class RealtimeProxy:
         if isinstance(upstream, web.Response):
             return upstream
         try:
-            client = web.WebSocketResponse(
-                max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
-            )
             if obs.request_id:
                 client.headers["x-request-id"] = obs.request_id
             await client.prepare(request)
-        except (ConnectionError, RuntimeError):
+        except (ConnectionError, RuntimeError, web.HTTPException):
             await _close(upstream, 1001, "client went away")
             self.record(
                 obs.closed(
