@@ -18,6 +18,7 @@ from typing import Any
 from harness.config import ConfigError, load_toml, read_section, spec
 from harness.fakeserver.faults import FaultProfile, parse_faults
 from harness.reconnect import ReconnectPolicy
+from harness.target import url_key_problem
 
 __all__ = ["Scenario", "load_scenario", "scenario_from_doc"]
 
@@ -109,6 +110,11 @@ class TargetSection:
     key_env: str = "OPENAI_API_KEY"
     deployment: str = ""  # azure: the deployment name
     api_version: str = ""  # azure: empty for the GA /openai/v1 path
+
+    def check(self) -> None:
+        problem = url_key_problem(self.url, "url")
+        if problem:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,30 @@ def secret_params(url: str) -> list[str]:
     ]
 
 
-def redact_url(url: str) -> str:
-    """The URL with the values of credential-like query parameters replaced."""
+def url_key_problem(url: str, setting: str) -> str | None:
+    """Why a URL may not be used because it carries a key (never quoting the URL), or None."""
     parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return (
+            f"{setting} carries credentials before its host (user:KEY@): keys belong in the "
+            "environment (for [target] url: set key_env and header), never in URLs rtsoak "
+            "prints or copies into runs"
+        )
+    if secret_params(url):
+        return (
+            f"{setting} carries {', '.join(secret_params(url))} in its query: keys belong in "
+            "the environment (set [target] key_env and header), never in files rtsoak copies "
+            "into runs"
+        )
+    return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with credentials before the host and credential-like query values replaced."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+        url = parts.geturl()
     if not secret_params(url):
         return url
     query = [
@@ -80,7 +101,10 @@ def _is_loopback(host: str | None) -> bool:
 
 
 def _ws_url(base: str, setting: str) -> str:
-    """http(s):// or ws(s):// base -> ws(s)://; plain ws:// only to this machine."""
+    """http(s):// or ws(s):// base -> ws(s)://; plain ws:// only to this machine; no keys."""
+    problem = url_key_problem(base, setting)
+    if problem:
+        raise TargetError(problem)
     parts = urlsplit(base)
     scheme = {"https": "wss", "http": "ws", "wss": "wss", "ws": "ws"}.get(parts.scheme)
     if scheme is None or not parts.netloc:
@@ -133,12 +157,6 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
     if kind == "url":
         if not section.url:
             raise TargetError("set [target] url to a ws:// or wss:// URL")
-        if secret_params(section.url):
-            raise TargetError(
-                f"[target] url carries {', '.join(secret_params(section.url))} "
-                "in its query: keys belong in the environment (set [target] "
-                "key_env and header), never in files rtsoak copies into runs"
-            )
         url = _ws_url(section.url, "[target] url")
         query = urlsplit(section.url).query
         key = _key(env, section.key_env)

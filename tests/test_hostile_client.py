@@ -8,6 +8,9 @@ import asyncio
 import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,13 +18,14 @@ import aiohttp
 import pandas as pd
 import pytest
 from aiohttp import web
+from conftest import ROOT, write_scenario
 
 from harness.clock import ScaledClock
 from harness.frames import load
 from harness.recorder import Recorder
 from harness.runner import manifest, write_json
 from harness.scenario import scenario_from_doc
-from harness.target import Target
+from harness.target import Target, redact_url
 from harness.worker import HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, Worker, WorkerSetup
 
 CANARY = "sk-canary-7b1e0c55d4"
@@ -302,3 +306,74 @@ async def test_a_deeply_nested_frame_is_recorded_and_the_connection_goes_on(
     assert len(bad) >= 2 and bad["text"].str.contains("RecursionError").all()
     assert (bad["bytes"] == len(nested)).all()
     assert (frames.utterances["status"] == "completed").any()
+
+
+# 4c. keys in URL user-info --------------------------------------------------------------------
+USERINFO_SCENARIO = """
+[run]
+name = "u"
+duration = "2s"
+workers = 1
+target = "url"
+[audio]
+dir = "{audio}"
+[target]
+url = "ws://user:{key}@127.0.0.1:9/v1/realtime"
+header = "api-key"
+key_env = "MY_STT_KEY"
+"""
+
+
+def _rtsoak(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_a_key_in_url_user_info_is_refused_and_never_printed(tmp_path) -> None:
+    write_scenario(tmp_path)  # the audio
+    scenario = tmp_path / "userinfo.toml"
+    scenario.write_text(USERINFO_SCENARIO.format(audio=tmp_path / "audio", key=CANARY))
+    env = dict(os.environ, MY_STT_KEY="k")
+    out = tmp_path / "runs"
+    for args in (
+        ("validate", str(scenario)),
+        ("run", str(scenario), "--out", str(out), "--max-minutes", "1", "--max-audio-hours", "1"),
+    ):
+        result = _rtsoak(*args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "user:KEY@" in result.stderr and "key_env" in result.stderr
+        assert CANARY not in result.stdout + result.stderr
+    # the same from the environment, for the openai and azure targets
+    cli = write_scenario(tmp_path)
+    caps = ("--max-minutes", "1", "--max-audio-hours", "1", "--time-scale", "1")
+    for kind, extra in (
+        ("openai", {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": f"https://u:{CANARY}@h.example"}),
+        (
+            "azure",
+            {
+                "AZURE_OPENAI_API_KEY": "k",
+                "AZURE_OPENAI_ENDPOINT": f"https://{CANARY}@r.openai.azure.com",
+                "AZURE_OPENAI_DEPLOYMENT": "d",
+            },
+        ),
+    ):
+        result = _rtsoak(
+            "run", str(cli), "--target", kind, "--out", str(out), *caps, env=dict(env, **extra)
+        )
+        assert result.returncode == 2, result.stderr
+        assert "user:KEY@" in result.stderr
+        assert CANARY not in result.stdout + result.stderr
+    assert not out.exists()  # refused before anything was written
+
+
+def test_user_info_is_redacted_wherever_a_url_is_shown() -> None:
+    leaky = Target("url", f"wss://user:{CANARY}@h.example/rt?intent=transcription")
+    assert CANARY not in repr(leaky) and CANARY not in json.dumps(leaky.describe())
+    assert leaky.describe()["url"] == "wss://***@h.example/rt?intent=transcription"
+    assert redact_url(f"ws://{CANARY}@127.0.0.1:9/x") == "ws://***@127.0.0.1:9/x"
