@@ -249,3 +249,43 @@ async def test_plain_gets_open_no_upstream_and_no_connection(tmp_path, serve) ->
     assert run.recorder.count == 0  # and no phantom connection in the run
     assert {status for status, _ in answers} == {426}
     assert "WebSocket" in json.loads(answers[0][1])["error"]["message"]
+
+
+# 5. sockets that never upgrade -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "send",
+    [
+        b"",  # connects and says nothing
+        b"GET /v1/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: web",  # a partial request
+        b"GET /v1/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",  # answered, then idle
+    ],
+    ids=["silent", "partial", "idle-after-answer"],
+)
+async def test_a_socket_that_never_upgrades_is_closed_after_the_handshake_timeout(
+    tmp_path, upstream, send
+) -> None:
+    bound = 0.2
+    async with ProxyRun(tmp_path, upstream.url, handshake_timeout=bound) as run:
+        loop = asyncio.get_running_loop()
+        reader, writer = await asyncio.open_connection("127.0.0.1", run.proxy.port)
+        started = loop.time()
+        writer.write(send)
+        try:
+            # EOF after any answer; far inside this only when the proxy closed it
+            await asyncio.wait_for(reader.read(), 25 * bound)
+            elapsed = loop.time() - started
+        finally:
+            writer.close()
+    assert elapsed >= bound * 0.9  # the bound's timer, not something sooner
+
+
+async def test_an_upgraded_connection_outlives_the_handshake_timeout(tmp_path, upstream) -> None:
+    async with (
+        ProxyRun(tmp_path, upstream.url, handshake_timeout=0.05) as run,
+        aiohttp.ClientSession() as http,
+        run.connect(http) as client,
+    ):
+        assert (await client.receive_json(timeout=10))["type"] == "session.created"
+        await asyncio.sleep(0.2)  # four bounds: the timer must not touch an upgraded socket
+        await client.send_json({"type": "input_audio_buffer.clear"})
+        assert (await client.receive_json(timeout=10))["type"] == "input_audio_buffer.cleared"

@@ -48,6 +48,12 @@ UPSTREAM_CONNECT_TIMEOUT = 30.0  # wall seconds for the upstream's handshake
 # The service's events are kilobytes (a transcript, session.created); 16 MiB is far above any,
 # and bounds what one upstream connection can make the proxy hold. Over it: close 1009 both ways.
 UPSTREAM_MAX_MSG_BYTES = 16 * 1024 * 1024
+# Wall seconds a client connection may take to send a whole HTTP request (its WebSocket
+# handshake), and may sit idle between plain HTTP requests, before the proxy closes it: never-
+# upgraded sockets (silent, slowloris, answered and left open) must not pile up. Not
+# time-scaled: the client's TCP and HTTP work runs in real time. Upgraded sockets are not
+# touched: their idleness is the upstream's to judge, and is relayed as it is.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class _Redirected(aiohttp.ClientError):
@@ -448,10 +454,12 @@ class RealtimeProxy:
         faults: FaultProfile | None = None,
         variant: str = "proxy",
         seed: int = 0,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
     ) -> None:
         self.clock, self.upstream, self.recorder = clock, upstream, recorder
         self.faults, self.variant = faults or FaultProfile(), variant
         self.rng = random.Random(seed)
+        self.handshake_timeout = handshake_timeout
         self.carrier = FaultCarrier(self._sleep)
         self._callers: dict[str, tuple[int, int]] = {}  # caller name -> (worker, attempts)
         self._workers = 0
@@ -459,6 +467,9 @@ class RealtimeProxy:
         self._live: dict[str, tuple[_Relay, str, float]] = {}
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        # client connections whose handshake has not arrived yet -> the timer closing them
+        self._unupgraded: dict[asyncio.Protocol, asyncio.TimerHandle] = {}
         self.port = 0
 
     @property
@@ -474,12 +485,33 @@ class RealtimeProxy:
         )
         app = web.Application()
         app.router.add_get("/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.handshake_timeout,  # idle after a plain HTTP answer
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # not a TCPSite: each accepted connection gets a handshake timer (_accept)
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._accept, host, port, backlog=128)
+        self.port = self._listener.sockets[0].getsockname()[1]
         return self.url
+
+    def _accept(self) -> asyncio.Protocol:
+        """aiohttp's protocol for a new client connection, closed by a timer unless its
+        request reaches `_handle` in time (aiohttp itself sets no such bound before a request,
+        in every version)."""
+        assert self._runner is not None and self._runner.server is not None
+        handler = self._runner.server()
+        self._unupgraded[handler] = asyncio.get_running_loop().call_later(
+            self.handshake_timeout, self._too_slow, handler
+        )
+        return handler
+
+    def _too_slow(self, handler: web.RequestHandler) -> None:
+        self._unupgraded.pop(handler, None)
+        handler.force_close()  # closes the transport (a no-op once the peer has gone)
 
     async def stop(self) -> None:
         """End every relay (the client sees 1001, censored as the end of the run)."""
@@ -489,6 +521,11 @@ class RealtimeProxy:
         self.carrier.cancel_held()
         if relays:  # bounded: a stuck socket cannot hold the proxy open
             await asyncio.wait([asyncio.create_task(r.finished.wait()) for r in relays], timeout=15)
+        if self._listener is not None:
+            self._listener.close()  # no new connections
+        for timer in self._unupgraded.values():
+            timer.cancel()
+        self._unupgraded.clear()
         if self._runner is not None:
             await self._runner.cleanup()  # waits (bounded) for the handlers to finish
             self._runner = None
@@ -517,6 +554,9 @@ class RealtimeProxy:
         return self._workers, 1
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        timer = self._unupgraded.pop(request.protocol, None)
+        if timer is not None:  # a whole request arrived in time: the timer's work is done
+            timer.cancel()
         path = "/" + request.match_info["path"]
         if path not in PATHS:
             return error_response(404, "not_found", f"Unknown path {path}")

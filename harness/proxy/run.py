@@ -16,7 +16,7 @@ from typing import Any
 from harness.clock import ScaledClock
 from harness.fakeserver.faults import FaultProfile
 from harness.fakeserver.process import EmbeddedServer, banner
-from harness.proxy.app import RealtimeProxy
+from harness.proxy.app import HANDSHAKE_TIMEOUT, RealtimeProxy
 from harness.recorder import Recorder
 from harness.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
 from harness.scenario import TargetSection
@@ -41,6 +41,7 @@ class ProxyOptions:
     duration: float = 24 * 3600.0  # scenario seconds; the proxy always stops by itself
     time_scale: float = 1.0
     seed: int = 0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # wall s for a client's handshake, or idle HTTP
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,15 @@ async def _serve(
     loop = asyncio.get_running_loop()
     recorder = Recorder(run_dir / "events-client.arrows")
     recorder.start()
-    proxy = RealtimeProxy(clock, target, recorder, options.faults, options.name, options.seed)
+    proxy = RealtimeProxy(
+        clock,
+        target,
+        recorder,
+        options.faults,
+        options.name,
+        options.seed,
+        handshake_timeout=options.handshake_timeout,
+    )
     stop = loop.create_future()
 
     def on_signal() -> None:
