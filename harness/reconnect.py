@@ -8,7 +8,9 @@ Strategies:
   1006, 1011, 1012, 1013, 1015 after min(0.5 * 2^(k-1), 8) s x U(0.75, 1), 5 attempts; the new
   session is not reconfigured and buffered audio is lost.
 Proactive rotation (`rotate_every`), replay of interrupted utterances and make-before-break
-combine with `on-drop`.
+combine with `on-drop`. Every strategy waits at least a refused handshake's `Retry-After`, and
+every path that reconnects, a make-before-break rotation's attempts included, asks
+`after_close`, so `max_attempts`, backoff and `Retry-After` bound all of them.
 """
 
 from __future__ import annotations
@@ -80,13 +82,27 @@ class ReconnectPolicy:
         return self.replay and self.strategy == "on-drop"
 
     def after_close(
-        self, code: int | None, status: int | None, failures: int, rng: np.random.Generator
+        self,
+        code: int | None,
+        status: int | None,
+        failures: int,
+        rng: np.random.Generator,
+        retry_after: float | None = None,
     ) -> float | None:
         """Seconds to wait before reconnecting, or None to stop the worker.
 
         `code` is the WebSocket close code (None when the handshake failed), `status` the HTTP
         status of a failed handshake, `failures` the consecutive unhealthy attempts so far,
-        this one included (0 after a healthy connection dropped)."""
+        this one included (0 after a healthy connection dropped), `retry_after` the seconds a
+        refused handshake's Retry-After asked for: the wait is never shorter."""
+        delay = self._delay(code, status, failures, rng)
+        if delay is None or retry_after is None:
+            return delay
+        return max(delay, retry_after)
+
+    def _delay(
+        self, code: int | None, status: int | None, failures: int, rng: np.random.Generator
+    ) -> float | None:
         if self.strategy == "none":
             return None
         if self.strategy == "sdk-default":

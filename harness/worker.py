@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from time import monotonic
 from time import time as wall_time
 from typing import Any
@@ -77,6 +79,22 @@ async def _refuse_redirect(_session: Any, _ctx: Any, params: Any) -> None:
     raise _Redirected(params.response.status, params.response.headers.get("Location"))
 
 
+def _retry_after(value: str | None, scale: float) -> float | None:
+    """Scenario seconds a refused handshake's Retry-After asks for, or None (absent, unreadable).
+    Delay-seconds are scenario seconds (the fake server lives in scenario time; a real endpoint
+    runs at 1x); an HTTP date is taken against the wall clock."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value).timestamp() - wall_time()) * scale
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
 _NO_REDIRECTS = aiohttp.TraceConfig()
 _NO_REDIRECTS.on_request_redirect.append(_refuse_redirect)
 _NO_REDIRECTS.freeze()
@@ -119,6 +137,9 @@ class Conn:
     established: float | None = None
     handshake_status: int | None = None
     rotate_at: float | None = None
+    rotation_failures: int = 0  # make-before-break attempts refused so far, for this rotation
+    make_first: bool = True  # False once the policy gave up making its successor first
+    retry_after: float | None = None  # what a refused handshake's Retry-After asked for
     state: ConnState = ConnState.CONNECTING
     request_id: str | None = None
     session_id: str | None = None
@@ -255,7 +276,11 @@ class Worker:
             healthy = conn.established is not None and lived >= policy.healthy_after
             failures = 0 if healthy else failures + 1
             delay = policy.after_close(
-                conn.close_code, conn.handshake_status, 0 if healthy else failures, self.policy_rng
+                conn.close_code,
+                conn.handshake_status,
+                0 if healthy else failures,
+                self.policy_rng,
+                conn.retry_after,
             )
             if delay is None:
                 self._row(
@@ -298,7 +323,11 @@ class Worker:
         except aiohttp.WSServerHandshakeError as exc:
             headers_in = exc.headers or {}
             request_id = headers_in.get("x-request-id") or headers_in.get("apim-request-id")
-            self._handshake_failed(conn, exc.status, f"HTTP {exc.status}", request_id)
+            conn.retry_after = _retry_after(headers_in.get("Retry-After"), scale)
+            reason = f"HTTP {exc.status}"
+            if conn.retry_after is not None:
+                reason += f" (Retry-After {conn.retry_after:g} s)"
+            self._handshake_failed(conn, exc.status, reason, request_id)
             return conn
         except _Redirected as exc:
             reason = f"HTTP {exc.status} redirect to {exc.host}, not followed"
@@ -348,14 +377,29 @@ class Worker:
         return conn
 
     async def _rotate(self, http: aiohttp.ClientSession, old: Conn) -> Conn | None:
-        """Planned rotation: the new connection first (make-before-break) or after."""
-        if self.sc.reconnect.make_before_break:
+        """Planned rotation: the new connection first (make-before-break) or after. A new one
+        that fails is retried as the reconnect policy says (max_attempts, backoff, Retry-After);
+        when the policy gives up, the old one is closed first after all (break-before-make),
+        once the last Retry-After has passed, so the rotation still happens and a capped
+        server is not hammered."""
+        policy = self.sc.reconnect
+        if policy.make_before_break and old.make_first:
             new = await self._open(http, configure=True)
             if new.ws is not None and not new.closed.done():
                 await self._close(old, CloseCause.PROACTIVE)
                 return new
             await self._finish(new)
-            old.rotate_at = self.clock.now() + self.sc.reconnect.initial  # try again soon
+            old.rotation_failures += 1
+            delay = policy.after_close(
+                new.close_code,
+                new.handshake_status,
+                old.rotation_failures,
+                self.policy_rng,
+                new.retry_after,
+            )
+            if delay is None:
+                old.make_first, delay = False, new.retry_after or 0.0
+            old.rotate_at = self.clock.now() + delay
             return old
         await self._close(old, CloseCause.PROACTIVE)
         return None

@@ -11,22 +11,35 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from email.utils import formatdate
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pandas as pd
 import pytest
 from aiohttp import web
 from conftest import ROOT, write_scenario
+from helpers import scenario_from, soak
+from hypothesis import given
+from hypothesis import strategies as st
 
 from harness.clock import ScaledClock
 from harness.frames import load
+from harness.reconnect import ReconnectPolicy
 from harness.recorder import Recorder
 from harness.runner import manifest, write_json
 from harness.scenario import scenario_from_doc
 from harness.target import Target, redact_url
-from harness.worker import HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES, Worker, WorkerSetup
+from harness.worker import (
+    HANDSHAKE_TIMEOUT,
+    MAX_MESSAGE_BYTES,
+    Worker,
+    WorkerSetup,
+    _retry_after,
+)
 
 CANARY = "sk-canary-7b1e0c55d4"
 TIME_SCALE = 20
@@ -377,3 +390,164 @@ def test_user_info_is_redacted_wherever_a_url_is_shown() -> None:
     assert CANARY not in repr(leaky) and CANARY not in json.dumps(leaky.describe())
     assert leaky.describe()["url"] == "wss://***@h.example/rt?intent=transcription"
     assert redact_url(f"ws://{CANARY}@127.0.0.1:9/x") == "ws://***@127.0.0.1:9/x"
+
+
+# 4b. Retry-After ------------------------------------------------------------------------------
+@given(
+    st.sampled_from([None, 1000, 1006, 1008, 1011, 1013, 4000]),
+    st.sampled_from([None, 101, 401, 429, 503]),
+    st.integers(0, 12),
+    st.one_of(st.none(), st.floats(0, 1e6)),
+    st.sampled_from(["on-drop", "sdk-default", "none"]),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_reconnect_delay_is_never_shorter_than_retry_after(
+    code, status, failures, retry_after, strategy, seed
+) -> None:
+    """Retry-After only lengthens a wait: it never turns a stop into a retry or the reverse."""
+    policy = ReconnectPolicy(strategy=strategy, max_attempts=10)
+    plain = policy.after_close(code, status, failures, np.random.default_rng(seed))
+    honoured = policy.after_close(code, status, failures, np.random.default_rng(seed), retry_after)
+    if plain is None:
+        assert honoured is None
+    else:
+        assert honoured == max(plain, retry_after or 0.0)
+
+
+@pytest.mark.parametrize(
+    ("header", "expect"),
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-4", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("", None),
+    ],
+)
+def test_retry_after_values(header, expect) -> None:
+    assert _retry_after(header, 1.0) == expect
+
+
+def test_retry_after_as_an_http_date_is_scaled_to_scenario_seconds() -> None:
+    in_ten = formatdate(time.time() + 10, usegmt=True)
+    assert 5 * 8 <= _retry_after(in_ten, 5.0) <= 5 * 10
+
+
+async def test_a_429_handshake_is_retried_no_earlier_than_its_retry_after(
+    serve, tmp_path, tone_library
+) -> None:
+    async def throttled(request: web.Request) -> web.Response:
+        return web.Response(status=429, headers={"Retry-After": "3"})
+
+    port = await serve(throttled)
+    frames = await run_worker(port, doc(reconnect={"max_attempts": 3}), tmp_path, tone_library)
+
+    handshakes = rows(frames, "handshake").set_index("conn")
+    opens = rows(frames, "conn_open").set_index("conn")
+    assert list(handshakes.index) == [1, 2, 3] and (handshakes["code"] == 429).all()
+    assert handshakes["text"].str.contains(r"Retry-After 3 s", regex=False).all()
+    for k in (1, 2):  # its own backoff alone would be 0.8 s and 1.6 s (0.1 s x 2^k x 4 for 429)
+        assert opens.loc[k + 1, "t"] - handshakes.loc[k, "t"] >= 3.0
+
+
+# 5. every reconnect path is bounded ------------------------------------------------------------
+CAPPED = """
+[run]
+name = "mbb"
+seed = 3
+duration = "{duration}"
+workers = 2
+time_scale = 20
+[pacing]
+chunk_ms = 100
+[silence]
+gap = "500ms"
+[turns]
+transcript_timeout = "10s"
+[reconnect]
+rotate_every = "10s"
+make_before_break = true
+initial = "500ms"
+multiplier = 2
+jitter = 0
+max_attempts = 3
+[faults.concurrency_cap]
+max_sessions = 2
+over = "reject"
+"""
+
+
+def refused_during(conns: pd.DataFrame, old: pd.Series) -> pd.DataFrame:
+    """The worker's refused handshakes made while `old` was open: its rotation's attempts."""
+    mine = conns[(conns["worker"] == old["worker"]) & (conns["handshake_status"] == 429)]
+    return mine[(mine["opened"] > old["established"]) & (mine["opened"] < old["closed"])]
+
+
+async def test_make_before_break_against_a_cap_obeys_max_attempts_and_backoff(
+    tmp_path, tone_library, fake_server
+) -> None:
+    """Two workers hold a cap of two sessions, so every make-before-break is refused (429):
+    each rotation tries max_attempts times, spaced by the policy's backoff, then closes the
+    old connection first; no path retries without bound."""
+    scenario = scenario_from(tmp_path, CAPPED.format(duration="80s"))
+    frames = load(await soak(tmp_path, scenario, tone_library, fake_server))
+    conns = frames.connections.sort_values(["worker", "conn"])
+    policy = scenario.variants[0].reconnect
+    backoff = [policy.after_close(None, 429, k, np.random.default_rng()) for k in (1, 2, 3)]
+    assert backoff[:2] == [4.0, 8.0] and backoff[2] is None  # x4 for 429 (slow_on)
+
+    full = 0
+    for _, old in conns[conns["handshake_status"] == 101].iterrows():
+        attempts = refused_during(conns, old)
+        assert len(attempts) <= policy.max_attempts
+        gaps = (
+            attempts["opened"].diff().dropna().to_numpy()
+            - attempts["handshake_latency"].iloc[:-1].to_numpy()
+        )
+        assert all(gap >= want for gap, want in zip(gaps, backoff, strict=False))
+        if len(attempts) == policy.max_attempts and old["cause"] == "proactive":
+            full += 1  # it gave up making first and rotated by closing first
+    assert full >= 2 and (conns["cause"] == "proactive").sum() >= 2
+    # and no run of refusals anywhere is longer than max_attempts
+    for _, group in conns.groupby("worker"):
+        runs = (group["handshake_status"] != 429).cumsum()
+        refused = group[group["handshake_status"] == 429]
+        assert refused.groupby(runs[refused.index]).size().max() <= policy.max_attempts
+
+
+async def test_every_reconnect_path_stops_when_every_new_handshake_is_refused(
+    serve, tmp_path, tone_library
+) -> None:
+    """One session, then 429 with Retry-After to every handshake: the make-before-break
+    rotation tries max_attempts times, then the rotation closes first, then reconnecting tries
+    max_attempts times and the worker stops; every retry waits at least Retry-After."""
+    served = 0
+
+    async def one_session_then_429(request: web.Request) -> web.StreamResponse:
+        nonlocal served
+        served += 1
+        if served > 1:
+            return web.Response(status=429, headers={"Retry-After": "2"})
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_str(json.dumps({"type": "session.created", "session": {"id": "s"}}))
+        async for msg in ws:
+            if json.loads(msg.data)["type"] == "session.update":
+                await ws.send_str(json.dumps({"type": "session.updated", "session": {}}))
+        return ws
+
+    port = await serve(one_session_then_429)
+    scenario = doc(reconnect={"max_attempts": 3, "rotate_every": "5s", "make_before_break": True})
+    frames = await run_worker(port, scenario, tmp_path, tone_library)  # it stops by itself
+
+    conns = frames.connections.sort_values("conn")
+    assert list(conns["handshake_status"]) == [101] + [429] * 6
+    first = conns.iloc[0]
+    rotation = refused_during(conns, first)
+    assert len(rotation) == 3 and first["cause"] == "proactive"  # then it closed first
+    refused_at = (conns["opened"] + conns["handshake_latency"]).to_numpy()[1:-1]
+    assert (conns["opened"].to_numpy()[2:] - refused_at >= 2.0).all()  # Retry-After, always
+    stopped = rows(frames, "worker_stopped")
+    assert len(stopped) == 1 and stopped["conn"].iloc[0] == 7
