@@ -356,6 +356,8 @@ def _cmd_run_part(args: argparse.Namespace) -> int:
 
     k, n = (int(x) for x in args.part.split("/"))
     result = run_part(args.run_dir, (k, n), args.url, args.audio_hours)
+    if result.error is not None:  # said on stderr already; the parent stops the run on it
+        return EXIT_USAGE
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 

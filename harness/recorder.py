@@ -254,7 +254,8 @@ class Recorder:
         self._appends_writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="rtsoak-log")
         # oldest first, until seen done, with the log each writes
-        self._writes: deque[tuple[Future[None], Path]] = deque()
+        self._writes: deque[tuple[Future[bool], Path, int]] = deque()
+        self._broken = False  # set by the log's thread when a write fails
         self._task: asyncio.Task | None = None
         self.error: LogWriteError | None = None  # the first failed write; nothing after it
         self.failed_at: float | None = None  # time.monotonic() when the failure was seen
@@ -393,19 +394,30 @@ class Recorder:
         self._reap()
         if self.error is not None:
             return
-        self._writes.append((self._io.submit(self._guarded, write, data), path))
+        self._writes.append((self._io.submit(self._guarded, write, data), path, rows))
         self.count += rows
 
-    def _guarded(self, write: Callable[[Any], None], data: Any) -> None:
-        """In the log's thread: `write(data)`, unless an earlier write failed."""
-        if self.error is None:
+    def _guarded(self, write: Callable[[Any], None], data: Any) -> bool:
+        """In the log's thread: `write(data)`, unless an earlier write failed (decided here,
+        in write order, so nothing ever follows a torn batch). False if skipped."""
+        if self._broken:
+            return False
+        try:
             write(data)
+        except OSError:
+            self._broken = True
+            raise
+        return True
 
     def _reap(self, wait: bool = False) -> None:
-        """Forget the writes done (all of them, waiting, if `wait`), noting the first failure."""
+        """Forget the writes done (all of them, waiting, if `wait`), noting the first failure;
+        rows that were not written leave `count`."""
         while self._writes and (wait or self._writes[0][0].done()):
-            future, path = self._writes.popleft()
+            future, path, rows = self._writes.popleft()
             exc = future.exception()
+            if exc is None and future.result():
+                continue
+            self.count -= rows
             if isinstance(exc, OSError):
                 self._fail(path, exc)
             elif exc is not None:
