@@ -41,7 +41,7 @@ class Run:
         (run_dir,) = self.out.iterdir()
         return run_dir
 
-    def wait_for_rows(self, timeout: float = 30.0) -> None:
+    def wait_for_rows(self, timeout: float = 30.0, min_connections: int = 3) -> None:
         """Until the event log holds established connections and some appends."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -49,7 +49,8 @@ class Run:
             if self.out.is_dir() and any(self.out.iterdir()) and is_run_dir(self.run_dir):
                 frames = load(self.run_dir)
                 appends = (frames.events["type"] == "input_audio_buffer.append").sum()
-                if frames.connections["established"].notna().sum() >= 3 and appends > 50:
+                established = frames.connections["established"].notna().sum()
+                if established >= min_connections and appends > 50:
                     return
             time.sleep(0.1)
         raise AssertionError(f"no rows within {timeout} s\n{self.output()}")
@@ -169,3 +170,115 @@ def test_sigkill_loses_at_most_about_a_second_and_report_works(background_run) -
     assert result.returncode == 0, result.stderr
     assert "Partial report: " in (run_dir / "report" / "index.html").read_text()
     assert (run_dir / "frames" / "connections.parquet").is_file()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc: stdlib only)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent (or init) to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _assert_gone_soon(children: list[int], since: float, within: float = 15.0) -> None:
+    while time.monotonic() - since < within and any(map(_alive, children)):
+        time.sleep(0.05)
+    left = [pid for pid in children if _alive(pid)]
+    try:
+        assert not left, f"{left} outlived the killed runner by {within} s"
+    finally:
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    print(f"children gone {time.monotonic() - since:.2f} s after the kill")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_procs_children_die_with_a_killed_parent_while_their_target_lives_on(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the runner: its --procs child sees the stdin pipe from it end and stops
+    within seconds, not at the end of its duration, though its target is still there to
+    send to (a server of the test's own, as a real endpoint would be)."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "harness", "serve", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    run = None
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().split(" on ")[1].strip()
+        scenario = write_scenario(
+            tmp_path,
+            name="orphans",
+            workers=2,
+            duration="10m",
+            time_scale=1,
+            extra=f'[target]\nurl = "{url}"\n',
+        )
+        run = Run.__new__(Run)  # Run's files and waits, with a command of our own
+        run.out = tmp_path / "runs"
+        run.stdout = (tmp_path / "stdout.txt").open("w")
+        run.stderr = (tmp_path / "stderr.txt").open("w")
+        run.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "run",
+                str(scenario),
+                "--out",
+                str(run.out),
+                "--target",
+                "url",
+                "--max-minutes",
+                "20",
+                "--max-audio-hours",
+                "1",
+                "--procs",
+                "2",
+            ],
+            cwd=ROOT,
+            stdout=run.stdout,
+            stderr=run.stderr,
+            env=dict(os.environ, OPENAI_API_KEY="rtsoak-test-key"),
+        )
+        run.wait_for_rows(min_connections=2)
+        children = _children(run.proc.pid)
+        assert len(children) == 1, children  # one client process; the server is ours
+        os.kill(run.proc.pid, signal.SIGKILL)
+        assert run.wait() == -signal.SIGKILL
+        _assert_gone_soon(children, time.monotonic())
+        assert server.poll() is None  # the target was there all along
+    finally:
+        if run is not None:
+            run.kill()
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_procs_children_and_the_embedded_server_die_with_a_killed_parent(background_run) -> None:
+    """The same with the embedded fake server: it too stops when its stdin pipe ends."""
+    run = background_run("--procs", "2")
+    run.wait_for_rows()
+    children = _children(run.proc.pid)
+    assert len(children) == 2, children  # the embedded server and one client process
+    os.kill(run.proc.pid, signal.SIGKILL)
+    assert run.wait() == -signal.SIGKILL
+    _assert_gone_soon(children, time.monotonic())
