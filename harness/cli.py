@@ -7,6 +7,7 @@ User mistakes print one clear line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -234,9 +235,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
-    from harness.runner import run_event_loop
+    from harness.runner import OutputDirError, check_output_dir, run_event_loop
 
     config = load_server_config(args.faults, args.seed)
+    if args.out is not None:
+        try:
+            check_output_dir(args.out)
+        except OutputDirError as exc:
+            raise UsageError(str(exc).replace("a run directory", "the server's log")) from None
     try:
         run_event_loop(
             serve(args.host, args.port, config, args.time_scale, args.out, args.sync_stdin)
@@ -291,16 +297,59 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cannot_write(directory: Path) -> OSError | None:
+    """Why files cannot be written in `directory` (made if missing), or None if they can."""
+    probe = directory / f".rtsoak-probe-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.frames import is_run_dir
     from harness.report import build_report
 
+    if args.out is not None and (exc := _cannot_write(args.out)) is not None:
+        raise UsageError(f"--out {args.out}: cannot write here ({_reason(exc)}); pass another")
     if args.history:
         from harness.report.history import build_history
 
         out = args.out or args.runs[0].parent / "trend"
-        print(f"rtsoak: trend {build_history(args.runs, out)}")
+        try:
+            print(f"rtsoak: trend {build_history(args.runs, out)}")
+        except OSError as exc:
+            raise UsageError(
+                f"cannot write the trend ({_reason(exc)}); pass a writable --out DIR"
+            ) from None
         return EXIT_OK
-    report = build_report(args.runs, out=args.out)
+    frames = None
+    (run_dir, *others) = args.runs
+    if not others and is_run_dir(run_dir):
+        # a run directory is written to (frames/, report/) unless --out says where the report
+        # goes: then a read-only one (an archive, another user's) is only read
+        exc = _cannot_write(run_dir / "frames")
+        if exc is not None and args.out is None:
+            raise UsageError(
+                f"{run_dir}: cannot write frames and report in this run directory "
+                f"({_reason(exc)}); to report it as it is, write the report elsewhere: "
+                f"rtsoak report {run_dir} --out DIR"
+            )
+        if exc is not None:
+            from harness.frames import load_for_report
+            from harness.report.findings import WINDOW_S
+
+            print(f"rtsoak: {run_dir} is read-only ({_reason(exc)}): frames not written")
+            frames = load_for_report([run_dir], drop_window_s=WINDOW_S)
+    try:
+        report = build_report(args.runs, out=args.out, frames=frames)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the report ({_reason(exc)}); pass a writable --out DIR"
+        ) from None
     print(f"rtsoak: report {report.index}")
     print(report.headline)
     if report.verdict_table:
