@@ -423,7 +423,9 @@ class TranscriptionSession:
                     event_id=event_id,
                 )
             ]
-        if self.buffer_bytes + len(pcm) > self.limits.max_buffer_bytes:
+        # under server VAD the service holds only what a turn needs (long quiet is trimmed)
+        held = self.buffer_bytes if self.vad is None else self.vad.held_bytes
+        if held + len(pcm) > self.limits.max_buffer_bytes:
             return [
                 self._error(
                     "input_audio_buffer_full",
@@ -450,8 +452,8 @@ class TranscriptionSession:
                 )
             ]
         nbytes, crc = self.buffer_bytes, self.buffer_crc
-        if self.vad is not None:  # under server VAD the buffer is the audio the VAD kept
-            crc = zlib.crc32(self.vad.kept)
+        if self.vad is not None:  # every byte since the last commit, clear or VAD turn
+            nbytes, crc = self.vad.pending()
         self._reset_buffer()
         return self._committed(self._id("item_"), nbytes, crc, now)
 
@@ -525,7 +527,7 @@ class TranscriptionSession:
                 )
             )
             out += self._committed(item_id, len(value.pcm), zlib.crc32(value.pcm), now)
-        self.buffer_bytes = len(self.vad.kept)  # what a commit now would contain
+        self.buffer_bytes = self.vad.pending_bytes  # what a commit now would contain
         return out
 
     # configuration --------------------------------------------------------------------------
