@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import random
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,9 @@ _HTTP_ERRORS = {
 class ServerConfig:
     faults: FaultProfile = field(default_factory=FaultProfile)
     limits: SessionLimits = field(default_factory=SessionLimits)
-    seed: int = 0
+    # ids (requests, sessions, items, events) and per-session draws derive from it; None: a
+    # fresh seed per start, so logs of two starts never share an id (`FakeServer.seed` says it)
+    seed: int | None = None
     api_keys: frozenset[str] = frozenset()  # empty: any non-empty key is accepted
     # a connection that has not completed its HTTP request (the upgrade) this long after it
     # opened is closed; scenario seconds, at least UPGRADE_FLOOR wall seconds (the client's
@@ -116,7 +119,8 @@ class FakeServer:
         self.clock = clock
         self.config = config
         self.recorder = recorder
-        self._rng = random.Random(config.seed)
+        self.seed = config.seed if config.seed is not None else secrets.randbits(64)
+        self._rng = random.Random(self.seed)
         self._arrivals = 0
         self._live: dict[str, LiveSession] = {}
         self._carrier = FaultCarrier(self._sleep)  # half-open and delayed closes pending
@@ -269,7 +273,7 @@ class FakeServer:
         client_key: str,
     ) -> None:
         now = self.clock.now()
-        rng = random.Random(f"{self.config.seed}/{session_key}")
+        rng = random.Random(f"{self.seed}/{session_key}")
         profile = self.config.faults_for(session_key)
         beta = request.headers.get("OpenAI-Beta", "").replace(" ", "").lower() == "realtime=v1"
         session = TranscriptionSession(
