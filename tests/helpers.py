@@ -114,6 +114,13 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         self.t += seconds
 
+    async def settle(self, horizon: float) -> None:
+        """Return once every server timer waiting on this loop has seen the clock as it is now.
+        A timer waits at most `horizon`/scale wall seconds before it re-reads `now` (`horizon`:
+        the furthest deadline ahead, in scenario s); one timer due earlier runs earlier, loaded
+        machine or not, so sleeping past that bound orders this caller after all of them."""
+        await asyncio.sleep(horizon / self.scale + 0.001)
+
     async def sleep_until(self, t: float) -> None:
         while self.t < t:
             await asyncio.sleep(0.001)

@@ -8,6 +8,7 @@ import json
 
 import aiohttp
 import pytest
+from helpers import ManualClock, vad_off
 
 from harness.clock import ScaledClock
 from harness.fakeserver.app import SESSION_KEY_HEADER, ServerConfig
@@ -109,14 +110,39 @@ async def test_error_action_sends_an_error_event_and_keeps_the_session(fake_serv
 
 
 async def test_idle_timeout_drops_a_quiet_client_and_spares_a_busy_one(fake_server) -> None:
-    server = await server_with(fake_server, {"idle_timeout": {"after": "6s"}}, scale=20.0)
+    """On a clock the test moves: the server's idle deadlines meet the scenario times chosen
+    here, however late the machine runs each wall-clock step."""
+    clock = ManualClock()
+    server = await fake_server(
+        ServerConfig(faults=parse_faults({"idle_timeout": {"after": "6s"}}, "t", seed=1)), clock
+    )
+
+    async def reply(ws: aiohttp.ClientWebSocketResponse, kind: str) -> None:
+        """The next event of `kind`, skipping others; fails if the socket ends first."""
+        while True:
+            msg = await ws.receive(timeout=10)
+            assert msg.type is aiohttp.WSMsgType.TEXT, (kind, msg)
+            if json.loads(msg.data)["type"] == kind:
+                return
+
     async with aiohttp.ClientSession() as http:
-        quiet = await http.ws_connect(server.url, headers=AUTH)
+        quiet = await http.ws_connect(server.url, headers=AUTH, autoping=False)
         busy = await http.ws_connect(server.url, headers=AUTH)
-        for _ in range(8):  # a frame every 2.5 scenario s for 20 scenario s
+        for ws in (quiet, busy):  # both sessions open at scenario time 0
+            await reply(ws, "session.created")
+        await busy.send_str(vad_off())
+        await reply(busy, "session.updated")
+        for step in range(1, 9):  # a frame every 2.5 scenario s for 20 scenario s
+            clock.advance(2.5)
+            await clock.settle(horizon=6.0)  # deadlines passed by now have fired
             await busy.send_json({"type": "input_audio_buffer.append", "audio": LOUD})
-            await asyncio.sleep(0.125)
-        assert quiet.closed or (await drain(quiet))[-1][0] is aiohttp.WSMsgType.CLOSED
+            # the server answers in order: once `cleared` is here, it saw the append at `step`
+            await busy.send_json({"type": "input_audio_buffer.clear"})
+            await reply(busy, "input_audio_buffer.cleared")
+            if step == 2:  # 5 scenario s of silence: still alive (pings don't reset the timer)
+                await quiet.ping()
+                assert (await quiet.receive(timeout=10)).type is aiohttp.WSMsgType.PONG
+        assert (await drain(quiet))[-1][0] is aiohttp.WSMsgType.CLOSED
         assert quiet.close_code == 1006
         assert not busy.closed
         await busy.close()
