@@ -27,6 +27,12 @@ class UsageError(Exception):
     """A mistake in how rtsoak was called."""
 
 
+TLS_HELP = (
+    "serve wss:// with a local CA kept in ~/.cache/rtsoak/tls (what the Node SDK needs); "
+    "the banner prints the environment each SDK needs"
+)
+
+
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
@@ -78,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--out", type=Path, help="log the server's view of every session here")
     serve.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback host")
+    serve.add_argument("--tls", action="store_true", help=TLS_HELP)
     serve.add_argument("--sync-stdin", action="store_true", help=argparse.SUPPRESS)
 
     proxy = sub.add_parser(
@@ -105,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
     proxy.add_argument("--seed", type=int, default=0)
     proxy.add_argument("--no-report", action="store_true", help="record only")
+    proxy.add_argument("--tls", action="store_true", help=TLS_HELP)
 
     report = sub.add_parser("report", help="(re)build the report of run directories")
     report.add_argument("runs", type=Path, nargs="+")
@@ -243,9 +251,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             check_output_dir(args.out)
         except OutputDirError as exc:
             raise UsageError(str(exc).replace("a run directory", "the server's log")) from None
+    tls = _tls_files() if args.tls else None
     try:
         run_event_loop(
-            serve(args.host, args.port, config, args.time_scale, args.out, args.sync_stdin)
+            serve(args.host, args.port, config, args.time_scale, args.out, args.sync_stdin, tls)
         )
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
@@ -282,6 +291,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         duration=args.duration,
         time_scale=args.time_scale,
         seed=args.seed,
+        tls=_tls_files() if args.tls else None,
     )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -295,6 +305,19 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     except RunDirError as exc:
         print(f"rtsoak: {exc}", file=sys.stderr)  # no client connected: nothing to report
     return EXIT_OK
+
+
+def _tls_files():
+    """The local CA and certificate (made on first use), or one line saying why not."""
+    from harness.tls import cache_dir, tls_files
+
+    try:
+        return tls_files()
+    except OSError as exc:
+        raise UsageError(
+            f"--tls: cannot keep the certificates in {cache_dir()} ({_reason(exc)}); "
+            "point XDG_CACHE_HOME at a writable directory"
+        ) from None
 
 
 def _cannot_write(directory: Path) -> OSError | None:

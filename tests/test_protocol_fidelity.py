@@ -256,8 +256,9 @@ async def test_beta_dialect_over_the_socket(fake_server) -> None:
         assert updated["session"]["turn_detection"] is None
 
 
-async def test_official_sdk_against_rtsoak_serve_with_the_banner_settings(monkeypatch) -> None:
-    """`rtsoak serve` in its own process; the SDK configured only by what its banner prints."""
+async def test_official_sdk_against_rtsoak_serve_with_the_banner_settings() -> None:
+    """`rtsoak serve` in its own process; the SDK configured only by what its banner prints
+    (without --tls: the Python SDK's websocket_base_url)."""
     import asyncio
     import sys
     from pathlib import Path
@@ -273,15 +274,13 @@ async def test_official_sdk_against_rtsoak_serve_with_the_banner_settings(monkey
         cwd=Path(__file__).resolve().parent.parent,
     )
     try:
-        banner = [(await proc.stdout.readline()).decode() for _ in range(3)]
-        exports = banner[2].split("export ", 1)[1].split()
-        for assignment in exports:
-            name, value = assignment.split("=", 1)
-            monkeypatch.setenv(name, value)
+        banner = [(await proc.stdout.readline()).decode() for _ in range(4)]
+        base = banner[3].split("websocket_base_url='", 1)[1].split("'")[0]
         from openai import AsyncOpenAI
 
         pcm = tone(0.4)
-        async with AsyncOpenAI().realtime.connect(extra_query={"intent": "transcription"}) as c:
+        client = AsyncOpenAI(api_key="any-key", websocket_base_url=base)
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as c:
             await c.session.update(
                 session={"type": "transcription", "audio": {"input": {"turn_detection": None}}}
             )

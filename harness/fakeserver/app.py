@@ -139,7 +139,7 @@ class FakeServer:
         app.router.add_get("/{path:.*}", self._handle)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> str:
         self._runner = web.AppRunner(
             self.app(),
             handle_signals=False,
@@ -149,7 +149,7 @@ class FakeServer:
             keepalive_timeout=self.upgrade_wall_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         self.host = host
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -10,8 +10,11 @@ the runner's end of stdin closes, the server exits, so it never outlives its run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,9 +80,17 @@ def server_config_from_doc(doc: dict[str, Any], source: str, seed: int) -> Serve
 
 
 async def serve(
-    host: str, port: int, config: ServerConfig, scale: float, out: Path | None, sync_stdin: bool
+    host: str,
+    port: int,
+    config: ServerConfig,
+    scale: float,
+    out: Path | None,
+    sync_stdin: bool,
+    tls=None,
 ) -> None:
-    """Serve until interrupted (or, embedded, until stdin closes)."""
+    """Serve until SIGINT or SIGTERM (or, embedded, until stdin closes). The first signal
+    closes every session and the log, so its closing rows are written; a second exits at once
+    (130) with the log flushed. `tls`: a harness.tls.TlsFiles to serve wss:// with."""
     loop = asyncio.get_running_loop()
     recorder = None
     if out is not None:
@@ -90,8 +101,30 @@ async def serve(
     server = FakeServer(clock, config, recorder)
     if sync_stdin:
         server.clock_ready.clear()
-    url = await server.start(host, port)
-    print(json.dumps({"url": url, "port": server.port}) if sync_stdin else banner(url), flush=True)
+    context = None
+    if tls is not None:
+        from harness.tls import server_context
+
+        context = server_context(tls)
+    url = await server.start(host, port, context)
+    if context is not None:
+        url = url.replace("ws://", "wss://", 1)
+    print(
+        json.dumps({"url": url, "port": server.port}) if sync_stdin else banner(url, tls=tls),
+        flush=True,
+    )
+    stop = loop.create_future()
+
+    def on_signal() -> None:
+        if stop.done():
+            if recorder is not None:
+                with contextlib.suppress(OSError):  # a full disk: nothing more can be saved
+                    recorder.flush()
+            os._exit(130)
+        stop.set_result(True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
 
     async def serving() -> None:
         if sync_stdin:
@@ -108,30 +141,50 @@ async def serve(
     main = asyncio.ensure_future(serving())
     try:
         # a log that cannot be written (a full disk) stops the server: aclose() says why
-        ends = [main] if recorder is None or recorder.failed is None else [main, recorder.failed]
+        ends = [main, stop]
+        if recorder is not None and recorder.failed is not None:
+            ends.append(recorder.failed)
         await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
     finally:
         main.cancel()
         await server.stop()
         if recorder is not None:
             await recorder.aclose()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
-def banner(url: str, title: str = "rtsoak fake server", keys: str = "") -> str:
-    """How to point the official SDK (or any client) at a server on `url`."""
-    http = url.split("/v1/realtime")[0].replace("ws://", "http://")
-    ws = http.replace("http://", "ws://")
-    return "\n".join(
-        [
-            f"{title} listening on {url}",
-            f"Point the official openai SDK at it (any non-empty key is accepted{keys}):",
+AZURE_API_VERSION = "2025-04-01-preview"  # any version works with the fake; the SDKs need one
+
+
+def banner(url: str, title: str = "rtsoak fake server", keys: str = "", tls=None) -> str:
+    """How to point each official SDK at a server on `url`: only settings that work. Both SDKs
+    turn an https:// base into wss:// (the Node SDK any base), so without TLS only the Python
+    SDK's `websocket_base_url` reaches a ws:// listener; with TLS the `export` lines are the
+    whole configuration of either SDK (`tls`: a harness.tls.TlsFiles)."""
+    origin = url.split("/v1/realtime")[0]
+    http = origin.replace("wss://", "https://").replace("ws://", "http://")
+    lines = [f"{title} listening on {url}", f"Any non-empty key is accepted{keys}."]
+    if tls is not None:
+        lines += [
+            "Point the official openai SDKs at it (Python and Node alike):",
             f"  export OPENAI_BASE_URL={http}/v1 OPENAI_API_KEY=any-key",
-            f"  or AsyncOpenAI(api_key='any-key', websocket_base_url='{ws}/v1')",
+            f"  export SSL_CERT_FILE={shlex.quote(str(tls.bundle))}  # Python: rtsoak's CA",
+            f"  export NODE_EXTRA_CA_CERTS={shlex.quote(str(tls.ca))}  # Node: rtsoak's CA",
             "Azure clients (GA and preview paths both work):",
-            f"  export AZURE_OPENAI_ENDPOINT={http} AZURE_OPENAI_API_KEY=any-key",
-            "Stop with Ctrl-C.",
+            f"  export AZURE_OPENAI_ENDPOINT={http} AZURE_OPENAI_API_KEY=any-key "
+            f"OPENAI_API_VERSION={AZURE_API_VERSION}",
         ]
-    )
+    else:
+        lines += [
+            "Point the official openai Python SDK at it:",
+            f"  AsyncOpenAI(api_key='any-key', websocket_base_url='{origin}/v1')",
+            f"  AsyncAzureOpenAI(api_key='any-key', api_version='{AZURE_API_VERSION}', "
+            f"azure_endpoint='{http}', websocket_base_url='{origin}/openai')",
+            "The Node SDK always dials wss://: start with --tls for it (and for settings "
+            "made of environment variables only).",
+        ]
+    return "\n".join([*lines, "Stop with Ctrl-C."])
 
 
 class EmbeddedServer:

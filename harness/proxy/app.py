@@ -479,7 +479,7 @@ class RealtimeProxy:
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds / self.clock.scale))
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> str:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), trace_configs=[_never_redirect()]
         )
@@ -494,7 +494,9 @@ class RealtimeProxy:
         await self._runner.setup()
         # not a TCPSite: each accepted connection gets a handshake timer (_accept)
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(self._accept, host, port, backlog=128)
+        self._listener = await loop.create_server(
+            self._accept, host, port, backlog=128, ssl=ssl_context
+        )
         self.port = self._listener.sockets[0].getsockname()[1]
         return self.url
 

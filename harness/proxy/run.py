@@ -21,6 +21,7 @@ from harness.recorder import Recorder
 from harness.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
 from harness.scenario import TargetSection
 from harness.target import Target, build_target
+from harness.tls import TlsFiles, server_context
 
 __all__ = ["ProxyOptions", "ProxyResult", "resolve_upstream", "run_proxy"]
 
@@ -42,6 +43,7 @@ class ProxyOptions:
     time_scale: float = 1.0
     seed: int = 0
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # wall s for a client's handshake, or idle HTTP
+    tls: TlsFiles | None = None  # serve wss:// to the client (harness.tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +154,13 @@ async def _serve(
     for sig in SIGNALS:
         loop.add_signal_handler(sig, on_signal)
     try:
-        url = await proxy.start(options.host, options.port)
+        context = None if options.tls is None else server_context(options.tls)
+        url = await proxy.start(options.host, options.port, context)
+        if context is not None:
+            url = url.replace("ws://", "wss://", 1)
         doc["proxy"]["listen"] = url
         write_json(run_dir / "manifest.json", doc)
-        log(banner(url, "rtsoak proxy", "; it is never forwarded"))
+        log(banner(url, "rtsoak proxy", "; it is never forwarded", tls=options.tls))
         log(f"rtsoak: relaying to {target.describe()['url']}; recording into {run_dir}")
         try:
             await asyncio.wait_for(asyncio.shield(stop), options.duration / clock.scale)
