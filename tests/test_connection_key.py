@@ -288,10 +288,14 @@ def test_identical_variants_in_one_run_match_each_run_alone(tmp_path: Path) -> N
         )
         differ = d2["diagnosis"].astype(str) != d1["diagnosis"].astype(str)
         assert differ.sum() <= STALLS, f"{variant}: {differ.sum()} diagnoses differ"
-        assert concurrency(both, variant) == concurrency(alone, variant)
+        # a drop near the 1 s edge may cross it by the runs' jitter, and no further
+        said = concurrency(both, variant)
+        assert (
+            together(alone, variant, 1.0 - jitter) <= said <= together(alone, variant, 1.0 + jitter)
+        )
 
 
-def concurrency(frames: Frames, variant: str) -> str:
+def concurrency(frames: Frames, variant: str) -> int:
     """The variant's 'another worker's drop within 1 s' count, as its finding says it."""
     said = findings(frames.connections, frames.events)
     (sentence,) = [
@@ -299,4 +303,13 @@ def concurrency(frames: Frames, variant: str) -> str:
         for f in said
         if f["hypothesis"] == "concurrency" and f["variant"] in (variant, None)
     ]
-    return sentence.split(" drops had")[0]
+    return int(sentence.split(" of ")[0])
+
+
+def together(frames: Frames, variant: str, within: float) -> int:
+    """Drops of the variant with another worker's drop within `within` s, by plain pairs."""
+    drops = of(frames.connections, variant)
+    drops = drops[drops["dropped"]]
+    t, w = drops["closed"].to_numpy(float), drops["worker"].to_numpy()
+    near = (np.abs(t[:, None] - t[None, :]) <= within) & (w[:, None] != w[None, :])
+    return int(near.any(axis=1).sum())
