@@ -26,7 +26,15 @@ from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
 from harness.target import redact_url
 
-__all__ = ["FakeServer", "SESSION_KEY_HEADER", "ServerConfig", "client_key", "error_response"]
+__all__ = [
+    "BETA_SUBPROTOCOL",
+    "FakeServer",
+    "SESSION_KEY_HEADER",
+    "ServerConfig",
+    "client_key",
+    "error_response",
+    "wants_beta",
+]
 
 # rtsoak workers name themselves (variant/worker/attempt) so fault draws do not depend on the
 # order in which concurrent connections happen to arrive. Other clients need not send it.
@@ -75,20 +83,37 @@ class LiveSession:
 
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
+# a browser client asks for the beta dialect with this subprotocol (it cannot set headers)
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+
+
+def subprotocols(request: web.Request) -> list[str]:
+    """The subprotocols the client offered, in its order."""
+    offered = ",".join(request.headers.getall("Sec-WebSocket-Protocol", []))
+    return [p.strip() for p in offered.split(",") if p.strip()]
+
+
+def wants_beta(request: web.Request) -> bool:
+    """The beta dialect: header `OpenAI-Beta: realtime=v1`, or (browser clients) the
+    `openai-beta.realtime-v1` subprotocol, as the official SDK's browser client sends it."""
+    header = request.headers.get("OpenAI-Beta", "").replace(" ", "").lower()
+    return header == "realtime=v1" or BETA_SUBPROTOCOL in subprotocols(request)
 
 
 def client_key(request: web.Request) -> str | None:
-    """The key from `Authorization: Bearer`, `api-key`, or (browser clients) the
-    `openai-insecure-api-key.<KEY>` subprotocol."""
+    """The key from `Authorization: Bearer`, `api-key`, (browser clients) the
+    `openai-insecure-api-key.<KEY>` subprotocol, or (browser clients of Azure, on its paths)
+    the `api-key` query parameter."""
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer ") and auth[7:].strip():
         return auth[7:].strip()
     if request.headers.get("api-key"):
         return request.headers["api-key"]
-    for proto in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
-        proto = proto.strip()
+    for proto in subprotocols(request):
         if proto.startswith(BROWSER_KEY_PREFIX) and len(proto) > len(BROWSER_KEY_PREFIX):
             return proto[len(BROWSER_KEY_PREFIX) :]
+    if PATHS.get(request.path) == "azure" and request.query.get("api-key"):
+        return request.query["api-key"]
     return None
 
 
@@ -275,7 +300,7 @@ class FakeServer:
         now = self.clock.now()
         rng = random.Random(f"{self.seed}/{session_key}")
         profile = self.config.faults_for(session_key)
-        beta = request.headers.get("OpenAI-Beta", "").replace(" ", "").lower() == "realtime=v1"
+        beta = wants_beta(request)
         session = TranscriptionSession(
             "sess_" + f"{rng.getrandbits(88):022x}",
             now,

@@ -3,8 +3,10 @@ both ways as they come, record both directions, and apply fault policies on the 
 
 Decisions live elsewhere: what each frame means in RelayObserver, when a fault fires in the
 fault policies, how it is carried out in FaultCarrier. This module moves frames and says who
-ended a connection. The client's key is checked for presence only: it is never forwarded,
-stored or logged; the upstream gets its own credentials (from the Target).
+ended a connection. The client's key (a header, the `openai-insecure-api-key.` subprotocol or
+Azure's `api-key` query parameter) is checked for presence only: it is never forwarded, stored
+or logged; the upstream gets its own credentials (from the Target), no client subprotocol, and
+the client's query without credential-like parameters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from harness.fakeserver.app import (
     SESSION_KEY_HEADER,
     client_key,
     error_response,
+    wants_beta,
 )
 from harness.fakeserver.carry import FaultCarrier
 from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
@@ -643,6 +646,8 @@ class RealtimeProxy:
         assert self._http is not None
         headers = dict(self.upstream.headers)
         headers.update({h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers})
+        if wants_beta(request):  # a browser's beta subprotocol reaches the upstream as the header
+            headers["OpenAI-Beta"] = "realtime=v1"
         connect = self._http.ws_connect(
             upstream_url(self.upstream.url, request.query_string),
             headers=headers,
