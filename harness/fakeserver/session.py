@@ -48,12 +48,19 @@ LOGPROBS = "item.input_audio_transcription.logprobs"
 _ID_CHARS = bytes((string.ascii_letters + string.digits).encode()[i % 62] for i in range(256))
 _GA_FORMATS = {"audio/pcm": "pcm16", "audio/pcmu": "g711_ulaw", "audio/pcma": "g711_alaw"}
 _BETA_FORMATS = {beta: ga for ga, beta in _GA_FORMATS.items()}
+# The effective configuration the service shows in every session event: what a client left
+# out is filled in with the service's defaults (the SDK's types name them), so a client that
+# reads its session back sees what is in force, not its own update echoed.
 SERVER_VAD = {
     "type": "server_vad",
     "threshold": 0.5,
     "prefix_padding_ms": 300,
     "silence_duration_ms": 500,
+    "idle_timeout_ms": None,
 }
+SEMANTIC_VAD = {"type": "semantic_vad", "eagerness": "auto"}
+_VAD_DEFAULTS = {"server_vad": SERVER_VAD, "semantic_vad": SEMANTIC_VAD}
+_BETA_VAD_FIELDS = ("type", "threshold", "prefix_padding_ms", "silence_duration_ms", "eagerness")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +252,40 @@ def _not_a_choice(field: Field, value: Any, path: str) -> tuple[str, str, str]:
     )
 
 
+def _effective(changes: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """An update's audio-input fields (already validated) as the service shows them: an object
+    given replaces the one in force, with every field it left out at its default; noise
+    reduction keeps a strength the update did not name (the SDK: "omitting strength from a
+    session update preserves the current strength")."""
+    out = dict(changes)
+    if "format" in changes:
+        fmt = changes["format"]
+        out["format"] = {"type": fmt["type"], "rate": 24000} if fmt["type"] == "audio/pcm" else fmt
+    if isinstance(changes.get("turn_detection"), dict):
+        td = changes["turn_detection"]
+        out["turn_detection"] = {**_VAD_DEFAULTS[td["type"]], **td}
+    if isinstance(changes.get("transcription"), dict):
+        model = (current.get("transcription") or {}).get("model") or "gpt-4o-transcribe"
+        out["transcription"] = {
+            "model": model,
+            "language": None,
+            "prompt": "",
+            **changes["transcription"],
+        }
+    if isinstance(changes.get("noise_reduction"), dict):
+        before = current.get("noise_reduction") or {}
+        kept = {"strength": before["strength"]} if "strength" in before else {}
+        out["noise_reduction"] = {"type": "near_field", **kept, **changes["noise_reduction"]}
+    return out
+
+
+def _beta_turn_detection(td: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Beta's turn detection: the fields its type knows (no idle_timeout_ms)."""
+    if td is None:
+        return None
+    return {k: v for k, v in td.items() if k in _BETA_VAD_FIELDS}
+
+
 def _default_input(model: str = "gpt-4o-transcribe") -> dict[str, Any]:
     return {
         "format": {"type": "audio/pcm", "rate": 24000},
@@ -340,7 +381,7 @@ class TranscriptionSession:
             "modalities": ["text"],
             "input_audio_format": _GA_FORMATS[self.input["format"]["type"]],
             "input_audio_transcription": self.input["transcription"],
-            "turn_detection": self.input["turn_detection"],
+            "turn_detection": _beta_turn_detection(self.input["turn_detection"]),
             "input_audio_noise_reduction": self.input["noise_reduction"],
             "include": self.include,
             # the SDK's beta model requires it; sessions over a socket have no real one
@@ -599,7 +640,7 @@ class TranscriptionSession:
     ) -> list[Output]:
         """Apply a partial update whose every field has passed `invalid_field`; the checks that
         span fields come first, so a bad update changes nothing."""
-        merged = {**self.input, **changes}
+        merged = {**self.input, **_effective(changes, self.input)}
         model = (merged.get("transcription") or {}).get("model")
         if model in NO_VAD_MODELS and merged.get("turn_detection") is not None:
             if "turn_detection" in changes:
