@@ -148,6 +148,8 @@ class FakeServer:
         self._rng = random.Random(self.seed)
         self._arrivals = 0
         self._live: dict[str, LiveSession] = {}
+        self._sockets: set[web.WebSocketResponse] = set()  # open sessions, closed by stop()
+        self.stopping = False
         self._carrier = FaultCarrier(self._sleep)  # half-open and delayed closes pending
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -185,7 +187,12 @@ class FakeServer:
         return max(UPGRADE_FLOOR, self.config.upgrade_timeout / self.clock.scale)
 
     async def stop(self) -> None:
+        """Open sessions first end with 1001 (the service going away), so each is closed and
+        logged before the listener goes (aiohttp alone would wait 60 s, then cancel them)."""
         self._carrier.cancel_held()
+        self.stopping = True
+        closing = [ws.close(code=1001, message=b"server shutting down") for ws in self._sockets]
+        await asyncio.gather(*closing, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -249,7 +256,11 @@ class FakeServer:
         )
         ws.headers[id_header] = request_id
         await ws.prepare(request)
-        await self._serve(request, ws, request_id, session_key, key)
+        self._sockets.add(ws)
+        try:
+            await self._serve(request, ws, request_id, session_key, key)
+        finally:
+            self._sockets.discard(ws)
         return ws
 
     async def _admit(
@@ -467,6 +478,6 @@ class FakeServer:
                 "session_close",
                 request_id,
                 code=ws.close_code,
-                text=state["ended_by"] or "client",
+                text=state["ended_by"] or ("shutdown" if self.stopping else "client"),
                 detail={"buffer_ms": session.buffer_ms},
             )
