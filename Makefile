@@ -55,4 +55,4 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check harness tests
 
 clean:
-	rm -rf $(VENV) reports/*/ .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) reports/*/ runs/ .pytest_cache .hypothesis build *.egg-info

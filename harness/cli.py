@@ -42,22 +42,17 @@ def _duration(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtsoak", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rtsoak {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario and write its report")
     run.add_argument("scenario", type=Path)
-    run.add_argument("--workers", type=int)
+    run.add_argument("--workers", type=int, help="override run.workers (per variant)")
     run.add_argument("--duration", type=_duration, help="scenario time, e.g. 90s, 25m")
-    run.add_argument("--time-scale", type=float)
-    run.add_argument("--seed", type=int)
+    run.add_argument("--time-scale", type=float, help="override run.time_scale (fake target)")
+    run.add_argument("--seed", type=int, help="override run.seed: same seed, same run")
     run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
-    run.add_argument(
-        "--target",
-        choices=("fake", "openai", "azure", "url"),
-        help="override run.target; real targets read keys from the environment",
-    )
-    run.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
-    run.add_argument("--max-audio-hours", type=float, help="cap (real targets): audio hours sent")
+    _target_and_caps(run)
     run.add_argument(
         "--procs",
         type=int,
@@ -70,18 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-report", action="store_true", help="record only")
 
-    part = sub.add_parser("run-part", help=argparse.SUPPRESS)  # a --procs child
-    part.add_argument("run_dir", type=Path)
-    part.add_argument("--part", required=True)
-    part.add_argument("--url", default="")
-    part.add_argument("--audio-hours", type=float)
-
     serve = sub.add_parser("serve", help="run the fake Realtime transcription server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=0)
-    serve.add_argument("--faults", type=Path, help="TOML with [faults.*] (a scenario works)")
-    serve.add_argument("--time-scale", type=float, default=1.0)
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--host", default="127.0.0.1", help="listen address (loopback)")
+    serve.add_argument("--port", type=int, default=0, help="listen port (0: any free one)")
+    serve.add_argument(
+        "--faults",
+        type=Path,
+        help="a fault profile NAME (rtsoak list) or a TOML with [faults.*] (a scenario works)",
+    )
+    serve.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
+    serve.add_argument("--seed", type=int, default=0, help="the fault policies' draws and ids")
     serve.add_argument("--out", type=Path, help="log the server's view of every session here")
     serve.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback host")
     serve.add_argument("--tls", action="store_true", help=TLS_HELP)
@@ -103,14 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--upstream-header", default="Authorization", help="URL upstream: header for its key"
     )
-    proxy.add_argument("--faults", type=Path, help="TOML with [faults.*], applied at the proxy")
+    proxy.add_argument(
+        "--faults",
+        type=Path,
+        help="a fault profile NAME (rtsoak list) or a TOML with [faults.*], applied at the proxy",
+    )
     proxy.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
     proxy.add_argument("--name", default="proxy", help="run and variant name")
     proxy.add_argument(
         "--duration", type=_duration, default=24 * 3600.0, help="stop by itself after (24h)"
     )
     proxy.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
-    proxy.add_argument("--seed", type=int, default=0)
+    proxy.add_argument("--seed", type=int, default=0, help="the fault policies' draws")
     proxy.add_argument("--no-report", action="store_true", help="record only")
     proxy.add_argument("--tls", action="store_true", help=TLS_HELP)
 
@@ -121,17 +118,58 @@ def _parser() -> argparse.ArgumentParser:
         "--history", action="store_true", help="a night-over-night trend of these runs (trend.html)"
     )
 
-    validate = sub.add_parser("validate", help="check scenario files")
+    validate = sub.add_parser(
+        "validate", help="check scenario files as `run` would: settings, audio, target, caps"
+    )
     validate.add_argument("files", type=Path, nargs="+")
+    _target_and_caps(validate)
 
     listing = sub.add_parser("list", help="shipped scenarios and fault profiles")
-    listing.add_argument("--scenarios", type=Path, default=Path("scenarios"))
+    listing.add_argument(
+        "--scenarios", type=Path, default=Path("scenarios"), help="where scenario files are"
+    )
     return parser
+
+
+def _target_and_caps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        choices=("fake", "openai", "azure", "url"),
+        help="override run.target; real targets read keys from the environment",
+    )
+    parser.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
+    parser.add_argument(
+        "--max-audio-hours", type=float, help="cap (real targets): audio hours sent"
+    )
+
+
+def _run_part_parser() -> argparse.ArgumentParser:
+    """A --procs child's command line: internal, so not in `rtsoak --help`."""
+    part = argparse.ArgumentParser(prog="rtsoak run-part")
+    part.add_argument("run_dir", type=Path)
+    part.add_argument("--part", required=True)
+    part.add_argument("--url", default="")
+    part.add_argument("--audio-hours", type=float)
+    return part
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rtsoak")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress reaches CI logs as it happens
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run-part"]:
+        args = _run_part_parser().parse_args(argv[1:])
+        args.command = "run-part"
+    else:
+        args = _parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except (ConfigError, AudioError, UsageError, RunDirError, TargetError, LogWriteError) as exc:
@@ -381,10 +419,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    """Each file through `run`'s own checks (runner.preflight), stopping at the first
+    refusal: what validate passes, run starts with the same flags."""
+    from harness.runner import Caps, preflight
     from harness.scenario import load_scenario
 
+    caps = Caps(max_minutes=args.max_minutes, max_audio_hours=args.max_audio_hours)
     for path in args.files:
-        scenario = load_scenario(path)
+        scenario = load_scenario(path).with_overrides(target=args.target)
+        preflight(scenario, caps, log=lambda line: None)
         workers = sum(v.run.workers for v in scenario.variants)
         print(
             f"{path}: ok ({len(scenario.variants)} variant(s), {workers} workers, "

@@ -284,6 +284,20 @@ def default_procs(scenario: Scenario) -> int:
     return max(1, min(spare, math.ceil(workers / WORKERS_PER_PROC)))
 
 
+def preflight(
+    scenario: Scenario, caps: Caps = Caps(), log=print
+) -> tuple[AudioLibrary, Target | None, AudioBudget | None]:
+    """What `run` refuses before sending a frame (audio files, target settings and keys,
+    caps), and what it needs from them; `rtsoak validate` runs the same checks."""
+    library = AudioLibrary.from_dir(scenario.audio_dir())
+    target, budget = None, None
+    if scenario.run.target != "fake":
+        target = build_target(scenario.run.target, scenario.target)
+        check_real_target(scenario, library, caps, log)
+        budget = AudioBudget(caps.max_audio_hours or 0.0)
+    return library, target, budget
+
+
 def run_scenario(
     scenario: Scenario,
     out_base: Path,
@@ -293,12 +307,7 @@ def run_scenario(
     shard: tuple[int, int] = (0, 1),
 ) -> RunResult:
     """Check everything a user can get wrong before writing anything, then run."""
-    library = AudioLibrary.from_dir(scenario.audio_dir())
-    target, budget = None, None
-    if scenario.run.target != "fake":
-        target = build_target(scenario.run.target, scenario.target)
-        check_real_target(scenario, library, caps, log)
-        budget = AudioBudget(caps.max_audio_hours or 0.0)
+    library, target, budget = preflight(scenario, caps, log)
     check_output_dir(out_base)
     return _run(
         scenario, library, out_base, log, target, budget, procs or default_procs(scenario), shard

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TlsFiles", "cache_dir", "client_context", "server_context", "tls_files"]
+__all__ = ["TlsFiles", "cache_dir", "server_context", "tls_files"]
 
 HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -73,8 +73,3 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(files.server)
     return context
-
-
-def client_context(files: TlsFiles) -> ssl.SSLContext:
-    """Trusts the local CA only: for tests and for a proxy in front of `serve --tls`."""
-    return ssl.create_default_context(cafile=str(files.ca))
