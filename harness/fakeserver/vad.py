@@ -4,9 +4,9 @@ The service's `threshold` (0-1, a speech probability) is mapped onto an energy l
 -60 dBFS at 0 up to -20 dBFS at 1 (0.5 -> -40 dBFS), judged per 10 ms frame. Speech starts on
 the first loud frame (reported `prefix_padding_ms` earlier) and stops after `silence_duration_ms`
 of quiet frames. Only the audio a segment needs is kept: the prefix while quiet, the speech
-while speaking, so memory stays bounded by the longest utterance. What a client's own commit
-would hold (every byte since the last commit, clear or segment, whole frames or not) is kept as
-a length and a CRC32 only (`pending()`).
+while speaking (and, while quiet, up to TRIM_SLACK_MS more, trimmed in one go), so memory
+stays bounded by the longest utterance. A client's own commit holds every byte since the last
+commit, clear or segment (`pending()`): the audio trimmed away is kept as a length and CRC32.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ __all__ = ["Segment", "ServerVad"]
 
 FRAME_MS = 10
 BYTES_PER_MS = 48  # 24 kHz PCM16
+# quiet audio beyond the prefix is trimmed once this much has piled up, not every frame: one
+# `del` and one CRC32 call per half second of quiet instead of a method call per 10 ms frame
+TRIM_SLACK_MS = 500
 
 
 def threshold_dbfs(threshold: float) -> float:
@@ -52,10 +55,10 @@ class ServerVad:
         self.speech_from_ms: int | None = None
         self.quiet_ms = 0
         self._partial = b""  # bytes short of a whole 10 ms frame
-        # whole frames since the buffer last began (commit, clear, or a segment's end): what a
-        # client's commit holds, as length and CRC32 (audio trimmed while quiet included)
-        self._pending_bytes = 0
-        self._pending_crc = 0
+        # audio trimmed from the front of `kept` since the buffer last began (commit, clear,
+        # or a segment's end): a client's commit holds it, then `kept`, then `_partial`
+        self._trimmed_bytes = 0
+        self._trimmed_crc = 0
 
     @property
     def in_speech(self) -> bool:
@@ -74,7 +77,7 @@ class ServerVad:
         )
         loud = (np.einsum("ij,ij->i", frames, frames) >= self._loud_energy).tolist()
         step = FRAME_MS * BYTES_PER_MS
-        counted = 0  # frames of `data` before this are in the pending CRC (or were committed)
+        slack = self.prefix_ms + TRIM_SLACK_MS
         for i, is_loud in enumerate(loud):
             self.kept += data[i * step : (i + 1) * step]
             self.position_ms += FRAME_MS
@@ -84,7 +87,7 @@ class ServerVad:
                     self._trim_to(start)
                     self.speech_from_ms, self.quiet_ms = start, 0
                     out.append(("started", start))
-                else:
+                elif self.position_ms - self.kept_from_ms >= slack:
                     self._trim_to(self.position_ms - self.prefix_ms)
                 continue
             self.quiet_ms = 0 if is_loud else self.quiet_ms + FRAME_MS
@@ -96,26 +99,20 @@ class ServerVad:
                 self.kept_from_ms = end
                 self.speech_from_ms = None
                 # the buffer now begins at the segment's end: the quiet frames after it
-                self._pending_bytes, self._pending_crc = len(self.kept), zlib.crc32(self.kept)
-                counted = (i + 1) * step
+                self._trimmed_bytes, self._trimmed_crc = 0, 0
                 self._trim_to(self.position_ms - self.prefix_ms)
                 out.append(("stopped", segment))
-        if whole > counted:  # one CRC call per append, not per frame
-            self._pending_crc = zlib.crc32(memoryview(data)[counted:whole], self._pending_crc)
-            self._pending_bytes += whole - counted
         return out
 
     def pending(self) -> tuple[int, int]:
         """(bytes, CRC32) of all audio since the buffer last began, the part short of a whole
         frame included: exactly what a client's `commit` now holds."""
-        return (
-            self._pending_bytes + len(self._partial),
-            zlib.crc32(self._partial, self._pending_crc),
-        )
+        crc = zlib.crc32(self._partial, zlib.crc32(self.kept, self._trimmed_crc))
+        return self.pending_bytes, crc
 
     @property
     def pending_bytes(self) -> int:
-        return self._pending_bytes + len(self._partial)
+        return self._trimmed_bytes + len(self.kept) + len(self._partial)
 
     @property
     def held_bytes(self) -> int:
@@ -129,9 +126,13 @@ class ServerVad:
         self.kept_from_ms = self.position_ms
         self.speech_from_ms = None
         self._partial = b""
-        self._pending_bytes, self._pending_crc = 0, 0
+        self._trimmed_bytes, self._trimmed_crc = 0, 0
 
     def _trim_to(self, from_ms: int) -> None:
         if from_ms > self.kept_from_ms:
-            del self.kept[: (from_ms - self.kept_from_ms) * BYTES_PER_MS]
+            n = (from_ms - self.kept_from_ms) * BYTES_PER_MS
+            with memoryview(self.kept) as head:
+                self._trimmed_crc = zlib.crc32(head[:n], self._trimmed_crc)
+            self._trimmed_bytes += n
+            del self.kept[:n]
             self.kept_from_ms = from_ms
