@@ -22,6 +22,13 @@ from aiohttp import WSMsgType, web
 from harness.clock import Clock
 from harness.fakeserver.carry import FaultCarrier
 from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
+from harness.fakeserver.record import (
+    SessionLog,
+    finish_serve_manifest,
+    is_other_run,
+    serve_manifest,
+    write_serve_manifest,
+)
 from harness.fakeserver.session import SessionLimits, TranscriptionSession
 from harness.recorder import Recorder
 from harness.target import redact_url
@@ -64,6 +71,12 @@ class ServerConfig:
     upgrade_timeout: float = 10.0
     # rtsoak variants may each have their own faults, chosen by the session key's variant
     variant_faults: dict[str, FaultProfile] = field(default_factory=dict)
+    # with a recorder: also record each session's events both ways as the proxy does, and a
+    # manifest beside the log, so `rtsoak report` reads the directory (harness/fakeserver/
+    # record.py). None: when the server is standalone, i.e. its clock is not waiting for a
+    # runner at start (an embedded one's is) and its log's directory holds no other run's
+    # manifest (a run records its own workers)
+    record_clients: bool | None = None
 
     def faults_for(self, session_key: str) -> FaultProfile:
         variant = variant_of(session_key)
@@ -152,6 +165,8 @@ class FakeServer:
         self.stopping = False
         self._carrier = FaultCarrier(self._sleep)  # half-open and delayed closes pending
         self._runner: web.AppRunner | None = None
+        self._recording = False  # each session's client-side rows (record.py)
+        self._manifest: dict[str, Any] | None = None
         self.port = 0
         self.host = "127.0.0.1"
         self.clock_ready = asyncio.Event()  # cleared while an embedding runner sets the origin
@@ -180,6 +195,18 @@ class FakeServer:
         await site.start()
         self.host = host
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log_path = getattr(self.recorder, "path", None)  # None: no log, or a test's rows
+        record = self.config.record_clients
+        if record is None:
+            record = (
+                log_path is not None
+                and self.clock_ready.is_set()
+                and not is_other_run(log_path.parent)
+            )
+        self._recording = record and self.recorder is not None
+        if self._recording and log_path is not None:
+            self._manifest = serve_manifest(self.config, self.seed, self.clock.scale, self.url)
+            write_serve_manifest(log_path.parent, self._manifest)
         return self.url
 
     @property
@@ -196,6 +223,10 @@ class FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._manifest is not None:
+            log = self.recorder
+            finish_serve_manifest(log.path.parent, self._manifest, log.count)  # type: ignore[union-attr]
+            self._manifest = None
 
     def _limits(self, faults: FaultProfile) -> SessionLimits:
         """A max_duration policy shortens the service's session limit; an idle_timeout policy
@@ -248,17 +279,25 @@ class FakeServer:
         id_header = "apim-request-id" if PATHS[path] == "azure" else "x-request-id"
         self._arrivals += 1
         session_key = request.headers.get(SESSION_KEY_HEADER) or f"arrival-{self._arrivals}"
+        log = None
+        if self._recording:
+            assert self.recorder is not None
+            log = SessionLog(self.clock, self.recorder, self._arrivals)
         refusal = await self._admit(session_key, key, request_id, {id_header: request_id})
         if refusal is not None:
+            if log is not None:
+                log.refused(refusal.status, request_id)
             return refusal
         ws = web.WebSocketResponse(
             max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
         )
         ws.headers[id_header] = request_id
         await ws.prepare(request)
+        if log is not None:
+            log.upgraded(request_id)
         self._sockets.add(ws)
         try:
-            await self._serve(request, ws, request_id, session_key, key)
+            await self._serve(request, ws, request_id, session_key, key, log)
         finally:
             self._sockets.discard(ws)
         return ws
@@ -307,6 +346,7 @@ class FakeServer:
         request_id: str,
         session_key: str,
         client_key: str,
+        log: SessionLog | None = None,
     ) -> None:
         now = self.clock.now()
         rng = random.Random(f"{self.seed}/{session_key}")
@@ -348,6 +388,8 @@ class FakeServer:
                     except (TypeError, ValueError, RecursionError) as exc:  # our bug, not theirs
                         text = json.dumps(frame_failed(exc))
                     await ws.send_str(text)
+                    if log is not None:
+                        log.sent(text)
             return not ws.closed and state["ended_by"] is None
 
         def frame_failed(exc: BaseException) -> dict[str, Any]:
@@ -368,7 +410,7 @@ class FakeServer:
             if state["ended_by"] is not None:
                 return
             if fault.kind is not FaultKind.ERROR:
-                state["ended_by"] = fault.policy
+                state["ended_by"], state["fault"] = fault.policy, fault
             self._log(
                 "fault",
                 request_id,
@@ -380,9 +422,10 @@ class FakeServer:
                 },
             )
             if fault.error_code and not ws.closed:
-                await ws.send_str(
-                    json.dumps(session.error_event(fault.error_code, fault.error_message))
-                )
+                text = json.dumps(session.error_event(fault.error_code, fault.error_message))
+                await ws.send_str(text)
+                if log is not None:
+                    log.sent(text)
             hold = await self._carrier.carry_out(request.transport, ws, fault)
             if hold is not None:
                 state["silent"], state["hold"] = True, hold
@@ -430,6 +473,8 @@ class FakeServer:
             if await send(session.open()):
                 async for msg in ws:
                     now = self.clock.now()
+                    if log is not None:
+                        log.received_message(msg)
                     if msg.type is WSMsgType.PING:
                         if not await observe(faults.on_frame(now, "ping")):
                             break
@@ -474,6 +519,8 @@ class FakeServer:
                 await asyncio.gather(hold, return_exceptions=True)
             timer_task.cancel()
             await asyncio.gather(timer_task, return_exceptions=True)
+            if log is not None:
+                log.closed(state.get("fault"), state["ended_by"], self.stopping, ws.close_code)
             self._log(
                 "session_close",
                 request_id,
