@@ -7,6 +7,7 @@ User mistakes print one clear line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -74,7 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a fault profile NAME (rtsoak list) or a TOML with [faults.*] (a scenario works)",
     )
     serve.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
-    serve.add_argument("--seed", type=int, default=0, help="the fault policies' draws and ids")
+    serve.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the fault policies' draws and ids (default: a fresh seed each start, printed)",
+    )
     serve.add_argument("--out", type=Path, help="log the server's view of every session here")
     serve.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback host")
     serve.add_argument("--tls", action="store_true", help=TLS_HELP)
@@ -283,7 +289,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--time-scale must be positive")
     from harness.runner import OutputDirError, check_output_dir, run_event_loop
 
-    config = load_server_config(args.faults, args.seed)
+    config = dataclasses.replace(load_server_config(args.faults, args.seed or 0), seed=args.seed)
     if args.out is not None:
         try:
             check_output_dir(args.out)

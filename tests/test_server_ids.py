@@ -59,3 +59,28 @@ async def test_the_server_says_which_seed_it_drew(fake_server) -> None:
     a = await fake_server(ServerConfig())
     b = await fake_server(ServerConfig(seed=a.seed))
     assert isinstance(a.seed, int) and b.seed == a.seed
+
+
+def _banner_seed(*args: str) -> str:
+    """The seed line `rtsoak serve` prints before it serves, read off its stdout."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if line.startswith("Session and item ids from seed"):
+                return line.split()[6]
+        raise AssertionError("serve printed no seed line")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_serve_draws_a_fresh_seed_per_start_unless_given_one() -> None:
+    assert _banner_seed() != _banner_seed()
+    assert _banner_seed("--seed", "7") == _banner_seed("--seed", "7") == "7"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
@@ -98,6 +99,9 @@ async def serve(
         recorder = Recorder(out / "events-server.arrows")
         recorder.start()
     clock = ScaledClock(scale)
+    # standalone with a log, record what its clients did as the proxy does (a run directory
+    # `rtsoak report` reads); embedded in a run, the workers record their own side
+    config = dataclasses.replace(config, record_clients=out is not None and not sync_stdin)
     server = FakeServer(clock, config, recorder)
     if sync_stdin:
         server.clock_ready.clear()
@@ -109,8 +113,11 @@ async def serve(
     url = await server.start(host, port, context)
     if context is not None:
         url = url.replace("ws://", "wss://", 1)
+    ids = f"Session and item ids from seed {server.seed} (--seed {server.seed} repeats them)."
     print(
-        json.dumps({"url": url, "port": server.port}) if sync_stdin else banner(url, tls=tls),
+        json.dumps({"url": url, "port": server.port})
+        if sync_stdin
+        else banner(url, tls=tls) + "\n" + ids,
         flush=True,
     )
     stop = loop.create_future()
