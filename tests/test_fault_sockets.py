@@ -202,3 +202,27 @@ async def test_handshake_faults_answer_http_errors_deterministically(fake_server
         again = [await outcome(f"w/{i}") for i in range(20)]
     assert set(first) == {101, 503}
     assert first == again  # the same session keys meet the same faults
+
+
+async def test_a_late_wake_up_sends_what_fell_due_first_before_the_fault(fake_server) -> None:
+    """The server wakes late (here: the clock jumps 10 s at once) and finds both a transcript
+    (due 0.3 s after the commit) and an idle timeout (due 6 s after it) due: the transcript
+    goes out first, then the drop, as they would have in time."""
+    clock = ManualClock()
+    server = await fake_server(
+        ServerConfig(faults=parse_faults({"idle_timeout": {"after": "6s"}}, "t", seed=1)), clock
+    )
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url, headers=AUTH)
+        assert (await ws.receive_json(timeout=5))["type"] == "session.created"
+        await ws.send_str(vad_off())
+        assert (await ws.receive_json(timeout=5))["type"] == "session.updated"
+        await ws.send_json({"type": "input_audio_buffer.append", "audio": LOUD})
+        await ws.send_json({"type": "input_audio_buffer.commit"})
+        seen = []
+        while "input_audio_buffer.committed" not in seen:  # the server's clock reads 0 here
+            seen.append((await ws.receive_json(timeout=5))["type"])
+        clock.advance(10.0)
+        after = [json.loads(data)["type"] for kind, data, _ in await drain(ws) if data]
+    assert "conversation.item.input_audio_transcription.completed" in after
+    assert ws.close_code == 1006

@@ -463,8 +463,16 @@ class FakeServer:
                 else:
                     await wake.wait()
                     continue
+                # a late wake-up may find a transcript and a fault both due: what fell due
+                # first goes first, as it would have on time
                 now = self.clock.now()
-                if not await observe(faults.poll(now)) or not await send(session.poll(now)):
+                fault_due = faults.next_deadline()
+                first = now if fault_due is None else min(now, fault_due)
+                if (
+                    not await send(session.poll(first))
+                    or not await observe(faults.poll(now))
+                    or not await send(session.poll(now))
+                ):
                     return
 
         self._live[session_key] = LiveSession(client_key, now, inject)
