@@ -308,9 +308,7 @@ async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
     elsewhere_log.close()
     assert code == 0, out
     (run_dir,) = (tmp_path / "runs").iterdir()
-    from harness.frames import load
-
-    from harness.frames import read_log
+    from harness.frames import load, read_log
 
     conns = load(run_dir).connections
     assert len(conns) and (conns["handshake_status"] == 302).all()
