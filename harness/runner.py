@@ -397,14 +397,7 @@ def _run(
         if server is not None:
             server.stop()
     result = _merge_results([result, *result_parts])
-    p99 = result.append_lateness_p99_ms
-    doc.update(
-        ended=datetime.now(UTC).isoformat(),
-        interrupted=result.interrupted,
-        rows=result.rows,
-        append_lateness_p99_ms=p99,
-        saturated=None if p99 is None else p99 > SATURATED_P99_MS,
-    )
+    complete_manifest(doc, result)
     if result.error is not None:
         doc["stopped"] = {"error": result.error, "stopped_after_s": result.stopped_after_s}
     try:
@@ -415,7 +408,8 @@ def _run(
         log(f"rtsoak: could not complete {run_dir / 'manifest.json'} ({exc.strerror or exc})")
     if doc["saturated"]:
         log(
-            f"rtsoak: warning: append frames left late (p99 {p99} wall ms > "
+            f"rtsoak: warning: append frames left late (p99 {result.append_lateness_p99_ms} "
+            "wall ms > "
             f"{SATURATED_P99_MS:g}): this client was saturated; use fewer workers per process"
         )
     return RunResult(run_dir, result.interrupted, time.monotonic() - wall0, result.error)
@@ -779,4 +773,17 @@ async def run_workers(
             gc.unfreeze()
     return WorkersResult(
         interrupted, recorder.count, recorder.lateness.quantile(0.99), error, stopped_after
+    )
+
+
+def complete_manifest(doc: dict[str, Any], result: WorkersResult) -> None:
+    """The end of a run in its manifest: when, whether interrupted, rows, and the saturation
+    verdict of its append lateness (p99 above SATURATED_P99_MS)."""
+    p99 = result.append_lateness_p99_ms
+    doc.update(
+        ended=datetime.now(UTC).isoformat(),
+        interrupted=result.interrupted,
+        rows=result.rows,
+        append_lateness_p99_ms=p99,
+        saturated=None if p99 is None else p99 > SATURATED_P99_MS,
     )

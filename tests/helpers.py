@@ -19,6 +19,7 @@ from harness.fakeserver.process import server_config_from_doc
 from harness.recorder import Recorder
 from harness.runner import (
     SATURATED_P99_MS,
+    complete_manifest,
     manifest,
     run_workers,
     server_config_doc,
@@ -73,15 +74,7 @@ async def soak(tmp_path: Path, scenario: Scenario, library, fake_server) -> Path
     finally:
         gc.unfreeze()
     server_log.close()
-    # completed as the runner completes it, so `saturation()` reads the same verdict
-    p99 = result.append_lateness_p99_ms
-    doc.update(
-        ended=datetime.now(UTC).isoformat(),
-        interrupted=result.interrupted,
-        rows=result.rows,
-        append_lateness_p99_ms=p99,
-        saturated=None if p99 is None else p99 > SATURATED_P99_MS,
-    )
+    complete_manifest(doc, result)  # as the runner does, so `saturation()` reads its verdict
     write_json(run_dir / "manifest.json", doc)
     return run_dir
 
