@@ -24,7 +24,6 @@ wall milliseconds.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -194,29 +193,6 @@ def _share(part: int, whole: int) -> str:
     return f"{part} of {whole} ({100 * part / whole:.0f} %)" if whole else "none"
 
 
-def _weibull(conns: pd.DataFrame) -> pd.DataFrame:
-    """Weibull shape per variant: analysis's when it has one, else the same fit here."""
-    by_variant = getattr(analysis, "weibull_by_variant", None)
-    if by_variant is not None:
-        return by_variant(conns)
-    from lifelines import WeibullFitter
-
-    rows = []
-    for variant, group in conns.groupby("variant", observed=True):
-        row = {"variant": str(variant), "drops": int(group["dropped"].sum()), "verdict": "no fit"}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                wf = WeibullFitter().fit(group["lifetime"].clip(lower=1e-3), group["dropped"])
-            lo, hi = (float(wf.summary.loc["rho_", f"coef {b} 95%"]) for b in ("lower", "upper"))
-            verdict = "rising" if lo > 1 else "falling" if hi < 1 else "flat"
-            row.update(shape=float(wf.rho_), shape_lo=lo, shape_hi=hi, verdict=verdict)
-        except Exception:  # lifelines raises several kinds on degenerate data
-            pass
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _age_sentence(drops: pd.DataFrame, weibull: pd.Series | None) -> str:
     ages = drops["lifetime"] / 60
     n = len(drops)
@@ -333,6 +309,8 @@ def findings(
     events: pd.DataFrame,
     lateness: pd.Series | pd.DataFrame | None = None,
     scales: Mapping[str, float] | None = None,
+    diagnosis: pd.Series | None = None,
+    weibull: pd.DataFrame | None = None,
 ) -> list[dict[str, str | None]]:
     """[{hypothesis, finding, variant}] in a fixed order, each sentence carrying its numbers,
     one block per variant (drops of different variants come from different strategies and
@@ -341,15 +319,20 @@ def findings(
 
     `events` needs the appends of each drop's last WINDOW_S at least; `lateness` is the send
     lateness of all appends (`ReportFrames.lateness`, or its `lag_ms` alone, which then counts
-    for every variant; by default the appends in `events`); `scales` as for `diagnose`."""
+    for every variant; by default the appends in `events`); `scales` as for `diagnose`.
+    `diagnosis` and `weibull` (`analysis.weibull_by_variant`), when a report has fitted them
+    already, are read instead of computed again."""
     scales = dict(scales or {})
     conns = observed_connections(connections)
-    diagnosis = diagnose(connections, events, scales)
+    if diagnosis is None:
+        diagnosis = diagnose(connections, events, scales)
     if lateness is None:
         lateness = events.loc[events["type"] == APPEND, ["variant", "lag_ms"]]
     variants = [str(v) for v in conns["variant"].astype(str).unique()]
     several = len(variants) > 1
-    weibull = _weibull(conns).set_index("variant") if len(conns) else pd.DataFrame()
+    if weibull is None:
+        weibull = analysis.weibull_by_variant(conns)
+    weibull = weibull.set_index("variant") if len(weibull) else pd.DataFrame()
     run_scales = {scales.get(str(r), 1.0) for r in conns["run"].astype(str).unique()}
     scale = next(iter(run_scales)) if len(run_scales) == 1 else None
     out: list[dict[str, str | None]] = []
@@ -421,10 +404,14 @@ def agreement_table(
     connections: pd.DataFrame,
     events: pd.DataFrame,
     scales: Mapping[str, float] | None = None,
+    diagnosis: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Drops by injected fault (rows) and diagnosis (columns)."""
+    """Drops by injected fault (rows) and diagnosis (columns); `diagnosis` as `diagnose`
+    gives it, when already made."""
     drops = connections[connections["dropped"] & connections["injected_fault"].notna()]
     if drops.empty:
         return pd.DataFrame()
-    diagnosis = diagnose(connections, events, scales)[drops.index]
+    if diagnosis is None:
+        diagnosis = diagnose(connections, events, scales)
+    diagnosis = diagnosis[drops.index]
     return pd.crosstab(drops["injected_fault"].astype(str), diagnosis.rename("diagnosis"))

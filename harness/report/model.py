@@ -56,6 +56,7 @@ def fit(frames: ReportFrames) -> ReportModel:
     hours = sum(s.connection_hours for s in survival)
     by_scale = scales(frames)
     diagnosis = diagnose(conns, events, by_scale)
+    weibull = analysis.weibull_by_variant(conns)
     return ReportModel(
         connections=conns,
         survival=survival,
@@ -64,7 +65,7 @@ def fit(frames: ReportFrames) -> ReportModel:
         logrank=analysis.pairwise_logrank(conns),
         cox=analysis.cox_by_factors(conns),
         power=analysis.power(drops, drops / hours if hours else 0.0),
-        weibull=analysis.weibull_by_variant(conns),
+        weibull=weibull,
         hazard=analysis.hazard_by_age(conns),
         recovery=analysis.recovery(conns, utts),
         latency=analysis.latency_percentiles(utts),
@@ -72,8 +73,8 @@ def fit(frames: ReportFrames) -> ReportModel:
         close_codes=analysis.close_codes(conns),
         stopped=stopped_workers(events),
         diagnosis=diagnosis,
-        findings=findings(conns, events, frames.lateness["lag_ms"], by_scale),
-        agreement=agreement_table(conns, events, by_scale),
+        findings=findings(conns, events, frames.lateness, by_scale, diagnosis, weibull),
+        agreement=agreement_table(conns, events, by_scale, diagnosis),
         client_lateness=fidelity.client_lateness(frames.lateness),
         fault_lateness=fidelity.fault_lateness(events, by_scale),
     )
