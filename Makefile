@@ -5,13 +5,19 @@ BIN := $(VENV)/bin
 SCENARIO ?= scenarios/smoke.toml
 RUN ?=
 ARGS ?=
+# `make image`: the name and tag it builds (IMAGE=registry.example.com/team/rtsoak to push).
+IMAGE ?= rtsoak
+TAG ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+PYTHON_IMAGE ?=
+# `make lint` validates deploy/kubernetes/*.yaml against this Kubernetes version's schemas.
+K8S_VERSION ?= 1.33.0
 
-.PHONY: soak test test-slow report screenshot lint bench clean
+.PHONY: soak test test-slow report screenshot lint image bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 soak: $(VENV)/.installed
@@ -50,9 +56,27 @@ bench: $(VENV)/.installed
 	tmp=$$(mktemp -d) && $(BIN)/python bench/load_10m.py all $$tmp/run; rc=$$?; rm -rf $$tmp; exit $$rc
 	$(BIN)/python bench/proxy_overhead.py
 
+# Python by ruff; the workflows by actionlint; the manifests by kubernetes-validate (strict:
+# an unknown field fails); the Dockerfile by hadolint. All come from the `lint` extra.
 lint: $(VENV)/.installed
 	$(BIN)/ruff check harness tests
 	$(BIN)/ruff format --check harness tests
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/kubernetes-validate --strict --kubernetes-version $(K8S_VERSION) deploy/kubernetes/*.yaml
+	$(BIN)/hadolint Dockerfile
+
+# The image of Dockerfile, tagged $(IMAGE):$(TAG) and $(IMAGE):dev (the manifests' reference).
+# Needs docker or podman with a running engine; says so and exits 2 without one.
+image:
+	@tool=$$(command -v docker || command -v podman) || { \
+	  echo "make image: no container tool (docker or podman) on PATH; build where one runs" >&2; \
+	  exit 2; }; \
+	$$tool info >/dev/null 2>&1 || { \
+	  echo "make image: $$tool is installed but reaches no container engine ($$tool info fails);" \
+	    "start one (dockerd, Docker Desktop, podman machine) or build elsewhere" >&2; exit 2; }; \
+	set -x; $$tool build --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+	  $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	  -t $(IMAGE):$(TAG) -t $(IMAGE):dev .
 
 clean:
 	rm -rf $(VENV) reports/*/ runs/ .pytest_cache .hypothesis build *.egg-info
