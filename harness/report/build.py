@@ -23,6 +23,7 @@ from harness.frames import Frames, ReportFrames, RunDirError, load_for_report, w
 from harness.report import charts
 from harness.report.fidelity import SATURATED_P99_MS
 from harness.report.findings import WINDOW_S
+from harness.report.history import night_rows
 from harness.report.model import ReportModel, fit
 from harness.report.thresholds import Verdict, console_table, judge, write_junit
 
@@ -226,6 +227,8 @@ def _summary(frames: ReportFrames, model: ReportModel, verdicts: list[Verdict]) 
         "thresholds": [asdict(v) for v in verdicts],
         "torn_batches": frames.torn_batches,
         "events": frames.rows,
+        # what `rtsoak report --history` reads, so a night kept for the trend needs no event log
+        "trend": night_rows(frames.connections, frames.utterances),
     }
 
 
