@@ -320,3 +320,17 @@ def test_any_value_at_any_sdk_field_is_applied_whole_or_refused_whole(data, dial
     for _ in range(3):
         fields = data.draw(sdk_shaped_updates(dialect))
         check_update_invariant(s, update(dialect, fields))
+
+
+@pytest.mark.parametrize("section", ["noise_reduction", "transcription", "turn_detection"])
+def test_an_unknown_nested_field_is_ignored_never_echoed(section: str) -> None:
+    """Hypothesis found `noise_reduction: {input: inf}` echoed back, which is no JSON at all."""
+    s = session()
+    given_fields = {"noise_reduction": {"type": "near_field"}, "transcription": {}}
+    given_fields["turn_detection"] = {"type": "server_vad"}
+    value = {**given_fields[section], "input": float("inf")}
+    (reply,) = s.receive(update("ga", nest(f"session.audio.input.{section}", value)), 0.0)
+    assert reply["type"] == "session.updated"
+    echoed = reply["session"]["audio"]["input"][section]
+    assert "input" not in echoed
+    json.dumps(reply, allow_nan=False)  # what the wire carries

@@ -257,6 +257,13 @@ def _effective(changes: dict[str, Any], current: dict[str, Any]) -> dict[str, An
     given replaces the one in force, with every field it left out at its default; noise
     reduction keeps a strength the update did not name (the SDK: "omitting strength from a
     session update preserves the current strength")."""
+    # fields the service does not know are ignored, never echoed back (nor kept)
+    changes = {
+        k: {f: v for f, v in value.items() if f"{_IN}.{k}.{f}" in GA_UPDATE_FIELDS}
+        if isinstance(value, dict)
+        else value
+        for k, value in changes.items()
+    }
     out = dict(changes)
     if "format" in changes:
         fmt = changes["format"]
