@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,7 +266,12 @@ def _charts(frames: ReportFrames, model: ReportModel, out: Path) -> dict[str, Pa
     conns = frames.connections
     variants = len(model.fitters)
     workers = conns[["variant", "worker"]].drop_duplicates().shape[0]
-    figure_plans = [
+
+    def axes(draw: Callable[[Any], Any]) -> Callable[[plt.Figure], Any]:
+        """A chart that draws into one Axes, as a chart that draws into a figure."""
+        return lambda fig: draw(fig.add_subplot(1, 1, 1))
+
+    plans = [
         (
             "survival",
             (10, charts.panel_height(variants, 5)),
@@ -276,27 +282,31 @@ def _charts(frames: ReportFrames, model: ReportModel, out: Path) -> dict[str, Pa
             (10, charts.panel_height(variants, 4)),
             lambda fig: charts.hazard_chart(fig, model.hazard),
         ),
+        ("state_at_drop", (9, 3), axes(lambda ax: charts.state_at_drop_chart(ax, conns))),
+        ("quiet_before_drop", (9, 2.6), axes(lambda ax: charts.since_sent_chart(ax, conns))),
+        ("latency", (9, 3), axes(lambda ax: charts.latency_chart(ax, model.latency))),
+        ("lateness", (9, 3.5), axes(lambda ax: charts.lateness_chart(ax, frames.lateness))),
+        ("recovery", (9, 3), axes(lambda ax: charts.recovery_chart(ax, model.recovery))),
+        (
+            "close_codes",
+            (9, 3.5),
+            axes(lambda ax: charts.close_code_chart(ax, model.close_codes)),
+        ),
+        ("utterances", (9, 3), axes(lambda ax: charts.utterance_chart(ax, model.outcomes))),
+        (
+            "timeline",
+            (10, 1.5 + 0.3 * workers),
+            axes(lambda ax: charts.timeline_chart(ax, conns)),
+        ),
     ]
-    axes_plans = [
-        ("logrank", (7, 6), lambda ax: charts.logrank_matrix_chart(ax, model.logrank)),
-        ("state_at_drop", (9, 3), lambda ax: charts.state_at_drop_chart(ax, conns)),
-        ("quiet_before_drop", (9, 2.6), lambda ax: charts.since_sent_chart(ax, conns)),
-        ("latency", (9, 3), lambda ax: charts.latency_chart(ax, model.latency)),
-        ("lateness", (9, 3.5), lambda ax: charts.lateness_chart(ax, frames.lateness)),
-        ("recovery", (9, 3), lambda ax: charts.recovery_chart(ax, model.recovery)),
-        ("close_codes", (9, 3.5), lambda ax: charts.close_code_chart(ax, model.close_codes)),
-        ("utterances", (9, 3), lambda ax: charts.utterance_chart(ax, model.outcomes)),
-        ("timeline", (10, 1.5 + 0.3 * workers), lambda ax: charts.timeline_chart(ax, conns)),
-    ]
-    if variants <= 3:  # a matrix of one or three cells says less than the table
-        axes_plans = axes_plans[1:]
+    if variants > 3:  # a matrix of one or three cells says less than the table
+        plans.append(
+            ("logrank", (7, 6), axes(lambda ax: charts.logrank_matrix_chart(ax, model.logrank)))
+        )
     images: dict[str, Path] = {}
-    for name, size, draw in figure_plans + axes_plans:
+    for name, size, draw in plans:
         fig = plt.figure(figsize=size)
-        if (name, size, draw) in figure_plans:
-            draw(fig)
-        else:
-            draw(fig.add_subplot(1, 1, 1))
+        draw(fig)
         path = out / f"{name}.png"
         charts.save(fig, path)
         images[name] = path
