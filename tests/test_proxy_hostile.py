@@ -14,7 +14,7 @@ from aiohttp import web
 from test_proxy import CLIENT_KEY, UPSTREAM_KEY, ProxyRun
 
 from harness.fakeserver.app import ServerConfig
-from harness.proxy.app import UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
+from harness.proxy.app import MAX_FRAME_BYTES, UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
 from harness.proxy.observer import RelayObserver
 
 NESTED = "[" * 1000 + "]" * 1000  # 2 KB, 1,000 levels: deeper than Python's recursion limit
@@ -139,6 +139,30 @@ async def test_an_oversize_upstream_message_ends_the_connection_with_1009_on_bot
     (conn,) = run.frames().connections.itertuples()
     assert (conn.close_code, conn.closed_by, conn.cause) == (1009, "server", "protocol_error")
     assert "too big" in conn.close_reason and conn.dropped
+
+
+async def test_an_oversize_client_message_is_recorded_as_1009_not_a_lost_client(
+    tmp_path, serve
+) -> None:
+    """The client side has its bound too (MAX_FRAME_BYTES): a message over it ends the
+    connection as the client's protocol error with 1009, and the upstream gets a clean close,
+    not the client's code."""
+    received: list[str] = []
+    closes: list[int | None] = []
+    url = await _relaying_upstream(serve, received, closes)
+    async with ProxyRun(tmp_path, url) as run, aiohttp.ClientSession() as http:
+        async with run.connect(http) as client:
+            await client.receive(timeout=10)
+            try:
+                await client.send_str("x" * (MAX_FRAME_BYTES + 1))
+                msg = await client.receive(timeout=10)
+                assert (msg.type, msg.data) == (aiohttp.WSMsgType.CLOSE, 1009)
+            except ConnectionError:  # closed with its message unread: TCP resets the sender
+                pass
+    assert closes == [1000] and received == []
+    (conn,) = run.frames().connections.itertuples()
+    assert (conn.close_code, conn.closed_by, conn.cause) == (1009, "client", "protocol_error")
+    assert "too big" in conn.close_reason
 
 
 # 3. frames nobody can read, and a relay that fails ---------------------------------------------

@@ -204,6 +204,8 @@ class _Relay:
         if e.source == "client":
             if e.cause is CloseCause.ABNORMAL:
                 _abort(self.upstream)  # the client vanished: so does the upstream connection
+            elif e.cause is CloseCause.PROTOCOL_ERROR:  # the client's fault, not the upstream's
+                await _close(self.upstream, 1000, "client side ended")
             else:
                 await _close(self.upstream, _sendable(e.code), e.reason)
             return
@@ -237,6 +239,9 @@ class _Relay:
                         msg.extra or "",
                     )
                 )
+                return
+            if msg.type is WSMsgType.ERROR and isinstance(msg.data, aiohttp.WebSocketError):
+                self.end(_client_protocol_error(msg.data))  # aiohttp closed the client with it
                 return
             if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 self.end(
@@ -407,6 +412,16 @@ def _protocol_error(exc: aiohttp.WebSocketError) -> _Ending:
     else:
         reason = f"upstream protocol error: {exc}"
     return _Ending("upstream", ClosedBy.SERVER, CloseCause.PROTOCOL_ERROR, exc.code, reason)
+
+
+def _client_protocol_error(exc: aiohttp.WebSocketError) -> _Ending:
+    """The client broke the protocol, or its bound (a message over MAX_FRAME_BYTES is 1009):
+    aiohttp has closed the client with that code."""
+    if exc.code == 1009:
+        reason = f"client message too big (over {MAX_FRAME_BYTES >> 20} MiB)"
+    else:
+        reason = f"client protocol error: {exc}"
+    return _Ending("client", ClosedBy.CLIENT, CloseCause.PROTOCOL_ERROR, exc.code, reason)
 
 
 def _expiry(max_session: float) -> Fault:
