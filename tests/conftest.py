@@ -53,14 +53,18 @@ async def fake_server() -> AsyncIterator[Callable]:
         await server.stop()
 
 
-def rtsoak(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m harness ...` as a user runs it, from the repository root."""
+def rtsoak(
+    *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m harness ...` as a user runs it, from the repository root (in `env`, when
+    given, instead of this process's environment)."""
     return subprocess.run(
         [sys.executable, "-m", "harness", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
+        env=env,
     )
 
 

@@ -9,8 +9,6 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
@@ -21,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from aiohttp import web
-from conftest import ROOT, write_scenario
+from conftest import rtsoak, write_scenario
 from helpers import scenario_from, soak
 from hypothesis import given
 from hypothesis import strategies as st
@@ -337,17 +335,6 @@ key_env = "MY_STT_KEY"
 """
 
 
-def _rtsoak(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
-
-
 def test_a_key_in_url_user_info_is_refused_and_never_printed(tmp_path) -> None:
     write_scenario(tmp_path)  # the audio
     scenario = tmp_path / "userinfo.toml"
@@ -358,7 +345,7 @@ def test_a_key_in_url_user_info_is_refused_and_never_printed(tmp_path) -> None:
         ("validate", str(scenario)),
         ("run", str(scenario), "--out", str(out), "--max-minutes", "1", "--max-audio-hours", "1"),
     ):
-        result = _rtsoak(*args, env=env)
+        result = rtsoak(*args, env=env)
         assert result.returncode == 2, result.stderr
         assert "user:KEY@" in result.stderr and "key_env" in result.stderr
         assert CANARY not in result.stdout + result.stderr
@@ -376,7 +363,7 @@ def test_a_key_in_url_user_info_is_refused_and_never_printed(tmp_path) -> None:
             },
         ),
     ):
-        result = _rtsoak(
+        result = rtsoak(
             "run", str(cli), "--target", kind, "--out", str(out), *caps, env=dict(env, **extra)
         )
         assert result.returncode == 2, result.stderr
