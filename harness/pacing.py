@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["schedule", "steady_offsets"]
+__all__ = ["SATURATED_P99_MS", "schedule", "steady_offsets"]
+
+# A run whose append frames left this late (p99, wall ms), or whose fake server fired its
+# faults this late, measured its own machine, not the service: the manifest and the report
+# say so. One limit for both sides (runner, report.fidelity).
+SATURATED_P99_MS = 10.0
 
 
 @lru_cache(maxsize=1024)

@@ -31,6 +31,7 @@ from harness import __version__
 from harness.audio import AudioLibrary
 from harness.clock import ScaledClock
 from harness.fakeserver.process import EmbeddedServer
+from harness.pacing import SATURATED_P99_MS
 from harness.recorder import LogWriteError, Recorder
 from harness.scenario import Scenario
 from harness.target import Target, TargetError, build_target
@@ -55,9 +56,6 @@ __all__ = [
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WORKERS_PER_PROC = 300  # a process paces 500-850 20 ms sockets (bench/RESULTS.md): room to spare
-# A run whose append frames left this late (p99, wall ms) measured its own client, not the
-# service: the manifest says so and reports should too.
-SATURATED_P99_MS = 10.0
 # Refuse to start below this much free space: a run that dies of a full disk at minute 40
 # leaves a log cut short for a reason that has nothing to do with the service.
 MIN_FREE_BYTES = 64 * 2**20
