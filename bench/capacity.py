@@ -1,7 +1,7 @@
 """Capacity of one client process at 20 ms pacing: the most concurrent WebSockets whose send
 lateness p99 stays within 10 ms, for three senders against the same fake server (issue 9):
 
-- rtsoak: the harness's own worker fleet (`harness.runner.run_workers`, what `rtsoak run
+- rtsoak: the harness's own worker fleet (`harness.run.runner.run_workers`, what `rtsoak run
   --procs 1` runs in its process): own-VAD utterances back to back (clear, steady 20 ms
   appends, commit, transcript), every event recorded; lateness read back from its event log.
 - ceiling: a minimal aiohttp + uvloop loop sending the same pre-encoded append frames on N
@@ -135,7 +135,7 @@ async def ceiling_child(url: str, n: int, seconds: float, frames_path: Path, out
 
 def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> None:
     """The harness's workers, as `rtsoak run --procs 1` runs them (on the loop
-    `harness.runner.run_event_loop` picks: uvloop), against `url`; lateness from the event log
+    `harness.run.runner.run_event_loop` picks: uvloop), against `url`; lateness from the event log
     they record."""
     import gc
 
@@ -143,13 +143,13 @@ def rtsoak_child(url: str, n: int, seconds: float, out: Path, audio: Path) -> No
     import pyarrow as pa
 
     sys.path.insert(0, str(ROOT))
-    from harness.audio import AudioLibrary
-    from harness.clock import ScaledClock
-    from harness.frames import read_log
-    from harness.recorder import appends_log
-    from harness.runner import run_event_loop, run_workers
-    from harness.scenario import scenario_from_doc
-    from harness.target import Target
+    from harness.config.audio import AudioLibrary
+    from harness.config.scenario import scenario_from_doc
+    from harness.config.target import Target
+    from harness.edge.clock import ScaledClock
+    from harness.log.frames import read_log
+    from harness.log.recorder import appends_log
+    from harness.run.runner import run_event_loop, run_workers
 
     win_start, win_end = RAMP + WARMUP, RAMP + WARMUP + seconds
     doc = {
@@ -264,7 +264,7 @@ AUDIO = ROOT / "fixtures" / "audio"
 def write_frames(tmp: Path, audio: Path = AUDIO) -> Path:
     """The utterances of `audio` as pre-encoded 20 ms appends, one JSON text per line."""
     sys.path.insert(0, str(ROOT))
-    from harness.audio import AudioLibrary
+    from harness.config.audio import AudioLibrary
 
     library = AudioLibrary.from_dir(audio)
     path = tmp / "frames.jsonl"

@@ -57,9 +57,9 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
 
-        import harness.frames  # noqa: F401
-        import harness.runner  # noqa: F401
-    from harness.clock import sleep_until_monotonic
+        import harness.log.frames  # noqa: F401
+        import harness.run.runner  # noqa: F401
+    from harness.edge.clock import sleep_until_monotonic
 
     conv = "conv" in features
     sleep_until = sleep_until_monotonic if "waker" in features else asyncio_sleep_until
@@ -72,8 +72,8 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
     text = aiohttp.WSMsgType.TEXT
     recorder = None
     if "rec" in features:
-        from harness.recorder import Recorder
-        from harness.recorder import pack_append as pack
+        from harness.log.recorder import Recorder
+        from harness.log.recorder import pack_append as pack
 
         recorder = Recorder(frames_path.parent / f"events-{os.getpid()}.arrows")
         recorder.start()

@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import analysis  # noqa: E402
-from harness.frames import load  # noqa: E402
+from harness.log.frames import load  # noqa: E402
+from harness.report import analysis  # noqa: E402
 
 SCENARIO = """
 [run]

@@ -1,4 +1,4 @@
-"""Load time and peak memory of `harness.frames.load` on a synthetic run of N event rows
+"""Load time and peak memory of `harness.log.frames.load` on a synthetic run of N event rows
 (default 10 million) written with the real schemas, as the recorder writes them: Arrow IPC
 stream batches of a few thousand rows, a client's events log and appends log and a server log.
 
@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA  # noqa: E402
+from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA  # noqa: E402
 
 WORKERS, UTTS, APPENDS, CHUNK_S, GAP_S = 200, 10, 50, 0.02, 2.0
 # One utterance, row by row: (dir, type, bytes, audio_ms)
@@ -269,7 +269,7 @@ def generate(run_dir: Path, rows: int) -> None:
 
 
 def load_lean(run_dir: Path) -> None:
-    from harness.frames import load_for_report
+    from harness.log.frames import load_for_report
     from harness.report.findings import WINDOW_S
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -293,8 +293,8 @@ def load_lean(run_dir: Path) -> None:
 
 
 def load(run_dir: Path, write: bool) -> None:
-    from harness.frames import load as load_frames
-    from harness.frames import write_frames
+    from harness.log.frames import load as load_frames
+    from harness.log.frames import write_frames
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()

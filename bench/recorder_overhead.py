@@ -6,7 +6,7 @@ recording switched on and off every few seconds, which pairs each "on" with an "
 apart: on this VM separate runs of each differ by ±10 % from minute to minute, more than the
 recorder costs.
 
-The sender mirrors the worker's hot path (harness/worker.py `_send_frames`): sleep to the
+The sender mirrors the worker's hot path (harness/edge/worker.py `_send_frames`): sleep to the
 deadline, `ws.send_str` of a pre-built ~2.6 KB append, the append recorded as the worker
 records it (`Recorder.appends`). The sink is a
 bare aiohttp server in another process that reads and discards, so the client is what is
@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.recorder import Recorder, appends_log, pack_append  # noqa: E402
+from harness.log.recorder import Recorder, appends_log, pack_append  # noqa: E402
 
 CHUNK_MS = 20
 FRAME = json.dumps(
@@ -95,7 +95,7 @@ except ImportError:
 
 async def _connect_and_freeze(http, port: int, connections: int) -> list:
     """`connections` sockets to the sink, then `gc.freeze()`, as the runner does once its
-    workers are connected (harness/runner.py): what exists now lives as long as the run, so
+    workers are connected (harness/run/runner.py): what exists now lives as long as the run, so
     the collector stops scanning it (the recorder's buffer among it)."""
     sockets = [
         await http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0) for _ in range(connections)

@@ -13,11 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.audio import AudioError
-from harness.config import ConfigError, parse_duration
-from harness.frames import RunDirError
-from harness.recorder import LogWriteError
-from harness.target import TargetError
+from harness.config.audio import AudioError
+from harness.config.target import TargetError
+from harness.core.spec import ConfigError, parse_duration
+from harness.log.frames import RunDirError
+from harness.log.recorder import LogWriteError
 
 __all__ = ["main"]
 
@@ -188,8 +188,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import Caps, OutputDirError, run_scenario
-    from harness.scenario import load_scenario
+    from harness.config.scenario import load_scenario
+    from harness.run.runner import Caps, OutputDirError, run_scenario
 
     scenario = load_scenario(args.scenario).with_overrides(
         workers=args.workers,
@@ -270,7 +270,7 @@ def _frames_and_report(run_dir: Path, report: bool) -> bool:
         if built.verdict_table:
             print(built.verdict_table)
         return built.failed
-    from harness.frames import load, write_frames
+    from harness.log.frames import load, write_frames
 
     write_frames(load(run_dir), run_dir / "frames")
     print(f"rtsoak: frames {run_dir / 'frames'}")
@@ -278,7 +278,7 @@ def _frames_and_report(run_dir: Path, report: bool) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from harness.fakeserver.process import LOOPBACK, load_server_config, serve
+    from harness.run.server import LOOPBACK, load_server_config, serve
 
     if args.host not in LOOPBACK and not args.allow_remote:
         raise UsageError(
@@ -287,7 +287,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     if args.time_scale <= 0:
         raise UsageError("--time-scale must be positive")
-    from harness.runner import OutputDirError, check_output_dir, run_event_loop
+    from harness.run.runner import OutputDirError, check_output_dir, run_event_loop
 
     config = dataclasses.replace(load_server_config(args.faults, args.seed or 0), seed=args.seed)
     if args.out is not None:
@@ -306,9 +306,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
-    from harness.fakeserver.process import LOOPBACK, load_server_config
-    from harness.proxy.run import ProxyOptions, run_proxy
-    from harness.runner import OutputDirError, check_output_dir
+    from harness.run.proxy import ProxyOptions, run_proxy
+    from harness.run.runner import OutputDirError, check_output_dir
+    from harness.run.server import LOOPBACK, load_server_config
 
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -353,7 +353,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
 def _tls_files():
     """The local CA and certificate (made on first use), or one line saying why not."""
-    from harness.tls import cache_dir, tls_files
+    from harness.edge.tls import cache_dir, tls_files
 
     try:
         return tls_files()
@@ -377,7 +377,7 @@ def _cannot_write(directory: Path) -> OSError | None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.frames import is_run_dir
+    from harness.log.frames import is_run_dir
     from harness.report import build_report
 
     if args.out is not None and (exc := _cannot_write(args.out)) is not None:
@@ -406,7 +406,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 f"rtsoak report {run_dir} --out DIR"
             )
         if exc is not None:
-            from harness.frames import load_for_report
+            from harness.log.frames import load_for_report
             from harness.report.findings import WINDOW_S
 
             print(f"rtsoak: {run_dir} is read-only ({_reason(exc)}): frames not written")
@@ -427,8 +427,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Each file through `run`'s own checks (runner.preflight), stopping at the first
     refusal: what validate passes, run starts with the same flags."""
-    from harness.runner import Caps, preflight
-    from harness.scenario import load_scenario
+    from harness.config.scenario import load_scenario
+    from harness.run.runner import Caps, preflight
 
     caps = Caps(max_minutes=args.max_minutes, max_audio_hours=args.max_audio_hours)
     for path in args.files:
@@ -443,7 +443,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from harness.fakeserver.faults import shipped_profiles
+    from harness.config.faults import shipped_profiles
 
     scenarios = sorted(args.scenarios.glob("*.toml")) if args.scenarios.is_dir() else []
     if scenarios:
@@ -473,7 +473,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 
 def _cmd_run_part(args: argparse.Namespace) -> int:
-    from harness.runner import run_part
+    from harness.run.runner import run_part
 
     k, n = (int(x) for x in args.part.split("/"))
     result = run_part(args.run_dir, (k, n), args.url, args.audio_hours)

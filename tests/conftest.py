@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from harness.audio import RATE, AudioLibrary, Utterance, to_pcm16
-from harness.clock import ScaledClock
-from harness.fakeserver.app import FakeServer, ServerConfig
-from harness.recorder import Recorder
+from harness.config.audio import RATE, AudioLibrary, Utterance, to_pcm16
+from harness.edge.clock import ScaledClock
+from harness.edge.server import FakeServer, ServerConfig
+from harness.log.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.clock import ScaledClock
-from harness.fakeserver.process import server_config_from_doc
-from harness.recorder import Recorder
-from harness.runner import (
+from harness.config.scenario import Scenario, load_scenario
+from harness.config.target import Target
+from harness.edge.clock import ScaledClock
+from harness.log.recorder import Recorder
+from harness.run.runner import (
     SATURATED_P99_MS,
     complete_manifest,
     manifest,
@@ -25,8 +26,7 @@ from harness.runner import (
     server_config_doc,
     write_json,
 )
-from harness.scenario import Scenario, load_scenario
-from harness.target import Target
+from harness.run.server import server_config_from_doc
 
 
 def vad_off(dialect: str = "ga") -> str:

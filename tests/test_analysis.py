@@ -18,7 +18,7 @@ from lifelines import CoxPHFitter, WeibullFitter
 from lifelines.statistics import logrank_test, proportional_hazard_test
 from scipy import optimize, stats
 
-from harness import analysis
+from harness.report import analysis
 
 
 def exponential_connections(

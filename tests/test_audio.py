@@ -12,7 +12,15 @@ import soundfile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.audio import RATE, AudioError, AudioLibrary, Utterance, load_file, noise, silence
+from harness.config.audio import (
+    RATE,
+    AudioError,
+    AudioLibrary,
+    Utterance,
+    load_file,
+    noise,
+    silence,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from harness.audio import RATE, to_pcm16
-from harness.clock import ScaledClock
-from harness.fakeserver.app import ServerConfig
-from harness.fakeserver.session import SessionLimits
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
-from harness.proxy.app import RealtimeProxy
-from harness.recorder import Recorder
-from harness.runner import write_json
-from harness.target import Target
+from harness.config.audio import RATE, to_pcm16
+from harness.config.target import Target
+from harness.core.session import SessionLimits
+from harness.core.transcript import parse_transcript
+from harness.edge.clock import ScaledClock
+from harness.edge.proxy import RealtimeProxy
+from harness.edge.server import ServerConfig
+from harness.log.frames import load
+from harness.log.recorder import Recorder
+from harness.run.runner import write_json
 
 KEY = "sk-browser-key-5e1a"
 CANARY = "sk-canary-never-forwarded-7d3b9"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, rtsoak, write_scenario
 
-from harness.runner import OutputDirError, check_output_dir
+from harness.run.runner import OutputDirError, check_output_dir
 
 
 def test_missing_scenario_is_exit_2_without_traceback(tmp_path: Path) -> None:
@@ -56,7 +56,7 @@ def test_run_end_to_end_with_embedded_server(finished_run: Path) -> None:
 
 
 def test_list_shows_every_shipped_profile_and_scenario() -> None:
-    from harness.fakeserver.faults import shipped_profiles
+    from harness.config.faults import shipped_profiles
 
     result = rtsoak("list")
     assert result.returncode == 0
@@ -153,7 +153,7 @@ def test_procs_spread_workers_over_processes_into_one_run(tmp_path: Path) -> Non
     (run_dir,) = (tmp_path / "runs").iterdir()
     logs = sorted(p.name for p in run_dir.glob("events-client*.arrows"))
     assert logs == ["events-client-0.arrows", "events-client-1.arrows"]
-    from harness.frames import load
+    from harness.log.frames import load
 
     frames = load(run_dir)
     assert set(frames.connections["worker"]) == {0, 1, 2, 3, 4}
@@ -175,7 +175,7 @@ def test_two_shards_merge_into_the_same_run_as_one(tmp_path: Path) -> None:
     only when the harness measured that it kept time (helpers.require_timing)."""
     from helpers import compare_faults, require_timing
 
-    from harness.frames import load
+    from harness.log.frames import load
 
     scenario = write_scenario(tmp_path, name="shard", workers=5, duration="2m")
     whole, parts = tmp_path / "whole", tmp_path / "parts"

@@ -16,8 +16,8 @@ from conftest import ROOT, rtsoak, write_scenario
 from websockets.sync.client import connect
 
 from harness.cli import _parser
-from harness.frames import read_log
-from harness.outcomes import UtteranceStatus
+from harness.core.outcomes import UtteranceStatus
+from harness.log.frames import read_log
 
 
 def _serve(*args: str) -> tuple[subprocess.Popen[str], str]:

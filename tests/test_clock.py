@@ -8,7 +8,7 @@ import asyncio
 import random
 import time
 
-from harness.clock import ScaledClock, sleep_until_monotonic
+from harness.edge.clock import ScaledClock, sleep_until_monotonic
 
 
 async def test_sleepers_sharing_milliseconds_all_wake_in_order_never_early() -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.config import ConfigError, parse_duration
-from harness.scenario import load_scenario
+from harness.config.scenario import load_scenario
+from harness.core.spec import ConfigError, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,7 +174,7 @@ def test_errors_point_at_the_line(tmp_path: Path) -> None:
 def test_docs_describe_every_scenario_key() -> None:
     import dataclasses
 
-    from harness.scenario import _SECTIONS
+    from harness.config.scenario import _SECTIONS
 
     docs = (ROOT / "docs" / "scenarios.md").read_text()
     for section, cls in _SECTIONS.items():

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from conftest import rtsoak, write_scenario
 
-from harness.analysis import recovery
-from harness.frames import Frames, connection_key, load, load_for_report
-from harness.recorder import APPEND, Recorder
+from harness.log.frames import Frames, connection_key, load, load_for_report
+from harness.log.recorder import APPEND, Recorder
+from harness.report.analysis import recovery
 from harness.report.fidelity import client_lateness, fault_lateness
 from harness.report.findings import diagnose, findings
 

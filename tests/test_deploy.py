@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from harness.cli import _parser, _shard
-from harness.scenario import load_scenario
+from harness.config.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, rtsoak
 
-from harness.frames import load
-from harness.recorder import APPEND
+from harness.log.frames import load
+from harness.log.recorder import APPEND
 from harness.report import findings as rules
 
 # Three strategies, three faults: steady pacing dies of session age, 24-frame bursts trip the

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pytest
 from conftest import ROOT, write_scenario
 
-from harness.frames import load
-from harness.recorder import FULL_DISK_ENV, LogWriteError, Recorder
+from harness.log.frames import load
+from harness.log.recorder import FULL_DISK_ENV, LogWriteError, Recorder
 
 # An hour of scenario time at 60x: a minute of wall time unless something stops the run.
 LONG = {"name": "full", "workers": 3, "duration": "1h", "time_scale": 60}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import analysis
+from harness.report import analysis
 from harness.report import findings as rules
 
 GRID = 1 / 64

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from helpers import ManualClock, vad_off
 
-from harness.clock import ScaledClock
-from harness.fakeserver.app import SESSION_KEY_HEADER, ServerConfig
-from harness.fakeserver.faults import parse_faults
+from harness.config.faults import parse_faults
+from harness.edge.clock import ScaledClock
+from harness.edge.server import SESSION_KEY_HEADER, ServerConfig
 
 AUTH = {"Authorization": "Bearer test-key"}
 LOUD = base64.b64encode(b"\x00\x40\x00\xc0" * 2400).decode()  # 200 ms, loud

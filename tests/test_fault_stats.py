@@ -11,8 +11,8 @@ import math
 import pytest
 from helpers import compare_faults, require_timing, scenario_from, soak
 
-from harness.analysis import survival_by_variant
-from harness.frames import load
+from harness.log.frames import load
+from harness.report.analysis import survival_by_variant
 
 HAZARD = """
 [run]

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from harness.config import ConfigError
-from harness.fakeserver.faults import Fault, FaultKind, parse_faults, shipped_profiles
+from harness.config.faults import parse_faults, shipped_profiles
+from harness.core.faults import Fault, FaultKind
+from harness.core.spec import ConfigError
 
 SILENT = b"\0\0" * 480  # 20 ms of digital silence
 LOUD = (b"\x00\x40\x00\xc0") * 240  # 20 ms of a loud square wave

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from harness.report import fidelity
-from harness.runner import SATURATED_P99_MS
+from harness.run.runner import SATURATED_P99_MS
 
 
 def fault_rows(run: str, ages: list[tuple[float, float | None]]) -> pd.DataFrame:
@@ -86,7 +86,7 @@ def test_client_lateness_per_run_and_variant() -> None:
 def test_a_real_runs_faults_have_scheduled_ages_and_fire_after_them(finished_run, scale) -> None:
     """The fake server's own log: every session_age fault names the age it was due at, and
     fires at or after it (the finished run is at 120x; the scale only converts units)."""
-    from harness.frames import load
+    from harness.log.frames import load
 
     frames = load(finished_run)
     (run,) = frames.manifests

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.frames import RunDirError, load
-from harness.recorder import APPEND, Recorder, appends_log, pack_append
+from harness.log.frames import RunDirError, load
+from harness.log.recorder import APPEND, Recorder, appends_log, pack_append
 
 
 def make_run(tmp_path: Path) -> Path:
@@ -186,7 +186,7 @@ def test_a_run_loaded_twice_is_refused(finished_run: Path) -> None:
 
 def test_meta_details_that_disagree_on_types_still_parse() -> None:
     """Arrow's JSON reader wants one type per field; rows that disagree fall back to json."""
-    from harness.frames import _details
+    from harness.log.frames import _details
 
     details = [json.dumps({"latency": 0.1, "x": "a"}), None, json.dumps({"latency": "slow"})]
     rows = pd.DataFrame({"detail": pd.array(details, dtype="string[pyarrow]")}, index=[5, 6, 7])
@@ -201,8 +201,8 @@ def test_the_report_loader_agrees_with_the_full_load(
 ) -> None:
     """load_for_report streams the logs in chunks (tiny ones here, so rows cross chunk
     boundaries) and keeps only what a report reads; its frames are those of `load`."""
-    import harness.frames as frames_module
-    from harness.frames import ReportFrames, load_for_report
+    import harness.log.frames as frames_module
+    from harness.log.frames import ReportFrames, load_for_report
     from harness.report.findings import WINDOW_S, diagnose
 
     monkeypatch.setattr(frames_module, "_CHUNK_ROWS", 500)
@@ -231,8 +231,8 @@ def test_the_report_loader_writes_the_events_parquet_of_the_full_frame(
     tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunk by chunk, yet the file reads back as the one pandas writes of the whole frame."""
-    import harness.frames as frames_module
-    from harness.frames import load_for_report, write_frames
+    import harness.log.frames as frames_module
+    from harness.log.frames import load_for_report, write_frames
 
     monkeypatch.setattr(frames_module, "_CHUNK_ROWS", 500)
     path = tmp_path / "lean" / "events.parquet"
@@ -245,7 +245,7 @@ def test_the_report_loader_writes_the_events_parquet_of_the_full_frame(
 
 
 def test_the_report_loader_counts_a_torn_batch(tmp_path: Path) -> None:
-    from harness.frames import load_for_report
+    from harness.log.frames import load_for_report
 
     run_dir = make_run(tmp_path)
     log = run_dir / "events-client.arrows"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.frames import CONNECTION_COLUMNS, EVENT_COLUMNS, UTTERANCE_COLUMNS, load
+from harness.log.frames import CONNECTION_COLUMNS, EVENT_COLUMNS, UTTERANCE_COLUMNS, load
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "frames.md"
 FRAMES = ("events", "connections", "utterances")

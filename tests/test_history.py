@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import rtsoak, write_scenario
 
-from harness.frames import load_for_report
+from harness.log.frames import load_for_report
 from harness.report.history import night_rows, worse_than_baseline
 
 SCENARIO = {

@@ -13,14 +13,14 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.clock import ScaledClock
-from harness.fakeserver.app import MAX_FRAME_BYTES
-from harness.frames import load
-from harness.recorder import Recorder
-from harness.runner import manifest, write_json
-from harness.scenario import scenario_from_doc
-from harness.target import Target
-from harness.worker import Worker, WorkerSetup
+from harness.config.scenario import scenario_from_doc
+from harness.config.target import Target
+from harness.edge.clock import ScaledClock
+from harness.edge.server import MAX_FRAME_BYTES
+from harness.edge.worker import Worker, WorkerSetup
+from harness.log.frames import load
+from harness.log.recorder import Recorder
+from harness.run.runner import manifest, write_json
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),

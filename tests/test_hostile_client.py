@@ -24,20 +24,20 @@ from helpers import scenario_from, soak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.clock import ScaledClock
-from harness.frames import load
-from harness.reconnect import ReconnectPolicy
-from harness.recorder import Recorder
-from harness.runner import manifest, write_json
-from harness.scenario import scenario_from_doc
-from harness.target import Target, redact_url
-from harness.worker import (
+from harness.config.scenario import scenario_from_doc
+from harness.config.target import Target, redact_url
+from harness.core.reconnect import ReconnectPolicy
+from harness.edge.clock import ScaledClock
+from harness.edge.worker import (
     HANDSHAKE_TIMEOUT,
     MAX_MESSAGE_BYTES,
     Worker,
     WorkerSetup,
     _retry_after,
 )
+from harness.log.frames import load
+from harness.log.recorder import Recorder
+from harness.run.runner import manifest, write_json
 
 CANARY = "sk-canary-7b1e0c55d4"
 TIME_SCALE = 20

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.config import ConfigError, read_section
-from harness.pacing import schedule, steady_offsets
-from harness.reconnect import SDK_RETRIED_CODES, ReconnectPolicy
-from harness.scenario import PacingSection
+from harness.config.scenario import PacingSection
+from harness.core.pacing import schedule, steady_offsets
+from harness.core.reconnect import SDK_RETRIED_CODES, ReconnectPolicy
+from harness.core.spec import ConfigError, read_section
 
 
 @st.composite

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import scenario_from, soak
 
-from harness.fakeserver.faults import shipped_profiles
-from harness.frames import load
+from harness.config.faults import shipped_profiles
+from harness.log.frames import load
 
 PROFILE_RUN = """
 [run]

@@ -18,10 +18,10 @@ from openai.types.beta.realtime.realtime_server_event import RealtimeServerEvent
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent as GaEvent
 from pydantic import BaseModel, TypeAdapter
 
-from harness.audio import RATE, to_pcm16
-from harness.fakeserver.session import SessionLimits, TranscriptionSession
-from harness.fakeserver.transcript import parse_transcript
-from harness.fakeserver.vad import TRIM_SLACK_MS
+from harness.config.audio import RATE, to_pcm16
+from harness.core.session import SessionLimits, TranscriptionSession
+from harness.core.transcript import parse_transcript
+from harness.core.vad import TRIM_SLACK_MS
 
 GA = TypeAdapter(GaEvent)
 BETA = TypeAdapter(BetaEvent)

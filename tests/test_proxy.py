@@ -18,17 +18,17 @@ import pandas as pd
 import pytest
 from conftest import ROOT, rtsoak
 
-from harness.audio import RATE, to_pcm16
-from harness.clock import ScaledClock
-from harness.fakeserver.app import ServerConfig
-from harness.fakeserver.faults import parse_faults
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
-from harness.proxy.app import CALLER_HEADER, RealtimeProxy
-from harness.recorder import Recorder
+from harness.config.audio import RATE, to_pcm16
+from harness.config.faults import parse_faults
+from harness.config.target import Target
+from harness.core.transcript import parse_transcript
+from harness.edge.clock import ScaledClock
+from harness.edge.proxy import CALLER_HEADER, RealtimeProxy
+from harness.edge.server import ServerConfig
+from harness.log.frames import load
+from harness.log.recorder import Recorder
 from harness.report import build_report
-from harness.runner import write_json
-from harness.target import Target
+from harness.run.runner import write_json
 
 UPSTREAM_KEY = "sk-upstream-only-4d1f"
 CLIENT_KEY = "sk-client-canary-93be7c"
@@ -231,7 +231,7 @@ async def test_client_close_code_reaches_upstream_and_refusals_come_back(
     assert conns[["worker", "conn"]].values.tolist() == [[1, 1], [1, 2]]
     assert conns["close_code"].tolist() == [4100, 1000]
     await asyncio.sleep(0)
-    from harness.frames import read_log
+    from harness.log.frames import read_log
 
     server_rows = read_log(rec_path)[0].to_pandas()
     closes = server_rows[server_rows["type"] == "session_close"]

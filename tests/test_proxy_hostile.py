@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 from test_proxy import CLIENT_KEY, UPSTREAM_KEY, ProxyRun
 
-from harness.fakeserver.app import ServerConfig
-from harness.proxy.app import MAX_FRAME_BYTES, UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
-from harness.proxy.observer import RelayObserver
+from harness.core.observer import RelayObserver
+from harness.edge.proxy import MAX_FRAME_BYTES, UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
+from harness.edge.server import ServerConfig
 
 NESTED = "[" * 1000 + "]" * 1000  # 2 KB, 1,000 levels: deeper than Python's recursion limit
 CLEAR = json.dumps({"type": "input_audio_buffer.clear"})

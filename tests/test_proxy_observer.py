@@ -10,10 +10,10 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.fakeserver.transcript import make_transcript
-from harness.outcomes import CloseCause, ClosedBy
-from harness.proxy.app import upstream_url
-from harness.proxy.observer import RelayObserver
+from harness.core.observer import RelayObserver
+from harness.core.outcomes import CloseCause, ClosedBy
+from harness.core.transcript import make_transcript
+from harness.edge.proxy import upstream_url
 
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.frames import read_log
-from harness.recorder import (
+from harness.log.frames import read_log
+from harness.log.recorder import (
     APPEND,
     EVENT_SCHEMA,
     LatenessHistogram,

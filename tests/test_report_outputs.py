@@ -148,7 +148,7 @@ def test_the_lean_report_has_the_numbers_of_the_full_one(
 ) -> None:
     """`rtsoak report` never builds the full events frame (load_for_report); a report built
     from frames loaded whole (as `rtsoak run` does) says exactly the same."""
-    from harness.frames import load
+    from harness.log.frames import load
     from harness.report import build_report
 
     run_dir = tmp_path / finished_run.name

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, rtsoak, write_scenario
 
-from harness.frames import load
+from harness.log.frames import load
 
 
 def _run(tmp_path: Path, *args: str) -> tuple[Path, dict]:

@@ -16,14 +16,14 @@ import aiohttp
 import numpy as np
 from conftest import ROOT, rtsoak
 
-from harness.audio import RATE, to_pcm16
-from harness.clock import ScaledClock
-from harness.fakeserver.app import FakeServer, ServerConfig
-from harness.fakeserver.faults import parse_faults
-from harness.fakeserver.session import SessionLimits
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
-from harness.recorder import Recorder
+from harness.config.audio import RATE, to_pcm16
+from harness.config.faults import parse_faults
+from harness.core.session import SessionLimits
+from harness.core.transcript import parse_transcript
+from harness.edge.clock import ScaledClock
+from harness.edge.server import FakeServer, ServerConfig
+from harness.log.frames import load
+from harness.log.recorder import Recorder
 
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 VAD_OFF = {
@@ -136,7 +136,7 @@ async def test_an_embedded_server_does_not_record_its_clients(tmp_path: Path) ->
         await server.stop()
         await recorder.aclose()
     assert not (tmp_path / "manifest.json").exists()
-    from harness.frames import read_log
+    from harness.log.frames import read_log
 
     table, _ = read_log(tmp_path / "events-server.arrows")
     assert set(table.column("src").to_pylist()) == {"server"}

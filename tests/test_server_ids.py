@@ -7,8 +7,8 @@ import base64
 
 import aiohttp
 
-from harness.fakeserver.app import ServerConfig
-from harness.fakeserver.session import SessionLimits
+from harness.core.session import SessionLimits
+from harness.edge.server import ServerConfig
 
 FAST = SessionLimits(latency_base=0.01, latency_per_audio_second=0)
 

@@ -10,11 +10,11 @@ import zlib
 import aiohttp
 import pytest
 
-from harness.clock import ScaledClock
-from harness.fakeserver.app import SESSION_KEY_HEADER, ServerConfig
-from harness.fakeserver.faults import parse_faults
-from harness.fakeserver.session import SessionLimits
-from harness.fakeserver.transcript import parse_transcript
+from harness.config.faults import parse_faults
+from harness.core.session import SessionLimits
+from harness.core.transcript import parse_transcript
+from harness.edge.clock import ScaledClock
+from harness.edge.server import SESSION_KEY_HEADER, ServerConfig
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -167,7 +167,7 @@ async def test_a_failure_handling_one_frame_is_that_frames_error_and_never_the_c
 ) -> None:
     """A planted bug in the session: the frame that trips it gets a `server_error` event, the
     server logs the failure as its own, and the connection goes on."""
-    from harness.fakeserver.session import TranscriptionSession
+    from harness.core.session import TranscriptionSession
 
     real = TranscriptionSession.receive
 
@@ -193,7 +193,7 @@ async def test_a_failure_handling_one_frame_is_that_frames_error_and_never_the_c
 async def test_a_crash_outside_a_frame_closes_1011_and_is_logged_as_the_servers(
     fake_server, monkeypatch
 ) -> None:
-    from harness.fakeserver.faults import FaultSet
+    from harness.core.faults import FaultSet
 
     def crash(self, now, kind):
         raise RuntimeError("planted bug in a policy")
@@ -260,7 +260,7 @@ async def test_an_idle_session_is_closed_1001_after_max_idle_scaled(fake_server)
 
 
 def test_an_idle_timeout_policy_replaces_the_servers_idle_limit() -> None:
-    from harness.fakeserver.app import FakeServer
+    from harness.edge.server import FakeServer
 
     server = FakeServer(ScaledClock(1.0))
     assert server._limits(parse_faults({}, "t")).max_idle == 1800.0

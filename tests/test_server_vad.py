@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.fakeserver.vad import BYTES_PER_MS, FRAME_MS, ServerVad
+from harness.core.vad import BYTES_PER_MS, FRAME_MS, ServerVad
 
 FRAME_SAMPLES = FRAME_MS * BYTES_PER_MS // 2
 

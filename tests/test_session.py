@@ -11,9 +11,9 @@ import zlib
 
 from helpers import vad_off
 
-from harness.fakeserver.faults import Fault, FaultKind
-from harness.fakeserver.session import SessionLimits, TranscriptionSession
-from harness.fakeserver.transcript import parse_transcript
+from harness.core.faults import Fault, FaultKind
+from harness.core.session import SessionLimits, TranscriptionSession
+from harness.core.transcript import parse_transcript
 
 
 def session(vad: bool = False, dialect: str = "ga", **limits) -> TranscriptionSession:

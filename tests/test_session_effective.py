@@ -17,7 +17,7 @@ from openai.types.realtime.realtime_transcription_session_create_request import 
     RealtimeTranscriptionSessionCreateRequest,
 )
 
-from harness.fakeserver.session import TranscriptionSession
+from harness.core.session import TranscriptionSession
 
 VAD_DEFAULTS = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
 

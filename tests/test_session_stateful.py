@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from test_session_validation import check_update_invariant, sdk_shaped_updates, update
 
-from harness.fakeserver.session import SessionLimits, TranscriptionSession
-from harness.fakeserver.transcript import parse_transcript
+from harness.core.session import SessionLimits, TranscriptionSession
+from harness.core.transcript import parse_transcript
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

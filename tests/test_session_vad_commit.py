@@ -14,9 +14,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.fakeserver.app import ServerConfig
-from harness.fakeserver.session import SessionLimits, TranscriptionSession
-from harness.fakeserver.transcript import BYTES_PER_SECOND, parse_transcript
+from harness.core.session import SessionLimits, TranscriptionSession
+from harness.core.transcript import BYTES_PER_SECOND, parse_transcript
+from harness.edge.server import ServerConfig
 
 LOUD = np.full(240, 8000, "<i2").tobytes()  # 5 ms of a level well over the VAD's threshold
 QUIET = bytes(480)  # 5 ms of silence

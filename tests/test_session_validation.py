@@ -21,7 +21,7 @@ from openai.types.realtime.realtime_transcription_session_create_request_param i
     RealtimeTranscriptionSessionCreateRequestParam as GaSession,
 )
 
-from harness.fakeserver.session import (
+from harness.core.session import (
     BETA_UPDATE_FIELDS,
     GA_UPDATE_FIELDS,
     SessionLimits,
@@ -97,7 +97,7 @@ def test_the_table_knows_every_field_the_sdk_names() -> None:
 def test_the_shapes_a_worker_sends_are_valid() -> None:
     from types import SimpleNamespace
 
-    from harness.protocol import session_update
+    from harness.core.protocol import session_update
 
     for dialect in ("ga", "beta"):
         for turn_mode in ("server_vad", "client"):

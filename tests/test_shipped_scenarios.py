@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from helpers import soak
 
-from harness.frames import load
-from harness.scenario import load_scenario
+from harness.config.scenario import load_scenario
+from harness.log.frames import load
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, rtsoak, write_scenario
 
-from harness.frames import is_run_dir, load
+from harness.log.frames import is_run_dir, load
 
 if sys.platform == "win32":
     pytest.skip("POSIX signals", allow_module_level=True)

@@ -7,8 +7,8 @@ import re
 import pytest
 from helpers import scenario_from, soak
 
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
+from harness.core.transcript import parse_transcript
+from harness.log.frames import load
 from harness.report import build_report
 
 SCENARIO = """
@@ -109,10 +109,10 @@ async def test_no_drops_without_faults(tmp_path, tone_library, fake_server) -> N
 async def test_progress_lines_count_what_workers_do(tmp_path) -> None:
     import asyncio
 
-    from harness.clock import ScaledClock
-    from harness.recorder import Recorder
-    from harness.runner import report_progress
-    from harness.worker import Progress
+    from harness.edge.clock import ScaledClock
+    from harness.edge.worker import Progress
+    from harness.log.recorder import Recorder
+    from harness.run.runner import report_progress
 
     progress, lines = Progress(open=3, drops=2, completed=40, lost=1), []
     recorder = Recorder(tmp_path / "events-client.arrows")
@@ -138,9 +138,9 @@ async def test_workers_run_with_setup_frozen_out_of_the_collector(
     import asyncio
     import gc
 
-    from harness.clock import ScaledClock
-    from harness.runner import freeze_after_ramp, run_workers
-    from harness.target import Target
+    from harness.config.target import Target
+    from harness.edge.clock import ScaledClock
+    from harness.run.runner import freeze_after_ramp, run_workers
 
     scenario = scenario_from(tmp_path, SCENARIO.split("[faults.session_age]")[0])
     server = await fake_server()

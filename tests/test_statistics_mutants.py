@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import test_analysis as known
 
-from harness import analysis
+from harness.report import analysis
 
 _kaplan_meier, _pairwise_logrank = analysis.kaplan_meier, analysis.pairwise_logrank
 

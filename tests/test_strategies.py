@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 from helpers import scenario_from, soak
 
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
+from harness.core.transcript import parse_transcript
+from harness.log.frames import load
 
 BASE = """
 [run]

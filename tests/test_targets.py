@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from harness.fakeserver.app import ServerConfig
-from harness.recorder import Recorder
-from harness.scenario import TargetSection
-from harness.target import TargetError, build_target
+from harness.config.scenario import TargetSection
+from harness.config.target import TargetError, build_target
+from harness.edge.server import ServerConfig
+from harness.log.recorder import Recorder
 
 CANARY = "sk-canary-9f8e7d6c5b4a3210"
 
@@ -156,7 +156,7 @@ async def test_run_against_a_stand_in_never_writes_the_key(
     assert code == 0, out
     assert "audio hours" in out
     log.close()
-    from harness.frames import load
+    from harness.log.frames import load
 
     (run_dir,) = runs.iterdir()
     conns = load(run_dir).connections
@@ -236,7 +236,7 @@ async def test_real_target_refuses_to_start_without_caps(tmp_path) -> None:
 
 
 def test_keys_in_url_queries_are_refused_and_redacted() -> None:
-    from harness.target import Target, redact_url
+    from harness.config.target import Target, redact_url
 
     with pytest.raises(TargetError, match="api-key in its query: keys belong in the environment"):
         build_target(
@@ -275,7 +275,7 @@ async def test_url_target_sends_the_key_only_in_its_header(tmp_path, fake_server
     code, out = await _capped_run(scenario, tmp_path / "runs", env)
     assert code == 0, out
     (run_dir,) = (tmp_path / "runs").iterdir()
-    from harness.frames import load
+    from harness.log.frames import load
 
     assert (load(run_dir).connections["handshake_status"] == 101).all()
     assert CANARY not in out
@@ -308,7 +308,7 @@ async def test_redirects_are_not_followed(tmp_path, fake_server) -> None:
     elsewhere_log.close()
     assert code == 0, out
     (run_dir,) = (tmp_path / "runs").iterdir()
-    from harness.frames import load, read_log
+    from harness.log.frames import load, read_log
 
     conns = load(run_dir).connections
     assert len(conns) and (conns["handshake_status"] == 302).all()

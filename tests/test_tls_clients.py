@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from harness.audio import load_file
-from harness.fakeserver.transcript import parse_transcript
-from harness.tls import tls_files
+from harness.config.audio import load_file
+from harness.core.transcript import parse_transcript
+from harness.edge.tls import tls_files
 
 FIXTURE = ROOT / "fixtures" / "audio" / "espeak-confirm.wav"
 

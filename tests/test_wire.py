@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.wire import b64decode_strict, loads
+from harness.core.wire import b64decode_strict, loads
 
 json_values = st.recursive(
     st.none()

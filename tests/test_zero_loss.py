@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 from helpers import faults_fired, require_timing, scenario_from, soak
 
-from harness.fakeserver.faults import shipped_profiles
-from harness.fakeserver.transcript import parse_transcript
-from harness.frames import load
+from harness.config.faults import shipped_profiles
+from harness.core.transcript import parse_transcript
+from harness.log.frames import load
 
 REPLAY = """
 [run]

@@ -19,9 +19,14 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness import analysis
-from harness.frames import Frames, ReportFrames, RunDirError, load_for_report, write_small_frames
-from harness.report import charts
+from harness.log.frames import (
+    Frames,
+    ReportFrames,
+    RunDirError,
+    load_for_report,
+    write_small_frames,
+)
+from harness.report import analysis, charts
 from harness.report.fidelity import SATURATED_P99_MS
 from harness.report.findings import WINDOW_S
 from harness.report.history import night_rows

@@ -13,7 +13,7 @@ from lifelines import KaplanMeierFitter  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: E402
 
-from harness.analysis import MIN_DROPS  # noqa: E402
+from harness.report.analysis import MIN_DROPS  # noqa: E402
 
 __all__ = ["close_code_chart", "survival_chart", "timeline_chart", "utterance_chart", "save"]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from harness.pacing import SATURATED_P99_MS
+from harness.core.pacing import SATURATED_P99_MS
 
 __all__ = ["CLIENT_COLUMNS", "FAULT_COLUMNS", "client_lateness", "fault_lateness"]
 

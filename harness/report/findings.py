@@ -29,10 +29,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from harness import analysis
-from harness.analysis import observed_connections, poisson_rate_ci
-from harness.frames import connection_key
-from harness.recorder import APPEND
+from harness.log.frames import connection_key
+from harness.log.recorder import APPEND
+from harness.report import analysis
+from harness.report.analysis import observed_connections, poisson_rate_ci
 
 __all__ = [
     "CATEGORIES",

@@ -23,9 +23,8 @@ import pandas as pd
 from lifelines.utils import median_survival_times
 from scipy import stats
 
-from harness import analysis
-from harness.frames import RunDirError, is_run_dir, load_for_report
-from harness.report import charts
+from harness.log.frames import RunDirError, is_run_dir, load_for_report
+from harness.report import analysis, charts
 
 __all__ = ["ALPHA", "build_history", "night_rows", "worse_than_baseline"]
 

@@ -10,9 +10,8 @@ from typing import Any
 import pandas as pd
 from lifelines import KaplanMeierFitter
 
-from harness import analysis
-from harness.frames import ReportFrames
-from harness.report import fidelity
+from harness.log.frames import ReportFrames
+from harness.report import analysis, fidelity
 from harness.report.findings import agreement_table, diagnose, findings
 
 __all__ = ["ReportModel", "fit", "stopped_workers"]

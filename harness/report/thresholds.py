@@ -12,7 +12,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 import pandas as pd
 
-from harness import analysis
+from harness.report import analysis
 
 if TYPE_CHECKING:
     from harness.report.model import ReportModel

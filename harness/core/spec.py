@@ -9,11 +9,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import tomllib
-from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "load_toml", "parse_duration", "read_section", "spec"]
+__all__ = ["ConfigError", "parse_duration", "read_section", "spec"]
 
 
 class ConfigError(Exception):
@@ -58,21 +56,6 @@ def spec(
         default=default,
         metadata={"kind": kind, "lo": lo, "hi": hi, "choices": choices, "doc": doc},
     )
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), "", "no such file; check the path") from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), "", "is a directory, not a TOML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), "", f"cannot be read ({type(exc).__name__}: {exc})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), "", f"is not valid TOML: {exc}") from None
 
 
 def read_section(cls: type, table: Any, source: str, section: str) -> Any:

@@ -13,15 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.clock import ScaledClock
-from harness.fakeserver.faults import FaultProfile
-from harness.fakeserver.process import EmbeddedServer, banner
-from harness.proxy.app import HANDSHAKE_TIMEOUT, RealtimeProxy
-from harness.recorder import Recorder
-from harness.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
-from harness.scenario import TargetSection
-from harness.target import Target, build_target
-from harness.tls import TlsFiles, server_context
+from harness.config.scenario import TargetSection
+from harness.config.target import Target, build_target
+from harness.core.policies import FaultProfile
+from harness.edge.clock import ScaledClock
+from harness.edge.proxy import HANDSHAKE_TIMEOUT, RealtimeProxy
+from harness.edge.tls import TlsFiles, server_context
+from harness.log.recorder import Recorder
+from harness.run.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
+from harness.run.server import EmbeddedServer, banner
 
 __all__ = ["ProxyOptions", "ProxyResult", "resolve_upstream", "run_proxy"]
 
@@ -43,7 +43,7 @@ class ProxyOptions:
     time_scale: float = 1.0
     seed: int = 0
     handshake_timeout: float = HANDSHAKE_TIMEOUT  # wall s for a client's handshake, or idle HTTP
-    tls: TlsFiles | None = None  # serve wss:// to the client (harness.tls)
+    tls: TlsFiles | None = None  # serve wss:// to the client (harness.edge.tls)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.clock import ScaledClock
-from harness.config import ConfigError, load_toml, read_section
-from harness.fakeserver.app import FakeServer, ServerConfig
-from harness.fakeserver.faults import parse_faults, shipped_profiles
-from harness.fakeserver.session import SessionLimits
-from harness.recorder import Recorder
+from harness.config.faults import parse_faults, shipped_profiles
+from harness.config.toml import load_toml
+from harness.core.session import SessionLimits
+from harness.core.spec import ConfigError, read_section
+from harness.edge.clock import ScaledClock
+from harness.edge.server import FakeServer, ServerConfig
+from harness.log.recorder import Recorder
 
 __all__ = [
     "EmbeddedServer",
@@ -60,7 +61,7 @@ def load_server_config(path: Path | None, seed: int) -> ServerConfig:
 
 def server_config_from_doc(doc: dict[str, Any], source: str, seed: int) -> ServerConfig:
     """`[server]` limits, `[faults.*]` policies and (from a run) each variant's faults."""
-    from harness.scenario import ServerSection
+    from harness.config.scenario import ServerSection
 
     server = read_section(ServerSection, doc.get("server"), source, "server")
     limits = SessionLimits(
@@ -91,7 +92,7 @@ async def serve(
 ) -> None:
     """Serve until SIGINT or SIGTERM (or, embedded, until stdin closes). The first signal
     closes every session and the log, so its closing rows are written; a second exits at once
-    (130) with the log flushed. `tls`: a harness.tls.TlsFiles to serve wss:// with."""
+    (130) with the log flushed. `tls`: a harness.edge.tls.TlsFiles to serve wss:// with."""
     loop = asyncio.get_running_loop()
     recorder = None
     if out is not None:
@@ -107,7 +108,7 @@ async def serve(
         server.clock_ready.clear()
     context = None
     if tls is not None:
-        from harness.tls import server_context
+        from harness.edge.tls import server_context
 
         context = server_context(tls)
     url = await server.start(host, port, context)
@@ -168,7 +169,7 @@ def banner(url: str, title: str = "rtsoak fake server", keys: str = "", tls=None
     """How to point each official SDK at a server on `url`: only settings that work. Both SDKs
     turn an https:// base into wss:// (the Node SDK any base), so without TLS only the Python
     SDK's `websocket_base_url` reaches a ws:// listener; with TLS the `export` lines are the
-    whole configuration of either SDK (`tls`: a harness.tls.TlsFiles)."""
+    whole configuration of either SDK (`tls`: a harness.edge.tls.TlsFiles)."""
     origin = url.split("/v1/realtime")[0]
     http = origin.replace("wss://", "https://").replace("ws://", "http://")
     lines = [f"{title} listening on {url}", f"Any non-empty key is accepted{keys}."]

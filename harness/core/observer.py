@@ -17,10 +17,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import wire
-from harness.fakeserver.transcript import BYTES_PER_SECOND, parse_transcript
-from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.protocol import COMPLETED, CREATED, FAILED, UPDATED, error_text, text_field
+from harness.core import wire
+from harness.core.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
+from harness.core.protocol import COMPLETED, CREATED, FAILED, UPDATED, error_text, text_field
+from harness.core.transcript import BYTES_PER_SECOND, parse_transcript
 
 __all__ = ["RelayObserver", "Row"]
 

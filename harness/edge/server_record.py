@@ -1,7 +1,7 @@
 """`rtsoak serve --out DIR` as a run directory: each session's events both ways, as the proxy
 records them, beside the server's ground truth, and a manifest, so `rtsoak report DIR` works.
 
-The rows are the proxy's (harness.proxy.observer.RelayObserver): one client-side connection per
+The rows are the proxy's (harness.core.observer.RelayObserver): one client-side connection per
 session (variant `serve`, worker = the session's arrival number, attempt 1), its frames both
 ways, its utterances with the CRC of the audio the client sent, and how it ended. The server's
 own rows (`session_open`, `fault`, `handshake_fault`, `session_close`) stay as they are: the
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMessage, WSMsgType
 
-from harness.fakeserver.faults import Fault, FaultKind
-from harness.outcomes import CloseCause, ClosedBy
-from harness.proxy.observer import RelayObserver, Row
+from harness.core.faults import Fault, FaultKind
+from harness.core.observer import RelayObserver, Row
+from harness.core.outcomes import CloseCause, ClosedBy
 
 if TYPE_CHECKING:
-    from harness.clock import Clock
-    from harness.fakeserver.app import ServerConfig
-    from harness.recorder import Recorder
+    from harness.edge.clock import Clock
+    from harness.edge.server import ServerConfig
+    from harness.log.recorder import Recorder
 
 __all__ = [
     "SERVE_VARIANT",
@@ -138,7 +138,7 @@ def serve_manifest(
 ) -> dict[str, Any]:
     """What a `serve --out` directory was, for `rtsoak report`: like a proxy run's manifest,
     kind `serve`. Write it when the server listens; complete it with finish_serve_manifest."""
-    from harness.runner import open_run, run_facts
+    from harness.run.runner import open_run, run_facts
 
     return {
         **run_facts(),
@@ -177,7 +177,7 @@ def is_other_run(directory: Path) -> bool:
 
 
 def write_serve_manifest(out: Path, doc: dict[str, Any]) -> None:
-    from harness.runner import write_json
+    from harness.run.runner import write_json
 
     write_json(out / "manifest.json", doc)
 

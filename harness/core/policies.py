@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import spec
-from harness.fakeserver.faults import Fault, FaultKind, HandshakeDecision
+from harness.core.faults import Fault, FaultKind, FaultSet, HandshakeDecision, policy_rng
+from harness.core.spec import spec
 
 __all__ = ["ALL_POLICIES", "HANDSHAKE_POLICIES", "SESSION_POLICIES"]
 
@@ -79,7 +79,7 @@ class Policy:
 # --- session age ------------------------------------------------------------------------------
 def _parse_pieces(pieces: list[Any]) -> list[tuple[float, float]]:
     """[{until = "5m", per_hour = 0.5}, ..., {per_hour = 2}] -> [(until_s, rate_per_s)]."""
-    from harness.config import parse_duration
+    from harness.core.spec import parse_duration
 
     out, last = [], 0.0
     if not isinstance(pieces, list) or not pieces:
@@ -422,3 +422,49 @@ ALL_POLICIES: dict[str, type] = {
     **{k: v[0] for k, v in HANDSHAKE_POLICIES.items()},
     "max_duration": MaxDurationConfig,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class FaultProfile:
+    """Validated fault configuration of a server: session policies, handshake policies, and the
+    maximum session duration they impose (None: the service's)."""
+
+    policies: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+
+    def start(self, session_key: str, opened: float) -> FaultSet:
+        return FaultSet(
+            [
+                SESSION_POLICIES[name][1](cfg, policy_rng(self.seed, session_key, name), opened)
+                for name, cfg in self.policies
+                if name in SESSION_POLICIES
+            ]
+        )
+
+    def handshake(
+        self, session_key: str, client_key: str, now: float, active: list[tuple[str, str, float]]
+    ) -> HandshakeDecision:
+        """Decide a handshake; `active` lists (session key, client key, opened) of live
+        sessions."""
+        for name, cfg in self.policies:
+            if name in HANDSHAKE_POLICIES:
+                decision = HANDSHAKE_POLICIES[name][1](cfg).decide(
+                    policy_rng(self.seed, session_key, name), session_key, client_key, now, active
+                )
+                if decision is not None:
+                    return decision
+        return HandshakeDecision()
+
+    @property
+    def max_session(self) -> float | None:
+        for name, cfg in self.policies:
+            if name == "max_duration":
+                return cfg.after
+        return None
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.policies]
+
+    def describe(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(cfg) for name, cfg in self.policies}

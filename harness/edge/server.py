@@ -19,19 +19,20 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from harness.clock import Clock
-from harness.fakeserver.carry import FaultCarrier
-from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
-from harness.fakeserver.record import (
+from harness.config.target import redact_url
+from harness.core.faults import Fault, FaultKind
+from harness.core.policies import FaultProfile
+from harness.core.session import SessionLimits, TranscriptionSession
+from harness.edge.carry import FaultCarrier
+from harness.edge.clock import Clock
+from harness.edge.server_record import (
     SessionLog,
     finish_serve_manifest,
     is_other_run,
     serve_manifest,
     write_serve_manifest,
 )
-from harness.fakeserver.session import SessionLimits, TranscriptionSession
-from harness.recorder import Recorder
-from harness.target import redact_url
+from harness.log.recorder import Recorder
 
 __all__ = [
     "BETA_SUBPROTOCOL",

@@ -21,11 +21,11 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from harness import wire
-from harness.fakeserver.faults import Fault, FaultKind
-from harness.fakeserver.transcript import BYTES_PER_SECOND, make_transcript
-from harness.fakeserver.vad import ServerVad
-from harness.protocol import error_event
+from harness.core import wire
+from harness.core.faults import Fault, FaultKind
+from harness.core.protocol import error_event
+from harness.core.transcript import BYTES_PER_SECOND, make_transcript
+from harness.core.vad import ServerVad
 
 __all__ = [
     "BETA_UPDATE_FIELDS",

@@ -21,8 +21,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from harness.clock import Clock
-from harness.fakeserver.app import (
+from harness.config.target import Target, secret_params
+from harness.core.faults import Fault, FaultKind
+from harness.core.observer import RelayObserver, Row
+from harness.core.outcomes import CloseCause, ClosedBy
+from harness.core.policies import FaultProfile
+from harness.core.protocol import error_event
+from harness.edge.carry import FaultCarrier
+from harness.edge.clock import Clock
+from harness.edge.server import (
     MAX_FRAME_BYTES,
     PATHS,
     SESSION_KEY_HEADER,
@@ -30,13 +37,7 @@ from harness.fakeserver.app import (
     error_response,
     wants_beta,
 )
-from harness.fakeserver.carry import FaultCarrier
-from harness.fakeserver.faults import Fault, FaultKind, FaultProfile
-from harness.outcomes import CloseCause, ClosedBy
-from harness.protocol import error_event
-from harness.proxy.observer import RelayObserver, Row
-from harness.recorder import Recorder
-from harness.target import Target, secret_params
+from harness.log.recorder import Recorder
 
 __all__ = ["CALLER_HEADER", "RealtimeProxy", "upstream_url"]
 

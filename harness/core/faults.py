@@ -1,5 +1,6 @@
 """Fault injection: what a fault does (`Fault`), the policies of one session (`FaultSet`), and
-profiles read from TOML (`FaultProfile`).
+the seeded RNG each policy draws from. The policies and the profile that starts them live in
+`harness.core.policies`; reading them from TOML in `harness.config.faults`.
 
 Policies are pure: they see the session open, client frames and the passage of scenario time,
 and answer with a `Fault` when theirs fires. The aiohttp edge carries faults out. Each policy
@@ -9,27 +10,19 @@ injects the same faults whatever the arrival order, and adding one policy never 
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from harness.config import ConfigError, read_section
-
 __all__ = [
     "Fault",
     "FaultKind",
-    "FaultProfile",
     "FaultSet",
     "HandshakeDecision",
-    "parse_faults",
     "policy_rng",
-    "shipped_profiles",
 ]
 
 
@@ -117,99 +110,3 @@ class FaultSet:
     def on_audio(self, now: float, pcm: bytes, buffer_bytes: int) -> Fault | None:
         """An append was accepted: its PCM and the uncommitted buffer size after it."""
         return self._first(p.on_audio(now, pcm, buffer_bytes) for p in self.policies)
-
-
-@dataclass(frozen=True, slots=True)
-class FaultProfile:
-    """Validated fault configuration of a server: session policies, handshake policies, and the
-    maximum session duration they impose (None: the service's)."""
-
-    policies: tuple[tuple[str, Any], ...] = ()
-    seed: int = 0
-
-    def start(self, session_key: str, opened: float) -> FaultSet:
-        from harness.fakeserver.policies import SESSION_POLICIES
-
-        return FaultSet(
-            [
-                SESSION_POLICIES[name][1](cfg, policy_rng(self.seed, session_key, name), opened)
-                for name, cfg in self.policies
-                if name in SESSION_POLICIES
-            ]
-        )
-
-    def handshake(
-        self, session_key: str, client_key: str, now: float, active: list[tuple[str, str, float]]
-    ) -> HandshakeDecision:
-        """Decide a handshake; `active` lists (session key, client key, opened) of live
-        sessions."""
-        from harness.fakeserver.policies import HANDSHAKE_POLICIES
-
-        for name, cfg in self.policies:
-            if name in HANDSHAKE_POLICIES:
-                decision = HANDSHAKE_POLICIES[name][1](cfg).decide(
-                    policy_rng(self.seed, session_key, name), session_key, client_key, now, active
-                )
-                if decision is not None:
-                    return decision
-        return HandshakeDecision()
-
-    @property
-    def max_session(self) -> float | None:
-        for name, cfg in self.policies:
-            if name == "max_duration":
-                return cfg.after
-        return None
-
-    @property
-    def names(self) -> list[str]:
-        return [name for name, _ in self.policies]
-
-    def describe(self) -> dict[str, Any]:
-        return {name: dataclasses.asdict(cfg) for name, cfg in self.policies}
-
-
-def shipped_profiles() -> dict[str, tuple[str, dict[str, Any]]]:
-    """Shipped profiles by name: (one-line description, [faults] table)."""
-    out = {}
-    for entry in sorted(resources.files("harness.profiles").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".toml"):
-            doc = tomllib.loads(entry.read_text(encoding="utf-8"))
-            out[entry.name[:-5]] = (doc.get("description", ""), doc.get("faults", {}))
-    return out
-
-
-def parse_faults(table: Any, source: str, seed: int = 0) -> FaultProfile:
-    """`[faults.<policy>]` tables (and `profile = "<shipped name>"` to start from a shipped
-    profile) -> FaultProfile; unknown names list the known ones."""
-    from harness.fakeserver.policies import ALL_POLICIES
-
-    if table is None:
-        return FaultProfile((), seed)
-    if not isinstance(table, dict):
-        raise ConfigError(
-            source, "faults", "must be a table of policies, e.g. [faults.idle_timeout]"
-        )
-    table = dict(table)
-    profile = table.pop("profile", None)
-    if profile is not None:
-        shipped = shipped_profiles()
-        if profile not in shipped:
-            raise ConfigError(
-                source,
-                "faults.profile",
-                f"unknown profile {profile!r}; shipped: " + ", ".join(shipped),
-            )
-        table = {**shipped[profile][1], **table}
-    policies = []
-    for name, body in table.items():
-        if name not in ALL_POLICIES:
-            raise ConfigError(
-                source,
-                f"faults.{name}",
-                "unknown fault policy; known: "
-                + ", ".join(sorted(ALL_POLICIES))
-                + ' (or profile = "name")',
-            )
-        policies.append((name, read_section(ALL_POLICIES[name], body, source, f"faults.{name}")))
-    return FaultProfile(tuple(policies), seed)

@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from harness.fakeserver.transcript import parse_transcript
-from harness.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
+from harness.core.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
+from harness.core.transcript import parse_transcript
+from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
 
 __all__ = [
     "CONNECTION_COLUMNS",

@@ -23,14 +23,13 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
-from harness import wire
-from harness.audio import AudioLibrary, Frame, Utterance, noise, to_pcm16
-from harness.clock import Clock, deadline_waker
-from harness.fakeserver.app import SESSION_KEY_HEADER
-from harness.fakeserver.transcript import parse_transcript
-from harness.outcomes import CloseCause, ClosedBy, ConnState, UtteranceStatus
-from harness.pacing import schedule, steady_offsets
-from harness.protocol import (
+from harness.config.audio import AudioLibrary, Frame, Utterance, noise, to_pcm16
+from harness.config.scenario import Scenario
+from harness.config.target import Target
+from harness.core import wire
+from harness.core.outcomes import CloseCause, ClosedBy, ConnState, UtteranceStatus
+from harness.core.pacing import schedule, steady_offsets
+from harness.core.protocol import (
     BETA_HEADER,
     COMPLETED,
     CREATED,
@@ -39,9 +38,10 @@ from harness.protocol import (
     error_text,
     text_field,
 )
-from harness.recorder import Recorder, pack_append
-from harness.scenario import Scenario
-from harness.target import Target
+from harness.core.transcript import parse_transcript
+from harness.edge.clock import Clock, deadline_waker
+from harness.edge.server import SESSION_KEY_HEADER
+from harness.log.recorder import Recorder, pack_append
 
 __all__ = ["Worker", "WorkerSetup"]
 

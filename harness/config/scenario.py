@@ -15,10 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, load_toml, read_section, spec
-from harness.fakeserver.faults import FaultProfile, parse_faults
-from harness.reconnect import ReconnectPolicy
-from harness.target import url_key_problem
+from harness.config.faults import parse_faults
+from harness.config.target import url_key_problem
+from harness.config.toml import load_toml
+from harness.core.policies import FaultProfile
+from harness.core.reconnect import ReconnectPolicy
+from harness.core.spec import ConfigError, read_section, spec
 
 __all__ = ["Scenario", "load_scenario", "scenario_from_doc"]
 
@@ -196,7 +198,7 @@ class Scenario:
 
     def session_update(self) -> dict[str, Any]:
         """The session configuration this scenario's workers send on connect."""
-        from harness.protocol import session_update
+        from harness.core.protocol import session_update
 
         return session_update(self.protocol, self.turns.mode)
 

@@ -28,14 +28,14 @@ from typing import Any
 import aiohttp
 
 from harness import __version__
-from harness.audio import AudioLibrary
-from harness.clock import ScaledClock
-from harness.fakeserver.process import EmbeddedServer
-from harness.pacing import SATURATED_P99_MS
-from harness.recorder import LogWriteError, Recorder
-from harness.scenario import Scenario
-from harness.target import Target, TargetError, build_target
-from harness.worker import Progress, Worker, WorkerSetup
+from harness.config.audio import AudioLibrary
+from harness.config.scenario import Scenario
+from harness.config.target import Target, TargetError, build_target
+from harness.core.pacing import SATURATED_P99_MS
+from harness.edge.clock import ScaledClock
+from harness.edge.worker import Progress, Worker, WorkerSetup
+from harness.log.recorder import LogWriteError, Recorder
+from harness.run.server import EmbeddedServer
 
 __all__ = [
     "AudioBudget",
@@ -499,7 +499,7 @@ def run_part(
 ) -> WorkersResult:
     """The child side of --procs: slice `part` of the workers, recorded beside the others.
     Says "ready" once loaded, then takes the clock's origin from stdin."""
-    from harness.scenario import scenario_from_doc
+    from harness.config.scenario import scenario_from_doc
 
     saved = json.loads((run_dir / "scenario.json").read_text())
     scenario = scenario_from_doc(saved["doc"], saved["source"])

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import spec
+from harness.core.spec import spec
 
 __all__ = ["ReconnectPolicy", "SDK_RETRIED_CODES"]
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from harness.fakeserver.faults import Fault, FaultKind
+from harness.core.faults import Fault, FaultKind
 
 __all__ = ["FaultCarrier"]
 
