@@ -13,11 +13,14 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+from markupsafe import Markup
 
 from harness.log.frames import (
     Frames,
@@ -318,23 +321,12 @@ def _charts(frames: ReportFrames, model: ReportModel, out: Path) -> dict[str, Pa
     return images
 
 
-_CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: .2em; }
-h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: .6em 0; font-size: 14px; }
-td, th { border: 1px solid #ddd; padding: 3px 9px; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child, td.text { text-align: left; }
-img { max-width: 100%; } .meta { color: #666; font-size: 13px; }
-.headline { background: #f7f7f2; border-left: 4px solid #1f77b4; padding: .6em 1em; }
-table.findings th, table.findings td { text-align: left; } td.text { white-space: normal; }
-details { margin: .3em 0; } summary { cursor: pointer; }
-"""
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
 def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+    return f'<img src="{_data_uri(path)}" alt="{html.escape(alt)}">'
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], css: str = "") -> str:
@@ -360,6 +352,20 @@ def _cell(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
+@cache
+def _page() -> Template:
+    """The page shell, templates/index.html.j2 (package data). Autoescaping is on, so plain
+    values from the run are escaped; the section fragments below are passed as Markup."""
+    env = Environment(
+        loader=PackageLoader("harness.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["thousands"] = lambda n: f"{n:,}"
+    return env.get_template("index.html.j2")
+
+
 def _html(
     frames: ReportFrames,
     model: ReportModel,
@@ -367,42 +373,17 @@ def _html(
     images: dict[str, Path],
     headline: str,
 ) -> str:
-    runs = "; ".join(
-        f"{html.escape(name)} (seed {r['seed']}, {r['time_scale']}x"
-        f"{'' if r['status'] == 'finished' else ', ' + r['status']})"
-        for name, r in summary["runs"].items()
-    )
-    torn = (
-        f"<p>{summary['torn_batches']} torn batch(es) from a crash were skipped.</p>"
-        if summary["torn_batches"]
-        else ""
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>rtsoak report</title>
-<style>{_CSS}</style></head><body>
-<h1>rtsoak disconnect report</h1>
-<p class="meta">{runs} · {summary["events"]:,} events · generated {summary["generated"]}</p>
-<pre class="headline">{html.escape(headline)}</pre>
-{_notes_html(summary, model)}
-{_thresholds_html(summary["thresholds"])}
-{_ranking_html(model)}
-<h2>Findings</h2>
-{_findings_html(summary["findings"], model)}
-<h2>How long connections live</h2>
-{_img(images["survival"], "Kaplan-Meier survival curves")}
-{_survival_table_html(summary["variants"])}
-<p>Connections closed by the harness itself (end of run, planned rotation) are censored: they
-count as "survived at least this long", not as drops. Rates use exact Poisson intervals.</p>
-{_logrank_html(model, images)}
-{_cox_html(model.cox)}
-{_power_html(model)}
-<h2>Hazard by session age</h2>
-{_img(images["hazard"], "hazard by session age")}
-{_weibull_html(model.weibull)}
-<h2>How connections ended</h2>
-{_img(images["close_codes"], "close codes by variant")}
-{
-        _table(
+    sections = {
+        "notes": _notes_html(summary, model),
+        "thresholds": _thresholds_html(summary["thresholds"]),
+        "ranking": _ranking_html(model),
+        "findings": _findings_html(summary["findings"], model),
+        "survival": _survival_table_html(summary["variants"]),
+        "logrank": _logrank_html(model, images),
+        "cox": _cox_html(model.cox),
+        "power": _power_html(model),
+        "weibull": _weibull_html(model.weibull),
+        "close_codes": _table(
             summary["close_codes"],
             [
                 ("variant", "variant"),
@@ -411,25 +392,11 @@ count as "survived at least this long", not as drops. Rates use exact Poisson in
                 ("closed_by", "closed by"),
                 ("connections", "connections"),
             ],
-        )
-    }
-{_img(images["state_at_drop"], "state at drop")}
-{_img(images["quiet_before_drop"], "time since last sent and received at drop")}
-{_agreement_html(model.agreement)}
-{_stopped_html(model.stopped)}
-<h2>Every connection</h2>
-{_img(images["timeline"], "timeline of connections per worker")}
-<h2>Utterances</h2>
-{_img(images["utterances"], "utterance outcomes")}
-{_outcomes_html(summary["utterances"])}
-<p>Each utterance counts once, by its last attempt. Completed means the transcript arrived and
-its CRC32 matches the audio sent; retried_ok that it completed on a replay after a drop; lost
-that the connection dropped before the transcript came and it was not sent again.</p>
-{_img(images["latency"], "transcription latency percentiles")}
-<h2>Recovery after a drop</h2>
-{_img(images["recovery"], "recovery after a drop")}
-{
-        _table(
+        ),
+        "agreement": _agreement_html(model.agreement),
+        "stopped": _stopped_html(model.stopped),
+        "outcomes": _outcomes_html(summary["utterances"]),
+        "recovery": _table(
             summary["recovery_s"],
             [
                 ("variant", "variant"),
@@ -439,18 +406,18 @@ that the connection dropped before the transcript came and it was not sent again
                 ("p90", "p90 s"),
                 ("p99", "p99 s"),
             ],
-        )
+        ),
+        "timing": _timing_html(summary),
     }
-<p>Seconds (scenario time) from a drop to the first transcript completed on a later
-connection of the same worker.</p>
-<h2>Pacing: did the harness keep time?</h2>
-{_img(images["lateness"], "send lateness of append frames")}
-{_timing_html(summary)}
-{torn}
-<p class="meta">Data: frames/*.parquet and *.csv in the run directory;
-machine-readable summary: summary.json (docs/report.md); thresholds: junit.xml.</p>
-</body></html>
-"""
+    return _page().render(
+        runs=[dict(r, name=name) for name, r in summary["runs"].items()],
+        events=summary["events"],
+        generated=summary["generated"],
+        headline=headline,
+        sections={k: Markup(v) for k, v in sections.items()},
+        images={name: _data_uri(path) for name, path in images.items()},
+        torn_batches=summary["torn_batches"],
+    )
 
 
 def _notes_html(summary: dict[str, Any], model: ReportModel) -> str:
