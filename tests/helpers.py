@@ -18,13 +18,13 @@ from harness.config.scenario import Scenario, load_scenario
 from harness.config.target import Target
 from harness.edge.clock import ScaledClock
 from harness.log.recorder import Recorder
+from harness.log.rundir import write_json
 from harness.run.runner import (
     SATURATED_P99_MS,
     complete_manifest,
     manifest,
     run_workers,
     server_config_doc,
-    write_json,
 )
 from harness.run.server import server_config_from_doc
 
@@ -103,6 +103,12 @@ class ManualClock:
 
     def wall(self) -> float:
         return time.time()
+
+    def wall_seconds(self, seconds: float) -> float:
+        return seconds / self.scale
+
+    def wall_at(self, t: float) -> float:
+        return time.time() - (self.t - t) / self.scale
 
     def advance(self, seconds: float) -> None:
         self.t += seconds

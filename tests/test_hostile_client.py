@@ -26,18 +26,14 @@ from hypothesis import strategies as st
 
 from harness.config.scenario import scenario_from_doc
 from harness.config.target import Target, redact_url
-from harness.core.reconnect import ReconnectPolicy
+from harness.core.reconnect import ReconnectPolicy, retry_after
 from harness.edge.clock import ScaledClock
-from harness.edge.worker import (
-    HANDSHAKE_TIMEOUT,
-    MAX_MESSAGE_BYTES,
-    Worker,
-    WorkerSetup,
-    _retry_after,
-)
+from harness.edge.link import HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES
+from harness.edge.worker import Worker, WorkerSetup
 from harness.log.frames import load
 from harness.log.recorder import Recorder
-from harness.run.runner import manifest, write_json
+from harness.log.rundir import write_json
+from harness.run.runner import manifest
 
 CANARY = "sk-canary-7b1e0c55d4"
 TIME_SCALE = 20
@@ -414,12 +410,12 @@ def test_the_reconnect_delay_is_never_shorter_than_retry_after(
     ],
 )
 def test_retry_after_values(header, expect) -> None:
-    assert _retry_after(header, 1.0) == expect
+    assert retry_after(header, time.time(), 1.0) == expect
 
 
 def test_retry_after_as_an_http_date_is_scaled_to_scenario_seconds() -> None:
     in_ten = formatdate(time.time() + 10, usegmt=True)
-    assert 5 * 8 <= _retry_after(in_ten, 5.0) <= 5 * 10
+    assert 5 * 8 <= retry_after(in_ten, time.time(), 5.0) <= 5 * 10
 
 
 async def test_a_429_handshake_is_retried_no_earlier_than_its_retry_after(

@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "BETA_HEADER",
+    "SESSION_KEY_HEADER",
     "COMPLETED",
     "CREATED",
     "FAILED",
@@ -21,6 +22,9 @@ __all__ = [
 ]
 
 BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
+# Which worker and attempt a connection is, so fault policies key their RNG by it (a real
+# service ignores the header).
+SESSION_KEY_HEADER = "X-Rtsoak-Session"
 CREATED = frozenset({"session.created", "transcription_session.created"})
 UPDATED = frozenset({"session.updated", "transcription_session.updated"})
 COMPLETED = "conversation.item.input_audio_transcription.completed"

@@ -15,14 +15,16 @@ every path that reconnects, a make-before-break rotation's attempts included, as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
 
 from harness.core.spec import spec
 
-__all__ = ["ReconnectPolicy", "SDK_RETRIED_CODES"]
+__all__ = ["ReconnectPolicy", "SDK_RETRIED_CODES", "retry_after"]
 
 SDK_RETRIED_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
 
@@ -128,3 +130,19 @@ class ReconnectPolicy:
         if self.rotate_every <= 0 or self.strategy != "on-drop":
             return None
         return self.rotate_every + float(rng.uniform(-1.0, 1.0)) * self.rotate_jitter
+
+
+def retry_after(value: str | None, wall_now: float, scale: float) -> float | None:
+    """Scenario seconds a refused handshake's Retry-After asks for, or None (absent, unreadable).
+    Delay-seconds are scenario seconds (the fake server lives in scenario time; a real endpoint
+    runs at 1x); an HTTP date is taken against the wall clock, `wall_now` epoch seconds."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value).timestamp() - wall_now) * scale
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None

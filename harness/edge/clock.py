@@ -29,6 +29,12 @@ class Clock(Protocol):
     def sleep_until(self, t: float) -> Awaitable[None]:
         """Awaitable that returns once scenario time t has passed (to the wall millisecond)."""
 
+    def wall_seconds(self, seconds: float) -> float:
+        """How long `seconds` of scenario time take on the wall clock."""
+
+    def wall_at(self, t: float) -> float:
+        """The epoch seconds at which scenario time `t` (now or earlier) fell."""
+
 
 class ScaledClock:
     """Scenario time from the system-wide monotonic clock, so two processes given the same
@@ -50,6 +56,12 @@ class ScaledClock:
 
     def to_monotonic(self, t: float) -> float:
         return self.origin + t / self.scale
+
+    def wall_seconds(self, seconds: float) -> float:
+        return seconds / self.scale
+
+    def wall_at(self, t: float) -> float:
+        return time.time() - (self.now() - t) / self.scale
 
     def sleep_until(self, t: float) -> Awaitable[None]:
         # a future, not a coroutine around one: a paced frame waits here, and every level
