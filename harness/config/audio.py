@@ -1,7 +1,7 @@
 """Audio fixtures: load WAV/FLAC, resample to 24 kHz mono PCM16, pre-encode append frames.
 
 Each utterance's append frames are built as JSON text once per chunk size, because building
-them per send costs more than sending them (see docs/design.md performance facts).
+them per send costs more than sending them.
 """
 
 from __future__ import annotations

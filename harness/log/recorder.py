@@ -2,25 +2,21 @@
 
 `events-X.arrows` holds every row recorded by `row()`; `appends-X.arrows` the audio appends a
 client sends, nearly all the rows, in a narrow schema of their own (APPEND_SCHEMA): packed into
-bytes when sent and turned into a batch with a few numpy calls per flush, where converting them
-to the events schema and interleaving them with the other rows cost the senders' loop about
-0.8 µs a row (bench/RESULTS.md). The reader (frames.py) turns them back into event rows.
+bytes when sent and turned into a batch with a few numpy calls per flush, far cheaper for the
+senders' loop than converting each to the events schema and interleaving it with the other
+rows. The reader (frames.py) turns them back into event rows.
 
 Rows are appended flat to a list, appends packed into bytes (cheap on the per-frame path, and
-no object per row that the garbage collector must track: a tuple per row made full collections
-four times as frequent, each a pause of tens of ms with hundreds of sockets open) and written
-every `flush_every` wall seconds, so a SIGKILL loses at most that much. The list is the same
-object for the whole run: once the runner freezes it out of the collector's sight it is never
-scanned, where a fresh list per flush was scanned item by item by every young collection that
-met it (5-10 ms pauses at 600 sockets). A flush holds the event loop while it turns rows into a
-batch, and every sender due meanwhile is late by as much, so the p99 lateness of a fleet is set
-by the longest hold. Flushes come every 0.2 s (more often cost the senders more CPU: each one
-finds pyarrow's code and data gone from the caches); the `row()` rows in slices of at most
-`slice_rows`, with `slice_gap` seconds between slices for the senders due meanwhile, and the
-writes go to a thread of their own. Against slices of up to 4,000 rows back to back, written
-on the loop, that took the p99 of 450 paced sockets from 8-9 ms to about 4 ms. A batch torn by
-a crash is skipped by the reader, never fatal. No audio payload is ever logged: bytes, audio
-milliseconds and CRCs stand for it.
+no object per row that the garbage collector must track and scan) and written every
+`flush_every` wall seconds, so a SIGKILL loses at most that much. The list is the same object
+for the whole run, so once the runner freezes it out of the collector's sight it is never
+scanned again. A flush holds the event loop while it turns rows into a batch, and every sender
+due meanwhile is late by as much, so the p99 lateness of a fleet is set by the longest hold.
+Flushes come every 0.2 s (more often cost the senders more CPU: each one finds pyarrow's code
+and data gone from the caches); the `row()` rows in slices of at most `slice_rows`, with
+`slice_gap` seconds between slices for the senders due meanwhile, and the writes go to a thread
+of their own. A batch torn by a crash is skipped by the reader, never fatal. No audio payload is
+ever logged: bytes, audio milliseconds and CRCs stand for it.
 
 A write that fails (a full disk) is never retried and never swallowed: the recorder writes
 nothing more (a batch after a torn one would make the rest of the log unreadable), sets
@@ -213,10 +209,8 @@ class Recorder:
 
     An append is six numbers packed as float64s onto a bytearray, with no Python call of the
     recorder's (`appends()`): its connection's identity is filled in at flush time, a column
-    at a time. That took the recorder's cost to a paced sender from about 4 to about 1 µs a
-    frame (bench/RESULTS.md). Packed at once, the numbers' objects die while still in the
-    cache: kept in a list until the flush, each was a cache miss to convert and another to
-    free, 0.2 s later."""
+    at a time. Packed at once, the numbers' objects die while still in the cache; kept in a
+    list until the flush, each would be a cache miss to convert and another to free."""
 
     def __init__(
         self,
@@ -240,8 +234,8 @@ class Recorder:
         self.count = 0
         self.lateness = LatenessHistogram()
         # Each batch of rows is serialised on the loop into one buffer and written by a
-        # thread of its own, which holds no GIL in write(2): on the loop, the writes of 0.2 s
-        # of rows took 1-1.5 ms on this VM (256 KB a ms). The file's bytes are those an
+        # thread of its own, which holds no GIL in write(2), so a write never holds the loop
+        # (or the senders due meanwhile). The file's bytes are those an
         # Arrow IPC stream writer makes. The appends' writer, made on the first append,
         # serialises in that thread too (pyarrow lets go of the GIL there).
         self._budget = _full_disk_budget(path)

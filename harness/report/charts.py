@@ -184,8 +184,8 @@ def timeline_chart(ax: Axes, connections: pd.DataFrame) -> Axes:
             conns[["variant", "worker"]].drop_duplicates().itertuples(index=False, name=None)
         )
     }
-    # one collection of bars and one marker line per close code: tens of thousands of
-    # connections draw in a blink, where a Line2D each took seconds
+    # one collection of bars and one marker line per close code, never an artist per
+    # connection, so tens of thousands of connections draw in a blink
     y = np.array(
         [rows[key] for key in zip(conns["variant"], conns["worker"], strict=True)], dtype=float
     )

@@ -699,12 +699,11 @@ async def run_workers(
     ]
     connector = aiohttp.TCPConnector(limit=0)
     # A full garbage collection stops every sender for as long as it scans every tracked
-    # object: ~100 ms for the 165k objects of 700 open connections (bench/RESULTS.md). What
-    # exists now (modules, audio, workers) lives as long as the run, and so do the first
-    # connections: both are taken out of the collector's sight, so a collection mid-run scans
-    # only what the run allocated since. (Frozen objects are still freed by reference
-    # counting; only a cycle among them is kept once it dies.) No collection first: the run's
-    # clock is already running, and at 60x its ~100 ms would be 6 scenario seconds late.
+    # object. What exists now (modules, audio, workers) lives as long as the run, and so do
+    # the first connections: both are taken out of the collector's sight, so a collection
+    # mid-run scans only what the run allocated since. (Frozen objects are still freed by
+    # reference counting; only a cycle among them is kept once it dies.) No collection first:
+    # the run's clock is already running, and a time-compressed run would feel the pause.
     gc.freeze()
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
