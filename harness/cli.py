@@ -16,8 +16,8 @@ from pathlib import Path
 from harness.config.audio import AudioError
 from harness.config.target import TargetError
 from harness.core.spec import ConfigError, parse_duration
-from harness.log.frames import RunDirError
 from harness.log.recorder import LogWriteError
+from harness.log.rundir import RunDir, RunDirError
 
 __all__ = ["main"]
 
@@ -264,7 +264,7 @@ def _frames_and_report(run_dir: Path, report: bool) -> bool:
         from harness.report import build_report
 
         built = build_report([run_dir])
-        print(f"rtsoak: frames {run_dir / 'frames'}")
+        print(f"rtsoak: frames {RunDir(run_dir).frames}")
         print(f"rtsoak: report {built.index}")
         print(built.headline)
         if built.verdict_table:
@@ -272,8 +272,9 @@ def _frames_and_report(run_dir: Path, report: bool) -> bool:
         return built.failed
     from harness.log.frames import load, write_frames
 
-    write_frames(load(run_dir), run_dir / "frames")
-    print(f"rtsoak: frames {run_dir / 'frames'}")
+    frames_dir = RunDir(run_dir).frames
+    write_frames(load(run_dir), frames_dir)
+    print(f"rtsoak: frames {frames_dir}")
     return False
 
 
@@ -377,7 +378,6 @@ def _cannot_write(directory: Path) -> OSError | None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.log.frames import is_run_dir
     from harness.report import build_report
 
     if args.out is not None and (exc := _cannot_write(args.out)) is not None:
@@ -395,10 +395,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK
     frames = None
     (run_dir, *others) = args.runs
-    if not others and is_run_dir(run_dir):
+    if not others and RunDir(run_dir).is_run_dir():
         # a run directory is written to (frames/, report/) unless --out says where the report
         # goes: then a read-only one (an archive, another user's) is only read
-        exc = _cannot_write(run_dir / "frames")
+        exc = _cannot_write(RunDir(run_dir).frames)
         if exc is not None and args.out is None:
             raise UsageError(
                 f"{run_dir}: cannot write frames and report in this run directory "

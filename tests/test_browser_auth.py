@@ -22,7 +22,7 @@ from harness.edge.proxy import RealtimeProxy
 from harness.edge.server import ServerConfig
 from harness.log.frames import load
 from harness.log.recorder import Recorder
-from harness.run.runner import write_json
+from harness.log.rundir import write_json
 
 KEY = "sk-browser-key-5e1a"
 CANARY = "sk-canary-never-forwarded-7d3b9"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.log.frames import RunDirError, load
+from harness.log.frames import load
 from harness.log.recorder import APPEND, Recorder, appends_log, pack_append
+from harness.log.rundir import RunDirError
 
 
 def make_run(tmp_path: Path) -> Path:

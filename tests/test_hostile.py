@@ -20,7 +20,8 @@ from harness.edge.server import MAX_FRAME_BYTES
 from harness.edge.worker import Worker, WorkerSetup
 from harness.log.frames import load
 from harness.log.recorder import Recorder
-from harness.run.runner import manifest, write_json
+from harness.log.rundir import write_json
+from harness.run.runner import manifest
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=6),

@@ -27,8 +27,8 @@ from harness.edge.proxy import CALLER_HEADER, RealtimeProxy
 from harness.edge.server import ServerConfig
 from harness.log.frames import load
 from harness.log.recorder import Recorder
+from harness.log.rundir import write_json
 from harness.report import build_report
-from harness.run.runner import write_json
 
 UPSTREAM_KEY = "sk-upstream-only-4d1f"
 CLIENT_KEY = "sk-client-canary-93be7c"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, rtsoak, write_scenario
 
-from harness.log.frames import is_run_dir, load
+from harness.log.frames import load
+from harness.log.rundir import RunDir
 
 if sys.platform == "win32":
     pytest.skip("POSIX signals", allow_module_level=True)
@@ -46,7 +47,7 @@ class Run:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.output()
-            if self.out.is_dir() and any(self.out.iterdir()) and is_run_dir(self.run_dir):
+            if self.out.is_dir() and any(self.out.iterdir()) and RunDir(self.run_dir).is_run_dir():
                 frames = load(self.run_dir)
                 appends = (frames.events["type"] == "input_audio_buffer.append").sum()
                 established = frames.connections["established"].notna().sum()

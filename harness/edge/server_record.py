@@ -22,6 +22,7 @@ from aiohttp import WSMessage, WSMsgType
 from harness.core.faults import Fault, FaultKind
 from harness.core.observer import RelayObserver, Row
 from harness.core.outcomes import CloseCause, ClosedBy
+from harness.log.rundir import RunDir, RunDirError, open_run, run_facts
 
 if TYPE_CHECKING:
     from harness.edge.clock import Clock
@@ -138,8 +139,6 @@ def serve_manifest(
 ) -> dict[str, Any]:
     """What a `serve --out` directory was, for `rtsoak report`: like a proxy run's manifest,
     kind `serve`. Write it when the server listens; complete it with finish_serve_manifest."""
-    from harness.run.runner import open_run, run_facts
-
     return {
         **run_facts(),
         "kind": "serve",
@@ -165,11 +164,9 @@ def serve_manifest(
 def is_other_run(directory: Path) -> bool:
     """`directory` is already a run of another kind (a run's or a proxy's): its own clients
     are recorded there, so the server must not record them again, nor replace its manifest."""
-    import json
-
     try:
-        doc = json.loads((directory / "manifest.json").read_text())
-    except FileNotFoundError:
+        doc = RunDir(directory).read_manifest()
+    except RunDirError:  # no manifest: not a run yet
         return False
     except (OSError, ValueError):
         return True  # unreadable: leave it alone
@@ -177,9 +174,7 @@ def is_other_run(directory: Path) -> bool:
 
 
 def write_serve_manifest(out: Path, doc: dict[str, Any]) -> None:
-    from harness.run.runner import write_json
-
-    write_json(out / "manifest.json", doc)
+    RunDir(out).write_manifest(doc)
 
 
 def finish_serve_manifest(out: Path, doc: dict[str, Any], rows: int | None) -> None:

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from harness.core.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.core.transcript import parse_transcript
 from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
+from harness.log.rundir import APPEND_LOG_GLOB, RunDir, RunDirError
 
 __all__ = [
     "CONNECTION_COLUMNS",
@@ -34,17 +35,13 @@ __all__ = [
     "UTTERANCE_COLUMNS",
     "Frames",
     "ReportFrames",
-    "RunDirError",
     "connection_key",
-    "is_run_dir",
     "load",
     "load_for_report",
     "read_log",
     "write_frames",
 ]
 
-EVENT_LOG_GLOB = "events-*.arrows"
-APPEND_LOG_GLOB = "appends-*.arrows"  # recorder.appends_log
 # A connection with no close row when the log ends: its process died (crash or second signal).
 CRASHED = "interrupted"
 _CATEGORIES = ("src", "variant", "dir", "type")
@@ -141,10 +138,6 @@ UTTERANCE_COLUMNS: dict[str, Any] = {
 }
 
 
-class RunDirError(Exception):
-    """A path that is not a run directory, or a run with nothing to analyse yet."""
-
-
 @dataclass(slots=True)
 class Frames:
     events: pd.DataFrame
@@ -152,10 +145,6 @@ class Frames:
     utterances: pd.DataFrame
     manifests: dict[str, dict[str, Any]]
     torn_batches: int
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
 
 
 def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch, None, int]:
@@ -172,11 +161,6 @@ def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch,
         except (pa.ArrowInvalid, OSError, EOFError):
             return 1
         yield batch
-
-
-def _logs(run_dir: Path) -> list[Path]:
-    """A run's logs: every process's events log, then every process's appends log."""
-    return [*sorted(run_dir.glob(EVENT_LOG_GLOB)), *sorted(run_dir.glob(APPEND_LOG_GLOB))]
 
 
 def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
@@ -342,7 +326,7 @@ def connection_key(frame: pd.DataFrame) -> pd.Series:
 def _read_run(run_dir: Path) -> tuple[pa.Table, int]:
     """One run's event logs as one Arrow table with a `run` column first."""
     tables, torn = [], 0
-    for log in _logs(run_dir):
+    for log in RunDir(run_dir).logs():
         table, t = read_log(log)
         tables.append(table)
         torn += t
@@ -565,12 +549,7 @@ def _run_dirs(run_dirs: Path | str | Iterable[Path | str]) -> dict[str, tuple[Pa
                 f"{run_dir}: a run named {run_dir.name!r} is already loaded; "
                 "rows are keyed by run name, so pass each run once"
             )
-        if not is_run_dir(run_dir):
-            raise RunDirError(
-                f"{run_dir}: not a run directory (no manifest.json); pass a "
-                "directory that `rtsoak run` wrote, e.g. reports/smoke-..."
-            )
-        runs[run_dir.name] = (run_dir, json.loads((run_dir / "manifest.json").read_text()))
+        runs[run_dir.name] = (run_dir, RunDir(run_dir).read_manifest())
     return runs
 
 
@@ -691,7 +670,7 @@ def _drop_windows(run_dir: Path, drops: pd.DataFrame, window_s: float) -> list[p
     # slot -1 (no drop on that connection, or no connection) has NaN bounds: never near
     lo, hi = np.append(bounds["lo"].to_numpy(), np.nan), np.append(bounds["hi"].to_numpy(), np.nan)
     parts = []
-    for log in _logs(run_dir):
+    for log in RunDir(run_dir).logs():
         for chunk in _LogChunks(log, run_dir.name):
             codes, labels = _table_connections(chunk)
             i = np.array([slots.get(label, -1) for label in labels] + [-1], np.int64)[codes]
@@ -720,7 +699,7 @@ def load_for_report(
     rows = torn = 0
     for name, (run_dir, _) in runs.items():
         t_max = wall_max = -np.inf
-        for log in _logs(run_dir):
+        for log in RunDir(run_dir).logs():
             chunks = _LogChunks(log, name)
             for chunk in chunks:
                 rows += len(chunk)

@@ -22,13 +22,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, Template
 from markupsafe import Markup
 
-from harness.log.frames import (
-    Frames,
-    ReportFrames,
-    RunDirError,
-    load_for_report,
-    write_small_frames,
-)
+from harness.log.frames import Frames, ReportFrames, load_for_report, write_small_frames
+from harness.log.rundir import ReportDir, RunDir, RunDirError
 from harness.report import analysis, charts
 from harness.report.fidelity import SATURATED_P99_MS
 from harness.report.findings import WINDOW_S
@@ -79,29 +74,30 @@ def build_report(
     lean way: never the full events frame), a single run's frames/*.parquet are (re)written
     too."""
     write = frames is None and len(run_dirs) == 1
-    frames_dir = run_dirs[0] / "frames"
+    first = RunDir(run_dirs[0])
     if frames is None:
         frames = load_for_report(
             run_dirs,
             drop_window_s=WINDOW_S,
-            events_parquet=frames_dir / "events.parquet" if write else None,
+            events_parquet=first.frame("events") if write else None,
         )
     elif isinstance(frames, Frames):
         frames = ReportFrames.from_frames(frames)
     if frames.connections.empty:
         if write:  # as if never loaded: no frames of a run with nothing in it
-            (frames_dir / "events.parquet").unlink(missing_ok=True)
+            first.frame("events").unlink(missing_ok=True)
         raise RunDirError(
             f"{', '.join(map(str, run_dirs))}: no connections recorded yet; nothing to report"
         )
     out = out or (
-        run_dirs[0] / "report"
+        first.report.path
         if len(run_dirs) == 1
         else run_dirs[0].parent / f"compare-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     )
     out.mkdir(parents=True, exist_ok=True)
+    report = ReportDir(out)
     if write:
-        write_small_frames(frames.connections, frames.utterances, frames_dir)
+        write_small_frames(frames.connections, frames.utterances, first.frames)
     frames = _label_runs(frames)
     model = fit(frames)
     scenario = next(iter(frames.manifests.values())).get("scenario", {})
@@ -113,12 +109,11 @@ def build_report(
     )
     summary = _summary(frames, model, verdicts)
     images = _charts(frames, model, out)
-    (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
-    write_junit(verdicts, out / "junit.xml", suite="/".join(frames.manifests))
+    report.summary.write_text(json.dumps(_finite(summary), indent=2))
+    write_junit(verdicts, report.junit, suite="/".join(frames.manifests))
     headline = "\n".join(_headline(v) for v in summary["variants"])
-    index = out / "index.html"
-    index.write_text(_html(frames, model, summary, images, headline))
-    return Report(index, summary, headline, tuple(verdicts))
+    report.index.write_text(_html(frames, model, summary, images, headline))
+    return Report(report.index, summary, headline, tuple(verdicts))
 
 
 def _shards_of_one_run(manifests: dict[str, dict[str, Any]]) -> bool:

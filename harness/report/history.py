@@ -23,7 +23,8 @@ import pandas as pd
 from lifelines.utils import median_survival_times
 from scipy import stats
 
-from harness.log.frames import RunDirError, is_run_dir, load_for_report
+from harness.log.frames import load_for_report
+from harness.log.rundir import RunDir, RunDirError
 from harness.report import analysis, charts
 
 __all__ = ["ALPHA", "build_history", "night_rows", "worse_than_baseline"]
@@ -115,14 +116,13 @@ def _flat(doc: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _load_night(run_dir: Path) -> Night:
-    if not is_run_dir(run_dir):
-        raise RunDirError(f"{run_dir}: no manifest.json; not a run directory")
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    summary_path = run_dir / "report" / "summary.json"
+    layout = RunDir(run_dir)
+    manifest = layout.read_manifest()
+    summary_path = layout.report.summary
     rows = None
     if summary_path.is_file():
         rows = json.loads(summary_path.read_text()).get("trend")
-    source = "summary.json"
+    source = summary_path.name  # "summary.json"
     if rows is None:
         frames = load_for_report(run_dir)  # connections and utterances: no full events frame
         rows, source = night_rows(frames.connections, frames.utterances), "event log"

@@ -20,7 +20,8 @@ from harness.edge.clock import ScaledClock
 from harness.edge.proxy import HANDSHAKE_TIMEOUT, RealtimeProxy
 from harness.edge.tls import TlsFiles, server_context
 from harness.log.recorder import Recorder
-from harness.run.runner import new_run_dir, open_run, run_event_loop, run_facts, write_json
+from harness.log.rundir import RunDir, open_run, run_facts, write_json
+from harness.run.runner import new_run_dir, run_event_loop
 from harness.run.server import EmbeddedServer, banner
 
 __all__ = ["ProxyOptions", "ProxyResult", "resolve_upstream", "run_proxy"]
@@ -96,12 +97,13 @@ def run_proxy(options: ProxyOptions, log=print) -> ProxyResult:
     client is done); a second signal flushes the log and leaves at once."""
     target = resolve_upstream(options)  # a missing key fails here, before anything is written
     run_dir = new_run_dir(options.out, options.name)
+    layout = RunDir(run_dir)
     doc = _manifest(options, datetime.now(UTC).isoformat())
-    write_json(run_dir / "manifest.json", doc)
+    layout.write_manifest(doc)
     server = None
     if target is None:
-        write_json(run_dir / "server.json", {})  # the fake upstream is clean: faults are ours
-        server = EmbeddedServer(run_dir / "server.json", run_dir, options.time_scale, options.seed)
+        write_json(layout.server_config, {})  # the fake upstream is clean: faults are ours
+        server = EmbeddedServer(layout.server_config, run_dir, options.time_scale, options.seed)
     try:
         if server is not None:
             target = Target.fake(server.start())
@@ -117,7 +119,7 @@ def run_proxy(options: ProxyOptions, log=print) -> ProxyResult:
         if server is not None:
             server.stop()
     doc.update(ended=datetime.now(UTC).isoformat(), interrupted=False, rows=rows)
-    write_json(run_dir / "manifest.json", doc)
+    layout.write_manifest(doc)
     return ProxyResult(run_dir, rows)
 
 
@@ -130,7 +132,8 @@ async def _serve(
     log,
 ) -> int:
     loop = asyncio.get_running_loop()
-    recorder = Recorder(run_dir / "events-client.arrows")
+    layout = RunDir(run_dir)
+    recorder = Recorder(layout.client_log())
     recorder.start()
     proxy = RealtimeProxy(
         clock,
@@ -159,7 +162,7 @@ async def _serve(
         if context is not None:
             url = url.replace("ws://", "wss://", 1)
         doc["proxy"]["listen"] = url
-        write_json(run_dir / "manifest.json", doc)
+        layout.write_manifest(doc)
         log(banner(url, "rtsoak proxy", "; it is never forwarded", tls=options.tls))
         log(f"rtsoak: relaying to {target.describe()['url']}; recording into {run_dir}")
         try:

@@ -13,7 +13,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,6 @@ from typing import Any
 
 import aiohttp
 
-from harness import __version__
 from harness.config.audio import AudioLibrary
 from harness.config.scenario import Scenario
 from harness.config.target import Target, TargetError, build_target
@@ -35,6 +33,7 @@ from harness.core.pacing import SATURATED_P99_MS
 from harness.edge.clock import ScaledClock
 from harness.edge.worker import Progress, Worker, WorkerSetup
 from harness.log.recorder import LogWriteError, Recorder
+from harness.log.rundir import RunDir, open_run, run_facts, write_json
 from harness.run.server import EmbeddedServer
 
 __all__ = [
@@ -46,12 +45,9 @@ __all__ = [
     "check_output_dir",
     "manifest",
     "new_run_dir",
-    "open_run",
-    "run_facts",
     "run_scenario",
     "run_workers",
     "server_config_doc",
-    "write_json",
 ]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -179,67 +175,6 @@ def new_run_dir(base: Path, name: str) -> Path:
     return run_dir
 
 
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _versions() -> dict[str, str | None]:
-    import numpy
-    import pandas
-    import pyarrow
-
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    return {
-        "rtsoak": __version__,
-        "python": sys.version.split()[0],
-        "aiohttp": aiohttp.__version__,
-        "numpy": numpy.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-        "uvloop": getattr(uvloop, "__version__", None),
-    }
-
-
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def run_facts() -> dict[str, Any]:
-    """What any run directory records about the software and the machine it ran on."""
-    return {
-        "versions": _versions(),
-        "git_revision": _git_revision(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "memory_bytes": _memory_bytes(),
-        },
-    }
-
-
 def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) -> dict[str, Any]:
     """What a run was, for whoever reads its directory later: written at the start (so a
     crashed run has one) and completed at the end (`ended`, `interrupted`, `saturated`)."""
@@ -250,18 +185,6 @@ def manifest(scenario: Scenario, target: dict[str, str] | None, started: str) ->
         "time_scale": scenario.run.time_scale,
         "target": target,
         **open_run(started),
-    }
-
-
-def open_run(started: str) -> dict[str, Any]:
-    """A manifest's status fields while the run is going: filled in when it ends."""
-    return {
-        "started": started,
-        "ended": None,
-        "interrupted": None,
-        "saturated": None,
-        "append_lateness_p99_ms": None,
-        "rows": None,
     }
 
 
@@ -326,20 +249,21 @@ def _run(
     if shard[1] > 1:
         name += f"-shard{shard[0]}of{shard[1]}"
     run_dir = new_run_dir(out_base, name)
+    layout = RunDir(run_dir)
     started = datetime.now(UTC).isoformat()
     doc = manifest(scenario, None, started)
     doc["procs"] = procs
     doc["shard"] = {"index": shard[0], "count": shard[1]}
-    write_json(run_dir / "manifest.json", doc)
-    write_json(run_dir / "server.json", server_config_doc(scenario))
+    layout.write_manifest(doc)
+    write_json(layout.server_config, server_config_doc(scenario))
     write_json(
-        run_dir / "scenario.json",
+        layout.scenario,
         {"source": scenario.source, "doc": scenario.doc, "shard": list(shard)},
     )
     server = None
     if target is None:
         server = EmbeddedServer(
-            run_dir / "server.json", run_dir, scenario.run.time_scale, scenario.run.seed
+            layout.server_config, run_dir, scenario.run.time_scale, scenario.run.seed
         )
     wall0 = time.monotonic()
     parts: list[subprocess.Popen] = []
@@ -357,7 +281,7 @@ def _run(
             child.stdin.flush()
         url = target.describe()["url"]
         doc["target"] = target.describe()
-        write_json(run_dir / "manifest.json", doc)
+        layout.write_manifest(doc)
         variants = scenario.variants or (scenario,)
         total = sum(v.run.workers for v in variants)
         workers = len(range(shard[0], total, shard[1]))  # this shard's share
@@ -399,11 +323,11 @@ def _run(
     if result.error is not None:
         doc["stopped"] = {"error": result.error, "stopped_after_s": result.stopped_after_s}
     try:
-        write_json(run_dir / "manifest.json", doc)
+        layout.write_manifest(doc)
     except OSError as exc:  # the disk that filled up: the log is what counts
         if result.error is None:
             raise
-        log(f"rtsoak: could not complete {run_dir / 'manifest.json'} ({exc.strerror or exc})")
+        log(f"rtsoak: could not complete {layout.manifest} ({exc.strerror or exc})")
     if doc["saturated"]:
         log(
             f"rtsoak: warning: append frames left late (p99 {result.append_lateness_p99_ms} "
@@ -474,7 +398,7 @@ def _join_parts(
             proc.wait()
     results = []
     for k in range(1, len(parts) + 1):
-        path = run_dir / f"part-{k}.json"
+        path = RunDir(run_dir).part_result(k)
         if path.is_file():
             results.append(WorkersResult(**json.loads(path.read_text())))
     return results
@@ -501,7 +425,8 @@ def run_part(
     Says "ready" once loaded, then takes the clock's origin from stdin."""
     from harness.config.scenario import scenario_from_doc
 
-    saved = json.loads((run_dir / "scenario.json").read_text())
+    layout = RunDir(run_dir)
+    saved = json.loads(layout.scenario.read_text())
     scenario = scenario_from_doc(saved["doc"], saved["source"])
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target = Target.fake(url) if url else build_target(scenario.run.target, scenario.target)
@@ -529,7 +454,7 @@ def run_part(
         )
     )
     try:
-        write_json(run_dir / f"part-{part[0]}.json", dataclasses.asdict(result))
+        write_json(layout.part_result(part[0]), dataclasses.asdict(result))
     except OSError:
         if result.error is None:
             raise
@@ -633,17 +558,15 @@ async def run_workers(
     watch: Callable[[], Awaitable[str | None]] | None = None,
 ) -> WorkersResult:
     """Run the scenario's workers against `target` until its duration (or a signal); record
-    into run_dir/events-client.arrows. A first signal stops the workers (close 1000); a second
-    flushes the log and exits 130 at once.
+    into the run's client log (RunDir.client_log). A first signal stops the workers (close
+    1000); a second flushes the log and exits 130 at once.
 
     The workers also stop, at once, when the event log cannot be written (a full disk: the
     result's `error` says where and why) or when `watch()` returns: with a message, that is
     an error too; with None, an interruption (a --procs child whose parent is gone)."""
     loop = asyncio.get_running_loop()
     k, procs = part
-    recorder = Recorder(
-        run_dir / ("events-client.arrows" if procs == 1 else f"events-client-{k}.arrows")
-    )
+    recorder = Recorder(RunDir(run_dir).client_log(None if procs == 1 else k))
     recorder.start()
     stop: asyncio.Future = loop.create_future()
     interrupted = False

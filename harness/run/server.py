@@ -28,6 +28,7 @@ from harness.core.spec import ConfigError, read_section
 from harness.edge.clock import ScaledClock
 from harness.edge.server import FakeServer, ServerConfig
 from harness.log.recorder import Recorder
+from harness.log.rundir import RunDir
 
 __all__ = [
     "EmbeddedServer",
@@ -97,7 +98,7 @@ async def serve(
     recorder = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        recorder = Recorder(out / "events-server.arrows")
+        recorder = Recorder(RunDir(out).server_log)
         recorder.start()
     clock = ScaledClock(scale)
     # standalone with a log, record what its clients did as the proxy does (a run directory
