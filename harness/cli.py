@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.config.audio import AudioError
 from harness.config.target import TargetError
 from harness.core.spec import ConfigError, parse_duration
+from harness.core.timescale import check_time_scale
 from harness.log.recorder import LogWriteError
 from harness.log.rundir import RunDir, RunDirError
 
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path)
     run.add_argument("--workers", type=int, help="override run.workers (per variant)")
     run.add_argument("--duration", type=_duration, help="scenario time, e.g. 90s, 25m")
-    run.add_argument("--time-scale", type=float, help="override run.time_scale (fake target)")
+    run.add_argument("--time-scale", type=_time_scale, help="override run.time_scale (fake target)")
     run.add_argument("--seed", type=int, help="override run.seed: same seed, same run")
     run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
     _target_and_caps(run)
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="a fault profile NAME (rtsoak list) or a TOML with [faults.*] (a scenario works)",
     )
-    serve.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
+    serve.add_argument("--time-scale", type=_time_scale, default=1.0, help="compress fault timings")
     serve.add_argument(
         "--seed",
         type=int,
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--duration", type=_duration, default=24 * 3600.0, help="stop by itself after (24h)"
     )
-    proxy.add_argument("--time-scale", type=float, default=1.0, help="compress fault timings")
+    proxy.add_argument("--time-scale", type=_time_scale, default=1.0, help="compress fault timings")
     proxy.add_argument("--seed", type=int, default=0, help="the fault policies' draws")
     proxy.add_argument("--no-report", action="store_true", help="record only")
     proxy.add_argument("--tls", action="store_true", help=TLS_HELP)
@@ -278,6 +279,13 @@ def _frames_and_report(run_dir: Path, report: bool) -> bool:
     return False
 
 
+def _time_scale(value: str) -> float:
+    try:
+        return check_time_scale(float(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from harness.run.server import LOOPBACK, load_server_config, serve
 
@@ -286,8 +294,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"--host {args.host} is not a loopback address; the fake server is "
             "for this machine. Add --allow-remote if you really mean it."
         )
-    if args.time_scale <= 0:
-        raise UsageError("--time-scale must be positive")
     from harness.run.runner import OutputDirError, check_output_dir, run_event_loop
 
     config = dataclasses.replace(load_server_config(args.faults, args.seed or 0), seed=args.seed)
@@ -316,8 +322,6 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         raise UsageError(f"--listen {args.listen!r}: write HOST:PORT, e.g. 127.0.0.1:8765")
     if host not in LOOPBACK:
         raise UsageError(f"--listen {args.listen}: the proxy listens on loopback only (127.0.0.1)")
-    if args.time_scale <= 0:
-        raise UsageError("--time-scale must be positive")
     faults = None if args.faults is None else load_server_config(args.faults, args.seed).faults
     try:
         check_output_dir(args.out)

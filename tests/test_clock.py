@@ -8,6 +8,8 @@ import asyncio
 import random
 import time
 
+import pytest
+
 from harness.edge.clock import ScaledClock, sleep_until_monotonic
 
 
@@ -48,3 +50,27 @@ async def test_scaled_sleep_takes_scenario_seconds_over_the_scale() -> None:
     before = time.monotonic()
     await asyncio.wait_for(clock.sleep_until(clock.now() + 2.0), timeout=5)  # 20 ms of wall
     assert time.monotonic() - before >= 0.02 - 0.0005 - 1e-6
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, 0.0009, 1000.5, float("nan"), float("inf")])
+def test_every_entry_point_refuses_the_same_time_scales(scale) -> None:
+    from harness.config.scenario import scenario_from_doc
+    from harness.core.spec import ConfigError
+    from harness.core.timescale import check_time_scale
+
+    with pytest.raises(ValueError, match="out of range"):
+        check_time_scale(scale)
+    with pytest.raises(ValueError, match="out of range"):
+        ScaledClock(scale)
+    doc = {"run": {"name": "r", "duration": "1m", "workers": 1, "time_scale": scale}}
+    with pytest.raises(ConfigError):
+        scenario_from_doc(doc, "t.toml")
+
+
+@pytest.mark.parametrize("scale", [0.001, 1.0, 60.0, 1000.0])
+def test_the_range_ends_are_allowed_everywhere(scale) -> None:
+    from harness.config.scenario import scenario_from_doc
+
+    assert ScaledClock(scale).scale == scale
+    doc = {"run": {"name": "r", "duration": "1m", "workers": 1, "time_scale": scale}}
+    assert scenario_from_doc(doc, "t.toml").run.time_scale == scale

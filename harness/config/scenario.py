@@ -21,6 +21,7 @@ from harness.config.toml import load_toml
 from harness.core.policies import FaultProfile
 from harness.core.reconnect import ReconnectPolicy
 from harness.core.spec import ConfigError, read_section, spec
+from harness.core.timescale import MAX_TIME_SCALE, MIN_TIME_SCALE
 
 __all__ = ["Scenario", "load_scenario", "scenario_from_doc"]
 
@@ -34,7 +35,7 @@ class RunSection:
     duration: float = spec(60.0, kind="duration", lo=0.001)
     workers: int = spec(1, lo=1, hi=100_000)  # per variant
     ramp_up: float = spec(0.0, kind="duration")
-    time_scale: float = spec(1.0, kind="float", lo=0.001, hi=1000.0)
+    time_scale: float = spec(1.0, kind="float", lo=MIN_TIME_SCALE, hi=MAX_TIME_SCALE)
     target: str = spec("fake", choices=("fake", "openai", "azure", "url"))
 
 

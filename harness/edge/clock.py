@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol
 
+from harness.core.timescale import check_time_scale
+
 __all__ = ["Clock", "ScaledClock", "deadline_waker", "sleep_until_monotonic"]
 
 
@@ -43,9 +45,7 @@ class ScaledClock:
     __slots__ = ("scale", "origin")
 
     def __init__(self, scale: float = 1.0, origin: float | None = None) -> None:
-        if scale <= 0:
-            raise ValueError("time scale must be positive")
-        self.scale = float(scale)
+        self.scale = check_time_scale(scale)
         self.origin = time.monotonic() if origin is None else origin
 
     def now(self) -> float:
