@@ -2,8 +2,9 @@
 both ways as they come, record both directions, and apply fault policies on the client's side.
 
 Decisions live elsewhere: what each frame means in RelayObserver, when a fault fires in the
-fault policies, how it is carried out in FaultCarrier. This module moves frames and says who
-ended a connection. The client's key (a header, the `openai-insecure-api-key.` subprotocol or
+fault policies, how it is carried out in FaultCarrier; admission, the fault timers and expiry
+are the session driver the fake server shares (sessions.py). This module moves frames and says
+who ended a connection. The client's key (a header, the `openai-insecure-api-key.` subprotocol or
 Azure's `api-key` query parameter) is checked for presence only: it is never forwarded, stored
 or logged; the upstream gets its own credentials (from the Target), no client subprotocol, and
 the client's query without credential-like parameters.
@@ -37,6 +38,7 @@ from harness.edge.server import (
     error_response,
     wants_beta,
 )
+from harness.edge.sessions import Listener, Live, LiveSessions, SessionDriver
 from harness.log.recorder import Recorder
 
 __all__ = ["CALLER_HEADER", "RealtimeProxy", "upstream_url"]
@@ -150,17 +152,26 @@ class _Relay:
         self.ending: _Ending | None = None
         self.ended = asyncio.Event()
         self.finished = asyncio.Event()
-        self.wake = asyncio.Event()
-        self.silent = False
-        self.hold: asyncio.Task | None = None
-        clock = proxy.clock
-        self.faults = proxy.faults.start(session_key, clock.now())
-        max_session = proxy.faults.max_session
-        self.expires = None if max_session is None else clock.now() + max_session
+        self.faults = proxy.faults.start(session_key, proxy.clock.now())
+        # the FaultSet, the session's expiry, the timers, carrying out a fault: shared with
+        # the fake server
+        self.drv = SessionDriver(
+            proxy.clock,
+            proxy.carrier,
+            request.transport,
+            client,
+            self.faults,
+            self._note,
+            self._send_error,
+            proxy.faults.max_session,
+        )
+        self.inject = self.drv.inject
 
     def end(self, ending: _Ending) -> None:
         if self.ending is None:
             self.ending = ending
+            if self.drv.ended_by is None:  # no fault is carried out after any ending
+                self.drv.ended_by = ending.source
         self.ended.set()
 
     def record(self, rows: list[Row]) -> None:
@@ -170,7 +181,7 @@ class _Relay:
         tasks = [
             asyncio.create_task(self._client_to_upstream(), name="client-to-upstream"),
             asyncio.create_task(self._upstream_to_client(), name="upstream-to-client"),
-            asyncio.create_task(self._timers(), name="timers"),
+            asyncio.create_task(self.drv.run_timers(), name="timers"),
         ]
         for task in tasks:
             task.add_done_callback(self._task_ended)
@@ -181,8 +192,8 @@ class _Relay:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.hold is not None:  # a half-open or delayed close still holds the socket
-                await asyncio.gather(self.hold, return_exceptions=True)
+            if self.drv.hold is not None:  # a half-open or delayed close still holds the socket
+                await asyncio.gather(self.drv.hold, return_exceptions=True)
             e = self.ending or _STOPPING
             now = self.proxy.clock.now()
             self.record(self.obs.closed(now, e.closed_by, e.cause, e.code, e.reason))
@@ -274,17 +285,17 @@ class _Relay:
 
     async def _judge(self, now: float) -> bool:
         """The fault policies' verdict on the client frame just observed; False once a fault
-        has ended the connection. Wakes the timers when a deadline moved earlier."""
-        before = self.faults.next_deadline()
+        has ended the connection. Wakes the timers when a deadline is now nearer than the one
+        they sleep to."""
         pcm = self.obs.last_pcm
         fault = self.faults.on_frame(now, "event" if pcm is None else "audio")
         if fault is None and pcm is not None and self.faults.wants_audio:
             fault = self.faults.on_audio(now, pcm, self.obs.uncommitted_bytes)
         if not await self.inject(fault):
             return False
-        after = self.faults.next_deadline()
-        if after is not None and (before is None or after < before):
-            self.wake.set()
+        drv = self.drv
+        if drv.nearest() < drv.until:
+            drv.wake.set()
         return True
 
     # upstream -> client -------------------------------------------------------------------
@@ -304,7 +315,7 @@ class _Relay:
                 reason = type(msg.data).__name__ if msg.data is not None else "upstream dropped"
                 self.end(_Ending("upstream", ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, reason))
                 return
-            if self.silent or client.closed:
+            if self.drv.silent or client.closed:
                 continue  # a held fault: the client hears nothing more
             if msg.type is WSMsgType.PING:
                 self.record(self.obs.control(now, "recv", "ping", len(msg.data)))
@@ -324,34 +335,9 @@ class _Relay:
                     await _forward(client.send_bytes(msg.data))
 
     # faults -------------------------------------------------------------------------------
-    async def _timers(self) -> None:
-        clock = self.proxy.clock
-        while True:
-            deadlines = [d for d in (self.faults.next_deadline(), self.expires) if d is not None]
-            self.wake.clear()
-            if not deadlines:
-                await self.wake.wait()
-                continue
-            delay = (min(deadlines) - clock.now()) / clock.scale
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self.wake.wait(), delay)
-                except TimeoutError:
-                    pass
-                continue  # deadlines may have moved: look again
-            now = clock.now()
-            if self.expires is not None and now >= self.expires:
-                self.expires = None
-                await self.inject(_expiry(self.proxy.faults.max_session or 0.0))
-            elif not await self.inject(self.faults.poll(now)):
-                return
-
-    async def inject(self, fault: Fault | None) -> bool:
-        """Carry out a fault on the client's side; False once the connection is ended."""
-        if fault is None or self.ending is not None:
-            return self.ending is None
-        clock = self.proxy.clock
-        now, opened = clock.now(), self.obs.established or self.obs.opened
+    def _note(self, fault: Fault) -> None:
+        """Record a fault as the proxy's row; one that ends the connection is its ending."""
+        now, opened = self.proxy.clock.now(), self.obs.established or self.obs.opened
         row = Row(
             now,
             "meta",
@@ -366,15 +352,14 @@ class _Relay:
         self.proxy.record([row], self.worker, self.conn, src="proxy")
         if fault.kind is not FaultKind.ERROR:
             self.end(_fault_ending(fault))
-        if fault.error_code and not self.client.closed:
-            event_id = "event_" + f"{self.proxy.rng.getrandbits(88):022x}"
-            event = error_event(event_id, fault.error_code, fault.error_message)
-            text = json.dumps(event)
-            self.record(self.obs.server_frame(clock.now(), text))
-            await _forward(self.client.send_str(text))
-        self.hold = await self.proxy.carrier.carry_out(self.request.transport, self.client, fault)
-        self.silent = self.hold is not None
-        return self.ending is None
+
+    async def _send_error(self, fault: Fault) -> None:
+        """The fault's error event, as the service would send it before the fault."""
+        assert fault.error_code is not None
+        event_id = "event_" + f"{self.proxy.rng.getrandbits(88):022x}"
+        text = json.dumps(error_event(event_id, fault.error_code, fault.error_message))
+        self.record(self.obs.server_frame(self.proxy.clock.now(), text))
+        await _forward(self.client.send_str(text))
 
 
 def _not_a_handshake(request: web.Request) -> web.Response:
@@ -425,19 +410,6 @@ def _client_protocol_error(exc: aiohttp.WebSocketError) -> _Ending:
     return _Ending("client", ClosedBy.CLIENT, CloseCause.PROTOCOL_ERROR, exc.code, reason)
 
 
-def _expiry(max_session: float) -> Fault:
-    """The service's maximum session duration, as the fake server ends it."""
-    message = f"Your session hit the maximum duration of {round(max_session / 60)} minutes."
-    return Fault(
-        FaultKind.CLOSE,
-        "max_duration",
-        1001,
-        message,
-        error_code="session_expired",
-        error_message=message,
-    )
-
-
 async def _forward(send) -> None:
     """Send to a side that may have gone; its own receive loop reports how it ended."""
     try:
@@ -455,7 +427,8 @@ async def _close(ws: aiohttp.ClientWebSocketResponse, code: int, reason: str) ->
 
 
 def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
-    """Drop the upstream TCP connection with no close frame (aiohttp has no public way)."""
+    """Drop the upstream TCP connection with no close frame."""
+    # no public way: ClientWebSocketResponse exposes neither its connection nor its transport
     conn = getattr(ws, "_conn", None)
     transport = getattr(conn, "transport", None)
     if transport is not None:
@@ -479,24 +452,19 @@ class RealtimeProxy:
         self.faults, self.variant = faults or FaultProfile(), variant
         self.rng = random.Random(seed)
         self.handshake_timeout = handshake_timeout
-        self.carrier = FaultCarrier(self._sleep)
+        # what caps count: each live session's digest of the client's key, and when it opened
+        self._sessions = LiveSessions(clock, per_variant=False)
+        self.carrier = FaultCarrier(self._sessions.sleep)
         self._callers: dict[str, tuple[int, int]] = {}  # caller name -> (worker, attempts)
         self._workers = 0
-        # session key -> (relay, digest of the client's key, opened): what caps count
-        self._live: dict[str, tuple[_Relay, str, float]] = {}
+        self._relays: set[_Relay] = set()  # ended by stop()
         self._http: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None
-        # client connections whose handshake has not arrived yet -> the timer closing them
-        self._unupgraded: dict[asyncio.Protocol, asyncio.TimerHandle] = {}
+        self._listener: Listener | None = None
         self.port = 0
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/realtime?intent=transcription"
-
-    async def _sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds / self.clock.scale))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> str:
         self._http = aiohttp.ClientSession(
@@ -504,52 +472,25 @@ class RealtimeProxy:
         )
         app = web.Application()
         app.router.add_get("/{path:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app,
-            handle_signals=False,
-            access_log=None,
-            keepalive_timeout=self.handshake_timeout,  # idle after a plain HTTP answer
+        # a timer per accepted connection bounds its handshake; aiohttp's keep-alive timer,
+        # idle connections after a plain HTTP answer
+        self._listener = Listener(
+            app, idle_timeout=self.handshake_timeout, handshake_timeout=self.handshake_timeout
         )
-        await self._runner.setup()
-        # not a TCPSite: each accepted connection gets a handshake timer (_accept)
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self._accept, host, port, backlog=128, ssl=ssl_context
-        )
-        self.port = self._listener.sockets[0].getsockname()[1]
+        self.port = await self._listener.start(host, port, ssl_context)
         return self.url
-
-    def _accept(self) -> asyncio.Protocol:
-        """aiohttp's protocol for a new client connection, closed by a timer unless its
-        request reaches `_handle` in time (aiohttp itself sets no such bound before a request,
-        in every version)."""
-        assert self._runner is not None and self._runner.server is not None
-        handler = self._runner.server()
-        self._unupgraded[handler] = asyncio.get_running_loop().call_later(
-            self.handshake_timeout, self._too_slow, handler
-        )
-        return handler
-
-    def _too_slow(self, handler: web.RequestHandler) -> None:
-        self._unupgraded.pop(handler, None)
-        handler.force_close()  # closes the transport (a no-op once the peer has gone)
 
     async def stop(self) -> None:
         """End every relay (the client sees 1001, censored as the end of the run)."""
-        relays = [relay for relay, _, _ in self._live.values()]
+        relays = list(self._relays)
         for relay in relays:
             relay.end(_STOPPING)
         self.carrier.cancel_held()
         if relays:  # bounded: a stuck socket cannot hold the proxy open
             await asyncio.wait([asyncio.create_task(r.finished.wait()) for r in relays], timeout=15)
-        if self._listener is not None:
-            self._listener.close()  # no new connections
-        for timer in self._unupgraded.values():
-            timer.cancel()
-        self._unupgraded.clear()
-        if self._runner is not None:
-            await self._runner.cleanup()  # waits (bounded) for the handlers to finish
-            self._runner = None
+        if self._listener is not None:  # no new connections; handlers finish (bounded)
+            await self._listener.close()
+            self._listener = None
         if self._http is not None:
             await self._http.close()
 
@@ -575,9 +516,8 @@ class RealtimeProxy:
         return self._workers, 1
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        timer = self._unupgraded.pop(request.protocol, None)
-        if timer is not None:  # a whole request arrived in time: the timer's work is done
-            timer.cancel()
+        assert self._listener is not None
+        self._listener.handled(request)  # a whole request arrived in time
         path = "/" + request.match_info["path"]
         if path not in PATHS:
             return error_response(404, "not_found", f"Unknown path {path}")
@@ -618,11 +558,13 @@ class RealtimeProxy:
             )
             return web.Response(status=499)
         relay = _Relay(self, request, client, upstream, obs, (worker, conn), session_key)
-        self._live[session_key] = (relay, key_digest, obs.opened)
+        self._sessions.add(session_key, Live(key_digest, obs.opened, relay.inject))
+        self._relays.add(relay)
         try:
             await relay.run()
         finally:
-            self._live.pop(session_key, None)
+            self._sessions.discard(session_key)
+            self._relays.discard(relay)
         return client
 
     async def _admit(
@@ -630,9 +572,8 @@ class RealtimeProxy:
     ) -> web.Response | None:
         """Handshake fault policies (refusals, slow answers, caps) at the proxy."""
         clock = self.clock
-        live = [(k, digest, opened) for k, (_, digest, opened) in self._live.items()]
-        decision = self.faults.handshake(session_key, key_digest, clock.now(), live)
-        if decision.policy is None:
+        decision = self._sessions.decide(self.faults, session_key, key_digest)
+        if decision is None:
             return None
         request_id = "req_" + f"{self.rng.getrandbits(128):032x}"
         fault_row = Row(
@@ -642,17 +583,11 @@ class RealtimeProxy:
             {"code": decision.status, "item": request_id, "text": decision.policy},
         )
         self.record([fault_row], worker, conn, src="proxy")
-        if decision.delay:
-            await self._sleep(decision.delay)
-        for victim in decision.evict:
-            if victim in self._live:
-                relay = self._live[victim][0]
-                cap = dict(self.faults.policies)["concurrency_cap"]
-                asyncio.get_running_loop().create_task(relay.inject(cap.fault("concurrency_cap")))
-        if decision.status is None:
+        status = await self._sessions.admit(decision, self.faults)
+        if status is None:
             return None
-        self._refused(obs, decision.status, request_id, f"HTTP {decision.status}", worker, conn)
-        return error_response(decision.status, headers={"x-request-id": request_id})
+        self._refused(obs, status, request_id, f"HTTP {status}", worker, conn)
+        return error_response(status, headers={"x-request-id": request_id})
 
     async def _connect_upstream(
         self, request: web.Request, obs: RelayObserver, worker: int, conn: int
@@ -691,7 +626,8 @@ class RealtimeProxy:
             error = type(exc).__name__
             self._refused(obs, None, None, error, worker, conn)
             return error_response(502, "upstream_unreachable", f"upstream unreachable: {error}")
-        got = ws._response.headers  # noqa: SLF001 (aiohttp keeps the handshake response here)
+        # no public way: ClientWebSocketResponse does not expose its handshake response
+        got = ws._response.headers  # noqa: SLF001
         request_id = next((got[h] for h in REQUEST_ID_HEADERS if h in got), None)
         self.record(obs.handshake(self.clock.now(), 101, request_id), worker, conn)
         return ws

@@ -2,25 +2,24 @@
 
 All protocol and fault decisions come from the pure session and fault policies; this module only
 moves frames, keeps time through the shared Clock, and logs the server's ground truth (which
-policy ended which connection) when given a Recorder.
+policy ended which connection) when given a Recorder. Admission, the fault timers and carrying
+out a fault are the session driver the proxy shares (sessions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import random
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from harness.config.target import redact_url
-from harness.core.faults import Fault, FaultKind
+from harness.core.faults import Fault
 from harness.core.policies import FaultProfile
 from harness.core.session import SessionLimits, TranscriptionSession
 from harness.edge.carry import FaultCarrier
@@ -31,6 +30,14 @@ from harness.edge.server_record import (
     is_other_run,
     serve_manifest,
     write_serve_manifest,
+)
+from harness.edge.sessions import (
+    Listener,
+    Live,
+    LiveSessions,
+    SessionDriver,
+    session_limits,
+    variant_of,
 )
 from harness.log.recorder import Recorder
 
@@ -82,18 +89,6 @@ class ServerConfig:
     def faults_for(self, session_key: str) -> FaultProfile:
         variant = variant_of(session_key)
         return self.variant_faults.get(variant, self.faults) if variant else self.faults
-
-
-def variant_of(session_key: str) -> str | None:
-    """The variant an rtsoak session key names (`variant/worker/attempt`), if any."""
-    return session_key.split("/", 1)[0] if "/" in session_key else None
-
-
-@dataclass(slots=True)
-class LiveSession:
-    client_key: str
-    opened: float
-    inject: Callable[[Fault], Awaitable[None]]
 
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
@@ -161,11 +156,11 @@ class FakeServer:
         self.seed = config.seed if config.seed is not None else secrets.randbits(64)
         self._rng = random.Random(self.seed)
         self._arrivals = 0
-        self._live: dict[str, LiveSession] = {}
+        self._sessions = LiveSessions(clock, per_variant=True)
         self._sockets: set[web.WebSocketResponse] = set()  # open sessions, closed by stop()
         self.stopping = False
-        self._carrier = FaultCarrier(self._sleep)  # half-open and delayed closes pending
-        self._runner: web.AppRunner | None = None
+        self._carrier = FaultCarrier(self._sessions.sleep)  # half-open and delayed closes pending
+        self._listener: Listener | None = None
         self._recording = False  # each session's client-side rows (record.py)
         self._manifest: dict[str, Any] | None = None
         self.port = 0
@@ -183,19 +178,11 @@ class FakeServer:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context=None) -> str:
-        self._runner = web.AppRunner(
-            self.app(),
-            handle_signals=False,
-            access_log=None,
-            # aiohttp arms it at connection_made and closes a connection still waiting for a
-            # whole request when it fires: a bound on never-upgraded and slowloris sockets
-            keepalive_timeout=self.upgrade_wall_timeout,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
-        await site.start()
+        # aiohttp arms its keep-alive timer at connection_made and closes a connection still
+        # waiting for a whole request when it fires: a bound on never-upgraded and slowloris sockets
+        self._listener = Listener(self.app(), idle_timeout=self.upgrade_wall_timeout)
+        self.port = await self._listener.start(host, port, ssl_context)
         self.host = host
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         log_path = getattr(self.recorder, "path", None)  # None: no log, or a test's rows
         record = self.config.record_clients
         if record is None:
@@ -211,6 +198,11 @@ class FakeServer:
         return self.url
 
     @property
+    def _runner(self) -> web.AppRunner | None:
+        # tests/test_hostile.py reads aiohttp's live handlers through it
+        return None if self._listener is None else self._listener.runner
+
+    @property
     def upgrade_wall_timeout(self) -> float:
         return max(UPGRADE_FLOOR, self.config.upgrade_timeout / self.clock.scale)
 
@@ -221,26 +213,16 @@ class FakeServer:
         self.stopping = True
         closing = [ws.close(code=1001, message=b"server shutting down") for ws in self._sockets]
         await asyncio.gather(*closing, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._manifest is not None:
             log = self.recorder
             finish_serve_manifest(log.path.parent, self._manifest, log.count)  # type: ignore[union-attr]
             self._manifest = None
 
     def _limits(self, faults: FaultProfile) -> SessionLimits:
-        """A max_duration policy shortens the service's session limit; an idle_timeout policy
-        replaces its idle limit (the policy, not the limit, is the hypothesis under test)."""
-        limits = self.config.limits
-        if faults.max_session is not None:
-            limits = dataclasses.replace(limits, max_duration=faults.max_session)
-        if "idle_timeout" in faults.names:
-            limits = dataclasses.replace(limits, max_idle=None)
-        return limits
-
-    async def _sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds / self.clock.scale))
+        return session_limits(self.config.limits, faults)
 
     # logging --------------------------------------------------------------------------------
     def _log(
@@ -307,14 +289,9 @@ class FakeServer:
         self, session_key: str, client_key: str, request_id: str, headers: dict[str, str]
     ) -> web.Response | None:
         """Apply handshake policies: maybe wait, evict older sessions, or refuse."""
-        # each variant meets its own service: caps count only sessions of the same variant
-        variant = variant_of(session_key)
-        live = [
-            (k, s.client_key, s.opened) for k, s in self._live.items() if variant_of(k) == variant
-        ]
         faults = self.config.faults_for(session_key)
-        decision = faults.handshake(session_key, client_key, self.clock.now(), live)
-        if decision.policy is None:
+        decision = self._sessions.decide(faults, session_key, client_key)
+        if decision is None:
             return None
         self._log(
             "handshake_fault",
@@ -327,17 +304,8 @@ class FakeServer:
                 "session_key": session_key,
             },
         )
-        if decision.delay:
-            await self._sleep(decision.delay)
-        for victim in decision.evict:
-            if victim in self._live:
-                cap = dict(faults.policies)["concurrency_cap"]
-                asyncio.get_running_loop().create_task(
-                    self._live[victim].inject(cap.fault("concurrency_cap"))
-                )
-        if decision.status is not None:
-            return error_response(decision.status, headers=headers)
-        return None
+        status = await self._sessions.admit(decision, faults)
+        return None if status is None else error_response(status, headers=headers)
 
     # one connection -------------------------------------------------------------------------
     async def _serve(
@@ -373,17 +341,40 @@ class FakeServer:
                 "headers": sorted(request.headers),
             },
         )
-        wake = asyncio.Event()
-        # `until`: the deadline the timers task sleeps to; a frame that brings one nearer wakes it
-        state: dict[str, Any] = {"ended_by": None, "silent": False, "until": math.inf}
+
+        def note(fault: Fault) -> None:
+            self._log(
+                "fault",
+                request_id,
+                code=fault.code,
+                text=fault.policy,
+                detail={
+                    **fault.detail(self.clock.now(), session.opened),
+                    "session_key": session_key,
+                },
+            )
+
+        async def send_error(fault: Fault) -> None:
+            text = json.dumps(session.error_event(fault.error_code, fault.error_message))
+            await ws.send_str(text)
+            if log is not None:
+                log.sent(text)
+
+        # `drv.until`: the deadline the timers task sleeps to; a frame that brings one nearer
+        # sets `wake`. `observe(fault)`: carry out a fault, if any; False once the connection
+        # has ended.
+        drv = SessionDriver(
+            self.clock, self._carrier, request.transport, ws, faults, note, send_error
+        )
+        wake, observe = drv.wake, drv.inject
 
         async def send(outputs: list) -> bool:
             """Send session outputs; False once a fault has ended the connection."""
             for out in outputs:
                 if isinstance(out, Fault):
-                    await inject(out)
+                    await observe(out)
                     return False
-                if not ws.closed and not state["silent"]:
+                if not ws.closed and not drv.silent:
                     try:
                         text = json.dumps(out)
                     except (TypeError, ValueError, RecursionError) as exc:  # our bug, not theirs
@@ -391,7 +382,7 @@ class FakeServer:
                     await ws.send_str(text)
                     if log is not None:
                         log.sent(text)
-            return not ws.closed and state["ended_by"] is None
+            return not ws.closed and drv.ended_by is None
 
         def frame_failed(exc: BaseException) -> dict[str, Any]:
             """The fake itself failed on one frame: log it as the server's fault (never the
@@ -407,36 +398,6 @@ class FakeServer:
                 "server_error", "The server had an error while processing your request."
             )
 
-        async def inject(fault: Fault) -> None:
-            if state["ended_by"] is not None:
-                return
-            if fault.kind is not FaultKind.ERROR:
-                state["ended_by"], state["fault"] = fault.policy, fault
-            self._log(
-                "fault",
-                request_id,
-                code=fault.code,
-                text=fault.policy,
-                detail={
-                    **fault.detail(self.clock.now(), session.opened),
-                    "session_key": session_key,
-                },
-            )
-            if fault.error_code and not ws.closed:
-                text = json.dumps(session.error_event(fault.error_code, fault.error_message))
-                await ws.send_str(text)
-                if log is not None:
-                    log.sent(text)
-            hold = await self._carrier.carry_out(request.transport, ws, fault)
-            if hold is not None:
-                state["silent"], state["hold"] = True, hold
-            wake.set()
-
-        async def observe(fault: Fault | None) -> bool:
-            if fault is not None:
-                await inject(fault)
-            return state["ended_by"] is None
-
         def nearest_deadline() -> float:
             """Called for every frame: plain comparisons, no generator (that was 8 % of the
             server's CPU under a worker fleet)."""
@@ -445,39 +406,22 @@ class FakeServer:
                 return math.inf if theirs is None else theirs
             return ours if theirs is None or ours < theirs else theirs
 
-        async def timers() -> None:
-            loop = asyncio.get_running_loop()
-            while not ws.closed and state["ended_by"] is None:
-                wake.clear()
-                state["until"] = nearest_deadline()
-                if state["until"] < math.inf:
-                    delay = (state["until"] - self.clock.now()) / self.clock.scale
-                    if delay > 0:
-                        # a timer that sets `wake`, not wait_for(): that made a task per wait,
-                        # 5 % of the server's CPU under a worker fleet
-                        alarm = loop.call_later(delay, wake.set)
-                        try:
-                            await wake.wait()
-                        finally:
-                            alarm.cancel()
-                        continue  # deadlines may have moved: look again
-                else:
-                    await wake.wait()
-                    continue
-                # a late wake-up may find a transcript and a fault both due: what fell due
-                # first goes first, as it would have on time
-                now = self.clock.now()
-                fault_due = faults.next_deadline()
-                first = now if fault_due is None else min(now, fault_due)
-                if (
-                    not await send(session.poll(first))
-                    or not await observe(faults.poll(now))
-                    or not await send(session.poll(now))
-                ):
-                    return
+        async def fire(now: float) -> bool:
+            # a late wake-up may find a transcript and a fault both due: what fell due first
+            # goes first, as it would have on time
+            fault_due = faults.next_deadline()
+            first = now if fault_due is None else min(now, fault_due)
+            return (
+                await send(session.poll(first))
+                and await observe(faults.poll(now))
+                and await send(session.poll(now))
+            )
 
-        self._live[session_key] = LiveSession(client_key, now, inject)
-        timer_task = asyncio.create_task(timers())
+        def alive() -> bool:
+            return not ws.closed and drv.ended_by is None
+
+        self._sessions.add(session_key, Live(client_key, now, observe))
+        timer_task = asyncio.create_task(drv.run_timers(nearest_deadline, fire, alive))
         try:
             if await send(session.open()):
                 async for msg in ws:
@@ -498,7 +442,7 @@ class FakeServer:
                     if outputs:
                         if not await send(outputs):
                             break
-                    elif ws.closed or state["ended_by"] is not None:  # as send([]) says
+                    elif ws.closed or drv.ended_by is not None:  # as send([]) says
                         break
                     pcm = session.last_pcm
                     if faults.policies:
@@ -507,12 +451,12 @@ class FakeServer:
                             fault = faults.on_audio(now, pcm, session.buffer_bytes)
                         if not await observe(fault):
                             break
-                    if nearest_deadline() < state["until"]:
+                    if nearest_deadline() < drv.until:
                         wake.set()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         except Exception as exc:  # a bug in the fake: close 1011 and say so, not "client"
-            state["ended_by"] = state["ended_by"] or "server_error"
+            drv.ended_by = drv.ended_by or "server_error"
             self._log(
                 "server_crash",
                 request_id,
@@ -522,18 +466,17 @@ class FakeServer:
             if not ws.closed:
                 await ws.close(code=1011, message=b"server error")
         finally:
-            self._live.pop(session_key, None)
-            hold = state.get("hold")
-            if hold is not None:  # a half-open or delayed fault is still holding the socket
-                await asyncio.gather(hold, return_exceptions=True)
+            self._sessions.discard(session_key)
+            if drv.hold is not None:  # a half-open or delayed fault is still holding the socket
+                await asyncio.gather(drv.hold, return_exceptions=True)
             timer_task.cancel()
             await asyncio.gather(timer_task, return_exceptions=True)
             if log is not None:
-                log.closed(state.get("fault"), state["ended_by"], self.stopping, ws.close_code)
+                log.closed(drv.fault, drv.ended_by, self.stopping, ws.close_code)
             self._log(
                 "session_close",
                 request_id,
                 code=ws.close_code,
-                text=state["ended_by"] or ("shutdown" if self.stopping else "client"),
+                text=drv.ended_by or ("shutdown" if self.stopping else "client"),
                 detail={"buffer_ms": session.buffer_ms},
             )
