@@ -11,8 +11,9 @@ import pytest
 from helpers import ManualClock, vad_off
 
 from harness.config.faults import parse_faults
+from harness.core.protocol import SESSION_KEY_HEADER
 from harness.edge.clock import ScaledClock
-from harness.edge.server import SESSION_KEY_HEADER, ServerConfig
+from harness.edge.server import ServerConfig
 
 AUTH = {"Authorization": "Bearer test-key"}
 LOUD = base64.b64encode(b"\x00\x40\x00\xc0" * 2400).decode()  # 200 ms, loud

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from test_proxy import CLIENT_KEY, UPSTREAM_KEY, ProxyRun
 
-from harness.core.observer import RelayObserver
+from harness.core.client import ClientConnection
 from harness.edge.proxy import MAX_FRAME_BYTES, UPSTREAM_MAX_MSG_BYTES, RealtimeProxy
 from harness.edge.server import ServerConfig
 
@@ -194,14 +194,14 @@ async def test_a_frame_the_observer_fails_on_is_its_own_row_and_still_relayed(
 ) -> None:
     """Any failure to observe one frame (here a planted bug) is that frame's row, not the end
     of the relay: the proxy stays transparent."""
-    real = RelayObserver.client_frame
+    real = ClientConnection.client_frame
 
     def planted(self, now, data):
         if data == CLEAR:
             raise KeyError("planted observer bug")
         return real(self, now, data)
 
-    monkeypatch.setattr(RelayObserver, "client_frame", planted)
+    monkeypatch.setattr(ClientConnection, "client_frame", planted)
     received: list[str] = []
     closes: list[int | None] = []
     url = await _relaying_upstream(serve, received, closes)

@@ -10,7 +10,7 @@ import zlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.core.observer import RelayObserver
+from harness.core.client import ClientConnection
 from harness.core.outcomes import CloseCause, ClosedBy
 from harness.core.transcript import make_transcript
 from harness.edge.proxy import upstream_url
@@ -28,8 +28,8 @@ def _ev(type_: str, **fields) -> str:
     return json.dumps({"type": type_, **fields})
 
 
-def _open() -> RelayObserver:
-    obs = RelayObserver("proxy/1", 0.0)
+def _open() -> ClientConnection:
+    obs = ClientConnection("proxy/1", 0.0, infer=True)
     obs.handshake(0.1, 101, "req_1")
     return obs
 

@@ -11,10 +11,11 @@ import aiohttp
 import pytest
 
 from harness.config.faults import parse_faults
+from harness.core.protocol import SESSION_KEY_HEADER
 from harness.core.session import SessionLimits
 from harness.core.transcript import parse_transcript
 from harness.edge.clock import ScaledClock
-from harness.edge.server import SESSION_KEY_HEADER, ServerConfig
+from harness.edge.server import ServerConfig
 
 AUTH = {"Authorization": "Bearer test-key"}
 
@@ -134,8 +135,8 @@ class RowLog:
     def __init__(self) -> None:
         self.rows: list[tuple[str, dict]] = []
 
-    def row(self, wall, t, src, variant, worker, attempt, kind, type_, **fields) -> None:
-        self.rows.append((type_, fields))
+    def record(self, row, wall, src, variant, worker, conn) -> None:
+        self.rows.append((row.type, row.fields))
 
     def of(self, type_: str) -> list[dict]:
         return [fields for t, fields in self.rows if t == type_]

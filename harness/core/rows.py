@@ -16,8 +16,11 @@ from harness.core.outcomes import CloseCause, ClosedBy, ConnState, UtteranceStat
 __all__ = [
     "ConnClose",
     "ConnOpen",
+    "FaultRow",
     "FrameRow",
     "Handshake",
+    "HandshakeFaultRow",
+    "ServerRow",
     "Row",
     "UttEnd",
     "UttStart",
@@ -206,4 +209,80 @@ class WorkerStopped:
         }
 
 
-Row = FrameRow | ConnOpen | Handshake | ConnClose | UttStart | UttEnd | WorkerStopped
+@dataclass(frozen=True, slots=True)
+class FaultRow:
+    """A fault a policy fired on a session (the fake server's or the proxy's): the ground truth
+    a diagnosis is graded by, joined to the client's connection by its request id."""
+
+    t: float
+    request_id: str | None
+    code: int | None
+    policy: str
+    detail: dict[str, Any]
+    dir = "meta"
+    type = "fault"
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "item": self.request_id,
+            "text": self.policy,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeFaultRow:
+    """A handshake policy refused, delayed or made room for a connection."""
+
+    t: float
+    request_id: str
+    status: int | None
+    policy: str
+    detail: dict[str, Any] | None = None
+    dir = "meta"
+    type = "handshake_fault"
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        out = {"code": self.status, "item": self.request_id, "text": self.policy}
+        return out if self.detail is None else {**out, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """One of the fake server's own rows about a session: `session_open`, `session_close`
+    (text: what ended it), `frame_error` or `server_crash` (text: the exception's type). Keyed
+    by the request id, like its faults."""
+
+    t: float
+    type: str
+    request_id: str
+    code: int | None = None
+    text: str | None = None
+    detail: dict[str, Any] | None = None
+    dir = "meta"
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "item": self.request_id,
+            "text": self.text,
+            "detail": self.detail,
+        }
+
+
+Row = (
+    FrameRow
+    | ConnOpen
+    | Handshake
+    | ConnClose
+    | UttStart
+    | UttEnd
+    | WorkerStopped
+    | FaultRow
+    | HandshakeFaultRow
+    | ServerRow
+)

@@ -1,13 +1,13 @@
 """The proxy's aiohttp edge: accept the client's WebSocket, open the upstream one, relay frames
 both ways as they come, record both directions, and apply fault policies on the client's side.
 
-Decisions live elsewhere: what each frame means in RelayObserver, when a fault fires in the
-fault policies, how it is carried out in FaultCarrier; admission, the fault timers and expiry
-are the session driver the fake server shares (sessions.py). This module moves frames and says
-who ended a connection. The client's key (a header, the `openai-insecure-api-key.` subprotocol or
-Azure's `api-key` query parameter) is checked for presence only: it is never forwarded, stored
-or logged; the upstream gets its own credentials (from the Target), no client subprotocol, and
-the client's query without credential-like parameters.
+Decisions live elsewhere: what each frame means in ClientConnection (harness.core.client), when
+a fault fires in the fault policies, how it is carried out in FaultCarrier; admission, the fault
+timers and expiry are the session driver the fake server shares (sessions.py). This module moves
+frames and says who ended a connection. The client's key (a header, the `openai-insecure-api-
+key.` subprotocol or Azure's `api-key` query parameter) is checked for presence only: it is
+never forwarded, stored or logged; the upstream gets its own credentials (from the Target), no
+client subprotocol, and the client's query without credential-like parameters.
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from harness.config.target import Target, secret_params
+from harness.core.client import ClientConnection
 from harness.core.faults import Fault, FaultKind
-from harness.core.observer import RelayObserver, Row
 from harness.core.outcomes import CloseCause, ClosedBy
 from harness.core.policies import FaultProfile
-from harness.core.protocol import error_event
+from harness.core.protocol import SESSION_KEY_HEADER, error_event
+from harness.core.rows import ConnOpen, FaultRow, FrameRow, HandshakeFaultRow, Row
 from harness.edge.carry import FaultCarrier
 from harness.edge.clock import Clock
 from harness.edge.server import (
     MAX_FRAME_BYTES,
     PATHS,
-    SESSION_KEY_HEADER,
     client_key,
     error_response,
     wants_beta,
@@ -142,7 +142,7 @@ class _Relay:
         request: web.Request,
         client: web.WebSocketResponse,
         upstream: aiohttp.ClientWebSocketResponse,
-        observer: RelayObserver,
+        observer: ClientConnection,
         ids: tuple[int, int],
         session_key: str,
     ) -> None:
@@ -338,16 +338,8 @@ class _Relay:
     def _note(self, fault: Fault) -> None:
         """Record a fault as the proxy's row; one that ends the connection is its ending."""
         now, opened = self.proxy.clock.now(), self.obs.established or self.obs.opened
-        row = Row(
-            now,
-            "meta",
-            "fault",
-            {
-                "code": fault.code,
-                "item": self.obs.request_id,
-                "text": fault.policy,
-                "detail": fault.detail(now, opened),
-            },
+        row = FaultRow(
+            now, self.obs.request_id, fault.code, fault.policy, fault.detail(now, opened)
         )
         self.proxy.record([row], self.worker, self.conn, src="proxy")
         if fault.kind is not FaultKind.ERROR:
@@ -375,7 +367,7 @@ def _not_a_handshake(request: web.Request) -> web.Response:
 def _unobserved(now: float, dir_: str, data: str | bytes, exc: Exception) -> list[Row]:
     """The row of a frame the observer failed on: relayed all the same, and counted."""
     text = f"observer failed: {type(exc).__name__}: {exc}"[:200]
-    return [Row(now, dir_, "unparseable", {"bytes_": len(data), "text": text})]
+    return [FrameRow(now, dir_, "unparseable", len(data), text=text)]
 
 
 def _fault_ending(fault: Fault) -> _Ending:
@@ -497,10 +489,7 @@ class RealtimeProxy:
     def record(self, rows: list[Row], worker: int, conn: int, src: str = "client") -> None:
         clock = self.clock
         for row in rows:
-            wall = clock.wall() - (clock.now() - row.t) / clock.scale
-            self.recorder.row(
-                wall, row.t, src, self.variant, worker, conn, row.dir, row.type, **row.fields
-            )
+            self.recorder.record(row, clock.wall_at(row.t), src, self.variant, worker, conn)
 
     def _ids(self, request: web.Request) -> tuple[int, int]:
         """(worker, attempt): each connection is a worker of its own unless it names its
@@ -534,8 +523,8 @@ class RealtimeProxy:
         del key
         worker, conn = self._ids(request)
         clock = self.clock
-        obs = RelayObserver(f"{self.variant}/{worker}", clock.now())
-        self.record([Row(clock.now(), "meta", "conn_open")], worker, conn)
+        obs = ClientConnection(f"{self.variant}/{worker}", clock.now(), infer=True)
+        self.record([ConnOpen(clock.now())], worker, conn)
         session_key = request.headers.get(SESSION_KEY_HEADER) or f"proxy/{worker}/{conn}"
         refusal = await self._admit(session_key, key_digest, obs, worker, conn)
         if refusal is not None:
@@ -568,7 +557,7 @@ class RealtimeProxy:
         return client
 
     async def _admit(
-        self, session_key: str, key_digest: str, obs: RelayObserver, worker: int, conn: int
+        self, session_key: str, key_digest: str, obs: ClientConnection, worker: int, conn: int
     ) -> web.Response | None:
         """Handshake fault policies (refusals, slow answers, caps) at the proxy."""
         clock = self.clock
@@ -576,12 +565,7 @@ class RealtimeProxy:
         if decision is None:
             return None
         request_id = "req_" + f"{self.rng.getrandbits(128):032x}"
-        fault_row = Row(
-            clock.now(),
-            "meta",
-            "handshake_fault",
-            {"code": decision.status, "item": request_id, "text": decision.policy},
-        )
+        fault_row = HandshakeFaultRow(clock.now(), request_id, decision.status, decision.policy)
         self.record([fault_row], worker, conn, src="proxy")
         status = await self._sessions.admit(decision, self.faults)
         if status is None:
@@ -590,7 +574,7 @@ class RealtimeProxy:
         return error_response(status, headers={"x-request-id": request_id})
 
     async def _connect_upstream(
-        self, request: web.Request, obs: RelayObserver, worker: int, conn: int
+        self, request: web.Request, obs: ClientConnection, worker: int, conn: int
     ) -> aiohttp.ClientWebSocketResponse | web.Response:
         """The upstream connection, opened with the upstream's own credentials; or, when that
         fails, the answer for the client: the upstream's status (or 502)."""
@@ -634,7 +618,7 @@ class RealtimeProxy:
 
     def _redirected(
         self,
-        obs: RelayObserver,
+        obs: ClientConnection,
         status: int,
         host: str,
         request_id: str | None,
@@ -654,7 +638,7 @@ class RealtimeProxy:
 
     def _refused(
         self,
-        obs: RelayObserver,
+        obs: ClientConnection,
         status: int | None,
         request_id: str | None,
         error: str,

@@ -21,6 +21,8 @@ from aiohttp import WSMsgType, web
 from harness.config.target import redact_url
 from harness.core.faults import Fault
 from harness.core.policies import FaultProfile
+from harness.core.protocol import SESSION_KEY_HEADER
+from harness.core.rows import FaultRow, HandshakeFaultRow, Row, ServerRow
 from harness.core.session import SessionLimits, TranscriptionSession
 from harness.edge.carry import FaultCarrier
 from harness.edge.clock import Clock
@@ -44,16 +46,12 @@ from harness.log.recorder import Recorder
 __all__ = [
     "BETA_SUBPROTOCOL",
     "FakeServer",
-    "SESSION_KEY_HEADER",
     "ServerConfig",
     "client_key",
     "error_response",
     "wants_beta",
 ]
 
-# rtsoak workers name themselves (variant/worker/attempt) so fault draws do not depend on the
-# order in which concurrent connections happen to arrive. Other clients need not send it.
-SESSION_KEY_HEADER = "X-Rtsoak-Session"
 PATHS = {"/v1/realtime": "openai", "/openai/v1/realtime": "azure", "/openai/realtime": "azure"}
 UPGRADE_FLOOR = 0.5  # wall seconds: the least time a client gets to send its HTTP request
 MAX_FRAME_BYTES = 24 * 1024 * 1024  # a 15 MiB append as base64 JSON, with room to spare
@@ -225,29 +223,9 @@ class FakeServer:
         return session_limits(self.config.limits, faults)
 
     # logging --------------------------------------------------------------------------------
-    def _log(
-        self,
-        type_: str,
-        request_id: str,
-        code: int | None = None,
-        text: str | None = None,
-        detail: dict[str, Any] | None = None,
-    ) -> None:
+    def _log(self, row: Row) -> None:
         if self.recorder is not None:
-            self.recorder.row(
-                self.clock.wall(),
-                self.clock.now(),
-                "server",
-                None,
-                -1,
-                -1,
-                "meta",
-                type_,
-                code=code,
-                item=request_id,
-                text=text,
-                detail=detail,
-            )
+            self.recorder.record(row, self.clock.wall_at(row.t), "server", None, -1, -1)
 
     # handshake ------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -293,16 +271,15 @@ class FakeServer:
         decision = self._sessions.decide(faults, session_key, client_key)
         if decision is None:
             return None
+        detail = {
+            "delay": decision.delay,
+            "evict": list(decision.evict),
+            "session_key": session_key,
+        }
         self._log(
-            "handshake_fault",
-            request_id,
-            code=decision.status,
-            text=decision.policy,
-            detail={
-                "delay": decision.delay,
-                "evict": list(decision.evict),
-                "session_key": session_key,
-            },
+            HandshakeFaultRow(
+                self.clock.now(), request_id, decision.status, decision.policy, detail
+            )
         )
         status = await self._sessions.admit(decision, faults)
         return None if status is None else error_response(status, headers=headers)
@@ -330,29 +307,18 @@ class FakeServer:
             dialect="beta" if beta else "ga",
         )
         faults = profile.start(session_key, now)
-        self._log(
-            "session_open",
-            request_id,
-            text=session.session_id,
-            detail={
-                "session_key": session_key,
-                "peer": request.remote,
-                "path": redact_url(request.path_qs),
-                "headers": sorted(request.headers),
-            },
-        )
+        opened = {
+            "session_key": session_key,
+            "peer": request.remote,
+            "path": redact_url(request.path_qs),
+            "headers": sorted(request.headers),
+        }
+        self._log(ServerRow(now, "session_open", request_id, None, session.session_id, opened))
 
         def note(fault: Fault) -> None:
-            self._log(
-                "fault",
-                request_id,
-                code=fault.code,
-                text=fault.policy,
-                detail={
-                    **fault.detail(self.clock.now(), session.opened),
-                    "session_key": session_key,
-                },
-            )
+            t = self.clock.now()
+            detail = {**fault.detail(t, session.opened), "session_key": session_key}
+            self._log(FaultRow(t, request_id, fault.code, fault.policy, detail))
 
         async def send_error(fault: Fault) -> None:
             text = json.dumps(session.error_event(fault.error_code, fault.error_message))
@@ -388,12 +354,9 @@ class FakeServer:
             """The fake itself failed on one frame: log it as the server's fault (never the
             client's), and answer as the service does, with a `server_error` event; the
             connection goes on."""
-            self._log(
-                "frame_error",
-                request_id,
-                text=type(exc).__name__,
-                detail={"error": repr(exc)[:300], "session_key": session_key},
-            )
+            detail = {"error": repr(exc)[:300], "session_key": session_key}
+            name = type(exc).__name__
+            self._log(ServerRow(self.clock.now(), "frame_error", request_id, None, name, detail))
             return session.error_event(
                 "server_error", "The server had an error while processing your request."
             )
@@ -457,12 +420,11 @@ class FakeServer:
             pass
         except Exception as exc:  # a bug in the fake: close 1011 and say so, not "client"
             drv.ended_by = drv.ended_by or "server_error"
-            self._log(
-                "server_crash",
-                request_id,
-                text=type(exc).__name__,
-                detail={"error": repr(exc)[:300], "session_key": session_key},
+            detail = {"error": repr(exc)[:300], "session_key": session_key}
+            crash = ServerRow(
+                self.clock.now(), "server_crash", request_id, None, type(exc).__name__, detail
             )
+            self._log(crash)
             if not ws.closed:
                 await ws.close(code=1011, message=b"server error")
         finally:
@@ -473,10 +435,10 @@ class FakeServer:
             await asyncio.gather(timer_task, return_exceptions=True)
             if log is not None:
                 log.closed(drv.fault, drv.ended_by, self.stopping, ws.close_code)
+            ended_by = drv.ended_by or ("shutdown" if self.stopping else "client")
+            closed = {"buffer_ms": session.buffer_ms}
             self._log(
-                "session_close",
-                request_id,
-                code=ws.close_code,
-                text=drv.ended_by or ("shutdown" if self.stopping else "client"),
-                detail={"buffer_ms": session.buffer_ms},
+                ServerRow(
+                    self.clock.now(), "session_close", request_id, ws.close_code, ended_by, closed
+                )
             )

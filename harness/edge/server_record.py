@@ -1,11 +1,11 @@
 """`rtsoak serve --out DIR` as a run directory: each session's events both ways, as the proxy
 records them, beside the server's ground truth, and a manifest, so `rtsoak report DIR` works.
 
-The rows are the proxy's (harness.core.observer.RelayObserver): one client-side connection per
-session (variant `serve`, worker = the session's arrival number, attempt 1), its frames both
-ways, its utterances with the CRC of the audio the client sent, and how it ended. The server's
-own rows (`session_open`, `fault`, `handshake_fault`, `session_close`) stay as they are: the
-ground truth a report grades its diagnosis by, joined on the request id.
+The rows are the proxy's (harness.core.client.ClientConnection, inferring): one client-side
+connection per session (variant `serve`, worker = the session's arrival number, attempt 1), its
+frames both ways, its utterances with the CRC of the audio the client sent, and how it ended.
+The server's own rows (`session_open`, `fault`, `handshake_fault`, `session_close`) stay as they
+are: the ground truth a report grades its diagnosis by, joined on the request id.
 
 Only a standalone server records this way: an embedded server's run has its own workers'
 rows, and parsing every frame twice would slow it down.
@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMessage, WSMsgType
 
+from harness.core.client import ClientConnection
 from harness.core.faults import Fault, FaultKind
-from harness.core.observer import RelayObserver, Row
 from harness.core.outcomes import CloseCause, ClosedBy
+from harness.core.rows import ConnOpen, FrameRow, Row
 from harness.log.rundir import RunDir, RunDirError, open_run, run_facts
 
 if TYPE_CHECKING:
@@ -46,24 +47,13 @@ class SessionLog:
 
     def __init__(self, clock: Clock, recorder: Recorder, worker: int) -> None:
         self.clock, self.recorder, self.worker = clock, recorder, worker
-        self.obs = RelayObserver(f"{SERVE_VARIANT}/{worker}", clock.now())
-        self.write([Row(self.obs.opened, "meta", "conn_open")])
+        self.obs = ClientConnection(f"{SERVE_VARIANT}/{worker}", clock.now(), infer=True)
+        self.write([ConnOpen(self.obs.opened)])
 
     def write(self, rows: list[Row]) -> None:
         clock = self.clock
         for row in rows:
-            wall = clock.wall() - (clock.now() - row.t) / clock.scale
-            self.recorder.row(
-                wall,
-                row.t,
-                "client",
-                SERVE_VARIANT,
-                self.worker,
-                1,
-                row.dir,
-                row.type,
-                **row.fields,
-            )
+            self.recorder.record(row, clock.wall_at(row.t), "client", SERVE_VARIANT, self.worker, 1)
 
     def upgraded(self, request_id: str) -> None:
         self.write(self.obs.handshake(self.clock.now(), 101, request_id))
@@ -88,7 +78,7 @@ class SessionLog:
         try:
             rows = self.obs.client_frame(now, data)
         except Exception as exc:  # noqa: BLE001 (one frame misread never stops a session)
-            rows = [Row(now, "send", "unparseable", {"bytes_": len(data), "text": repr(exc)[:200]})]
+            rows = [FrameRow(now, "send", "unparseable", len(data), text=repr(exc)[:200])]
         self.write(rows)
 
     def sent(self, text: str) -> None:
@@ -96,7 +86,7 @@ class SessionLog:
         try:
             rows = self.obs.server_frame(now, text)
         except Exception as exc:  # noqa: BLE001
-            rows = [Row(now, "recv", "unparseable", {"bytes_": len(text), "text": repr(exc)[:200]})]
+            rows = [FrameRow(now, "recv", "unparseable", len(text), text=repr(exc)[:200])]
         self.write(rows)
 
     def control(self, dir_: str, kind: str, nbytes: int) -> None:

@@ -74,17 +74,8 @@ class Worker:
 
     # recording ------------------------------------------------------------------------------
     def _record(self, attempt: int, row: Row) -> None:
-        self.s.recorder.row(
-            self.clock.wall_at(row.t),
-            row.t,
-            "client",
-            self.s.variant,
-            self.s.worker,
-            attempt,
-            row.dir,
-            row.type,
-            **row.fields,
-        )
+        wall = self.clock.wall_at(row.t)
+        self.s.recorder.record(row, wall, "client", self.s.variant, self.s.worker, attempt)
 
     def _emit(self, link: Link, rows: list[Row]) -> None:
         """Record the core's rows, count utterance fates and wake what waits on them."""

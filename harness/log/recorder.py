@@ -46,6 +46,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from harness.core.rows import Row
+
 __all__ = [
     "APPEND",
     "APPEND_SCHEMA",
@@ -301,6 +303,12 @@ class Recorder:
                 None if detail is None else json.dumps(detail, default=str),
             )
         )
+
+    def record(
+        self, row: Row, wall: float, src: str, variant: str | None, worker: int, conn: int
+    ) -> None:
+        """A typed row (harness.core.rows), at `wall` epoch seconds, for one connection."""
+        self.row(wall, row.t, src, variant, worker, conn, row.dir, row.type, **row.fields)
 
     def appends(
         self, variant: str | None, worker: int, conn: int
