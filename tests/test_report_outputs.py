@@ -180,3 +180,39 @@ def test_the_lean_report_has_the_numbers_of_the_full_one(
     for summary in (full.summary, lean.summary):
         summary.pop("generated")
     assert json.dumps(lean.summary, default=str) == json.dumps(full.summary, default=str)
+
+
+def test_a_report_fits_each_model_once(finished_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Tables, charts, thresholds, findings and summary.json all read one fitted model: one
+    Kaplan-Meier fit per variant and one for the run as a whole (the trend's "all" row), one
+    recovery, hazard, Weibull, log-rank and Cox fit per report."""
+    from collections import Counter
+
+    from lifelines import KaplanMeierFitter
+
+    from harness.log.frames import load
+    from harness.report import analysis, build_report
+
+    calls: Counter[str] = Counter()
+    names = (
+        "recovery",
+        "hazard_by_age",
+        "weibull_by_variant",
+        "pairwise_logrank",
+        "cox_by_factors",
+    )
+    for name in names:
+        real = getattr(analysis, name)
+        monkeypatch.setattr(
+            analysis, name, lambda *a, _r=real, _n=name, **k: calls.update([_n]) or _r(*a, **k)
+        )
+    real_fit = KaplanMeierFitter.fit
+    monkeypatch.setattr(
+        KaplanMeierFitter,
+        "fit",
+        lambda self, *a, **k: calls.update(["km"]) or real_fit(self, *a, **k),
+    )
+    frames = load(finished_run)
+    build_report([finished_run], out=tmp_path / "report", frames=frames)
+    variants = frames.connections["variant"].nunique()
+    assert calls == Counter({"km": variants + 1, **dict.fromkeys(names, 1)})

@@ -99,9 +99,10 @@ class KeepaliveSection:
 
     ping_interval: float = spec(20.0, kind="duration")  # 0: no pings; the pong is due within half
 
-    def heartbeat(self, scale: float) -> float | None:
-        """aiohttp's heartbeat works in wall seconds."""
-        return self.ping_interval / scale if self.ping_interval > 0 else None
+    @property
+    def heartbeat(self) -> float | None:
+        """Scenario seconds between pings, or None: no pings."""
+        return self.ping_interval if self.ping_interval > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

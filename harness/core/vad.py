@@ -45,7 +45,7 @@ class ServerVad:
     ) -> None:
         self.level = 10 ** (threshold_dbfs(threshold) / 20) * 32768.0  # RMS in sample units
         # the same test on a frame's sum of squares: no mean or square root per 10 ms frame,
-        # which cost a fifth of the server's time per append with server VAD (bench/RESULTS.md)
+        # the server's largest per-append cost under server VAD
         self._loud_energy = self.level**2 * (FRAME_MS * BYTES_PER_MS // 2)
         self.prefix_ms = int(prefix_padding_ms)
         self.silence_ms = int(silence_duration_ms)

@@ -78,7 +78,7 @@ class ScaledClock:
 class _DeadlineWaker:
     """Wakes every sleeper of one event loop whose deadline falls in the same millisecond with
     one timer. Hundreds of paced senders would otherwise start, fire and drop a timer each per
-    frame, which is 14 % of a bare sender's CPU (bench/RESULTS.md). Deadlines are rounded
+    frame, a cost that grows with the fleet. Deadlines are rounded
     to the nearest millisecond: uvloop's timers have that resolution anyway, and with them the
     lateness of paced frames stays centred where a timer per sleeper had it."""
 

@@ -78,8 +78,8 @@ class ServerConfig:
     # rtsoak variants may each have their own faults, chosen by the session key's variant
     variant_faults: dict[str, FaultProfile] = field(default_factory=dict)
     # with a recorder: also record each session's events both ways as the proxy does, and a
-    # manifest beside the log, so `rtsoak report` reads the directory (harness/fakeserver/
-    # record.py). None: when the server is standalone, i.e. its clock is not waiting for a
+    # manifest beside the log, so `rtsoak report` reads the directory (harness/edge/
+    # server_record.py). None: when the server is standalone, i.e. its clock is not waiting for a
     # runner at start (an embedded one's is) and its log's directory holds no other run's
     # manifest (a run records its own workers)
     record_clients: bool | None = None
@@ -159,7 +159,7 @@ class FakeServer:
         self.stopping = False
         self._carrier = FaultCarrier(self._sessions.sleep)  # half-open and delayed closes pending
         self._listener: Listener | None = None
-        self._recording = False  # each session's client-side rows (record.py)
+        self._recording = False  # each session's client-side rows (server_record.py)
         self._manifest: dict[str, Any] | None = None
         self.port = 0
         self.host = "127.0.0.1"
@@ -202,7 +202,7 @@ class FakeServer:
 
     @property
     def upgrade_wall_timeout(self) -> float:
-        return max(UPGRADE_FLOOR, self.config.upgrade_timeout / self.clock.scale)
+        return max(UPGRADE_FLOOR, self.clock.wall_seconds(self.config.upgrade_timeout))
 
     async def stop(self) -> None:
         """Open sessions first end with 1001 (the service going away), so each is closed and
@@ -362,8 +362,8 @@ class FakeServer:
             )
 
         def nearest_deadline() -> float:
-            """Called for every frame: plain comparisons, no generator (that was 8 % of the
-            server's CPU under a worker fleet)."""
+            """Called for every frame: plain comparisons, no generator (a generator per frame
+            is a measurable share of the server's CPU under a fleet)."""
             ours, theirs = session.next_deadline(), faults.next_deadline()
             if ours is None:
                 return math.inf if theirs is None else theirs

@@ -138,7 +138,7 @@ class LiveSessions:
 
     async def sleep(self, seconds: float) -> None:
         """Scenario seconds, on the run clock."""
-        await asyncio.sleep(max(0.0, seconds / self.clock.scale))
+        await asyncio.sleep(max(0.0, self.clock.wall_seconds(seconds)))
 
     def add(self, session_key: str, live: Live) -> None:
         self.live[session_key] = live
@@ -311,10 +311,9 @@ class SessionDriver:
             wake.clear()
             self.until = until = nearest()
             if until < math.inf:
-                delay = (until - clock.now()) / clock.scale
+                delay = clock.wall_seconds(until - clock.now())
                 if delay > 0:
-                    # a timer that sets `wake`, not wait_for(): that made a task per wait,
-                    # 5 % of the server's CPU under a worker fleet
+                    # a timer that sets `wake`, not wait_for(), which makes a task per wait
                     alarm = loop.call_later(delay, wake.set)
                     try:
                         await wake.wait()

@@ -188,7 +188,8 @@ class Worker:
         headers = {**self.s.target.headers, SESSION_KEY_HEADER: key}
         if self.sc.protocol.dialect == "beta":
             headers[BETA_HEADER[0]] = BETA_HEADER[1]
-        heartbeat = self.sc.keepalive.heartbeat(clock.scale)
+        ping = self.sc.keepalive.heartbeat  # aiohttp pings in wall seconds
+        heartbeat = None if ping is None else clock.wall_seconds(ping)
         if not await link.connect(http, self.s.target.url, headers, heartbeat):
             return link
         rotate_age = self.sc.reconnect.rotation_age(self.policy_rng)

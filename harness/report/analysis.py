@@ -99,24 +99,30 @@ def survival_by_variant(
     conns = observed_connections(connections)
     summaries, fitters = [], {}
     for variant, group in conns.groupby("variant", observed=True):
-        kmf = kaplan_meier(group["lifetime"], group["dropped"], str(variant))
-        fitters[str(variant)] = kmf
-        ci = median_survival_times(kmf.confidence_interval_)
-        drops, hours, rate, rate_ci = drop_rate(group)
-        summaries.append(
-            SurvivalSummary(
-                variant=str(variant),
-                connections=len(group),
-                drops=drops,
-                censored=int((~group["dropped"]).sum()),
-                connection_hours=hours,
-                drops_per_hour=rate,
-                drops_per_hour_ci=rate_ci,
-                median_s=float(kmf.median_survival_time_),
-                median_ci_s=(float(ci.iloc[0, 0]), float(ci.iloc[0, 1])),
-            )
-        )
+        summary, fitters[str(variant)] = survival_summary(group, str(variant))
+        summaries.append(summary)
     return summaries, fitters
+
+
+def survival_summary(
+    observed: pd.DataFrame, label: str
+) -> tuple[SurvivalSummary, KaplanMeierFitter]:
+    """One group's Kaplan-Meier fit and the numbers the report gives for it."""
+    kmf = kaplan_meier(observed["lifetime"], observed["dropped"], label)
+    ci = median_survival_times(kmf.confidence_interval_)
+    drops, hours, rate, rate_ci = drop_rate(observed)
+    summary = SurvivalSummary(
+        variant=label,
+        connections=len(observed),
+        drops=drops,
+        censored=int((~observed["dropped"]).sum()),
+        connection_hours=hours,
+        drops_per_hour=rate,
+        drops_per_hour_ci=rate_ci,
+        median_s=float(kmf.median_survival_time_),
+        median_ci_s=(float(ci.iloc[0, 0]), float(ci.iloc[0, 1])),
+    )
+    return summary, kmf
 
 
 def close_codes(connections: pd.DataFrame) -> pd.DataFrame:

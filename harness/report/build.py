@@ -27,7 +27,6 @@ from harness.log.rundir import ReportDir, RunDir, RunDirError
 from harness.report import analysis, charts
 from harness.report.fidelity import SATURATED_P99_MS
 from harness.report.findings import WINDOW_S
-from harness.report.history import night_rows
 from harness.report.model import ReportModel, fit
 from harness.report.thresholds import Verdict, console_table, judge, write_junit
 
@@ -232,7 +231,7 @@ def _summary(frames: ReportFrames, model: ReportModel, verdicts: list[Verdict]) 
         "torn_batches": frames.torn_batches,
         "events": frames.rows,
         # what `rtsoak report --history` reads, so a night kept for the trend needs no event log
-        "trend": night_rows(frames.connections, frames.utterances),
+        "trend": model.trend,
     }
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from lifelines.utils import median_survival_times
 from scipy import stats
 
 from harness.log.frames import load_for_report
@@ -36,37 +35,41 @@ ALPHA = 0.05
 METRICS = (("drops", "drops"), ("lost", "lost_utterances"))
 
 
-def night_rows(connections: pd.DataFrame, utterances: pd.DataFrame) -> list[dict[str, Any]]:
+def night_rows(
+    connections: pd.DataFrame,
+    utterances: pd.DataFrame,
+    survival: list[analysis.SurvivalSummary] | None = None,
+) -> list[dict[str, Any]]:
     """A night's numbers for the trend, overall ("all") and per variant: drops per
     connection-hour and lost utterances per connection-hour with exact (Garwood) 95 % CIs, the
     Kaplan-Meier median lifetime with its CI. summary.json keeps them under `trend`, so the
-    trend of restored nights needs only their summary.json and manifest.json."""
-    groups = [("all", connections, utterances)] + [
-        (str(v), connections[connections["variant"] == v], utterances[utterances["variant"] == v])
-        for v in connections["variant"].astype(str).unique()
-    ]
+    trend of restored nights needs only their summary.json and manifest.json. `survival`: the
+    per-variant fits when the report has them already (only "all" is fitted here then)."""
+    observed = analysis.observed_connections(connections)
+    if observed.empty:
+        return []
+    if survival is None:
+        survival, _ = analysis.survival_by_variant(connections)
+    lost_final = (utterances["status"].astype(str) == "lost") & utterances["final"].astype(bool)
+    lost_by = utterances.loc[lost_final, "variant"].astype(str).value_counts()
+    overall, _ = analysis.survival_summary(observed, "all")
     rows = []
-    for label, c, u in groups:
-        observed = analysis.observed_connections(c)
-        if observed.empty:
-            continue
-        kmf = analysis.kaplan_meier(observed["lifetime"], observed["dropped"], label)
-        ci = median_survival_times(kmf.confidence_interval_)
-        drops, hours, rate, (lo, hi) = analysis.drop_rate(observed)
-        lost = int(((u["status"].astype(str) == "lost") & u["final"].astype(bool)).sum())
+    for s in [overall, *survival]:
+        lost = int(lost_final.sum()) if s is overall else int(lost_by.get(s.variant, 0))
+        hours = s.connection_hours
         lost_lo, lost_hi = analysis.poisson_rate_ci(lost, hours)
         rows.append(
             {
-                "variant": label,
-                "connections": len(observed),
-                "drops": drops,
+                "variant": s.variant,
+                "connections": s.connections,
+                "drops": s.drops,
                 "connection_hours": hours,
-                "drops_per_hour": rate,
-                "drops_per_hour_lo": lo,
-                "drops_per_hour_hi": hi,
-                "median_s": float(kmf.median_survival_time_),
-                "median_lo_s": float(ci.iloc[0, 0]),
-                "median_hi_s": float(ci.iloc[0, 1]),
+                "drops_per_hour": s.drops_per_hour,
+                "drops_per_hour_lo": s.drops_per_hour_ci[0],
+                "drops_per_hour_hi": s.drops_per_hour_ci[1],
+                "median_s": s.median_s,
+                "median_lo_s": s.median_ci_s[0],
+                "median_hi_s": s.median_ci_s[1],
                 "lost_utterances": lost,
                 "lost_per_hour": lost / hours if hours > 0 else math.nan,
                 "lost_per_hour_lo": lost_lo,

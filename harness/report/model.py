@@ -13,6 +13,7 @@ from lifelines import KaplanMeierFitter
 from harness.log.frames import ReportFrames
 from harness.report import analysis, fidelity
 from harness.report.findings import agreement_table, diagnose, findings
+from harness.report.history import night_rows
 
 __all__ = ["ReportModel", "fit", "stopped_workers"]
 
@@ -23,6 +24,7 @@ class ReportModel:
     survival: list[analysis.SurvivalSummary]
     fitters: dict[str, KaplanMeierFitter]
     ranking: pd.DataFrame
+    trend: list[dict[str, Any]]  # the night's rows for `--history` (history.night_rows)
     logrank: pd.DataFrame
     cox: analysis.CoxResult | None
     power: dict[str, float]
@@ -61,6 +63,7 @@ def fit(frames: ReportFrames) -> ReportModel:
         survival=survival,
         fitters=fitters,
         ranking=analysis.ranking(conns, utts),
+        trend=night_rows(conns, utts, survival),
         logrank=analysis.pairwise_logrank(conns),
         cox=analysis.cox_by_factors(conns),
         power=analysis.power(drops, drops / hours if hours else 0.0),

@@ -166,7 +166,7 @@ async def _serve(
         log(banner(url, "rtsoak proxy", "; it is never forwarded", tls=options.tls))
         log(f"rtsoak: relaying to {target.describe()['url']}; recording into {run_dir}")
         try:
-            await asyncio.wait_for(asyncio.shield(stop), options.duration / clock.scale)
+            await asyncio.wait_for(asyncio.shield(stop), clock.wall_seconds(options.duration))
         except TimeoutError:
             log("rtsoak: proxy duration reached; closing connections")
         await proxy.stop()

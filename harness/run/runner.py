@@ -387,7 +387,7 @@ def _join_parts(
 ) -> list[WorkersResult]:
     """Wait for the child processes (bounded: the rest of the duration and their own 30 s to
     close), then read what each recorded. An interrupt is passed on to them."""
-    deadline = time.monotonic() + max(0.0, (scenario.run.duration - clock.now()) / clock.scale)
+    deadline = time.monotonic() + max(0.0, clock.wall_seconds(scenario.run.duration - clock.now()))
     for proc in parts:
         if interrupted and proc.poll() is None:
             proc.terminate()  # a SIGTERM stops their workers gracefully, as ours
