@@ -51,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", type=Path)
     run.add_argument("--workers", type=int, help="override run.workers (per variant)")
     run.add_argument("--duration", type=_duration, help="scenario time, e.g. 90s, 25m")
-    run.add_argument("--time-scale", type=_time_scale, help="override run.time_scale (fake target)")
+    run.add_argument(
+        "--time-scale",
+        type=_time_scale,
+        help="override run.time_scale (fake target, or a url target on loopback)",
+    )
     run.add_argument("--seed", type=int, help="override run.seed: same seed, same run")
     run.add_argument("--out", type=Path, default=Path("reports"), help="where run dirs go")
     _target_and_caps(run)
@@ -141,12 +145,23 @@ def _parser() -> argparse.ArgumentParser:
 def _target_and_caps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
-        choices=("fake", "openai", "azure", "url"),
-        help="override run.target; real targets read keys from the environment",
+        type=_target,
+        metavar="{fake,openai,azure,url,ws://...}",
+        help="override run.target; a ws(s):// URL is target url with that URL (on loopback: "
+        "any time scale, no caps); real targets read keys from the environment",
     )
     parser.add_argument("--max-minutes", type=float, help="cap (real targets): wall minutes")
     parser.add_argument(
         "--max-audio-hours", type=float, help="cap (real targets): audio hours sent"
+    )
+
+
+def _target(text: str) -> str:
+    """A target kind, or a URL (target url with [target] url set to it)."""
+    if text in ("fake", "openai", "azure", "url") or text.startswith(("ws://", "wss://")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: choose fake, openai, azure or url, or give a ws:// or wss:// URL"
     )
 
 

@@ -190,11 +190,16 @@ class Scenario:
         return Path(self.source).parent / given
 
     def with_overrides(self, **run_fields: Any) -> Scenario:
-        """The scenario again with [run] fields replaced (command-line flags win)."""
+        """The scenario again with [run] fields replaced (command-line flags win). A target
+        given as a URL (`--target ws://127.0.0.1:PORT/v1/realtime`) is target "url" with
+        [target] url set to it."""
         given = {k: v for k, v in run_fields.items() if v is not None}
         if not given:
             return self
         doc = copy.deepcopy(self.doc)
+        if "://" in str(given.get("target", "")):
+            doc.setdefault("target", {})["url"] = given["target"]
+            given["target"] = "url"
         doc.setdefault("run", {}).update(given)
         return scenario_from_doc(doc, self.source)
 

@@ -2,6 +2,7 @@
 
 Keys come only from the environment (named as the official SDK names them) and travel only in
 request headers; `describe()` and `repr()` never show them. Anything but loopback must be TLS.
+A url target on loopback reaches nothing paid (`Target.paid`): it may run compressed, uncapped.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ __all__ = ["Target", "TargetError", "build_target"]
 
 OPENAI_BASE = "https://api.openai.com/v1"
 LOOPBACK_NAMES = ("localhost",)
+# what a url target on loopback sends when its key_env is unset: `rtsoak serve` takes any key
+LOOPBACK_PLACEHOLDER_KEY = "rtsoak-loopback-key"
 SECRET_WORDS = ("key", "token", "secret", "sig", "password", "auth")
 
 
@@ -75,6 +78,18 @@ class Target:
     @classmethod
     def fake(cls, url: str) -> Target:
         return cls("fake", url, {"Authorization": "Bearer rtsoak-fake-key"})
+
+    @property
+    def paid(self) -> bool:
+        """Whether the run may reach a paid endpoint, and so must run at 1x within caps.
+
+        The one rule: every real target is paid except a url target on a loopback host
+        (127.0.0.0/8, ::1, localhost), which is this machine (a `rtsoak serve` for a blind
+        rehearsal). openai and azure stay paid even with a loopback base URL: that is how
+        stand-ins for a paid service are pointed at."""
+        if self.kind == "fake":
+            return False
+        return not (self.kind == "url" and _is_loopback(urlsplit(self.url).hostname))
 
     def describe(self) -> dict[str, str]:
         """What may be written to manifests, logs and reports: never header values, never a
@@ -159,7 +174,10 @@ def build_target(kind: str, section: Any, env: Mapping[str, str] | None = None) 
             raise TargetError("set [target] url to a ws:// or wss:// URL")
         url = _ws_url(section.url, "[target] url")
         query = urlsplit(section.url).query
-        key = _key(env, section.key_env)
+        if _is_loopback(urlsplit(url).hostname) and not env.get(section.key_env, "").strip():
+            key = LOOPBACK_PLACEHOLDER_KEY  # this machine: a key, if it checks one, is yours to set
+        else:
+            key = _key(env, section.key_env)
         value = f"Bearer {key}" if section.header.lower() == "authorization" else key
         return Target("url", url + (f"?{query}" if query else ""), {section.header: value})
     raise TargetError(f"unknown target {kind!r}; use fake, openai, azure or url")

@@ -91,19 +91,28 @@ def planned_audio_hours(scenario: Scenario, library: AudioLibrary) -> float:
     return hours
 
 
-def check_real_target(scenario: Scenario, library: AudioLibrary, caps: Caps, log) -> None:
-    """Refuse to start a run against a paid endpoint that is unbounded or over its caps."""
-    if caps.max_minutes is None or caps.max_audio_hours is None:
-        raise TargetError("a real target needs caps: give --max-minutes and --max-audio-hours")
-    if scenario.run.time_scale != 1:
+def check_caps(scenario: Scenario, library: AudioLibrary, caps: Caps, log, paid: bool) -> None:
+    """Refuse to start a run against a paid endpoint that is unbounded, compressed or over its
+    caps; a run that reaches nothing paid is held only to the caps it was given."""
+    if paid and (caps.max_minutes is None or caps.max_audio_hours is None):
         raise TargetError(
-            "a real endpoint runs in real time: set run.time_scale = 1 (or --time-scale 1)"
+            "a real target needs caps: give --max-minutes and --max-audio-hours "
+            "(only a url target on loopback, such as a local `rtsoak serve`, needs none)"
         )
-    if scenario.run.duration > caps.max_minutes * 60:
+    if paid and scenario.run.time_scale != 1:
         raise TargetError(
-            f"run.duration is {scenario.run.duration / 60:.1f} min, over "
+            "a real endpoint runs in real time: set run.time_scale = 1 (or --time-scale 1); "
+            "only a url target on loopback (a local `rtsoak serve`) may be compressed"
+        )
+    wall_minutes = scenario.run.duration / scenario.run.time_scale / 60
+    if caps.max_minutes is not None and wall_minutes > caps.max_minutes:
+        raise TargetError(
+            f"run.duration is {wall_minutes:.1f} min"
+            f"{' wall' if scenario.run.time_scale != 1 else ''}, over "
             f"--max-minutes {caps.max_minutes:g}; shorten it with --duration"
         )
+    if caps.max_audio_hours is None:
+        return
     hours = planned_audio_hours(scenario, library)
     log(
         f"rtsoak: this run will send about {hours:.2f} audio hours "
@@ -209,13 +218,31 @@ def preflight(
     scenario: Scenario, caps: Caps = Caps(), log=print
 ) -> tuple[AudioLibrary, Target | None, AudioBudget | None]:
     """What `run` refuses before sending a frame (audio files, target settings and keys,
-    caps), and what it needs from them; `rtsoak validate` runs the same checks."""
+    caps), and what it needs from them; `rtsoak validate` runs the same checks.
+
+    Only a paid target (`Target.paid`: any real one but a url on loopback) is held to real
+    time and caps; a loopback url is this machine, so it runs as the fake does: any time
+    scale, and only the caps it is given (its server must run at the same time scale:
+    nothing here can tell)."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target, budget = None, None
     if scenario.run.target != "fake":
         target = build_target(scenario.run.target, scenario.target)
-        check_real_target(scenario, library, caps, log)
-        budget = AudioBudget(caps.max_audio_hours or 0.0)
+        check_caps(scenario, library, caps, log, paid=target.paid)
+        if caps.max_audio_hours is not None:  # always, for a paid target (checked above)
+            budget = AudioBudget(caps.max_audio_hours)
+        if not target.paid:
+            log(
+                f"rtsoak: {target.describe()['url']} is on this machine: no caps needed; "
+                f"its server must run at this run's time scale "
+                f"(--time-scale {scenario.run.time_scale:g}), the client cannot check"
+            )
+            if scenario.raw_faults or any(v.raw_faults for v in scenario.variants):
+                log(
+                    "rtsoak: this scenario's [faults] act in the embedded fake server only; "
+                    f"for this target give them to its server: rtsoak serve --faults "
+                    f"{scenario.source}"
+                )
     return library, target, budget
 
 
