@@ -1,4 +1,4 @@
-"""rtsoak command line: run | serve | proxy | report | validate | list.
+"""rtsoak command line: run | serve | proxy | report | import | validate | list.
 
 Exit codes: 0 ok, 1 thresholds failed, 2 usage or configuration error, 130 interrupted.
 User mistakes print one clear line, never a traceback.
@@ -127,6 +127,33 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="report directory (default RUN/report)")
     report.add_argument(
         "--history", action="store_true", help="a night-over-night trend of these runs (trend.html)"
+    )
+
+    imp = sub.add_parser(
+        "import",
+        help="turn your own connection logs (CSV, JSON lines) into a run directory",
+        epilog="Columns, times and how a connection's end is classified: docs/import.md",
+    )
+    imp.add_argument("files", type=Path, nargs="+", help="connection rows: .csv, .jsonl, .ndjson")
+    imp.add_argument(
+        "--events",
+        type=Path,
+        action="append",
+        default=[],
+        help="a file of event rows (frames sent and received); repeat for more",
+    )
+    imp.add_argument("--out", type=Path, required=True, help="the run directory to write (new)")
+    imp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="COLUMN=YOURS",
+        help="read a column under your log's name, e.g. --map open=started_at",
+    )
+    imp.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip bad rows (counted on stderr and in the manifest) instead of failing",
     )
 
     validate = sub.add_parser(
@@ -443,6 +470,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_THRESHOLDS if report.failed else EXIT_OK
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from harness.log.importer import ImportOptions, LogImportError, import_logs, parse_mapping
+
+    try:
+        options = ImportOptions(
+            tuple(args.files), args.out, tuple(args.events), parse_mapping(args.map), args.skip_bad
+        )
+        result = import_logs(options)
+    except LogImportError as exc:
+        raise UsageError(str(exc)) from None
+    except LogWriteError:
+        raise
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write ({_reason(exc)}); pass another") from None
+    if result.skipped:
+        print(f"rtsoak: skipped {result.skipped} bad row(s), first:", file=sys.stderr)
+        for problem in result.problems:
+            print(f"  {problem}", file=sys.stderr)
+    print(
+        f"rtsoak: imported {result.connections} connections and {result.events} events "
+        f"into {result.run_dir}; next: rtsoak report {result.run_dir}"
+    )
+    return EXIT_OK
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Each file through `run`'s own checks (runner.preflight), stopping at the first
     refusal: what validate passes, run starts with the same flags."""
@@ -507,6 +559,7 @@ _COMMANDS = {
     "serve": _cmd_serve,
     "proxy": _cmd_proxy,
     "report": _cmd_report,
+    "import": _cmd_import,
     "validate": _cmd_validate,
     "list": _cmd_list,
 }

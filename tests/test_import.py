@@ -1,0 +1,338 @@
+"""`rtsoak import`: production logs in the documented CSV / JSON lines shape become a run
+directory whose frames say what the original run's say."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from conftest import rtsoak
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.log.frames import load
+from harness.log.importer import (
+    ImportOptions,
+    LogImportError,
+    import_logs,
+)
+from harness.report.analysis import survival_by_variant
+
+CENSORED_BY_THE_HARNESS = {"scenario_end": "client_close", "proactive": "client_close"}
+
+
+def _value(value: Any) -> Any:
+    return (
+        None
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+        else value
+    )
+
+
+def export(run_dir: Path, out: Path, fmt: str) -> tuple[Path, Path]:
+    """A run's connections and events frames in the shape docs/import.md documents: times as
+    epoch seconds (the run's scenario seconds), one file per row kind."""
+    frames = load(run_dir)
+    conns = []
+    for c in frames.connections.to_dict(orient="records"):
+        status = _value(c["handshake_status"])
+        conns.append(
+            {
+                "connection": str(c["connection"]),
+                "open": c["opened"],
+                "close": c["closed"],
+                "code": _value(c["close_code"]),
+                "established": _value(c["established"]),
+                "status": "none" if status is None else int(status),
+                "reason": _value(c["close_reason"]),
+                "closed_by": str(c["closed_by"]),
+                "variant": str(c["variant"]),
+                "worker": int(c["worker"]),
+                "request_id": _value(c["request_id"]),
+                "session_id": _value(c["session_id"]),
+            }
+        )
+    ev = frames.events
+    ev = ev[(ev["src"] == "client") & ev["dir"].isin(["send", "recv"])]
+    events = [
+        {
+            "time": e["t"],
+            "connection": str(e["connection"]),
+            "dir": str(e["dir"]),
+            "type": str(e["type"]),
+            "audio_ms": _value(e["audio_ms"]),
+            "item": _value(e["item"]),
+            "text": _value(e["text"]),
+            "bytes": _value(e["bytes"]),
+        }
+        for e in ev.to_dict(orient="records")
+    ]
+    return write(out / f"connections.{fmt}", conns), write(out / f"events.{fmt}", events)
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _listed(column: pd.Series) -> list[Any]:
+    return [_value(v) for v in column.astype(object)]
+
+
+def _by_key(conns: pd.DataFrame) -> pd.DataFrame:
+    return conns.sort_values(["variant", "worker", "conn"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_round_trip_gives_the_same_connections_and_survival(
+    finished_run: Path, tmp_path: Path, fmt: str
+) -> None:
+    conn_file, event_file = export(finished_run, tmp_path / "export", fmt)
+    out = tmp_path / "imported"
+    result = import_logs(ImportOptions((conn_file,), out, (event_file,)))
+    original, imported = load(finished_run), load(out)
+    a, b = _by_key(original.connections), _by_key(imported.connections)
+    assert result.connections == len(a) and result.skipped == 0
+    for col in ("variant", "worker", "conn", "dropped", "censored", "closed_by"):
+        assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
+    for col in ("close_code", "handshake_status", "request_id", "session_id", "close_reason"):
+        assert _listed(a[col]) == _listed(b[col]), col
+    causes = a["cause"].astype(str).replace(CENSORED_BY_THE_HARNESS)
+    assert causes.tolist() == b["cause"].astype(str).tolist()
+    for col in ("lifetime", "handshake_latency", "audio_sent_ms"):
+        pd.testing.assert_series_equal(a[col], b[col], check_names=False, atol=1e-6)
+    # inferring, a commit sent empties the buffer at once; the worker waits for its answer
+    unanswered = a["state"] == "awaiting_transcript"
+    pd.testing.assert_series_equal(
+        a["uncommitted_ms"][~unanswered], b["uncommitted_ms"][~unanswered], check_names=False
+    )
+    assert (b["uncommitted_ms"][unanswered] <= a["uncommitted_ms"][unanswered]).all()
+    # the quiet before each end, and what was being done: the same interpretation of frames
+    for col in ("since_sent", "since_recv"):
+        pd.testing.assert_series_equal(a[col], b[col], check_names=False, atol=1e-6)
+    assert (a["utterances_completed"] == b["utterances_completed"]).all()
+    assert (b["closed"] - b["opened"]).round(6).equals((a["closed"] - a["opened"]).round(6))
+    sa, _ = survival_by_variant(original.connections)
+    sb, _ = survival_by_variant(imported.connections)
+    assert [(s.variant, s.connections, s.drops, s.censored) for s in sa] == [
+        (s.variant, s.connections, s.drops, s.censored) for s in sb
+    ]
+    for x, y in zip(sa, sb, strict=True):
+        assert x.connection_hours == pytest.approx(y.connection_hours)
+        assert x.median_s == pytest.approx(y.median_s, nan_ok=True)
+        assert x.drops_per_hour == pytest.approx(y.drops_per_hour)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "import" and manifest["ground_truth"] is False
+    assert [s["path"] for s in manifest["import"]["sources"]] == [str(conn_file), str(event_file)]
+    assert "closed_by" in manifest["import"]["columns"]["connections"]
+    assert "audio_ms" in manifest["import"]["columns"]["events"]
+
+
+def test_round_trip_utterances_keep_their_fates(finished_run: Path, tmp_path: Path) -> None:
+    conn_file, event_file = export(finished_run, tmp_path / "export", "jsonl")
+    out = tmp_path / "imported"
+    import_logs(ImportOptions((conn_file,), out, (event_file,)))
+    original, imported = load(finished_run), load(out)
+    a = original.utterances["status"].astype(str).value_counts()
+    b = imported.utterances["status"].astype(str).value_counts()
+    # the fake transcript's CRC cannot be checked without the audio: a completion stays one
+    assert b.get("completed", 0) == a.reindex(["completed", "retried_ok", "mismatch"]).sum()
+    # an utterance begins at its first append: one the worker began but dropped before any
+    # audio left (state streaming, nothing uncommitted) is no utterance to an observer
+    conns = original.connections
+    unsent = conns["dropped"] & (conns["state"] == "streaming") & (conns["uncommitted_ms"] == 0)
+    assert 0 <= a.get("lost", 0) - b.get("lost", 0) <= unsent.sum()
+    assert set(b.index) <= {"completed", "lost", "failed", "rejected", "unfinished"}
+
+
+CONNS = """\
+connection,open,close,code,closed_by
+a,2025-01-31T12:00:00Z,2025-01-31T12:05:00Z,1006,
+b,1738324800,1738325000,1000,client
+c,1738324800.5,1738325100,1011,server
+"""
+
+
+def test_connections_only_leave_the_state_unknown(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text(CONNS)
+    import_logs(ImportOptions((tmp_path / "c.csv",), tmp_path / "run"))
+    conns = load(tmp_path / "run").connections
+    assert conns["cause"].astype(str).tolist() == ["abnormal", "client_close", "server_close"]
+    assert conns["dropped"].tolist() == [True, False, True]
+    assert conns["lifetime"].tolist() == [300.0, 200.0, 299.5]
+    assert conns["state"].isna().all() and conns["audio_sent_ms"].isna().all()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["import"]["columns"] == {"connections": ["closed_by"], "events": None}
+
+
+def test_without_closed_by_a_normal_closure_is_the_callers_and_others_the_servers(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "c.jsonl").write_text(
+        "".join(
+            json.dumps({"connection": str(code), "open": 100, "close": 200, "code": code}) + "\n"
+            for code in (1000, 1001, 1006, 1011, 4000)
+        )
+    )
+    import_logs(ImportOptions((tmp_path / "c.jsonl",), tmp_path / "run"))
+    conns = load(tmp_path / "run").connections.sort_values("close_code")
+    assert conns["closed_by"].astype(str).tolist() == [
+        "client",
+        "client",
+        "transport",
+        "server",
+        "server",
+    ]
+    assert conns["censored"].tolist() == [True, True, False, False, False]
+
+
+def test_a_refused_handshake_is_handshake_failed_and_not_a_drop(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text(
+        "connection,open,close,code,status\nok,10,20,1000,101\nno,10,11,,429\nnone,10,15,,none\n"
+    )
+    import_logs(ImportOptions((tmp_path / "c.csv",), tmp_path / "run"))
+    conns = load(tmp_path / "run").connections.set_index("handshake_error")
+    failed = conns.loc[["HTTP 429", "no HTTP answer"]]
+    assert (failed["cause"] == "handshake_failed").all() and not failed["dropped"].any()
+    assert failed["close_code"].tolist()[0] == 429
+
+
+def test_bad_rows_fail_with_file_line_and_field(tmp_path: Path) -> None:
+    bad = CONNS.replace("1011,server", "abc,server").replace("b,1738324800,", "b,yesterday,")
+    (tmp_path / "c.csv").write_text(bad)
+    result = rtsoak("import", str(tmp_path / "c.csv"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / 'c.csv'}:3: open: not a time: 'yesterday'" in result.stderr
+    assert f"{tmp_path / 'c.csv'}:4: code: not a whole number: 'abc'" in result.stderr
+    assert "2 bad row(s)" in result.stderr and "--skip-bad" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_counts_what_it_skipped(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text(CONNS + "d,1738324800,1738324700,1000,client\n")
+    (tmp_path / "e.jsonl").write_text(
+        json.dumps({"time": 1738324801, "connection": "d", "dir": "send", "type": "x"})
+        + "\nnot json\n"
+    )
+    result = rtsoak(
+        "import",
+        str(tmp_path / "c.csv"),
+        "--events",
+        str(tmp_path / "e.jsonl"),
+        "--out",
+        str(tmp_path / "run"),
+        "--skip-bad",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped 3 bad row(s)" in result.stderr
+    assert "c.csv:5: close: before the connection opened" in result.stderr
+    assert "e.jsonl:1: connection: 'd': its row (" in result.stderr
+    assert "e.jsonl:2: not JSON" in result.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["import"]["skipped"] == 3
+    assert len(load(tmp_path / "run").connections) == 3
+
+
+def test_map_flags_read_a_logs_own_column_names(tmp_path: Path) -> None:
+    renamed = CONNS.replace("connection,open,close,code", "conn_id,started_at,ended_at,close_code")
+    (tmp_path / "c.csv").write_text(renamed)
+    out = tmp_path / "run"
+    unmapped = rtsoak("import", str(tmp_path / "c.csv"), "--out", str(out))
+    assert unmapped.returncode == 2
+    assert f"{tmp_path / 'c.csv'}:1: no column 'connection', 'open', 'close', 'code'" in (
+        unmapped.stderr
+    )
+    assert "--map connection=NAME" in unmapped.stderr
+    args = ["--map", "connection=conn_id", "--map", "open=started_at", "--map", "close=ended_at"]
+    mapped = rtsoak(
+        "import", str(tmp_path / "c.csv"), "--out", str(out), *args, "--map", "code=close_code"
+    )
+    assert mapped.returncode == 0, mapped.stderr
+    assert "rtsoak report" in mapped.stdout
+    assert load(out).connections["close_code"].tolist() == [1006, 1000, 1011]
+    typo = rtsoak("import", str(tmp_path / "c.csv"), "--out", str(tmp_path / "x"), "--map", "opn=a")
+    assert typo.returncode == 2 and "did you mean 'open'" in typo.stderr
+
+
+def test_an_unknown_format_is_named(tmp_path: Path) -> None:
+    (tmp_path / "c.txt").write_text(CONNS)
+    result = rtsoak("import", str(tmp_path / "c.txt"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "c.txt: unknown format '.txt'; give .csv, .jsonl, .ndjson" in result.stderr
+
+
+def test_an_imported_run_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text(CONNS)
+    assert rtsoak("import", str(tmp_path / "c.csv"), "--out", str(tmp_path / "run")).returncode == 0
+    report = rtsoak("report", str(tmp_path / "run"))
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "run" / "report" / "index.html").is_file()
+
+
+HEADER = "connection,open,close,code,established,status,closed_by\n"
+EVENTS_HEADER = "time,connection,dir,type,audio_ms,item,text,bytes\n"
+junk_line = st.one_of(
+    st.text(max_size=80),
+    st.lists(
+        st.one_of(
+            st.sampled_from(["a", "b", "", "1000", "1006", "101", "none", "client", "1e400"]),
+            st.text(max_size=12),
+            st.floats(allow_nan=True).map(str),
+        ),
+        max_size=9,
+    ).map(",".join),
+    st.dictionaries(
+        st.sampled_from(["connection", "open", "close", "code", "time", "dir", "type", "audio_ms"]),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
+    ).map(json.dumps),
+    st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2)).map(json.dumps),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    conn_lines=st.lists(junk_line, max_size=5),
+    event_lines=st.lists(junk_line, max_size=5),
+    fmt=st.sampled_from(["csv", "jsonl"]),
+    skip_bad=st.booleans(),
+    raw=st.binary(max_size=20),
+)
+def test_junk_lines_give_the_clear_error_and_nothing_else(
+    conn_lines: list[str], event_lines: list[str], fmt: str, skip_bad: bool, raw: bytes
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        conns, events = base / f"c.{fmt}", base / f"e.{fmt}"
+        head = (HEADER, EVENTS_HEADER) if fmt == "csv" else ("", "")
+        good = (
+            "a,10,20,1006,,,\n"
+            if fmt == "csv"
+            else '{"connection":"a","open":10,"close":20,"code":1006}\n'
+        )
+        conns.write_bytes((head[0] + good + "\n".join(conn_lines)).encode() + raw)
+        events.write_text(head[1] + "\n".join(event_lines))
+        try:
+            result = import_logs(
+                ImportOptions((conns,), base / "run", (events,), skip_bad=skip_bad)
+            )
+        except LogImportError as exc:
+            assert str(exc)
+            assert not (base / "run").exists()
+        else:
+            assert result.connections >= 1
+            assert skip_bad or result.skipped == 0
