@@ -131,7 +131,8 @@ async def sender(url: str, n: int, seconds: float, frames_path: Path, features: 
                     return
                 await ws.send_frame(frames[k], text)
                 if record is not None:  # as the worker records an append
-                    record(pack(time.time(), now, len(frames[k]), 20.0, (now - due) * 1e3, stream))
+                    lag = (now - due) * 1e3
+                    record(pack(time.time(), now, len(frames[k]), 20.0, lag, -30.0, stream))
                 if now >= win_start:
                     lateness.append((now - due) * 1000.0)
                 k, left, due = (k + 1) % len(frames), left - 1, due + PERIOD

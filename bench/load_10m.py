@@ -185,6 +185,9 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
                 mask=np.tile(np.array([a is None for a in audio]), n_conns),
             ),
             "lag_ms": pa.array(lag, from_pandas=True),
+            "dbfs": pa.array(
+                np.where(np.isnan(lag), np.nan, -30.0).astype(np.float32), from_pandas=True
+            ),
             "code": pa.array(code, mask=code < 0),
             "item": _strings(n, item_at[item_sort], [item_values[i] for i in item_sort]),
             "text": _strings(n, text_at[text_sort], [text_values[i] for i in text_sort]),
@@ -217,6 +220,7 @@ def server_table(n_conns: int, dropped: np.ndarray) -> pa.Table:
             "bytes": pa.nulls(n, pa.int32()),
             "audio_ms": pa.nulls(n, pa.float32()),
             "lag_ms": pa.nulls(n, pa.float32()),
+            "dbfs": pa.nulls(n, pa.float32()),
             "code": pa.array(codes, pa.int32()),
             "item": pa.array(items),
             "text": pa.array(texts),

@@ -37,6 +37,7 @@ CHUNK_MS = 20
 FRAME = json.dumps(
     {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(CHUNK_MS * 48)).decode()}
 )
+DBFS = -120.0  # FRAME's level, recorded with it as the worker records `frame.dbfs`
 
 
 def micro(rows: int = 1_000_000, batch: int = 3_000, repeats: int = 3) -> dict[str, float]:
@@ -57,7 +58,7 @@ def _micro_once(rows: int, batch: int) -> dict[str, float]:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(rows):
             record, stream = streams[i % 300]
-            record(pack_append(1.7e9 + i, i * 0.02, 2618, 20.0, 0.3, stream))
+            record(pack_append(1.7e9 + i, i * 0.02, 2618, 20.0, 0.3, DBFS, stream))
             if i % batch == batch - 1:
                 rec.flush()
         rec.close()
@@ -136,7 +137,9 @@ async def sender(
                 await ws.send_str(FRAME)
                 lag = (now - due) * 1000.0
                 if log_append is not None:
-                    log_append(pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, stream))
+                    log_append(
+                        pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, DBFS, stream)
+                    )
                 if paced and k % 10 == 0:
                     lateness.append(lag)
                 k += 1
@@ -200,7 +203,7 @@ async def alternating(
                 await ws.send_str(FRAME)
                 if recording:
                     lag = (now - due) * 1000.0
-                    record(pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, stream))
+                    record(pack_append(time.time(), now, len(FRAME), CHUNK_MS, lag, DBFS, stream))
                 frames += 1
                 due += CHUNK_MS / 1000
 

@@ -137,7 +137,7 @@ def test_appends_read_back_as_sends_and_a_torn_appends_batch_is_skipped(tmp_path
     record, stream = rec.appends("v", 3, 2)
     for batch in range(2):
         for i in range(5):
-            record(pack_append(1e9 + i, batch + i / 50, 2000, 20.0, 0.5, stream))
+            record(pack_append(1e9 + i, batch + i / 50, 2000, 20.0, 0.5, -42.5, stream))
         rec.flush()
     rec.close()
     log = appends_log(run_dir / "events-client.arrows")
@@ -154,6 +154,7 @@ def test_appends_read_back_as_sends_and_a_torn_appends_batch_is_skipped(tmp_path
         (sends["worker"] == 3).all() and (sends["conn"] == 2).all() and sends["code"].isna().all()
     )
     assert sends["lag_ms"].tolist() == [0.5] * 5
+    assert sends["dbfs"].tolist() == [-42.5] * 5
 
 
 def test_utterance_times_and_crc_of_a_real_run(finished_run: Path) -> None:

@@ -64,3 +64,10 @@ def test_declared_schemas_match_the_doc() -> None:
     ):
         declared = {c: dtype_name(pd.api.types.pandas_dtype(d)) for c, d in columns.items()}
         assert declared == doc[name]
+
+
+def test_every_append_of_a_real_run_has_a_level_and_no_other_row_does(finished_run: Path) -> None:
+    events = load(finished_run).events
+    appends = events["type"] == "input_audio_buffer.append"
+    assert appends.any() and events.loc[appends, "dbfs"].notna().all()
+    assert events.loc[~appends, "dbfs"].isna().all()

@@ -157,10 +157,11 @@ def test_appends_and_rows_read_back_as_row_would_write_them_in_order(
                 if conn not in streams:  # once per connection, as the worker does
                     streams[conn] = fast.appends(variant, conn, conn + 1)
                 record, stream = streams[conn]
-                record(pack_append(1e9 + i, i / 3, 100 + i, 20.0 / (i + 1), i / 7, stream))
+                level = -100.0 + i
+                record(pack_append(1e9 + i, i / 3, 100 + i, 20.0 / (i + 1), i / 7, level, stream))
                 reference.row(
                     1e9 + i, i / 3, "client", variant, conn, conn + 1, "send", APPEND,
-                    100 + i, 20.0 / (i + 1), i / 7,
+                    100 + i, 20.0 / (i + 1), i / 7, dbfs=level,
                 )  # fmt: skip
 
         async def drain() -> None:  # the periodic flusher, slice by slice, then close
@@ -200,7 +201,7 @@ def test_an_appends_write_that_fails_in_the_log_thread_is_raised_not_lost(tmp_pa
     rec = Recorder(tmp_path / "events.arrows")
     record, stream = rec.appends("v", 0, 1)
     os.close(rec._appends_file.fileno())  # as with a disk that vanished
-    record(pack_append(1.0, 0.0, 100, 20.0, 0.1, stream))
+    record(pack_append(1.0, 0.0, 100, 20.0, 0.1, -30.0, stream))
     with pytest.raises(OSError):
         rec.flush()
     with pytest.raises(OSError):

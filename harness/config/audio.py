@@ -1,7 +1,7 @@
 """Audio fixtures: load WAV/FLAC, resample to 24 kHz mono PCM16, pre-encode append frames.
 
-Each utterance's append frames are built as JSON text once per chunk size, because building
-them per send costs more than sending them.
+Each utterance's append frames are built as JSON text once per chunk size, with their audio's
+level in dBFS, because building them per send costs more than sending them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from harness.core.audio_level import dbfs
 
 __all__ = ["RATE", "AudioError", "AudioLibrary", "Utterance", "silence", "noise"]
 
@@ -28,6 +30,7 @@ class AudioError(Exception):
 class Frame:
     json: bytes  # the whole input_audio_buffer.append event, UTF-8: sent as it is
     audio_bytes: int  # PCM bytes it carries
+    dbfs: float  # its audio's level (harness.core.audio_level), recorded per send
 
 
 @dataclass(slots=True)
@@ -50,7 +53,7 @@ class Utterance:
         if cached is None:
             step = RATE * 2 * chunk_ms // 1000
             chunks = [self.pcm[i : i + step] for i in range(0, len(self.pcm), step)]
-            cached = tuple(Frame(_APPEND % base64.b64encode(c), len(c)) for c in chunks)
+            cached = tuple(Frame(_APPEND % base64.b64encode(c), len(c), dbfs(c)) for c in chunks)
             self._frames[chunk_ms] = cached
         return cached
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.core import wire
+from harness.core.audio_level import dbfs
 from harness.core.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState
 from harness.core.outcomes import UtteranceStatus as Status
 from harness.core.protocol import COMPLETED, CREATED, FAILED, UPDATED, error_text, text_field
@@ -219,13 +220,15 @@ class ClientConnection:
         if event is None:
             return [FrameRow(now, "send", "unparseable", len(data))]
         type_ = event["type"]
-        audio_ms = None
+        audio_ms = level = None
         if type_ == "input_audio_buffer.append":
             pcm = _decode(event.get("audio"))
             if pcm is not None:
                 audio_ms = self._append(now, pcm)
+                if self.bytes_per_ms == PCM16_BYTES_PER_MS:  # G.711 bytes are no PCM16 level
+                    level = dbfs(pcm)
         rows = self._client_event(now, type_, event)
-        return [FrameRow(now, "send", type_, len(data), audio_ms=audio_ms), *rows]
+        return [FrameRow(now, "send", type_, len(data), audio_ms=audio_ms, dbfs=level), *rows]
 
     def _client_event(self, now: float, type_: str, event: dict[str, Any] | None) -> list[Row]:
         if type_ == "input_audio_buffer.commit":

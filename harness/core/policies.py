@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.core.audio_level import DBFS_FLOOR, dbfs
 from harness.core.faults import Fault, FaultKind, FaultSet, HandshakeDecision, policy_rng
 from harness.core.spec import spec
 
@@ -290,14 +291,6 @@ class SilenceHazardConfig(Action):
     mean: float = spec(60.0, kind="duration", lo=0.001)
 
 
-def dbfs(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    if samples.size == 0:
-        return -math.inf
-    rms = math.sqrt(float(np.dot(samples, samples)) / samples.size) / 32768.0
-    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
-
-
 class SilenceHazard(Policy):
     name = "silence_hazard"
     wants_audio = True
@@ -307,7 +300,9 @@ class SilenceHazard(Policy):
         self.silent_since: float | None = None
 
     def on_audio(self, now: float, pcm: bytes, buffer_bytes: int) -> Fault | None:
-        if dbfs(pcm) < self.config.threshold_dbfs:
+        level = dbfs(pcm)  # what the client recorded for the same audio
+        # at the floor (digital silence) is quiet even under a threshold at the floor
+        if level < self.config.threshold_dbfs or level <= DBFS_FLOOR:
             if self.silent_since is None:
                 self.silent_since = now
                 self.deadline = (

@@ -39,6 +39,7 @@ class FrameRow:
     item: str | None = None
     text: str | None = None
     audio_ms: float | None = None
+    dbfs: float | None = None  # an append's audio level (core/audio_level), when known
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -49,6 +50,8 @@ class FrameRow:
             out["text"] = self.text
         if self.audio_ms is not None:
             out["audio_ms"] = self.audio_ms
+        if self.dbfs is not None:
+            out["dbfs"] = self.dbfs
         return out
 
 

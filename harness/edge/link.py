@@ -258,5 +258,6 @@ class Link:
             core.last_sent = sent
             core.uncommitted_ms += audio_ms
             core.audio_ms += audio_ms
-            record(pack(wall_time(), sent, len(frame.json), audio_ms, (now - due) * 1e3, stream))
+            lag = (now - due) * 1e3
+            record(pack(wall_time(), sent, len(frame.json), audio_ms, lag, frame.dbfs, stream))
         return True

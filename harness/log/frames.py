@@ -79,6 +79,7 @@ EVENT_COLUMNS: dict[str, Any] = {
     "bytes": "Int32",
     "audio_ms": "float32",
     "lag_ms": "float32",
+    "dbfs": "float32",
     "code": "Int32",
     "item": _STRING,
     "text": _STRING,
@@ -163,12 +164,27 @@ def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch,
         yield batch
 
 
+def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    """The batches of one log as a table of `schema`, the recorder's: a column the log was
+    written without (`dbfs`, in logs older than it) is all nulls."""
+    if not batches or batches[0].schema.equals(schema):
+        return pa.Table.from_batches(batches, schema=schema)
+    table = pa.Table.from_batches(batches)
+    return pa.Table.from_arrays(
+        [
+            table.column(f.name) if f.name in table.column_names else pa.nulls(len(table), f.type)
+            for f in schema
+        ],
+        schema=schema,
+    )
+
+
 def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
     """The batches of one log as a table of event rows (LOADED_SCHEMA): an appends log's rows
     (APPEND_SCHEMA) are the sends they stand for, with the columns every append shares filled
     in, the categorical ones as one-word dictionaries rather than a string a row."""
     if not path.match(APPEND_LOG_GLOB):
-        events = pa.Table.from_batches(batches, schema=EVENT_SCHEMA)
+        events = _table(batches, EVENT_SCHEMA)
         return pa.Table.from_arrays(
             [
                 pc.dictionary_encode(events.column(f.name)) if f.name in _CATEGORIES else column
@@ -176,7 +192,7 @@ def _as_events(batches: list[pa.RecordBatch], path: Path) -> pa.Table:
             ],
             schema=LOADED_SCHEMA,
         )
-    appends = pa.Table.from_batches(batches, schema=APPEND_SCHEMA)
+    appends = _table(batches, APPEND_SCHEMA)
     rows = len(appends)
     first = pa.array(np.zeros(rows, np.int32))
     shared = {"src": "client", "dir": "send", "type": APPEND}

@@ -74,6 +74,7 @@ EVENT_SCHEMA = pa.schema(
         ("bytes", pa.int32()),  # frame size on the wire (JSON text)
         ("audio_ms", pa.float32()),  # audio carried by an append
         ("lag_ms", pa.float32()),  # send lateness against its deadline, wall milliseconds
+        ("dbfs", pa.float32()),  # level of the audio an append carries (core/audio_level)
         ("code", pa.int32()),  # close code or HTTP status
         ("item", pa.string()),  # item id / request id / utterance key
         ("text", pa.string()),  # transcript, error code, close reason
@@ -85,7 +86,7 @@ _STRING = pa.string()
 _TYPES = [f.type for f in EVENT_SCHEMA]
 _WIDTH = len(_FIELDS)
 _LAG = _FIELDS.index("lag_ms")
-_APPEND_WIDTH = 6  # wall, t, bytes, audio_ms, lag_ms, stream (see Recorder.appends)
+_APPEND_WIDTH = 7  # wall, t, bytes, audio_ms, lag_ms, dbfs, stream (see Recorder.appends)
 _APPEND_ROW = struct.Struct(f"={_APPEND_WIDTH}d")  # native float64s, as numpy reads them
 pack_append = _APPEND_ROW.pack
 _STREAM_WIDTH = 3  # variant code, worker, conn
@@ -102,6 +103,7 @@ APPEND_SCHEMA = pa.schema(
         ("bytes", pa.int32()),
         ("audio_ms", pa.float32()),
         ("lag_ms", pa.float32()),
+        ("dbfs", pa.float32()),
     ]
 )
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what an IPC stream writer closes with
@@ -209,7 +211,7 @@ class Recorder:
     """Appends rows and persists them in batches: `row()` rows to `path` in the order they
     were recorded, appends to `appends_log(path)` in the order they were sent.
 
-    An append is six numbers packed as float64s onto a bytearray, with no Python call of the
+    An append is seven numbers packed as float64s onto a bytearray, with no Python call of the
     recorder's (`appends()`): its connection's identity is filled in at flush time, a column
     at a time. Packed at once, the numbers' objects die while still in the cache; kept in a
     list until the flush, each would be a cache miss to convert and another to free."""
@@ -282,6 +284,8 @@ class Recorder:
         item: str | None = None,
         text: str | None = None,
         detail: dict[str, Any] | None = None,
+        *,
+        dbfs: float | None = None,
     ) -> None:
         # extend() with a tuple: the tuple dies at once, so the collector's count stays put
         self.rows.extend(
@@ -297,6 +301,7 @@ class Recorder:
                 bytes_,
                 audio_ms,
                 lag_ms,
+                dbfs,
                 code,
                 item,
                 text,
@@ -314,7 +319,7 @@ class Recorder:
         self, variant: str | None, worker: int, conn: int
     ) -> tuple[Callable[[bytes], None], int]:
         """For the per-frame path, once per client connection: `(record, stream)`, where
-        `record(pack_append(wall, t, bytes_, audio_ms, lag_ms, stream))` records one
+        `record(pack_append(wall, t, bytes_, audio_ms, lag_ms, dbfs, stream))` records one
         `input_audio_buffer.append` that connection sent (two C calls)."""
         if self._appends_writer is None and self.error is None:
             path = appends_log(self.path)
@@ -372,7 +377,7 @@ class Recorder:
             new = np.array(self._new_streams, np.int32).reshape(-1, _STREAM_WIDTH)
             self._streams = np.concatenate([self._streams, new.T], axis=1)
             del self._new_streams[:]
-        wall, t, bytes_, audio_ms, lag_ms, stream = values
+        wall, t, bytes_, audio_ms, lag_ms, dbfs, stream = values
         self.lateness.add(lag_ms)
         variant, worker, conn = self._streams[:, stream.astype(np.intp)]
         columns = [
@@ -384,6 +389,7 @@ class Recorder:
             pa.array(bytes_.astype(np.int32)),
             pa.array(audio_ms.astype(np.float32)),
             pa.array(lag_ms.astype(np.float32)),
+            pa.array(dbfs.astype(np.float32)),
         ]
         if self._appends_writer is None:  # its file could not be made: failed already
             return
