@@ -589,7 +589,9 @@ class ReportFrames:
     commits sent and, with a drop window, the appends of each dropped connection's last
     seconds (what the connections and utterances frames and the drop diagnosis read), not in
     log order; `lateness` has `run`, `variant` and `lag_ms` of every append that has a send
-    lateness; `rows` counts all event rows."""
+    lateness; `rows` counts all event rows; `sends` (SEND_COLUMNS) is every frame a client
+    sent, narrow, sorted by connection and time: what the blind diagnosis measures exposure
+    on (time idle, audio in the buffer, sending speed)."""
 
     events: pd.DataFrame
     lateness: pd.DataFrame
@@ -598,12 +600,14 @@ class ReportFrames:
     manifests: dict[str, dict[str, Any]]
     torn_batches: int
     rows: int
+    sends: pd.DataFrame | None = None
 
     @classmethod
     def from_frames(cls, frames: Frames) -> ReportFrames:
         """The same view of frames already loaded whole (their events stay as they are)."""
         events = frames.events
         appends = (events["type"] == APPEND).to_numpy(bool) & events["lag_ms"].notna().to_numpy()
+        sent = ((events["dir"] == "send") & (events["src"] == "client")).to_numpy(bool)
         return cls(
             events,
             events.loc[appends, ["run", "variant", "lag_ms"]].reset_index(drop=True),
@@ -612,7 +616,12 @@ class ReportFrames:
             frames.manifests,
             frames.torn_batches,
             len(events),
+            _sorted_sends(events.loc[sent, [c for c in SEND_COLUMNS if c in events.columns]]),
         )
+
+
+# the frames a client sent, as the blind diagnosis reads them (dbfs: when the log has levels)
+SEND_COLUMNS = ("connection", "t", "type", "audio_ms", "dbfs")
 
 
 def _max(column: pa.ChunkedArray) -> float:
@@ -651,6 +660,20 @@ class _EventsParquet:
         """Complete: the file appears under its name only now."""
         self.writer.close()
         os.replace(self.partial, self.path)
+
+
+def _sorted_sends(sends: pd.DataFrame) -> pd.DataFrame:
+    """SEND_COLUMNS in connection and time order, `connection` a category."""
+    sends = sends.astype({"connection": "category", "type": "category"})
+    order = np.lexsort((sends["t"].to_numpy(float), sends["connection"].cat.codes.to_numpy()))
+    return sends.iloc[order].reset_index(drop=True)
+
+
+def _sends(chunk: pa.Table) -> pa.Table:
+    """Of one chunk (with `connection`): the frames a client sent, SEND_COLUMNS only."""
+    sent = pc.and_(_equal(chunk.column("dir"), "send"), _equal(chunk.column("src"), "client"))
+    names = [c for c in SEND_COLUMNS if c in chunk.column_names]
+    return chunk.select(names).filter(sent)
 
 
 def _scan(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -711,6 +734,7 @@ def load_for_report(
     writer = _EventsParquet(events_parquet) if events_parquet is not None else None
     kept: list[pa.Table] = []
     lateness: list[pa.Table] = []
+    sends: list[pa.Table] = []
     last: dict[str, tuple[float, float]] = {}
     rows = torn = 0
     for name, (run_dir, _) in runs.items():
@@ -726,6 +750,7 @@ def load_for_report(
                 keep, late = _scan(chunk)
                 kept.append(keep)
                 lateness.append(late)
+                sends.append(_sends(_with_connection(chunk)))
             torn += chunks.torn
         if np.isfinite(t_max):
             last[name] = (t_max, wall_max)
@@ -753,7 +778,12 @@ def load_for_report(
     )
     late = late.astype({"run": "category", "variant": "category", "lag_ms": "float32"})
     manifests = {name: manifest for name, (_, manifest) in runs.items()}
-    return ReportFrames(events, late, conns, utts, manifests, torn, rows)
+    sent = (
+        pa.concat_tables(sends, promote_options="permissive").unify_dictionaries().to_pandas()
+        if sends
+        else pd.DataFrame({c: [] for c in SEND_COLUMNS[:4]})
+    )
+    return ReportFrames(events, late, conns, utts, manifests, torn, rows, _sorted_sends(sent))
 
 
 def write_frames(frames: Frames, out_dir: Path) -> None:

@@ -338,8 +338,6 @@ def weibull_by_variant(connections: pd.DataFrame) -> pd.DataFrame:
     CI already says how sure; a very long run can call a shape of 1.03 rising, so quote the
     shape too: the hazard at twice the age is 2**(shape - 1) times as high), "too few drops"
     below MIN_DROPS (the numbers are NaN), "no fit" if the fit failed."""
-    from lifelines import WeibullFitter
-
     rows = []
     for variant, group in observed_connections(connections).groupby("variant", observed=True):
         drops = int(group["dropped"].sum())
@@ -352,22 +350,33 @@ def weibull_by_variant(connections: pd.DataFrame) -> pd.DataFrame:
             "verdict": "too few drops",
         }
         if drops >= MIN_DROPS:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    wf = WeibullFitter().fit(
-                        group["lifetime"].clip(lower=1e-3), group["dropped"].astype(bool)
-                    )
-                ci = wf.summary.loc["rho_"]
-                shape = float(wf.rho_)
-                lo, hi = float(ci["coef lower 95%"]), float(ci["coef upper 95%"])
-            except Exception:  # lifelines raises several kinds on degenerate data
+            fit = weibull_shape(group["lifetime"], group["dropped"])
+            if fit is None:
                 row["verdict"] = "no fit"
             else:
+                shape, lo, hi = fit
                 verdict = "rising" if lo > 1.0 else "falling" if hi < 1.0 else "flat"
                 row.update(shape=shape, shape_lo=lo, shape_hi=hi, verdict=verdict)
         rows.append(row)
     return pd.DataFrame(rows, columns=WEIBULL_COLUMNS)
+
+
+def weibull_shape(lifetimes: pd.Series, dropped: pd.Series) -> tuple[float, float, float] | None:
+    """The Weibull shape of these lifetimes (dropped: observed, else censored) with lifelines'
+    95 % CI, or None when the fit fails."""
+    from lifelines import WeibullFitter
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wf = WeibullFitter().fit(
+                pd.Series(lifetimes, dtype=float).clip(lower=1e-3),
+                pd.Series(dropped).astype(bool),
+            )
+        ci = wf.summary.loc["rho_"]
+        return float(wf.rho_), float(ci["coef lower 95%"]), float(ci["coef upper 95%"])
+    except Exception:  # lifelines raises several kinds on degenerate data
+        return None
 
 
 def variant_factors(variants: list[str]) -> pd.DataFrame:

@@ -219,6 +219,9 @@ def _summary(frames: ReportFrames, model: ReportModel, verdicts: list[Verdict]) 
         ],
         "stopped_workers": _records(model.stopped),
         "diagnosis": {
+            variant: [v.as_dict() for v in verdicts] for variant, verdicts in model.verdicts.items()
+        },
+        "drop_categories": {
             str(v): {str(k): int(n) for k, n in counts.items()}
             for v, counts in model.diagnosis.dropna()
             .groupby(frames.connections["variant"].astype(str))
@@ -372,6 +375,7 @@ def _html(
         "thresholds": _thresholds_html(summary["thresholds"]),
         "ranking": _ranking_html(model),
         "findings": _findings_html(summary["findings"], model),
+        "verdicts": _verdicts_html(summary["diagnosis"]),
         "survival": _survival_table_html(summary["variants"]),
         "logrank": _logrank_html(model, images),
         "cox": _cox_html(model.cox),
@@ -539,6 +543,27 @@ def _hours(value: Any) -> str:
     if isinstance(value, float) and math.isinf(value):
         return "never (no difference)"
     return f"{value:,.0f}"
+
+
+def _verdicts_html(diagnosis: dict[str, list[dict[str, Any]]]) -> str:
+    """The blind diagnosis: per variant, each theory's verdict and its evidence, supported
+    first; the next step of each supported theory under it."""
+    order = {"supported": 0, "inconclusive": 1, "not_supported": 2}
+    columns = [("hypothesis", "theory"), ("verdict", "verdict"), ("evidence", "evidence")]
+    parts = []
+    for variant, verdicts in diagnosis.items():
+        rows = sorted(verdicts, key=lambda v: order[v["verdict"]])
+        steps = [f"{v['hypothesis']}: {v['next_step']}" for v in rows if v.get("next_step")]
+        supported = [v["hypothesis"] for v in rows if v["verdict"] == "supported"]
+        gist = ", ".join(supported) if supported else "no theory supported yet"
+        parts.append(
+            f"<details{' open' if len(diagnosis) < 4 else ''}><summary><b>"
+            f"{html.escape(variant)}</b>: {html.escape(gist)}</summary>"
+            + _table(rows, columns, css="findings")
+            + "".join(f"<p>Next: {html.escape(s)}</p>" for s in steps)
+            + "</details>"
+        )
+    return "".join(parts)
 
 
 def _findings_html(rows: list[dict[str, Any]], model: ReportModel) -> str:

@@ -7,11 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from lifelines import KaplanMeierFitter
 
 from harness.log.frames import ReportFrames
 from harness.report import analysis, fidelity
+from harness.report.diagnosis import Verdict, diagnose_variants
 from harness.report.findings import agreement_table, diagnose, findings
 from harness.report.history import night_rows
 
@@ -35,7 +37,8 @@ class ReportModel:
     outcomes: pd.DataFrame
     close_codes: pd.DataFrame
     stopped: pd.DataFrame
-    diagnosis: pd.Series
+    diagnosis: pd.Series  # per drop: the rule category of findings.diagnose
+    verdicts: dict[str, list[Verdict]]  # per variant: the blind diagnosis, theory by theory
     findings: list[dict[str, Any]]
     agreement: pd.DataFrame
     client_lateness: pd.DataFrame
@@ -58,6 +61,7 @@ def fit(frames: ReportFrames) -> ReportModel:
     by_scale = scales(frames)
     diagnosis = diagnose(conns, events, by_scale)
     weibull = analysis.weibull_by_variant(conns)
+    client_lateness = fidelity.client_lateness(frames.lateness)
     return ReportModel(
         connections=conns,
         survival=survival,
@@ -75,11 +79,29 @@ def fit(frames: ReportFrames) -> ReportModel:
         close_codes=analysis.close_codes(conns),
         stopped=stopped_workers(events),
         diagnosis=diagnosis,
+        verdicts=diagnose_variants(conns, frames.sends, timing_tolerance(frames, by_scale)),
         findings=findings(conns, events, frames.lateness, by_scale, diagnosis, weibull),
         agreement=agreement_table(conns, events, by_scale, diagnosis),
-        client_lateness=fidelity.client_lateness(frames.lateness),
+        client_lateness=client_lateness,
         fault_lateness=fidelity.fault_lateness(events, by_scale),
     )
+
+
+# wall seconds a client's view of an event may be off by beyond its send lateness: the time a
+# server's close takes to reach it, on loopback or a near region
+REACTION_S = 0.050
+
+
+def timing_tolerance(frames: ReportFrames, by_scale: dict[str, float]) -> float:
+    """Scenario seconds the clients' timing may be off by: the worst run's p99 send lateness
+    plus REACTION_S, times its time scale (a wall millisecond is k scenario ms at k x)."""
+    worst = 0.0
+    lateness = frames.lateness
+    for run, scale in by_scale.items():
+        lag = lateness.loc[lateness["run"].astype(str) == run, "lag_ms"].dropna()
+        p99 = float(np.percentile(lag, 99)) / 1000 if len(lag) else 0.0
+        worst = max(worst, scale * (p99 + REACTION_S))
+    return worst
 
 
 STOPPED_COLUMNS = ["variant", "worker", "at", "reason", "failures", "close_code", "status"]

@@ -1,0 +1,664 @@
+"""What kills the connections, judged blind: a verdict per theory and variant, from what the
+client saw and how long it spent in each state (harness.report.exposure). The method, its
+rules and its assumptions are in docs/diagnosis.md; this module is that text as code.
+
+For each covariate theory: is the drop rate higher once the covariate passes a threshold than
+the connection time spent past it explains? A piecewise-exponential model with one change
+point: drops past a candidate threshold against exposure past it, by the exact conditional
+(binomial) test, corrected for the candidates and windows looked at, then Holm across the
+theories of a variant. The strongest supported theory is taken first and the drops it explains
+are set aside before the next is judged, so one cause is not counted twice. Age comes last:
+a fixed limit is a threshold in age; otherwise the Weibull shape of what is left says wear-out,
+flat (random loss) or falling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.report.analysis import MIN_DROPS, weibull_shape
+from harness.report.exposure import Covariate, exposure_tables, handshake_attempts
+
+__all__ = ["HYPOTHESES", "Verdict", "diagnose_variants"]
+
+HYPOTHESES = (
+    "idle_timeout",
+    "buffer_pressure",
+    "rate",
+    "micro_burst",
+    "silence_hazard",
+    "concurrency_cap",
+    "max_duration",
+    "session_age",
+    "random_loss",
+    "handshake_faults",
+)
+ALPHA = 0.01  # a theory is supported below this, after the corrections
+MIN_IN_STATE = 5  # drops past the threshold a supported theory needs
+MIN_RATE_RATIO = 2.0  # and the lower CI bound of its effect
+RULED_OUT_RATIO = 3.0  # not supported: the run rules out an effect this large
+MAX_CANDIDATES = 40
+THRESHOLD_KEY = {
+    "idle_timeout": "threshold_s",
+    "silence_hazard": "threshold_s",
+    "max_duration": "threshold_s",
+    "buffer_pressure": "threshold_ms",
+    "concurrency_cap": "max_sessions",
+    "rate": "threshold_speed",
+    "micro_burst": "threshold_appends",
+}
+NEXT_STEP = {
+    "idle_timeout": "send a frame (a keepalive) more often than every {half} s, and compare "
+    "keepalive strategies",
+    "buffer_pressure": "commit before the buffer holds {value} of audio (shorter turns, or "
+    "commit and clear more often)",
+    "rate": "pace appends at real time (20–50 ms chunks on a steady clock) and compare pacing "
+    "strategies",
+    "micro_burst": "pace evenly: no catch-up bursts after a stall; compare pacing strategies",
+    "silence_hazard": "stop streaming long silence: send nothing between utterances, or "
+    "commit and clear",
+    "concurrency_cap": "keep at most {value} sessions per key (make-before-break rotation "
+    "opens a second one)",
+    "max_duration": "rotate sessions before {value} (reconnect.rotate_every)",
+    "session_age": "rotate sessions proactively and compare rotation ages (rtsoak recommend)",
+    "random_loss": "rotation will not help a constant hazard: make reconnect and replay cheap "
+    "(reconnect.replay, make-before-break)",
+    "handshake_faults": "back off on refused handshakes (honour Retry-After) and check quotas",
+}
+
+
+@dataclass(slots=True)
+class Verdict:
+    hypothesis: str
+    verdict: str  # supported | not_supported | inconclusive
+    evidence: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hypothesis": self.hypothesis,
+            "verdict": self.verdict,
+            "evidence": self.evidence,
+            **self.numbers,
+        }
+
+
+@dataclass(slots=True)
+class _Test:
+    """One covariate's change-point test in one variant."""
+
+    cov: Covariate
+    logp: float  # log p-value, corrected for the candidate thresholds (and windows)
+    tau: float
+    drops_in: int
+    drops: int
+    exposure_in: float
+    exposure: float
+    ratio: float
+    ratio_ci: tuple[float, float]
+    max_survived: float
+    min_drop: float
+    deterministic: bool
+    threshold: float | None = None
+    threshold_ci: tuple[float, float] | None = None
+    reference: tuple[float, float, float] | None = None  # ratio, lo, hi in the top decile
+
+
+def _above(spells: pd.DataFrame, tau: float, linear: bool) -> np.ndarray:
+    """Each spell's connection time with the covariate at or past `tau`."""
+    x0, x1, d = (spells[c].to_numpy(float) for c in ("x0", "x1", "duration"))
+    if not linear:
+        return np.where(x1 >= tau, d, 0.0)
+    rise = x1 - x0
+    share = np.where(rise > 0, np.clip((x1 - tau) / np.where(rise > 0, rise, 1.0), 0, 1), 0.0)
+    return np.where(rise > 0, d * share, np.where(x0 >= tau, d, 0.0))
+
+
+def _ratio_ci(d_in: int, d: int, e_in: float, e: float) -> tuple[float, float, float]:
+    """Rate ratio in-state against out-of-state, with its exact 95 % CI (the conditional
+    binomial of the drops' split, Clopper-Pearson)."""
+    e_out = e - e_in
+    if d == 0 or e_in <= 0 or e_out <= 0:
+        return math.nan, math.nan, math.nan
+    ci = stats.binomtest(d_in, d).proportion_ci(0.95, "exact")
+
+    def odds(p: float) -> float:
+        return math.inf if p >= 1 else p / (1 - p) * e_out / e_in
+
+    return odds(d_in / d), odds(ci.low), odds(ci.high)
+
+
+def _change_point(
+    cov: Covariate,
+    spells: pd.DataFrame,
+    drops: int,
+    exposure: float,
+    explained: set[str],
+    tol: float,
+) -> _Test | None:
+    tol = tol if cov.unit == "s" else 0.0  # the timing tolerance, in the covariate's unit
+    dropped = spells["dropped"].to_numpy(bool) & ~spells["connection"].isin(explained).to_numpy()
+    x1 = spells["x1"].to_numpy(float)
+    drop_x = np.sort(x1[dropped])
+    # a threshold in scenario seconds finer than the run's timing can resolve is not one
+    floor = tol if cov.unit == "s" else 0.0
+    drop_x = drop_x[drop_x > floor]
+    if drops == 0 or exposure <= 0 or len(drop_x) == 0:
+        return None
+    # A threshold just under each drop (by the timing tolerance, for covariates that grow
+    # with time): a drop's own spell then counts the time it spent past the threshold, and no
+    # drop sits on a set of no exposure. A threshold needs MIN_IN_STATE drops past it, where
+    # there are as many.
+    candidates = np.unique(np.maximum(drop_x - (tol if cov.linear else 0.0), floor))
+    enough = candidates[(drop_x[None, :] >= candidates[:, None]).sum(axis=1) >= MIN_IN_STATE]
+    if len(enough):
+        candidates = enough
+    if len(candidates) > MAX_CANDIDATES:
+        candidates = np.unique(np.quantile(candidates, np.linspace(0, 1, MAX_CANDIDATES)))
+    relevant = spells[x1 >= candidates[0]]
+    best = None
+    for tau in candidates:
+        e_in = float(_above(relevant, tau, cov.linear).sum())
+        d_in = int((drop_x >= tau).sum())
+        share = min(1.0, e_in / exposure)
+        # log p: past ~1e-300 p-values underflow to 0 and could no longer rank theories
+        logp = float(stats.binom.logsf(d_in - 1, drops, share)) if share < 1 else 0.0
+        if best is None or logp < best[0] or (logp == best[0] and d_in > best[2]):
+            best = (logp, tau, d_in, e_in)
+    assert best is not None
+    logp, tau, d_in, e_in = best
+    ratio, lo, hi = _ratio_ci(d_in, drops, e_in, exposure)
+    alive = ~spells["dropped"].to_numpy(bool) & ~spells["dying"].to_numpy(bool)
+    surv_x = spells.loc[alive, "x1"].to_numpy(float)
+    in_state = drop_x[drop_x >= tau]
+    min_drop = float(in_state.min()) if len(in_state) else math.nan
+    below = surv_x[surv_x < min_drop + tol] if len(surv_x) else surv_x
+    max_survived = float(below.max()) if len(below) else 0.0
+    # every spell that got past the least drop (by more than the timing) dropped
+    deterministic = bool(len(surv_x) == 0 or surv_x.max() < min_drop + tol)
+    test = _Test(
+        cov,
+        min(0.0, logp + math.log(len(candidates))),
+        float(tau),
+        d_in,
+        drops,
+        e_in,
+        exposure,
+        ratio,
+        (lo, hi),
+        max_survived,
+        min_drop,
+        deterministic,
+    )
+    test.threshold, test.threshold_ci = _threshold(test, relevant, drop_x, exposure, tol)
+    test.reference = _reference(cov, spells, drop_x, drops, exposure)
+    return test
+
+
+def _threshold(
+    test: _Test, spells: pd.DataFrame, drop_x: np.ndarray, exposure: float, tol: float
+) -> tuple[float, tuple[float, float]]:
+    """The threshold and its 95 % interval. Deterministic (every spell that reached it
+    dropped): between the most any survivor reached and the least any of its drops came at,
+    widened by the run's timing tolerance. Otherwise the profile likelihood of the change point
+    (a likelihood-ratio interval over a grid)."""
+    if test.deterministic and test.cov.unit == "sessions":  # a count: the cap is the least
+        return test.min_drop, (min(test.max_survived + 1, test.min_drop), test.min_drop)
+    if test.deterministic:
+        return test.min_drop, (max(0.0, test.max_survived - tol), test.min_drop + tol)
+    grid = np.linspace(0.0, test.min_drop, 60)
+    d = test.drops
+
+    def loglik(tau: float) -> float:
+        e_in = float(_above(spells, tau, test.cov.linear).sum()) if tau > 0 else exposure
+        d_in = int((drop_x >= tau).sum())
+        total = 0.0
+        for k, e in ((d_in, e_in), (d - d_in, exposure - e_in)):
+            if k > 0 and e > 0:
+                total += k * math.log(k / e) - k
+        return total
+
+    values = np.array([loglik(t) for t in grid])
+    best = float(values.max())
+    inside = grid[values >= best - stats.chi2.ppf(0.95, 1) / 2]
+    low = max(0.0, float(inside.min()) - tol)  # where the client saw it, less its timing
+    return float(grid[values.argmax()]), (low, test.min_drop + tol)
+
+
+def _reference(
+    cov: Covariate, spells: pd.DataFrame, drop_x: np.ndarray, drops: int, exposure: float
+) -> tuple[float, float, float] | None:
+    """Rate ratio in the top tenth of the connection time by this covariate: what rules a
+    theory out when no threshold stood out."""
+    if not len(spells):
+        return None
+    x = spells["x1"].to_numpy(float)
+    d = spells["duration"].to_numpy(float)
+    order = np.argsort(x)
+    cum = np.cumsum(d[order])
+    cut = np.searchsorted(cum, 0.9 * exposure) if cum[-1] >= 0.1 * exposure else len(cum) - 1
+    tau = float(x[order][min(cut, len(cum) - 1)])
+    if tau <= 0:
+        return None
+    e_in = float(_above(spells, tau, cov.linear).sum())
+    return _ratio_ci(int((drop_x >= tau).sum()), drops, e_in, exposure)
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        if value >= 120:
+            return f"{value / 60:.1f} min"
+        return f"{value:.1f} s" if value >= 1 else f"{value * 1000:.0f} ms"
+    if unit == "ms":
+        return f"{value / 1000:.1f} s"
+    if unit == "sessions":
+        return f"{value:.0f} sessions"
+    if unit == "appends":
+        return f"{value:.0f} appends"
+    return f"{value:.2f}x real time"
+
+
+NOUN = {
+    "idle_timeout": "time since the last frame sent",
+    "buffer_pressure": "uncommitted audio",
+    "rate": "sending speed",
+    "micro_burst": "bunching of appends",
+    "silence_hazard": "low-energy streaks",
+    "concurrency_cap": "sessions open at once",
+    "max_duration": "session age",
+}
+_WHAT = {
+    "idle_timeout": ("nothing sent for", "idle gaps longer than {x} (e.g. [silence] gap_max)"),
+    "buffer_pressure": ("uncommitted audio of", "utterances longer than {x} before a commit"),
+    "rate": ("audio sent at", "audio sent faster than {x}"),
+    "micro_burst": ("bursts of", "bursts of more than {x}"),
+    "silence_hazard": (
+        "low-energy audio streamed for",
+        'silence streamed for longer than {x} ([silence] fill = "zeros" or "noise")',
+    ),
+    "concurrency_cap": ("sessions open at once:", "more than {x} open at once"),
+    "max_duration": ("session age of", "sessions older than {x} (a longer run, no rotation)"),
+}
+
+
+def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
+    cov = test.cov
+    what, more = _WHAT[cov.theory]
+    window = (
+        f" (over {cov.window_s * 1000:g} ms)"
+        if cov.window_s and cov.window_s < 1
+        else (f" (over {cov.window_s:g} s)" if cov.window_s else "")
+    )
+    share = test.exposure_in / test.exposure if test.exposure else 1.0
+    if math.isnan(test.ratio):
+        ratio = "a rate the run cannot compare (no time spent elsewhere)"
+    elif math.isinf(test.ratio):
+        ratio = "every connection that got there dropped"
+    else:
+        ratio = (
+            f"{test.ratio:.1f}x the rate elsewhere (95 % CI {test.ratio_ci[0]:.1f}–"
+            f"{test.ratio_ci[1]:.1f})"
+        )
+    if verdict == "supported":
+        lo, hi = test.threshold_ci or (math.nan, math.nan)
+        return (
+            f"{test.drops_in} of {variant_drops} drops came at {what} "
+            f"{_fmt(test.tau, cov.unit)} or more{window}, in {test.exposure_in / 3600:.2f} of "
+            f"{test.exposure / 3600:.1f} connection-hours: {ratio}. Threshold "
+            f"{_fmt(test.threshold or test.tau, cov.unit)} (95 % CI {_fmt(lo, cov.unit)} to "
+            f"{_fmt(hi, cov.unit)})"
+            + ("; no connection outlived it" if test.deterministic else "")
+            + "."
+        )
+    if verdict == "not_supported":
+        most = _fmt(_most(test), cov.unit)
+        if cov.theory == "max_duration" and not test.deterministic:
+            return (
+                f"No fixed limit: connections lived past the ages at which others dropped "
+                f"(drops from {_fmt(test.min_drop, cov.unit)}, the oldest lived {most})."
+            )
+        ref = test.reference
+        if ref is not None and ref[2] < RULED_OUT_RATIO:
+            return (
+                f"Drops were no more frequent at high {NOUN[cov.theory]}: in the top tenth of "
+                f"connection time by it the rate was {ref[0]:.1f}x the rest (95 % CI "
+                f"{ref[1]:.1f}–{ref[2]:.1f}); the most reached was {most}."
+            )
+        return (
+            f"No threshold up to {most} stands out: the strongest, "
+            f"{_fmt(test.tau, cov.unit)}, held {test.drops_in} of {variant_drops} drops at "
+            f"{ratio}."
+        )
+    if share > 0.9:
+        return (
+            f"Can't tell yet: the run spent {100 * share:.0f} % of its connection time at "
+            f"{_fmt(test.tau, cov.unit)} or more of {NOUN[cov.theory]}, so there is nothing to "
+            f"compare with; to settle it, vary it (e.g. "
+            + more.format(x=_fmt(test.tau, cov.unit))
+            + " against less)."
+        )
+    return (
+        f"Can't tell yet: the best threshold, {_fmt(test.tau, cov.unit)}, held "
+        f"{test.drops_in} of {variant_drops} drops at {ratio}; to settle it, "
+        + more.format(x=_fmt(max(_most(test), test.tau) * 2, cov.unit))
+        + "."
+    )
+
+
+def _most(test: _Test) -> float:
+    x = test.cov.spells["x1"]
+    return float(x.max()) if len(x) else 0.0
+
+
+def _judge(test: _Test | None, cov: Covariate, logp_holm: float, drops: int) -> Verdict:
+    if cov.missing:
+        return Verdict(cov.theory, "inconclusive", f"Can't judge: {cov.missing}.")
+    if drops < MIN_IN_STATE:
+        said = "no drops" if drops == 0 else f"only {drops} drop{'s' * (drops > 1)}"
+        return Verdict(
+            cov.theory,
+            "inconclusive",
+            f"Can't tell yet: {said} to explain"
+            + (" after the supported theories" if test is not None or drops else "")
+            + f"; a theory needs {MIN_IN_STATE} drops in its state.",
+        )
+    if test is None:
+        return Verdict(
+            cov.theory,
+            "not_supported",
+            "No drop came with this covariate above zero.",
+        )
+    numbers: dict[str, Any] = {
+        "rate_ratio": test.ratio,
+        "rate_ratio_ci": list(test.ratio_ci),
+        "p": math.exp(logp_holm),
+        "drops_in_state": test.drops_in,
+        "hours_in_state": test.exposure_in / 3600,
+    }
+    if cov.window_s:
+        numbers["window_s"] = cov.window_s
+    supported = (
+        logp_holm < math.log(ALPHA)
+        and test.drops_in >= MIN_IN_STATE
+        and test.ratio_ci[0] >= MIN_RATE_RATIO
+    )
+    if supported:
+        key = THRESHOLD_KEY[cov.theory]
+        numbers[key] = test.threshold
+        numbers["threshold_ci"] = list(test.threshold_ci or ())
+        verdict = "supported"
+    elif drops >= MIN_DROPS and (
+        (test.reference is not None and test.reference[2] < RULED_OUT_RATIO)
+        or test.ratio_ci[1] < RULED_OUT_RATIO
+        or (cov.theory == "max_duration" and not test.deterministic)
+    ):
+        verdict = "not_supported"
+    else:
+        verdict = "inconclusive"
+    return Verdict(cov.theory, verdict, _sentence(test, verdict, drops), numbers)
+
+
+def _age_verdicts(
+    conns: pd.DataFrame, explained: set[str], limit_supported: bool, covariates_supported: bool
+) -> list[Verdict]:
+    """session_age and random_loss from the drops no other theory explains (those count as
+    censored at their time: something else ended them)."""
+    life = (conns["closed"] - conns["established"]).to_numpy(float)
+    left = conns["dropped"].to_numpy(bool) & ~conns["connection"].isin(explained).to_numpy()
+    n_left = int(left.sum())
+    shape = weibull_shape(pd.Series(life), pd.Series(left)) if left.sum() >= 3 else None
+    numbers = {"weibull_shape": shape[0], "weibull_shape_ci": [shape[1], shape[2]]} if shape else {}
+    hours = life.sum() / 3600
+    fit = f"Weibull shape {shape[0]:.2f} (95 % CI {shape[1]:.2f}–{shape[2]:.2f})" if shape else ""
+    if limit_supported:
+        age = Verdict(
+            "session_age",
+            "not_supported",
+            "The drops come at one age: a fixed session limit (max_duration), not wear-out.",
+            numbers,
+        )
+    elif shape is None or n_left < MIN_DROPS:
+        need = max(MIN_DROPS - n_left, 1)
+        age = Verdict(
+            "session_age",
+            "inconclusive",
+            f"Can't tell yet: {n_left} drops left unexplained in {hours:.1f} connection-hours; "
+            f"the age hazard's shape needs {MIN_DROPS} (about {need} more drops).",
+            numbers,
+        )
+    else:
+        if shape[1] > 1.0:
+            age = Verdict(
+                "session_age",
+                "supported",
+                f"The hazard rises with session age: {fit}; sessions wear out.",
+                numbers,
+            )
+        elif shape[2] < 1.0:
+            age = Verdict(
+                "session_age",
+                "not_supported",
+                f"The hazard falls with age ({fit}): early deaths, not wear-out.",
+                numbers,
+            )
+        else:
+            age = Verdict(
+                "session_age",
+                "not_supported" if shape[2] < 1.5 else "inconclusive",
+                f"No wear-out shown: {fit} includes a flat hazard.",
+                numbers,
+            )
+    drops = int(conns["dropped"].sum())
+    if drops == 0:
+        loss = Verdict("random_loss", "inconclusive", "Can't tell yet: no drops.")
+    elif n_left < MIN_DROPS:
+        loss = Verdict(
+            "random_loss",
+            "not_supported" if covariates_supported and n_left <= drops // 10 else "inconclusive",
+            f"{drops - n_left} of {drops} drops are explained by the supported theories; "
+            f"{n_left} are left.",
+        )
+    elif shape is not None and shape[1] <= 1.0 <= shape[2]:
+        rate = n_left / hours if hours else math.nan
+        loss = Verdict(
+            "random_loss",
+            "supported",
+            f"{n_left} drops no state explains, at a flat hazard ({fit}): "
+            f"{rate:.2f} per connection-hour, whatever the session did.",
+            {"drops_per_hour": rate},
+        )
+    else:
+        loss = Verdict(
+            "random_loss",
+            "not_supported",
+            "The hazard of the drops left is not flat in age.",
+            numbers,
+        )
+    return [age, loss]
+
+
+def _handshakes(attempts: pd.DataFrame) -> tuple[Verdict, Verdict | None]:
+    """handshake_faults, and a refusing concurrency cap (failures once a number is open)."""
+    n, failed = len(attempts), int(attempts["failed"].sum()) if len(attempts) else 0
+    if n == 0:
+        return Verdict("handshake_faults", "inconclusive", "No handshakes."), None
+    ci = stats.binomtest(failed, n).proportion_ci(0.95, "exact")
+    numbers = {"failed": failed, "attempts": n, "share_ci": [ci.low, ci.high]}
+    if failed >= MIN_IN_STATE:
+        hs = Verdict(
+            "handshake_faults",
+            "supported",
+            f"{failed} of {n} handshakes failed "
+            f"(95 % CI {100 * ci.low:.1f}–{100 * ci.high:.1f} %).",
+            numbers,
+        )
+    elif failed == 0:
+        hs = Verdict(
+            "handshake_faults",
+            "not_supported",
+            f"None of {n} handshakes failed (under {100 * ci.high:.1f} %, 95 %).",
+            numbers,
+        )
+    else:
+        hs = Verdict(
+            "handshake_faults",
+            "inconclusive",
+            f"{failed} of {n} handshakes failed: too few attempts to tell.",
+            numbers,
+        )
+    cap = None
+    fails = attempts[attempts["failed"]]
+    if len(fails) >= MIN_IN_STATE:
+        ok_max = attempts.loc[~attempts["failed"], "open_now"].max()
+        low = int(fails["open_now"].min())
+        if pd.notna(ok_max) and ok_max < low:
+            cap = Verdict(
+                "concurrency_cap",
+                "supported",
+                f"Every one of {len(fails)} refused "
+                f"handshakes came with {low} or more sessions open, every accepted "
+                f"one with {int(ok_max)} or fewer: a cap of {low} sessions.",
+                {"max_sessions": low, "threshold_ci": [int(ok_max) + 1, low]},
+            )
+    return hs, cap
+
+
+def diagnose_variants(
+    connections: pd.DataFrame, sends: pd.DataFrame | None, tolerance_s: float = 0.0
+) -> dict[str, list[Verdict]]:
+    """Per variant, one Verdict per hypothesis (HYPOTHESES order). `tolerance_s`: scenario
+    seconds the client's timing may be off by (send jitter times the time scale)."""
+    covariates = exposure_tables(connections, sends, tolerance_s)
+    attempts = handshake_attempts(connections)
+    out: dict[str, list[Verdict]] = {}
+    opened = connections[connections["established"].notna() & connections["closed"].notna()]
+    for variant in connections["variant"].astype(str).unique():
+        mine = opened[opened["variant"].astype(str) == variant].assign(
+            connection=lambda f: f["connection"].astype(str)
+        )
+        exposure = float((mine["closed"] - mine["established"]).sum())
+        drops = int(mine["dropped"].sum())
+        verdicts = _variant(variant, covariates, mine, exposure, drops, tolerance_s)
+        hs, cap = _handshakes(
+            attempts[attempts["variant"] == variant] if len(attempts) else attempts
+        )
+        if cap is not None and verdicts["concurrency_cap"].verdict != "supported":
+            verdicts["concurrency_cap"] = cap
+        verdicts["handshake_faults"] = hs
+        out[variant] = [verdicts[h] for h in HYPOTHESES]
+    return out
+
+
+def _tests(
+    covariates: list[Covariate],
+    spells: dict[int, pd.DataFrame],
+    accepted: dict[str, Verdict],
+    drops: int,
+    exposure: float,
+    explained: set[str],
+    tol: float,
+) -> dict[str, _Test]:
+    """The best change point of each theory not yet accepted (its best window: the windows
+    looked at multiply its p-value)."""
+    tests: dict[str, _Test] = {}
+    windows = {c.theory: sum(d.theory == c.theory for d in covariates) for c in covariates}
+    for cov in covariates:
+        if cov.theory in accepted or cov.missing:
+            continue
+        test = _change_point(cov, spells[id(cov)], drops, exposure, explained, tol)
+        if test is None:
+            continue
+        test.logp = min(0.0, test.logp + math.log(windows[cov.theory]))
+        if cov.theory == "max_duration" and not test.deterministic:
+            test.logp = 0.0  # an age threshold only as a fixed limit; else the Weibull speaks
+        best = tests.get(cov.theory)
+        if best is None or test.logp < best.logp:
+            tests[cov.theory] = test
+    return tests
+
+
+def _variant(
+    variant: str,
+    covariates: list[Covariate],
+    conns: pd.DataFrame,
+    exposure: float,
+    drops: int,
+    tol: float,
+) -> dict[str, Verdict]:
+    spells = {id(c): c.spells[c.spells["variant"] == variant] for c in covariates}
+    explained: set[str] = set()
+    accepted: dict[str, Verdict] = {}
+    remaining = drops
+    for _ in range(len(HYPOTHESES)):
+        tests = _tests(covariates, spells, accepted, remaining, exposure, explained, tol)
+        if not tests:
+            break
+        ranked = sorted(tests.values(), key=lambda t: (t.logp, t.exposure_in))
+        holm = np.maximum.accumulate(
+            [min(0.0, t.logp + math.log(len(ranked) - i)) for i, t in enumerate(ranked)]
+        )
+        chosen = None
+        for test, logp_holm in zip(ranked, holm, strict=True):
+            verdict = _judge(test, test.cov, float(logp_holm), remaining)
+            if verdict.verdict == "supported":
+                chosen = (test, verdict)
+                break
+        if chosen is None:
+            break
+        top, verdict = chosen
+        accepted[top.cov.theory] = verdict
+        newly = spells[id(top.cov)]
+        slack = tol if top.cov.unit == "s" else 0.0
+        hit = newly["dropped"].to_numpy(bool) & (newly["x1"].to_numpy(float) >= top.tau - slack)
+        explained |= {label for label in newly.loc[hit, "connection"].astype(str) if label}
+        remaining = drops - len(explained & set(conns.loc[conns["dropped"], "connection"]))
+        if remaining <= 0:
+            break
+    out: dict[str, Verdict] = dict(accepted)
+    tests = _tests(covariates, spells, accepted, remaining, exposure, explained, tol)
+    first = {}
+    for cov in covariates:  # one covariate per theory: the best window, else the first
+        if cov.theory not in accepted:
+            first.setdefault(cov.theory, cov)
+    for theory, cov in first.items():
+        test = tests.get(theory)
+        cov = test.cov if test is not None else cov
+        logp = min(0.0, test.logp + math.log(len(first))) if test else 0.0
+        verdict = _judge(test, cov, logp, remaining)
+        if verdict.verdict == "supported":  # what is left after the accepted ones is weak
+            verdict.verdict = "inconclusive"
+        out[theory] = verdict
+    limit = out.get("max_duration")
+    out.update(
+        {
+            v.hypothesis: v
+            for v in _age_verdicts(
+                conns,
+                explained,
+                limit is not None and limit.verdict == "supported",
+                bool(accepted),
+            )
+        }
+    )
+    for theory, verdict in out.items():
+        if verdict.verdict == "supported":
+            verdict.numbers["next_step"] = _next_step(theory, verdict)
+    return out
+
+
+def _next_step(theory: str, verdict: Verdict) -> str:
+    value = verdict.numbers.get(THRESHOLD_KEY.get(theory, ""), None)
+    unit = {"buffer_pressure": "ms", "concurrency_cap": "sessions", "max_duration": "s"}.get(
+        theory, "s"
+    )
+    text = NEXT_STEP[theory]
+    return text.format(
+        half=f"{value / 2:.0f}" if isinstance(value, int | float) else "?",
+        value=_fmt(value, unit) if isinstance(value, int | float) else "?",
+    )

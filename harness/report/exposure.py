@@ -1,0 +1,368 @@
+"""How long each connection spent in each state, from what the client saw: the exposure a
+blind diagnosis weighs drops against (docs/diagnosis.md).
+
+Every theory of what kills a connection names a covariate that moves along a connection's
+life: session age, seconds since the last frame sent, audio in the uncommitted buffer, the
+sending speed, appends bunched together, a streak of low-energy audio, the sessions open at
+once. A theory's table holds spells: within a spell the covariate goes linearly from `x0` to
+`x1` (equal: it stays put) over `duration` scenario seconds of connection time, and `dropped`
+marks the spell the connection's drop ended (the drop came at `x1`). Spells whose covariate
+never leaves zero are left out: they add exposure only below every threshold, which the total
+connection time of a variant (`exposure_totals`) accounts for.
+
+Only client-side rows are read (the connections frame and the frames sent), never the fake
+server's log: the same tables come from a run against the fake, a real endpoint, a proxy or an
+imported log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from harness.log.recorder import APPEND
+
+__all__ = [
+    "BURST_WINDOWS_S",
+    "LOUD_DBFS",
+    "SPEED_WINDOWS_S",
+    "Covariate",
+    "exposure_tables",
+    "handshake_attempts",
+]
+
+COMMIT, CLEAR = "input_audio_buffer.commit", "input_audio_buffer.clear"
+# The service's windows and level are unknown: each covariate is measured over a few windows,
+# and the diagnosis corrects its test for having looked at each (docs/diagnosis.md).
+SPEED_WINDOWS_S = (0.5, 2.0, 5.0)  # audio seconds sent per second over the trailing window
+BURST_WINDOWS_S = (0.02, 0.05)  # appends sent within the trailing window
+LOUD_DBFS = -50.0  # an append below this is low-energy audio (a silence streak goes on)
+# dying: the spell lies within the timing tolerance before its connection's drop, so it
+# cannot count as having survived its value (its drop is a spell of its own)
+SPELL_COLUMNS = ["connection", "variant", "x0", "x1", "duration", "dropped", "dying"]
+
+
+@dataclass(frozen=True, slots=True)
+class Covariate:
+    """One theory's covariate: its spells, unit, and how it is judged.
+
+    `linear`: the covariate grows with time inside a spell (idle, age, streak), else it is a
+    step."""
+
+    theory: str
+    unit: str
+    spells: pd.DataFrame
+    linear: bool
+    window_s: float | None = None
+    missing: str | None = None  # why it could not be measured (columns the log lacks)
+
+
+def _spells(**columns: np.ndarray) -> pd.DataFrame:
+    columns.setdefault("dying", np.zeros(len(columns["x1"]), bool))
+    return pd.DataFrame({c: columns[c] for c in SPELL_COLUMNS})
+
+
+def _empty() -> pd.DataFrame:
+    return _spells(**{k: np.zeros(0) for k in SPELL_COLUMNS})
+
+
+def _opened(connections: pd.DataFrame) -> pd.DataFrame:
+    """Connections that opened and ended, with the columns the tables read."""
+    ok = connections["established"].notna() & connections["closed"].notna()
+    conns = connections.loc[ok, ["connection", "variant", "established", "closed", "dropped"]]
+    return conns.assign(
+        connection=conns["connection"].astype(str),
+        variant=conns["variant"].astype(str),
+        dropped=conns["dropped"].astype(bool),
+    ).reset_index(drop=True)
+
+
+def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame) -> pd.DataFrame:
+    """The frames each opened connection sent during its life, with its row in `conns` (`c`),
+    in connection and time order."""
+    index = pd.Series(np.arange(len(conns)), index=conns["connection"].to_numpy())
+    c = sends["connection"].astype(str).map(index)
+    sent = sends.assign(c=c).dropna(subset=["c"])
+    sent = sent.astype({"c": np.int64})
+    t = sent["t"].to_numpy(float)
+    life = (t >= conns["established"].to_numpy()[sent["c"]]) & (
+        t <= conns["closed"].to_numpy()[sent["c"]]
+    )
+    sent = sent[life]
+    order = np.lexsort((sent["t"].to_numpy(float), sent["c"].to_numpy()))
+    return sent.iloc[order].reset_index(drop=True)
+
+
+def _gaps(conns: pd.DataFrame, c: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per connection, the spells between its life's start, the times `t` (rows of connection
+    `c`, sorted) and its end: (connection row, start, end, is the last spell)."""
+    n = len(conns)
+    rows = np.concatenate([np.arange(n), c, np.arange(n)])
+    times = np.concatenate(
+        [conns["established"].to_numpy(float), t, conns["closed"].to_numpy(float)]
+    )
+    rank = np.concatenate([np.zeros(n), np.ones(len(c)), np.full(n, 2.0)])
+    order = np.lexsort((rank, times, rows))
+    rows, times = rows[order], times[order]
+    same = rows[1:] == rows[:-1]
+    start, end, row = times[:-1][same], times[1:][same], rows[:-1][same]
+    last = np.r_[row[1:] != row[:-1], True] if len(row) else np.zeros(0, bool)
+    return row, start, end, last
+
+
+def _frame(
+    conns: pd.DataFrame, row: np.ndarray, x0, x1, duration, dropped, dying=None
+) -> pd.DataFrame:
+    return _spells(
+        connection=conns["connection"].to_numpy()[row],
+        variant=conns["variant"].to_numpy()[row],
+        x0=np.asarray(x0, float),
+        x1=np.asarray(x1, float),
+        duration=np.asarray(duration, float),
+        dropped=np.asarray(dropped, bool),
+        dying=np.zeros(len(row), bool) if dying is None else np.asarray(dying, bool),
+    )
+
+
+def _age(conns: pd.DataFrame) -> Covariate:
+    life = (conns["closed"] - conns["established"]).to_numpy(float)
+    spells = _frame(
+        conns, np.arange(len(conns)), np.zeros(len(conns)), life, life, conns["dropped"]
+    )
+    return Covariate("max_duration", "s", spells, linear=True)
+
+
+def _idle(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
+    row, start, end, last = _gaps(conns, sent["c"].to_numpy(), sent["t"].to_numpy(float))
+    gap = end - start
+    dropped = last & conns["dropped"].to_numpy()[row]
+    keep = gap > 0
+    spells = _frame(conns, row[keep], 0.0 * gap[keep], gap[keep], gap[keep], dropped[keep])
+    return Covariate("idle_timeout", "s", spells, linear=True)
+
+
+def _steps(
+    conns: pd.DataFrame,
+    sent: pd.DataFrame,
+    value: np.ndarray,
+    theory: str,
+    unit: str,
+    tolerance_s: float,
+    segment: np.ndarray | None = None,
+    **kw,
+) -> Covariate:
+    """A step covariate: `value` after each frame sent holds until the next frame or the
+    connection's end; zero before the first frame. A drop is a spell of no duration at the
+    most the covariate reached in its connection's dying stretch: the last `tolerance_s`, and
+    the last `segment` (for a covariate that resets, since its last reset). The client sees a
+    close late, and may have sent on after the server had acted (audio into a buffer already
+    over its limit, a clear and the next utterance), so that stretch cannot count as
+    survived."""
+    c, t = sent["c"].to_numpy(), sent["t"].to_numpy(float)
+    nxt = np.r_[t[1:], np.nan]
+    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
+    closed = conns["closed"].to_numpy(float)
+    nxt[last] = closed[c[last]]
+    # The most the covariate reached in the last `tolerance_s`, at every moment: what a drop
+    # is measured at, so exposure is measured the same way (else drops look higher than the
+    # time spent there, a bias of the window alone).
+    value = _trailing_max(c, t, value, tolerance_s)
+    recent = t >= closed[c] - tolerance_s
+    if segment is not None:
+        recent |= segment == pd.Series(segment).groupby(c).transform("max").to_numpy()
+    dying = recent & conns["dropped"].to_numpy()[c]
+    keep = value > 0
+    zeros = np.zeros(keep.sum())
+    spells = _frame(conns, c[keep], value[keep], value[keep], (nxt - t)[keep], zeros, dying[keep])
+    reached = pd.Series(value[recent]).groupby(c[recent]).max()
+    dropped = np.flatnonzero(conns["dropped"].to_numpy())
+    at = reached.reindex(dropped).fillna(0.0).to_numpy()
+    zero = np.zeros(len(dropped))
+    markers = _frame(conns, dropped, at, at, zero, np.ones(len(dropped), bool))
+    return Covariate(theory, unit, pd.concat([spells, markers], ignore_index=True), False, **kw)
+
+
+def _buffer(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> Covariate:
+    """Audio appended since the last clear or commit, in ms, after each frame sent."""
+    kind = sent["type"].astype(str).to_numpy()
+    audio = np.where(kind == APPEND, sent["audio_ms"].astype(float).fillna(0.0).to_numpy(), 0.0)
+    reset = (kind == COMMIT) | (kind == CLEAR)
+    c = sent["c"].to_numpy()
+    segment = np.cumsum(reset | np.r_[True, c[1:] != c[:-1]])
+    held = pd.Series(audio).groupby(segment).cumsum().to_numpy()
+    return _steps(conns, sent, held, "buffer_pressure", "ms", tol, segment=segment)
+
+
+def _trailing(c: np.ndarray, t: np.ndarray, weight: np.ndarray, window: float) -> np.ndarray:
+    """Per row, the sum of `weight` over the rows of its connection sent in the `window`
+    seconds up to and including it (rows sorted by connection, then time)."""
+    total = np.cumsum(weight)
+    # rows of other connections sort far away: offset each connection's times
+    key = t + c * (np.nanmax(t) - np.nanmin(t) + 2 * window + 1.0) if len(t) else t
+    first = np.searchsorted(key, key - window, side="right")
+    before = np.where(first > 0, total[first - 1], 0.0)
+    return total - before
+
+
+def _trailing_max(c: np.ndarray, t: np.ndarray, value: np.ndarray, window: float) -> np.ndarray:
+    """Per row, the largest `value` of its connection's rows in the `window` seconds up to
+    and including it (rows sorted by connection, then time)."""
+    if window <= 0 or not len(t):
+        return value
+    key = t + c * (np.nanmax(t) - np.nanmin(t) + 2 * window + 1.0)
+    series = pd.Series(value, index=pd.to_timedelta(key - key[0], unit="s"))
+    return series.rolling(pd.Timedelta(seconds=window)).max().to_numpy()
+
+
+def _appends(sent: pd.DataFrame) -> pd.DataFrame:
+    return sent[(sent["type"].astype(str) == APPEND).to_numpy()].reset_index(drop=True)
+
+
+def _speed(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> Covariate:
+    audio = appends["audio_ms"].astype(float).fillna(0.0).to_numpy()
+    c, t = appends["c"].to_numpy(), appends["t"].to_numpy(float)
+    speed = _trailing(c, t, audio, window) / (window * 1000.0)
+    return _steps(conns, appends, speed, "rate", "x real time", tol, window_s=window)
+
+
+def _burst(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> Covariate:
+    c, t = appends["c"].to_numpy(), appends["t"].to_numpy(float)
+    count = _trailing(c, t, np.ones(len(t)), window)
+    return _steps(conns, appends, count, "micro_burst", "appends", tol, window_s=window)
+
+
+def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
+    """Seconds since a low-energy streak began: it begins at an append below LOUD_DBFS, goes
+    on through quiet appends and through no audio at all, and ends at a loud append."""
+    if "dbfs" not in sent.columns or sent["dbfs"].notna().sum() == 0:
+        why = "the log has no audio levels (dbfs) of the appends sent"
+        return Covariate("silence_hazard", "s", _empty(), linear=True, missing=why)
+    is_append = (sent["type"].astype(str) == APPEND).to_numpy()
+    level = sent["dbfs"].astype(float).to_numpy()
+    loud = is_append & (level >= LOUD_DBFS)
+    quiet = is_append & (level < LOUD_DBFS)
+    c, t = sent["c"].to_numpy(), sent["t"].to_numpy(float)
+    segment = np.cumsum(loud | np.r_[True, c[1:] != c[:-1]])
+    began = pd.Series(np.where(quiet, t, np.inf)).groupby(segment).cummin().to_numpy()
+    nxt = np.r_[t[1:], np.nan]
+    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
+    nxt[last] = conns["closed"].to_numpy(float)[c[last]]
+    streak = np.isfinite(began)
+    x0, x1 = t - began, nxt - began
+    dropped = last & conns["dropped"].to_numpy()[c]
+    keep = streak & (nxt > t)
+    spells = _frame(conns, c[keep], x0[keep], x1[keep], (nxt - t)[keep], dropped[keep])
+    return Covariate("silence_hazard", "s", spells, linear=True)
+
+
+def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
+    """Sessions already open when another one opens: a cap decides at the handshake, so the
+    covariate is a window of `hold_s` after each arrival, at the variant's connections open
+    just before it (the fake server caps per variant; a real service per key, which a run's
+    variants share: docs/diagnosis.md). A window's exposure is the connection time of those
+    open connections; a drop is at the most any arrival in the `hold_s` before it had open, and
+    a window a drop fell in cannot count as survived."""
+    parts = []
+    for variant, mine in conns.groupby("variant", sort=False):
+        began, ended = mine["established"].to_numpy(float), mine["closed"].to_numpy(float)
+        order = np.argsort(began)
+        began = began[order]
+        before = np.searchsorted(began, began, "left") - np.searchsorted(
+            np.sort(ended), began, "right"
+        )
+        drops = mine[mine["dropped"]]
+        drop_t = np.sort(drops["closed"].to_numpy(float))
+        held = np.searchsorted(drop_t, began + hold_s, "right") > np.searchsorted(
+            drop_t, began, "right"
+        )
+        keep = before > 0
+        parts.append(
+            _spells(
+                connection=np.full(keep.sum(), "", object),
+                variant=np.full(keep.sum(), variant, object),
+                x0=before[keep].astype(float),
+                x1=before[keep].astype(float),
+                duration=hold_s * before[keep],
+                dropped=np.zeros(keep.sum(), bool),
+                dying=held[keep],
+            )
+        )
+        closed = drops["closed"].to_numpy(float)
+        lo = np.searchsorted(began, closed - hold_s, "left")
+        hi = np.searchsorted(began, closed, "left")
+        at = np.array([before[a:b].max() if b > a else 0 for a, b in zip(lo, hi, strict=True)])
+        parts.append(
+            _spells(
+                connection=drops["connection"].to_numpy(object),
+                variant=np.full(len(drops), variant, object),
+                x0=at.astype(float),
+                x1=at.astype(float),
+                duration=np.zeros(len(drops)),
+                dropped=np.ones(len(drops), bool),
+            )
+        )
+    spells = pd.concat(parts, ignore_index=True) if parts else _empty()
+    return Covariate("concurrency_cap", "sessions", spells, linear=False)
+
+
+def handshake_attempts(connections: pd.DataFrame) -> pd.DataFrame:
+    """Every handshake (variant, opened, failed) with the variant's connections open at that
+    moment (`open_now`): what a refusing concurrency cap shows as."""
+    conns = connections[connections["opened"].notna()]
+    rows = []
+    for variant, mine in conns.groupby(conns["variant"].astype(str), sort=False):
+        live = mine[mine["established"].notna() & mine["closed"].notna()]
+        opened = mine["opened"].to_numpy(float)
+        began = np.sort(live["established"].to_numpy(float))
+        ended = np.sort(live["closed"].to_numpy(float))
+        open_now = np.searchsorted(began, opened, "right") - np.searchsorted(ended, opened, "right")
+        rows.append(
+            pd.DataFrame(
+                {
+                    "variant": variant,
+                    "opened": opened,
+                    "failed": (mine["cause"].astype(str) == "handshake_failed").to_numpy(),
+                    "status": mine["handshake_status"].to_numpy(),
+                    "open_now": open_now,
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def exposure_tables(
+    connections: pd.DataFrame, sends: pd.DataFrame | None, tolerance_s: float = 0.0
+) -> list[Covariate]:
+    """Every theory's covariate for these connections. `sends`: the frames the clients sent
+    (`ReportFrames.sends`); None or empty when the log has none (an imported log of
+    connections only), and the covariates that need them say so. `tolerance_s`: scenario
+    seconds the run's timing may be off by (its send jitter times its scale)."""
+    conns = _opened(connections)
+    # a cap's eviction reaches the client within a second on a near endpoint, later at k x
+    out = [_age(conns), _concurrency(conns, hold_s=max(1.0, 2 * tolerance_s))]
+    if sends is None or sends.empty:
+        missing = "the log has no per-frame rows (frames sent)"
+        empty = _empty()
+        for theory, unit in (
+            ("idle_timeout", "s"),
+            ("buffer_pressure", "ms"),
+            ("rate", "x real time"),
+            ("micro_burst", "appends"),
+            ("silence_hazard", "s"),
+        ):
+            out.append(Covariate(theory, unit, empty, linear=False, missing=missing))
+        return out
+    sent = _sends_in_life(sends, conns)
+    appends = _appends(sent)
+    out += [_idle(conns, sent), _buffer(conns, sent, tolerance_s), _silence(conns, sent)]
+    out += [_speed(conns, appends, w, tolerance_s) for w in SPEED_WINDOWS_S]
+    out += [_burst(conns, appends, w, tolerance_s) for w in BURST_WINDOWS_S]
+    return out
+
+
+def exposure_totals(connections: pd.DataFrame) -> pd.Series:
+    """Connection-seconds per variant: every state's exposure adds up to it."""
+    conns = _opened(connections)
+    return (conns["closed"] - conns["established"]).groupby(conns["variant"]).sum()
