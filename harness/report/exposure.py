@@ -83,7 +83,11 @@ def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame) -> pd.DataFrame:
     """The frames each opened connection sent during its life, with its row in `conns` (`c`),
     in connection and time order."""
     index = pd.Series(np.arange(len(conns)), index=conns["connection"].to_numpy())
-    c = sends["connection"].astype(str).map(index)
+    labels = sends["connection"].astype("category")  # map each label once, not each row
+    rows = pd.Series(labels.cat.categories.astype(str)).map(index).to_numpy()
+    c = pd.Series(
+        np.where(labels.cat.codes >= 0, rows[labels.cat.codes], np.nan), index=sends.index
+    )
     sent = sends.assign(c=c).dropna(subset=["c"])
     sent = sent.astype({"c": np.int64})
     t = sent["t"].to_numpy(float)
@@ -134,11 +138,14 @@ def _age(conns: pd.DataFrame) -> Covariate:
     return Covariate("max_duration", "s", spells, linear=True)
 
 
-def _idle(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
+def _idle(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> Covariate:
+    """Seconds since the last frame sent. Gaps no longer than the timing tolerance are left
+    out (no threshold is tested below it, so they add exposure only where none is asked for):
+    at 20 ms appends that is nearly every row."""
     row, start, end, last = _gaps(conns, sent["c"].to_numpy(), sent["t"].to_numpy(float))
     gap = end - start
     dropped = last & conns["dropped"].to_numpy()[row]
-    keep = gap > 0
+    keep = (gap > tol) | dropped
     spells = _frame(conns, row[keep], 0.0 * gap[keep], gap[keep], gap[keep], dropped[keep])
     return Covariate("idle_timeout", "s", spells, linear=True)
 
@@ -174,8 +181,26 @@ def _steps(
         recent |= segment == pd.Series(segment).groupby(c).transform("max").to_numpy()
     dying = recent & conns["dropped"].to_numpy()[c]
     keep = value > 0
-    zeros = np.zeros(keep.sum())
-    spells = _frame(conns, c[keep], value[keep], value[keep], (nxt - t)[keep], zeros, dying[keep])
+    # one spell per variant, value and dying: a step covariate's exposure past a threshold
+    # needs no more, and ten million rows become thousands
+    held = pd.DataFrame(
+        {
+            "variant": conns["variant"].to_numpy()[c[keep]],
+            "x": np.round(value[keep], 4),
+            "dying": dying[keep],
+            "duration": (nxt - t)[keep],
+        }
+    )
+    held = held.groupby(["variant", "x", "dying"], sort=False)["duration"].sum().reset_index()
+    spells = _spells(
+        connection=np.full(len(held), "", object),
+        variant=held["variant"].to_numpy(object),
+        x0=held["x"].to_numpy(float),
+        x1=held["x"].to_numpy(float),
+        duration=held["duration"].to_numpy(float),
+        dropped=np.zeros(len(held), bool),
+        dying=held["dying"].to_numpy(bool),
+    )
     reached = pd.Series(value[recent]).groupby(c[recent]).max()
     dropped = np.flatnonzero(conns["dropped"].to_numpy())
     at = reached.reindex(dropped).fillna(0.0).to_numpy()
@@ -186,9 +211,9 @@ def _steps(
 
 def _buffer(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> Covariate:
     """Audio appended since the last clear or commit, in ms, after each frame sent."""
-    kind = sent["type"].astype(str).to_numpy()
+    kind = sent["type"]
     audio = np.where(kind == APPEND, sent["audio_ms"].astype(float).fillna(0.0).to_numpy(), 0.0)
-    reset = (kind == COMMIT) | (kind == CLEAR)
+    reset = ((kind == COMMIT) | (kind == CLEAR)).to_numpy()
     c = sent["c"].to_numpy()
     segment = np.cumsum(reset | np.r_[True, c[1:] != c[:-1]])
     held = pd.Series(audio).groupby(segment).cumsum().to_numpy()
@@ -212,12 +237,13 @@ def _trailing_max(c: np.ndarray, t: np.ndarray, value: np.ndarray, window: float
     if window <= 0 or not len(t):
         return value
     key = t + c * (np.nanmax(t) - np.nanmin(t) + 2 * window + 1.0)
-    series = pd.Series(value, index=pd.to_timedelta(key - key[0], unit="s"))
+    nanos = np.round((key - key[0]) * 1e9).astype(np.int64).view("m8[ns]")  # no per-row parse
+    series = pd.Series(value, index=pd.TimedeltaIndex(nanos))
     return series.rolling(pd.Timedelta(seconds=window)).max().to_numpy()
 
 
 def _appends(sent: pd.DataFrame) -> pd.DataFrame:
-    return sent[(sent["type"].astype(str) == APPEND).to_numpy()].reset_index(drop=True)
+    return sent[(sent["type"] == APPEND).to_numpy()].reset_index(drop=True)
 
 
 def _speed(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> Covariate:
@@ -239,7 +265,7 @@ def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
     if "dbfs" not in sent.columns or sent["dbfs"].notna().sum() == 0:
         why = "the log has no audio levels (dbfs) of the appends sent"
         return Covariate("silence_hazard", "s", _empty(), linear=True, missing=why)
-    is_append = (sent["type"].astype(str) == APPEND).to_numpy()
+    is_append = (sent["type"] == APPEND).to_numpy()
     level = sent["dbfs"].astype(float).to_numpy()
     loud = is_append & (level >= LOUD_DBFS)
     quiet = is_append & (level < LOUD_DBFS)
@@ -253,7 +279,17 @@ def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
     x0, x1 = t - began, nxt - began
     dropped = last & conns["dropped"].to_numpy()[c]
     keep = streak & (nxt > t)
-    spells = _frame(conns, c[keep], x0[keep], x1[keep], (nxt - t)[keep], dropped[keep])
+    # a streak is one spell: its rows follow each other, the covariate rising through them
+    rows = pd.DataFrame(
+        {"c": c[keep], "began": began[keep], "x0": x0[keep], "x1": x1[keep]}
+    ).assign(duration=(nxt - t)[keep], dropped=dropped[keep])
+    streaks = rows.groupby(["c", "began"], sort=False).agg(
+        x0=("x0", "min"), x1=("x1", "max"), duration=("duration", "sum"), dropped=("dropped", "any")
+    )
+    row = streaks.index.get_level_values("c").to_numpy()
+    spells = _frame(
+        conns, row, streaks["x0"], streaks["x1"], streaks["duration"], streaks["dropped"]
+    )
     return Covariate("silence_hazard", "s", spells, linear=True)
 
 
@@ -356,7 +392,8 @@ def exposure_tables(
         return out
     sent = _sends_in_life(sends, conns)
     appends = _appends(sent)
-    out += [_idle(conns, sent), _buffer(conns, sent, tolerance_s), _silence(conns, sent)]
+    out += [_idle(conns, sent, tolerance_s), _buffer(conns, sent, tolerance_s)]
+    out.append(_silence(conns, sent))
     out += [_speed(conns, appends, w, tolerance_s) for w in SPEED_WINDOWS_S]
     out += [_burst(conns, appends, w, tolerance_s) for w in BURST_WINDOWS_S]
     return out
