@@ -110,7 +110,9 @@ def build_report(
     images = _charts(frames, model, out)
     report.summary.write_text(json.dumps(_finite(summary), indent=2))
     write_junit(verdicts, report.junit, suite="/".join(frames.manifests))
-    headline = "\n".join(_headline(v) for v in summary["variants"])
+    headline = "\n".join(
+        _headline(v, summary["diagnosis"].get(v["variant"], [])) for v in summary["variants"]
+    )
     report.index.write_text(_html(frames, model, summary, images, headline))
     return Report(report.index, summary, headline, tuple(verdicts))
 
@@ -256,14 +258,36 @@ def _run_status(m: dict[str, Any]) -> str:
     return "interrupted" if m.get("interrupted") else "finished"
 
 
-def _headline(v: dict[str, Any]) -> str:
+def _headline(v: dict[str, Any], verdicts: list[dict[str, Any]]) -> str:
+    """A variant's line, and the theories its drops support (the blind diagnosis)."""
     lo, hi = v["median_ci_s"]
     ci = "" if not math.isfinite(lo) else f" [{_minutes(lo)}, {_minutes(hi)}]"
-    return (
+    line = (
         f"{v['variant']}: {v['connections']} connections, {v['drops']} drops "
         f"({v['drops_per_hour']:.2f}/connection-hour), median lifetime "
         f"{_minutes(v['median_s'])}{ci}"
     )
+    supported = [_supported(x) for x in verdicts if x["verdict"] == "supported"]
+    if v["drops"]:
+        line += "\n  what kills them: " + ("; ".join(supported) or "can't tell yet")
+    return line
+
+
+def _supported(verdict: dict[str, Any]) -> str:
+    """A supported theory in a few words: its name and its threshold or shape, with the CI."""
+    name = verdict["hypothesis"]
+    for key, unit in (
+        ("threshold_s", " s"),
+        ("threshold_ms", " ms"),
+        ("max_sessions", " sessions"),
+    ):
+        if verdict.get(key) is not None:
+            lo, hi = verdict["threshold_ci"]
+            return f"{name} at {verdict[key]:.4g}{unit} [{lo:.4g}, {hi:.4g}]"
+    if verdict.get("weibull_shape") is not None and name == "session_age":
+        lo, hi = verdict["weibull_shape_ci"]
+        return f"{name} (Weibull shape {verdict['weibull_shape']:.2f} [{lo:.2f}, {hi:.2f}])"
+    return name
 
 
 def _charts(frames: ReportFrames, model: ReportModel, out: Path) -> dict[str, Path]:
