@@ -1,9 +1,11 @@
 """A blind run on one machine (issue 31): `rtsoak run --target ws://127.0.0.1:PORT/...` against
 a separately started `rtsoak serve` runs compressed and uncapped, and its run directory holds
-only the client's view, as a real endpoint's does; anything but loopback keeps real time."""
+only the client's view, as a real endpoint's does; anything but loopback keeps real time. Such a
+run stops at the first handshake that is not rtsoak's fake server's (a proxy to a paid service)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -13,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import ROOT, rtsoak, write_scenario
 
 from harness.config.scenario import TargetSection, load_scenario
 from harness.config.target import LOOPBACK_PLACEHOLDER_KEY, TargetError, build_target
+from harness.core.protocol import FAKE_SERVER_HEADER
 from harness.log.frames import load
 from harness.log.rundir import RunDir
 
@@ -45,23 +49,16 @@ action = "abort"
 def start_serve(tmp_path: Path, faults: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """`rtsoak serve` on an ephemeral loopback port at the run's time scale; its URL, read
     from the banner (stdout goes to a file: nobody has to drain a pipe)."""
-    banner = tmp_path / "serve.out"
+    args = ["serve", "--port", "0", "--time-scale", SCALE, "--faults", str(faults), "--seed", "7"]
+    return start_listener(tmp_path / "serve.out", args, timeout)
+
+
+def start_listener(banner: Path, args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
+    """`rtsoak serve` or `rtsoak proxy` with `args`; its URL, read from its banner in the file
+    `banner`."""
     with banner.open("w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harness",
-                "serve",
-                "--port",
-                "0",
-                "--time-scale",
-                SCALE,
-                "--faults",
-                str(faults),
-                "--seed",
-                "7",
-            ],  # fmt: skip
+            [sys.executable, "-m", "harness", *args],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -76,7 +73,7 @@ def start_serve(tmp_path: Path, faults: Path, timeout: float = 60) -> tuple[subp
             break
         time.sleep(0.1)
     stop_serve(proc)
-    raise AssertionError(f"rtsoak serve did not start: {banner.read_text()}")
+    raise AssertionError(f"rtsoak {args[0]} did not start: {banner.read_text()}")
 
 
 def stop_serve(proc: subprocess.Popen) -> None:
@@ -204,3 +201,129 @@ def test_target_given_as_a_url_is_target_url_with_that_url(tmp_path: Path) -> No
     assert scenario.run.target == "url"
     assert scenario.target.url == "ws://127.0.0.1:9/v1/realtime"
     assert all(v.target.url == scenario.target.url for v in scenario.variants)
+
+
+def blind_scenario(tmp_path: Path) -> Path:
+    write_scenario(tmp_path)  # the audio
+    scenario = tmp_path / "blind.toml"
+    scenario.write_text(BLIND.format(audio=tmp_path / "audio"))
+    return scenario
+
+
+def assert_refused_before_any_audio(code: int, out: str, err: str, runs: Path) -> None:
+    """The run stopped at its first handshake as a configuration error (exit 2), said why and
+    how to fix it, and sent nothing on any connection: no session.update, no append."""
+    assert code == 2, out + err
+    assert "the run stopped early: the server at ws://127.0.0.1:" in err, err
+    assert f"is not rtsoak's fake server (no {FAKE_SERVER_HEADER} header)" in err, err
+    assert "--max-audio-hours" in err and "--time-scale 1" in err, err
+    (run_dir,) = runs.iterdir()
+    manifest = RunDir(run_dir).read_manifest()
+    assert "is not rtsoak's fake server" in manifest["stopped"]["error"]
+    assert manifest["interrupted"] is True
+    frames = load(run_dir)
+    sent = frames.events[frames.events["dir"] == "send"]
+    assert sent.empty, sent[["type"]]
+    conns = frames.connections
+    assert len(conns) >= 1 and (conns["handshake_status"] == 101).all()
+    assert (conns["cause"].astype(str) == "scenario_end").all(), conns[["cause"]]  # censored
+
+
+async def stand_in(received: list[str]) -> tuple[web.AppRunner, str]:
+    """A loopback WebSocket server that is not rtsoak's fake server (no FAKE_SERVER_HEADER):
+    it accepts any handshake, answers a session.update, and keeps what it receives."""
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+            if '"session.update"' in msg.data:
+                await ws.send_str('{"type": "session.updated", "session": {}}')
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/realtime", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"ws://127.0.0.1:{port}/v1/realtime"
+
+
+async def rtsoak_async(*args: str) -> tuple[int, str, str]:
+    """`rtsoak ...` in a subprocess while this loop serves the stand-in."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "harness", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_an_uncapped_blind_run_stops_at_a_server_that_is_not_the_fake_one(
+    tmp_path: Path,
+) -> None:
+    scenario = blind_scenario(tmp_path)
+    runs = tmp_path / "runs"
+    received: list[str] = []
+    runner, url = await stand_in(received)
+    try:
+        code, out, err = await rtsoak_async(
+            "run", str(scenario), "--target", url, "--time-scale", SCALE, "--seed", "3",
+            "--out", str(runs), "--no-report",
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert_refused_before_any_audio(code, out, err, runs)
+    assert received == []  # the server got nothing either
+
+
+async def test_a_blind_run_held_as_a_paid_one_goes_on_without_the_fake_server(
+    tmp_path: Path,
+) -> None:
+    """What the refusal says to do works: at 1x with an audio budget, the run goes on."""
+    scenario = blind_scenario(tmp_path)
+    runs = tmp_path / "runs"
+    received: list[str] = []
+    runner, url = await stand_in(received)
+    try:
+        code, out, err = await rtsoak_async(
+            "run", str(scenario), "--target", url, "--time-scale", "1", "--duration", "2s",
+            "--max-audio-hours", "0.01", "--out", str(runs), "--no-report",
+        )  # fmt: skip
+    finally:
+        await runner.cleanup()
+    assert "stopped early" not in err, out + err
+    assert any('"session.update"' in m for m in received)
+    assert any('"input_audio_buffer.append"' in m for m in received)
+
+
+def test_a_blind_run_through_rtsoak_proxy_is_refused_even_in_front_of_rtsoak_serve(
+    tmp_path: Path,
+) -> None:
+    """The proxy never says it is the fake server, whatever its upstream says: a proxy may
+    relay to a paid service, so a compressed, uncapped run must not go through one."""
+    scenario = blind_scenario(tmp_path)
+    faults = tmp_path / "loss.toml"
+    faults.write_text(LOSS)
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    serve, upstream = start_serve(tmp_path, faults)
+    proxy = None
+    try:
+        proxy_args = ["proxy", "--upstream", upstream, "--time-scale", SCALE]
+        proxy_args += ["--out", str(tmp_path / "proxy-runs"), "--duration", "30m"]
+        proxy, url = start_listener(tmp_path / "proxy.out", proxy_args, 60)
+        result = rtsoak(
+            "run", str(scenario), "--target", url, "--time-scale", SCALE, "--seed", "3",
+            "--out", str(runs), "--no-report", timeout=120, env=env,
+        )  # fmt: skip
+    finally:
+        if proxy is not None:
+            stop_serve(proxy)
+        stop_serve(serve)
+    assert_refused_before_any_audio(result.returncode, result.stdout, result.stderr, runs)

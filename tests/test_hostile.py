@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from harness.config.scenario import scenario_from_doc
 from harness.config.target import Target
+from harness.core.protocol import FAKE_SERVER_HEADER
 from harness.edge.clock import ScaledClock
 from harness.edge.server import MAX_FRAME_BYTES
 from harness.edge.worker import Worker, WorkerSetup
@@ -82,6 +83,7 @@ SCENARIO = {
 async def run_against(script: list, ending: tuple, tmp_path, tone_library) -> object:
     async def handler(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(autoping=False)  # never answers pings: half-open silence
+        ws.headers[FAKE_SERVER_HEADER] = "1"  # stands in for the fake server: the run goes on
         await ws.prepare(request)
         for kind, payload in script:
             if kind == "text":

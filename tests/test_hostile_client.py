@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from harness.config.scenario import scenario_from_doc
 from harness.config.target import Target, redact_url
+from harness.core.protocol import FAKE_SERVER_HEADER
 from harness.core.reconnect import ReconnectPolicy, retry_after
 from harness.edge.clock import ScaledClock
 from harness.edge.link import HANDSHAKE_TIMEOUT, MAX_MESSAGE_BYTES
@@ -61,6 +62,7 @@ async def serve() -> AsyncIterator[Callable[[Callable], Awaitable[int]]]:
 
     async def start(handler: Callable) -> int:
         app = web.Application()
+        app.on_response_prepare.append(as_the_fake_server)
         app.router.add_get("/v1/realtime", handler)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -72,6 +74,11 @@ async def serve() -> AsyncIterator[Callable[[Callable], Awaitable[int]]]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+async def as_the_fake_server(_request: web.Request, response: web.StreamResponse) -> None:
+    """The stand-ins answer as rtsoak's fake server does, so an uncapped run goes on."""
+    response.headers[FAKE_SERVER_HEADER] = "1"
 
 
 async def run_worker(
@@ -126,7 +133,7 @@ async def accept_websocket(reader: asyncio.StreamReader, writer: asyncio.StreamW
     ).decode()
     writer.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        + f"Sec-WebSocket-Accept: {accept}\r\n{FAKE_SERVER_HEADER}: 1\r\n\r\n".encode()
     )
     for type_ in ("session.created", "session.updated"):
         writer.write(server_frame(json.dumps({"type": type_, "session": {"id": "s"}}).encode()))

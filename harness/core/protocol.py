@@ -10,6 +10,7 @@ from typing import Any
 
 __all__ = [
     "BETA_HEADER",
+    "FAKE_SERVER_HEADER",
     "SESSION_KEY_HEADER",
     "COMPLETED",
     "CREATED",
@@ -25,6 +26,9 @@ BETA_HEADER = ("OpenAI-Beta", "realtime=v1")
 # Which worker and attempt a connection is, so fault policies key their RNG by it (a real
 # service ignores the header).
 SESSION_KEY_HEADER = "X-Rtsoak-Session"
+# What rtsoak's fake server answers every WebSocket handshake with, and nothing else does (the
+# proxy strips it): an uncapped, compressed run on loopback goes on only where it is present.
+FAKE_SERVER_HEADER = "X-Rtsoak-Fake"
 CREATED = frozenset({"session.created", "transcription_session.created"})
 UPDATED = frozenset({"session.updated", "transcription_session.updated"})
 COMPLETED = "conversation.item.input_audio_transcription.completed"

@@ -20,6 +20,7 @@ from yarl import URL
 from harness.config.audio import Frame
 from harness.core.client import ClientConnection
 from harness.core.outcomes import CloseCause, ClosedBy
+from harness.core.protocol import FAKE_SERVER_HEADER
 from harness.core.reconnect import retry_after
 from harness.core.rows import ConnOpen, FrameRow, Row
 from harness.edge.clock import deadline_waker
@@ -80,6 +81,7 @@ class Link:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task | None = None
         self.handshake_status: int | None = None
+        self.fake_server = False  # the handshake answered with FAKE_SERVER_HEADER
         self.retry_after: float | None = None  # what a refused handshake's Retry-After asked
         self.rotate_at: float | None = None
         self.rotation_failures = 0  # make-before-break attempts refused, for this rotation
@@ -142,6 +144,7 @@ class Link:
         if response is not None:
             headers_in = response.headers
             request_id = headers_in.get("x-request-id") or headers_in.get("apim-request-id")
+            self.fake_server = FAKE_SERVER_HEADER in headers_in
         self.ws, self.handshake_status = ws, 101
         self.progress.open += 1
         self.emit(self, self.core.handshake(clock.now(), 101, request_id))

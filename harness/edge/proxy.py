@@ -27,7 +27,7 @@ from harness.core.client import ClientConnection
 from harness.core.faults import Fault, FaultKind
 from harness.core.outcomes import CloseCause, ClosedBy
 from harness.core.policies import FaultProfile
-from harness.core.protocol import SESSION_KEY_HEADER, error_event
+from harness.core.protocol import FAKE_SERVER_HEADER, SESSION_KEY_HEADER, error_event
 from harness.core.rows import ConnOpen, FaultRow, FrameRow, HandshakeFaultRow, Row
 from harness.edge.carry import FaultCarrier
 from harness.edge.clock import Clock
@@ -535,6 +535,9 @@ class RealtimeProxy:
         try:
             if obs.request_id:
                 client.headers["x-request-id"] = obs.request_id
+            # never says it is the fake server, whatever its upstream: a run uncapped because
+            # it seemed to reach only the fake server must not go through a proxy (link.py)
+            client.headers.popall(FAKE_SERVER_HEADER, None)
             await client.prepare(request)
         except (ConnectionError, RuntimeError, web.HTTPException):
             await _close(upstream, 1001, "client went away")

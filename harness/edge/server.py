@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from harness.config.target import redact_url
 from harness.core.faults import Fault
 from harness.core.policies import FaultProfile
-from harness.core.protocol import SESSION_KEY_HEADER
+from harness.core.protocol import FAKE_SERVER_HEADER, SESSION_KEY_HEADER
 from harness.core.rows import FaultRow, HandshakeFaultRow, Row, ServerRow
 from harness.core.session import SessionLimits, TranscriptionSession
 from harness.edge.carry import FaultCarrier
@@ -253,6 +253,7 @@ class FakeServer:
             max_msg_size=MAX_FRAME_BYTES, compress=True, autoping=False, protocols=("realtime",)
         )
         ws.headers[id_header] = request_id
+        ws.headers[FAKE_SERVER_HEADER] = "1"  # lets an uncapped loopback run go on (link.py)
         await ws.prepare(request)
         if log is not None:
             log.upgraded(request_id)

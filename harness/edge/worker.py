@@ -23,14 +23,14 @@ from harness.config.target import Target
 from harness.core.outcomes import CloseCause, ConnState
 from harness.core.outcomes import UtteranceStatus as Status
 from harness.core.pacing import schedule, steady_offsets
-from harness.core.protocol import BETA_HEADER, SESSION_KEY_HEADER
+from harness.core.protocol import BETA_HEADER, FAKE_SERVER_HEADER, SESSION_KEY_HEADER
 from harness.core.rows import Row, UttEnd, UttStart, WorkerStopped
 from harness.edge.clock import Clock
 from harness.edge.link import NO_REDIRECTS, SEND_ERRORS, Link
 from harness.edge.speech import Speech, Turn
 from harness.log.recorder import Recorder
 
-__all__ = ["Progress", "Worker", "WorkerSetup"]
+__all__ = ["Progress", "StopError", "Worker", "WorkerSetup", "fake_server_only"]
 
 _CLEAR = json.dumps({"type": "input_audio_buffer.clear"})  # pre-encoded: sent every utterance
 _COMMIT = json.dumps({"type": "input_audio_buffer.commit"})
@@ -62,9 +62,26 @@ class WorkerSetup:
     progress: Progress = field(default_factory=Progress)
 
 
+@dataclass(frozen=True, slots=True)
+class StopError:
+    """What a worker resolves the run's stop with when the run must not go on: the runner
+    reports `reason` as the run's error (exit 2, the manifest's `stopped.error`)."""
+
+    reason: str
+
+
+def fake_server_only(setup: WorkerSetup) -> bool:
+    """Whether every handshake must answer with FAKE_SERVER_HEADER: a target that is not paid
+    (`Target.paid`) runs compressed and uncapped on the assumption that it is rtsoak's fake
+    server, unless the run is held as a paid one would be (1x, with an audio budget)."""
+    held_as_paid = setup.budget is not None and setup.scenario.run.time_scale == 1
+    return not setup.target.paid and not held_as_paid
+
+
 class Worker:
     def __init__(self, setup: WorkerSetup) -> None:
         self.s = setup
+        self.fake_only = fake_server_only(setup)
         self.sc = setup.scenario
         self.clock = setup.clock
         self.speech = Speech(setup.scenario, setup.library, setup.variant, setup.worker)
@@ -192,6 +209,10 @@ class Worker:
         heartbeat = None if ping is None else clock.wall_seconds(ping)
         if not await link.connect(http, self.s.target.url, headers, heartbeat):
             return link
+        if self.fake_only and not link.fake_server:  # before a byte is sent on it
+            self._not_the_fake_server()
+            await link.close(CloseCause.SCENARIO_END)
+            return link
         rotate_age = self.sc.reconnect.rotation_age(self.policy_rng)
         if rotate_age is not None:
             link.rotate_at = link.core.established + rotate_age
@@ -265,6 +286,21 @@ class Worker:
         if not self.s.stop.done():
             self.s.stop.set_result("audio budget spent")
         return False
+
+    def _not_the_fake_server(self) -> None:
+        """An uncapped run reached a server that does not say it is rtsoak's fake server
+        (a proxy, say, to a paid service): end the run, saying how to run it safely."""
+        if self.s.stop.done():
+            return
+        url = self.s.target.describe()["url"]
+        self.s.stop.set_result(
+            StopError(
+                f"the server at {url} is not rtsoak's fake server (no {FAKE_SERVER_HEADER} "
+                "header): a proxy to a paid service? run it as one, with caps "
+                "(--max-minutes, --max-audio-hours) and --time-scale 1; or point --target "
+                "at `rtsoak serve` itself"
+            )
+        )
 
     def _begin(self, link: Link, turn: Turn, vad: bool = False) -> asyncio.Future:
         """Start an utterance in the core; the future it returns holds its UttEnd row."""

@@ -31,7 +31,7 @@ from harness.config.scenario import Scenario
 from harness.config.target import Target, TargetError, build_target
 from harness.core.pacing import SATURATED_P99_MS
 from harness.edge.clock import ScaledClock
-from harness.edge.worker import Progress, Worker, WorkerSetup
+from harness.edge.worker import Progress, StopError, Worker, WorkerSetup
 from harness.log.recorder import LogWriteError, Recorder
 from harness.log.rundir import RunDir, open_run, run_facts, write_json
 from harness.run.server import EmbeddedServer
@@ -223,7 +223,8 @@ def preflight(
     Only a paid target (`Target.paid`: any real one but a url on loopback) is held to real
     time and caps; a loopback url is this machine, so it runs as the fake does: any time
     scale, and only the caps it is given (its server must run at the same time scale:
-    nothing here can tell)."""
+    nothing here can tell). Unless it runs at 1x with an audio budget, its workers stop the
+    run at the first handshake that is not rtsoak's fake server's (`fake_server_only`)."""
     library = AudioLibrary.from_dir(scenario.audio_dir())
     target, budget = None, None
     if scenario.run.target != "fake":
@@ -232,9 +233,11 @@ def preflight(
         if caps.max_audio_hours is not None:  # always, for a paid target (checked above)
             budget = AudioBudget(caps.max_audio_hours)
         if not target.paid:
+            held = budget is not None and scenario.run.time_scale == 1  # as worker.py says
             log(
-                f"rtsoak: {target.describe()['url']} is on this machine: no caps needed; "
-                f"its server must run at this run's time scale "
+                f"rtsoak: {target.describe()['url']} is on this machine: no caps needed"
+                + ("" if held else " (each handshake must be rtsoak's fake server's)")
+                + "; its server must run at this run's time scale "
                 f"(--time-scale {scenario.run.time_scale:g}), the client cannot check"
             )
             if scenario.raw_faults or any(v.raw_faults for v in scenario.variants):
@@ -589,8 +592,10 @@ async def run_workers(
     1000); a second flushes the log and exits 130 at once.
 
     The workers also stop, at once, when the event log cannot be written (a full disk: the
-    result's `error` says where and why) or when `watch()` returns: with a message, that is
-    an error too; with None, an interruption (a --procs child whose parent is gone)."""
+    result's `error` says where and why), when a worker resolves `stop` with a StopError (an
+    uncapped run that reached a server other than rtsoak's fake: an error too) or when
+    `watch()` returns: with a message, that is an error too; with None, an interruption (a
+    --procs child whose parent is gone)."""
     loop = asyncio.get_running_loop()
     k, procs = part
     recorder = Recorder(RunDir(run_dir).client_log(None if procs == 1 else k))
@@ -680,6 +685,9 @@ async def run_workers(
             if recorder.failed.done():
                 error = str(recorder.failed.result())
                 failed_at = recorder.failed_at
+            elif stop.done() and isinstance(stop.result(), StopError):
+                error = stop.result().reason  # a worker found the run must not go on
+                failed_at = time.monotonic()
             elif watcher is not None and watcher.done() and not watcher.cancelled():
                 error = watcher.result()  # None: stopped from outside, as by a signal
                 failed_at = time.monotonic()
