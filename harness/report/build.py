@@ -592,21 +592,23 @@ def _verdicts_html(diagnosis: dict[str, list[dict[str, Any]]]) -> str:
 
 def _findings_html(rows: list[dict[str, Any]], model: ReportModel) -> str:
     """One table of sentences; with several variants, one folded table per variant, its
-    summary line saying what the diagnosis made of most of its drops."""
+    summary line naming the theories the blind diagnosis supports."""
     columns = [("hypothesis", "hypothesis"), ("finding", "what the data says")]
     variants = list(dict.fromkeys(r.get("variant") for r in rows))
     if len(variants) < 2:
         return _table(rows, columns, css="findings")
-    drops = model.connections["variant"].astype(str)[model.diagnosis.notna()]
-    diagnosis = model.diagnosis.dropna().groupby(drops)
+    supported = {
+        variant: [v.hypothesis for v in verdicts if v.verdict == "supported"]
+        for variant, verdicts in model.verdicts.items()
+    }
+    drops = model.connections.loc[model.connections["dropped"], "variant"].astype(str)
     parts = []
     for v in variants:
-        counts = diagnosis.get_group(v).value_counts() if v in diagnosis.groups else None
+        n = int((drops == v).sum())
         gist = (
             "no drops"
-            if counts is None or counts.empty
-            else f"{counts.sum()} drops, most diagnosed {counts.index[0]} "
-            f"({100 * counts.iloc[0] / counts.sum():.0f} %)"
+            if n == 0
+            else f"{n} drops; supported: {', '.join(supported.get(v, [])) or 'none yet'}"
         )
         mine = [r for r in rows if r.get("variant") == v]
         parts.append(
