@@ -75,9 +75,10 @@ def write_scenario(
     duration: str = "3m",
     time_scale: float = 120,
     extra: str = "",
+    faults: str = '[faults.session_age]\nmean = "30s"\n',
 ) -> Path:
     """A small scenario over a synthetic 1 s tone (16 kHz: loading resamples to 24 kHz), with a
-    session-age fault so runs see drops."""
+    fault so runs see drops (`faults`: a session-age hazard unless told)."""
     import soundfile
 
     audio = tmp_path / "audio"
@@ -95,9 +96,7 @@ time_scale = {time_scale}
 dir = "{audio}"
 [pacing]
 chunk_ms = 50
-[faults.session_age]
-mean = "30s"
-{extra}
+{faults}{extra}
 """)
     return scenario
 

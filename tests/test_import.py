@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import rtsoak
+from conftest import rtsoak, write_scenario
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +23,7 @@ from harness.log.importer import (
     import_logs,
 )
 from harness.report.analysis import survival_by_variant
+from harness.report.diagnosis import HYPOTHESES, THRESHOLD_KEY
 
 CENSORED_BY_THE_HARNESS = {"scenario_end": "client_close", "proactive": "client_close"}
 
@@ -35,9 +36,10 @@ def _value(value: Any) -> Any:
     )
 
 
-def export(run_dir: Path, out: Path, fmt: str) -> tuple[Path, Path]:
+def export(run_dir: Path, out: Path, fmt: str, levels: bool = True) -> tuple[Path, Path]:
     """A run's connections and events frames in the shape docs/import.md documents: times as
-    epoch seconds (the run's scenario seconds), one file per row kind."""
+    epoch seconds (the run's scenario seconds), one file per row kind; `levels`: with each
+    append's dBFS."""
     frames = load(run_dir)
     conns = []
     for c in frames.connections.to_dict(orient="records"):
@@ -67,6 +69,7 @@ def export(run_dir: Path, out: Path, fmt: str) -> tuple[Path, Path]:
             "dir": str(e["dir"]),
             "type": str(e["type"]),
             "audio_ms": _value(e["audio_ms"]),
+            **({"dbfs": _value(e["dbfs"])} if levels else {}),
             "item": _value(e["item"]),
             "text": _value(e["text"]),
             "bytes": _value(e["bytes"]),
@@ -284,8 +287,148 @@ def test_an_imported_run_is_reported(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "report" / "index.html").is_file()
 
 
+def test_dbfs_on_appends_is_carried_into_the_event_log(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("connection,open,close,code\na,10,20,1006\n")
+    (tmp_path / "e.csv").write_text(
+        "time,connection,dir,type,audio_ms,dbfs\n"
+        "11,a,send,input_audio_buffer.append,50,-12.5\n"
+        "12,a,send,input_audio_buffer.append,50,\n"  # unknown
+        "13,a,send,input_audio_buffer.append,50,-300\n"  # quieter than the floor: the floor
+        "14,a,send,input_audio_buffer.commit,,-3\n"  # only appends carry a level
+    )
+    import_logs(ImportOptions((tmp_path / "c.csv",), tmp_path / "run", (tmp_path / "e.csv",)))
+    ev = load(tmp_path / "run").events
+    sent = ev[ev["dir"] == "send"]
+    assert _listed(sent["dbfs"]) == [-12.5, None, -120.0, None]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert "dbfs" in manifest["import"]["columns"]["events"]
+
+
+@pytest.mark.parametrize(
+    ("level", "message"),
+    [("loud", "not a level in dBFS: 'loud'"), ("3", "3 dBFS: no PCM16 audio is louder")],
+)
+def test_a_level_that_is_no_dbfs_is_a_bad_row(tmp_path: Path, level: str, message: str) -> None:
+    (tmp_path / "c.csv").write_text("connection,open,close,code\na,10,20,1006\n")
+    (tmp_path / "e.csv").write_text(
+        f"time,connection,dir,type,audio_ms,dbfs\n11,a,send,input_audio_buffer.append,50,{level}\n"
+    )
+    with pytest.raises(LogImportError) as caught:
+        import_logs(ImportOptions((tmp_path / "c.csv",), tmp_path / "run", (tmp_path / "e.csv",)))
+    assert f"e.csv:2: dbfs: {message}" in str(caught.value)
+
+
+# A run with one known cause: a 23 s idle timeout, met by gaps of 2-45 s with nothing sent.
+# 40 min at 60x is some 40 s wall and some 380 drops.
+IDLE_FAULT = '[faults.idle_timeout]\nafter = "23s"\n'
+IDLE_GAPS = '[silence]\ngap = "2s"\ngap_max = "45s"\nfill = "idle"\n'
+FRAME_THEORIES = ("idle_timeout", "buffer_pressure", "rate", "micro_burst", "silence_hazard")
+CONNECTION_THEORIES = ("max_duration", "session_age", "random_loss", "concurrency_cap")
+NO_FRAMES = "Can't judge: the log has no per-frame rows (frames sent)."
+NO_LEVELS = "Can't judge: the log has no audio levels (dbfs) of the appends sent."
+
+
+def report(run_dir: Path) -> dict[str, Any]:
+    """`rtsoak report` of a run directory: its summary.json."""
+    result = rtsoak("report", str(run_dir), timeout=300)
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    return json.loads((run_dir / "report" / "summary.json").read_text())
+
+
+def diagnosis(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """summary.json's diagnosis as {variant: {hypothesis: verdict}}."""
+    return {
+        variant: {v["hypothesis"]: v for v in verdicts}
+        for variant, verdicts in summary["diagnosis"].items()
+    }
+
+
+def verdicts(summary: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {
+        variant: {h: v["verdict"] for h, v in by.items()}
+        for variant, by in diagnosis(summary).items()
+    }
+
+
+@pytest.fixture(scope="module")
+def idle_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A real `rtsoak run` whose only fault is an idle timeout, and its report's summary."""
+    tmp = tmp_path_factory.mktemp("idle")
+    scenario = write_scenario(
+        tmp, "idle", workers=6, duration="40m", time_scale=60, faults=IDLE_FAULT, extra=IDLE_GAPS
+    )
+    result = rtsoak("run", str(scenario), "--out", str(tmp / "runs"), "--seed", "7", "--no-report")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp / "runs").iterdir()
+    return run_dir, report(run_dir)
+
+
+def imported(
+    run_dir: Path, out: Path, fmt: str, events: bool = True, levels: bool = True
+) -> dict[str, Any]:
+    """Export `run_dir` (its event rows, with levels or not, or none), import it into `out`,
+    report it: its summary.json."""
+    conn_file, event_file = export(run_dir, out.with_name(out.name + "-export"), fmt, levels)
+    import_logs(ImportOptions((conn_file,), out, (event_file,) if events else ()))
+    return report(out)
+
+
+def test_round_trip_of_a_run_with_a_known_cause_gives_the_same_diagnosis(
+    idle_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, original = idle_run
+    copy = imported(run_dir, tmp_path / "prod", "csv")
+    assert len(copy["variants"]) == len(original["variants"])
+    for x, y in zip(original["variants"], copy["variants"], strict=True):
+        assert {k: y[k] for k in x} == {
+            k: pytest.approx(v) if isinstance(v, float | list) else v for k, v in x.items()
+        }
+    assert verdicts(copy) == verdicts(original)
+    a, b = diagnosis(original)["idle"], diagnosis(copy)["idle"]
+    # the run's own cause, found in both
+    assert a["idle_timeout"]["verdict"] == "supported"
+    assert a["idle_timeout"]["threshold_ci"][0] <= 23 <= a["idle_timeout"]["threshold_ci"][1]
+    for theory, v in a.items():
+        if v["verdict"] == "supported" and theory in THRESHOLD_KEY:
+            (lo, hi), (lo2, hi2) = v["threshold_ci"], b[theory]["threshold_ci"]
+            assert lo <= hi2 and lo2 <= hi, (theory, v, b[theory])
+    assert set(a) == set(b) == set(HYPOTHESES)
+
+
+def test_an_import_without_levels_cannot_judge_silence_and_judges_the_rest_alike(
+    idle_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, original = idle_run
+    copy = imported(run_dir, tmp_path / "prod", "jsonl", levels=False)
+    a, b = diagnosis(original)["idle"], diagnosis(copy)["idle"]
+    assert b["silence_hazard"]["verdict"] == "inconclusive"
+    assert b["silence_hazard"]["evidence"] == NO_LEVELS
+    others = [h for h in HYPOTHESES if h != "silence_hazard"]
+    assert {h: b[h]["verdict"] for h in others} == {h: a[h]["verdict"] for h in others}
+
+
+def test_an_import_of_connection_rows_only_says_which_theories_it_cannot_judge(
+    idle_run: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    run_dir, _ = idle_run
+    out = tmp_path / "prod"
+    summary = imported(run_dir, out, "csv", events=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["import"]["columns"]["events"] is None
+    by = diagnosis(summary)["idle"]
+    for theory in FRAME_THEORIES:
+        assert (by[theory]["verdict"], by[theory]["evidence"]) == ("inconclusive", NO_FRAMES)
+    for theory in (*CONNECTION_THEORIES, "handshake_faults"):
+        assert not by[theory]["evidence"].startswith("Can't judge"), by[theory]
+    cannot = {h for h, v in by.items() if v["evidence"].startswith("Can't judge")}
+    assert cannot == set(FRAME_THEORIES)
+    # the page says so too
+    page = (out / "report" / "index.html").read_text()
+    assert "the log has no per-frame rows" in page
+
+
 HEADER = "connection,open,close,code,established,status,closed_by\n"
-EVENTS_HEADER = "time,connection,dir,type,audio_ms,item,text,bytes\n"
+EVENTS_HEADER = "time,connection,dir,type,audio_ms,dbfs,item,text,bytes\n"
 junk_line = st.one_of(
     st.text(max_size=80),
     st.lists(
@@ -297,7 +440,9 @@ junk_line = st.one_of(
         max_size=9,
     ).map(",".join),
     st.dictionaries(
-        st.sampled_from(["connection", "open", "close", "code", "time", "dir", "type", "audio_ms"]),
+        st.sampled_from(
+            ["connection", "open", "close", "code", "time", "dir", "type", "audio_ms", "dbfs"]
+        ),
         st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8)),
     ).map(json.dumps),
     st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=2)).map(json.dumps),

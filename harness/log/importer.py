@@ -22,6 +22,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+from harness.core.audio_level import DBFS_FLOOR
 from harness.core.client import ClientConnection
 from harness.core.outcomes import CloseCause, ClosedBy
 from harness.core.protocol import COMPLETED, FAILED
@@ -63,6 +64,7 @@ EVENT_COLUMNS = {
     "dir": True,
     "type": True,
     "audio_ms": False,
+    "dbfs": False,
     "item": False,
     "text": False,
     "bytes": False,
@@ -327,6 +329,17 @@ def _float(value: Any, column: str) -> float:
     return number
 
 
+def _level(value: Any) -> float:
+    """An append's level in dBFS (core/audio_level.dbfs): at most 0, floored at DBFS_FLOOR as
+    the definition floors it (so a log's own floor for digital silence reads as ours)."""
+    number = _number(value)
+    if number is None or math.isnan(number):
+        raise _Bad("dbfs", f"not a level in dBFS: {_show(value)}")
+    if number > 0:
+        raise _Bad("dbfs", f"{number:g} dBFS: no PCM16 audio is louder than 0 dBFS (RMS)")
+    return max(number, DBFS_FLOOR)
+
+
 def _text(value: Any, column: str) -> str | None:
     if value is None:
         return None
@@ -376,6 +389,7 @@ class _Event:
     dir: str
     type: str
     audio_ms: float | None
+    dbfs: float | None
     item: str | None
     text: str | None
     bytes: int | None
@@ -447,11 +461,13 @@ def _event(cols: _Columns, record: dict[str, Any], seq: int) -> tuple[str, _Even
     audio_ms = None if raw_ms is None else _float(raw_ms, "audio_ms")
     if audio_ms is None and dir_ == "send" and type_ == APPEND:
         raise _Bad("audio_ms", f"required on {APPEND}: the audio it carried, in ms")
+    raw_level = cols.get(record, "dbfs")
+    level = None if raw_level is None else _level(raw_level)
     raw_bytes = cols.get(record, "bytes")
     nbytes = None if raw_bytes is None else _int(raw_bytes, "bytes", 0, _INT32)
     item = _text(cols.get(record, "item"), "item")
     text = _text(cols.get(record, "text"), "text")
-    return conn_id, _Event(time, seq, dir_, type_, audio_ms, item, text, nbytes)
+    return conn_id, _Event(time, seq, dir_, type_, audio_ms, level, item, text, nbytes)
 
 
 class _Problems:
@@ -541,9 +557,10 @@ def _source(path: Path, kind: str, rows: int, bad: int) -> dict[str, Any]:
 class _LoggedConnection(ClientConnection):
     """A ClientConnection fed from a log, which keeps an append's length but not its audio."""
 
-    def appended(self, now: float, audio_ms: float) -> list[Row]:
-        """An append of `audio_ms` milliseconds, counted as `client_frame` counts one; its
-        utterance's CRC is unknown, so a transcript is never judged a mismatch."""
+    def appended(self, now: float, audio_ms: float, level: float | None) -> list[Row]:
+        """An append of `audio_ms` milliseconds at `level` dBFS (None: unknown), counted as
+        `client_frame` counts one; its utterance's CRC is unknown, so a transcript is never
+        judged a mismatch."""
         self.last_sent, self.last_pcm = now, None
         self.configured = True
         if self._current is None:
@@ -555,7 +572,7 @@ class _LoggedConnection(ClientConnection):
             utt.audio_ms = (utt.audio_ms or 0.0) + audio_ms
         self.uncommitted_ms += audio_ms
         self.audio_ms += audio_ms
-        return [FrameRow(now, "send", APPEND, 0, audio_ms=audio_ms)]
+        return [FrameRow(now, "send", APPEND, 0, audio_ms=audio_ms, dbfs=level)]
 
 
 def _server_frame(event: _Event) -> str:
@@ -572,7 +589,7 @@ def _server_frame(event: _Event) -> str:
 
 def _frames(conn: _LoggedConnection, event: _Event, now: float) -> list[Row]:
     if event.dir == "send" and event.type == APPEND:
-        rows = conn.appended(now, event.audio_ms or 0.0)
+        rows = conn.appended(now, event.audio_ms or 0.0, event.dbfs)
     elif event.dir == "send":
         rows = conn.client_frame(now, json.dumps({"type": event.type}))
     else:
