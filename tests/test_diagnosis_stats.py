@@ -18,8 +18,8 @@ APPEND = "input_audio_buffer.append"
 
 
 def _lives(rng: np.random.Generator, n: int, timeout: float | None, loss_per_s: float):
-    """`n` connections of 20 min at most: 3 s of appends (every 0.1 s), then an idle gap of
-    1-60 s, again and again. An idle timeout ends a gap that reaches it; random loss ends a
+    """`n` connections of 20 min at most: 3 s of loud appends (every 0.1 s), then an idle gap
+    of 1-60 s, again and again. An idle timeout ends a gap that reaches it; random loss ends a
     connection at an exponential time."""
     conns, sends = [], []
     for k in range(n):
@@ -32,7 +32,7 @@ def _lives(rng: np.random.Generator, n: int, timeout: float | None, loss_per_s: 
             for i in range(30):
                 if t + i * 0.1 >= end:
                     break
-                sends.append((name, t + i * 0.1, APPEND, 100.0))
+                sends.append((name, t + i * 0.1, APPEND, 100.0, -20.0))
             t += 3.0
             gap = float(rng.uniform(1, 60))
             if timeout is not None and gap >= timeout and t + timeout < end:
@@ -45,7 +45,7 @@ def _lives(rng: np.random.Generator, n: int, timeout: float | None, loss_per_s: 
     )
     connections["cause"] = np.where(connections["dropped"], "abnormal", "scenario_end")
     connections["handshake_status"] = 101
-    frame = pd.DataFrame(sends, columns=["connection", "t", "type", "audio_ms"])
+    frame = pd.DataFrame(sends, columns=["connection", "t", "type", "audio_ms", "dbfs"])
     return connections, frame.sort_values(["connection", "t"], kind="stable")
 
 
@@ -106,3 +106,13 @@ def test_exposure_past_a_threshold_of_a_growing_covariate_is_the_time_spent_past
     # linear: 10 s from 0 to 10 spends 4 s at 6 or more; 0->4 none; a flat 5 none
     assert diagnosis._above(spells, 6.0, linear=True).tolist() == pytest.approx([4.0, 0.0, 0.0])
     assert diagnosis._above(spells, 5.0, linear=False).tolist() == pytest.approx([10.0, 0.0, 2.0])
+
+
+def test_an_age_verdict_waits_for_the_theories_the_log_cannot_judge() -> None:
+    """Without audio levels a silence hazard cannot be judged, and it could explain drops
+    that look random: random loss is then not claimed."""
+    connections, sends = _lives(np.random.default_rng(5), 150, None, 1 / 300)
+    verdicts = _verdicts(connections, sends.drop(columns=["dbfs"]))
+    assert verdicts["silence_hazard"].evidence.startswith("Can't judge")
+    assert verdicts["random_loss"].verdict == "inconclusive"
+    assert "silence_hazard" in verdicts["random_loss"].evidence

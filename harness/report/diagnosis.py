@@ -377,6 +377,9 @@ def _judge(test: _Test | None, cov: Covariate, logp_holm: float, drops: int) -> 
     numbers: dict[str, Any] = {
         "rate_ratio": test.ratio,
         "rate_ratio_ci": list(test.ratio_ci),
+        # JSON has no infinity: true when every connection past the threshold dropped (the
+        # ratio and its upper bound, written null, are then unbounded, not unknown)
+        "rate_ratio_unbounded": math.isinf(test.ratio),
         "p": math.exp(logp_holm),
         "drops_in_state": test.drops_in,
         "hours_in_state": test.exposure_in / 3600,
@@ -646,10 +649,28 @@ def _variant(
             )
         }
     )
+    unjudged = [c.theory for c in covariates if c.missing and c.theory not in accepted]
+    if unjudged and drops:
+        _hedge_age(out, sorted(set(unjudged)), next(c.missing for c in covariates if c.missing))
     for theory, verdict in out.items():
         if verdict.verdict == "supported":
             verdict.numbers["next_step"] = _next_step(theory, verdict)
     return out
+
+
+def _hedge_age(out: dict[str, Verdict], unjudged: list[str], why: str) -> None:
+    """An age verdict stands only when every covariate theory could be judged: drops an
+    unjudged one would explain (an idle timeout on a log of connections only) look like
+    wear-out or random loss."""
+    for theory in ("session_age", "random_loss"):
+        verdict = out.get(theory)
+        if verdict is not None and verdict.verdict == "supported":
+            verdict.verdict = "inconclusive"
+            verdict.evidence = (
+                f"Can't tell yet: {verdict.evidence[0].lower()}{verdict.evidence[1:]} But "
+                f"{', '.join(unjudged)} could not be judged ({why}) and could explain these "
+                "drops; log the frames sent to tell."
+            )
 
 
 def _next_step(theory: str, verdict: Verdict) -> str:
