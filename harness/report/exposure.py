@@ -34,10 +34,11 @@ __all__ = [
 ]
 
 COMMIT, CLEAR = "input_audio_buffer.commit", "input_audio_buffer.clear"
-# The service's windows and level are unknown: each covariate is measured over a few windows,
-# and the diagnosis corrects its test for having looked at each (docs/diagnosis.md).
-SPEED_WINDOWS_S = (0.5, 2.0, 5.0)  # audio seconds sent per second over the trailing window
-BURST_WINDOWS_S = (0.02, 0.05)  # appends sent within the trailing window
+# The service's windows and level are unknown. Each covariate is measured over windows like
+# the ones services are said to use (more windows cost a pass over every append each, and the
+# test pays for each one it looks at: docs/diagnosis.md).
+SPEED_WINDOWS_S = (2.0,)  # audio seconds sent per second over the trailing window
+BURST_WINDOWS_S = (0.05,)  # appends sent within the trailing window
 LOUD_DBFS = -50.0  # an append below this is low-energy audio (a silence streak goes on)
 # dying: the spell lies within the timing tolerance before its connection's drop, so it
 # cannot count as having survived its value (its drop is a spell of its own)
@@ -182,24 +183,21 @@ def _steps(
     dying = recent & conns["dropped"].to_numpy()[c]
     keep = value > 0
     # one spell per variant, value and dying: a step covariate's exposure past a threshold
-    # needs no more, and ten million rows become thousands
-    held = pd.DataFrame(
-        {
-            "variant": conns["variant"].to_numpy()[c[keep]],
-            "x": np.round(value[keep], 4),
-            "dying": dying[keep],
-            "duration": (nxt - t)[keep],
-        }
-    )
-    held = held.groupby(["variant", "x", "dying"], sort=False)["duration"].sum().reset_index()
+    # needs no more, and ten million rows become thousands (one int64 key, hashed once)
+    variant_code, variants = pd.factorize(conns["variant"].to_numpy())
+    quantum = np.round(value[keep] * 1e4).astype(np.int64)  # values to 1e-4
+    key = (variant_code[c[keep]] * 2 + dying[keep]).astype(np.int64) << 42 | quantum
+    group, first = pd.factorize(key)
+    duration = np.bincount(group, weights=(nxt - t)[keep], minlength=len(first))
+    held_x = (first & ((1 << 42) - 1)) / 1e4
     spells = _spells(
-        connection=np.full(len(held), "", object),
-        variant=held["variant"].to_numpy(object),
-        x0=held["x"].to_numpy(float),
-        x1=held["x"].to_numpy(float),
-        duration=held["duration"].to_numpy(float),
-        dropped=np.zeros(len(held), bool),
-        dying=held["dying"].to_numpy(bool),
+        connection=np.full(len(first), "", object),
+        variant=np.asarray(variants, object)[(first >> 43)],
+        x0=held_x,
+        x1=held_x,
+        duration=duration,
+        dropped=np.zeros(len(first), bool),
+        dying=((first >> 42) & 1).astype(bool),
     )
     reached = pd.Series(value[recent]).groupby(c[recent]).max()
     dropped = np.flatnonzero(conns["dropped"].to_numpy())
