@@ -105,6 +105,7 @@ class _Test:
     max_survived: float
     min_drop: float
     deterministic: bool
+    spread: float = math.inf  # of the drops past the threshold: (q90 - q10) / median
     threshold: float | None = None
     threshold_ci: tuple[float, float] | None = None
     reference: tuple[float, float, float] | None = None  # ratio, lo, hi in the top decile
@@ -196,6 +197,9 @@ def _change_point(
         min_drop,
         deterministic,
     )
+    if len(in_state) and np.median(in_state) > 0:
+        q10, q50, q90 = np.quantile(in_state, [0.1, 0.5, 0.9])
+        test.spread = float((q90 - q10) / q50)
     test.threshold, test.threshold_ci = _threshold(test, relevant, drop_x, exposure, tol)
     test.reference = _reference(cov, spells, drop_x, drops, exposure)
     return test
@@ -461,11 +465,24 @@ def _age_verdicts(
     if drops == 0:
         loss = Verdict("random_loss", "inconclusive", "Can't tell yet: no drops.")
     elif n_left < MIN_DROPS:
+        ruled_out = covariates_supported and n_left <= drops // 10
+        rate = n_left / hours if hours else 0.0
+        more = MIN_DROPS - n_left
+        settle = (
+            ""
+            if ruled_out
+            else f" Can't tell yet: a flat hazard needs {MIN_DROPS} unexplained drops; "
+            + (
+                f"about {more / rate:.0f} more connection-hours at this rate would give them."
+                if rate > 0
+                else "run longer, or with more workers."
+            )
+        )
         loss = Verdict(
             "random_loss",
-            "not_supported" if covariates_supported and n_left <= drops // 10 else "inconclusive",
+            "not_supported" if ruled_out else "inconclusive",
             f"{drops - n_left} of {drops} drops are explained by the supported theories; "
-            f"{n_left} are left.",
+            f"{n_left} are left." + settle,
         )
     elif shape is not None and shape[1] <= 1.0 <= shape[2]:
         rate = n_left / hours if hours else math.nan
@@ -558,6 +575,17 @@ def diagnose_variants(
     return out
 
 
+def _sharpness(test: _Test) -> tuple[int, float, float]:
+    """Which of several supported theories to take first: a deterministic threshold (a sharp
+    prediction: every drop at one value) before a hazard, and of two thresholds the one its
+    drops sit on most tightly (an idle timeout's drops all at its idle time; the same drops'
+    silence streaks spread by the quiet tail before each gap); among hazards, the smaller
+    p-value."""
+    if test.deterministic:
+        return (0, test.spread, test.logp)
+    return (1, test.logp, test.spread)  # a hazard's drops spread by nature: evidence decides
+
+
 def _tests(
     covariates: list[Covariate],
     spells: dict[int, pd.DataFrame],
@@ -606,15 +634,15 @@ def _variant(
         holm = np.maximum.accumulate(
             [min(0.0, t.logp + math.log(len(ranked) - i)) for i, t in enumerate(ranked)]
         )
-        chosen = None
-        for test, logp_holm in zip(ranked, holm, strict=True):
-            verdict = _judge(test, test.cov, float(logp_holm), remaining)
-            if verdict.verdict == "supported":
-                chosen = (test, verdict)
-                break
-        if chosen is None:
+        candidates = [
+            (test, verdict)
+            for test, logp_holm in zip(ranked, holm, strict=True)
+            if (verdict := _judge(test, test.cov, float(logp_holm), remaining)).verdict
+            == "supported"
+        ]
+        if not candidates:
             break
-        top, verdict = chosen
+        top, verdict = min(candidates, key=lambda c: _sharpness(c[0]))
         accepted[top.cov.theory] = verdict
         newly = spells[id(top.cov)]
         slack = tol if top.cov.unit == "s" else 0.0

@@ -162,12 +162,12 @@ def _steps(
     **kw,
 ) -> Covariate:
     """A step covariate: `value` after each frame sent holds until the next frame or the
-    connection's end; zero before the first frame. A drop is a spell of no duration at the
-    most the covariate reached in its connection's dying stretch: the last `tolerance_s`, and
-    the last `segment` (for a covariate that resets, since its last reset). The client sees a
-    close late, and may have sent on after the server had acted (audio into a buffer already
-    over its limit, a clear and the next utterance), so that stretch cannot count as
-    survived."""
+    connection's end; zero before the first frame. Every value is the most the covariate
+    reached in the `tolerance_s` before it, and a drop is a spell of no duration at its
+    connection's last value: the client sees a close late, and may have sent on after the
+    server had acted (audio into a buffer already over its limit, a clear and the next
+    utterance). The dying stretch (the last `tolerance_s`, and for a covariate that resets
+    the last `segment`) cannot count as survived."""
     c, t = sent["c"].to_numpy(), sent["t"].to_numpy(float)
     nxt = np.r_[t[1:], np.nan]
     last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
@@ -199,9 +199,11 @@ def _steps(
         dropped=np.zeros(len(first), bool),
         dying=((first >> 42) & 1).astype(bool),
     )
-    reached = pd.Series(value[recent]).groupby(c[recent]).max()
+    # a drop is at the (trailing-maximum) value of its connection's last frame: measured as
+    # the exposure is, so the window alone cannot put drops past a threshold
+    final = pd.Series(value[last], index=c[last])
     dropped = np.flatnonzero(conns["dropped"].to_numpy())
-    at = reached.reindex(dropped).fillna(0.0).to_numpy()
+    at = final.reindex(dropped).fillna(0.0).to_numpy()
     zero = np.zeros(len(dropped))
     markers = _frame(conns, dropped, at, at, zero, np.ones(len(dropped), bool))
     return Covariate(theory, unit, pd.concat([spells, markers], ignore_index=True), False, **kw)
