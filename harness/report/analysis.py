@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -361,22 +362,30 @@ def weibull_by_variant(connections: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=WEIBULL_COLUMNS)
 
 
-def weibull_shape(lifetimes: pd.Series, dropped: pd.Series) -> tuple[float, float, float] | None:
-    """The Weibull shape of these lifetimes (dropped: observed, else censored) with lifelines'
-    95 % CI, or None when the fit fails."""
+def weibull_fit(lifetimes: pd.Series, dropped: pd.Series) -> Any | None:
+    """A lifelines WeibullFitter of these lifetimes (dropped: observed, else censored), or None
+    when the fit fails."""
     from lifelines import WeibullFitter
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            wf = WeibullFitter().fit(
+            return WeibullFitter().fit(
                 pd.Series(lifetimes, dtype=float).clip(lower=1e-3),
                 pd.Series(dropped).astype(bool),
             )
-        ci = wf.summary.loc["rho_"]
-        return float(wf.rho_), float(ci["coef lower 95%"]), float(ci["coef upper 95%"])
     except Exception:  # lifelines raises several kinds on degenerate data
         return None
+
+
+def weibull_shape(lifetimes: pd.Series, dropped: pd.Series) -> tuple[float, float, float] | None:
+    """The Weibull shape of these lifetimes with lifelines' 95 % CI, or None when the fit
+    fails."""
+    wf = weibull_fit(lifetimes, dropped)
+    if wf is None:
+        return None
+    ci = wf.summary.loc["rho_"]
+    return float(wf.rho_), float(ci["coef lower 95%"]), float(ci["coef upper 95%"])
 
 
 def variant_factors(variants: list[str]) -> pd.DataFrame:

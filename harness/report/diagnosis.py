@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from harness.report.analysis import MIN_DROPS, weibull_shape
+from harness.report.analysis import MIN_DROPS, weibull_fit
 from harness.report.exposure import Covariate, exposure_tables, handshake_attempts
 
 __all__ = ["HYPOTHESES", "Verdict", "diagnose_variants"]
@@ -63,7 +63,7 @@ NEXT_STEP = {
     "micro_burst": "pace evenly: no catch-up bursts after a stall; compare pacing strategies",
     "silence_hazard": "stop streaming long silence: send nothing between utterances, or "
     "commit and clear",
-    "concurrency_cap": "keep at most {value} sessions per key (make-before-break rotation "
+    "concurrency_cap": "keep at most {value} per key (make-before-break rotation "
     "opens a second one)",
     "max_duration": "rotate sessions before {value} (reconnect.rotate_every)",
     "session_age": "rotate sessions proactively and compare rotation ages (rtsoak recommend)",
@@ -419,8 +419,28 @@ def _age_verdicts(
     life = (conns["closed"] - conns["established"]).to_numpy(float)
     left = conns["dropped"].to_numpy(bool) & ~conns["connection"].isin(explained).to_numpy()
     n_left = int(left.sum())
-    shape = weibull_shape(pd.Series(life), pd.Series(left)) if left.sum() >= 3 else None
-    numbers = {"weibull_shape": shape[0], "weibull_shape_ci": [shape[1], shape[2]]} if shape else {}
+    fitted = weibull_fit(pd.Series(life), pd.Series(left)) if left.sum() >= 3 else None
+    shape, numbers = None, {}
+    if fitted is not None:
+        ci = fitted.summary
+        shape = (
+            float(fitted.rho_),
+            float(ci.loc["rho_", "coef lower 95%"]),
+            float(ci.loc["rho_", "coef upper 95%"]),
+        )
+        # the scale and the covariance too: what `rtsoak recommend` and `fit` need of the model
+        numbers = {
+            "weibull_shape": shape[0],
+            "weibull_shape_ci": [shape[1], shape[2]],
+            "weibull_scale_s": float(fitted.lambda_),
+            "weibull_scale_ci_s": [
+                float(ci.loc["lambda_", "coef lower 95%"]),
+                float(ci.loc["lambda_", "coef upper 95%"]),
+            ],
+            "weibull_cov": fitted.variance_matrix_.loc[["rho_", "lambda_"], ["rho_", "lambda_"]]
+            .to_numpy(float)
+            .tolist(),
+        }
     hours = life.sum() / 3600
     fit = f"Weibull shape {shape[0]:.2f} (95 % CI {shape[1]:.2f}–{shape[2]:.2f})" if shape else ""
     if limit_supported:
