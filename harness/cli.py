@@ -1,4 +1,4 @@
-"""rtsoak command line: run | serve | proxy | report | import | validate | list.
+"""rtsoak command line: run | serve | proxy | report | fit | import | validate | list.
 
 Exit codes: 0 ok, 1 thresholds failed, 2 usage or configuration error, 130 interrupted.
 User mistakes print one clear line, never a traceback.
@@ -128,6 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--history", action="store_true", help="a night-over-night trend of these runs (trend.html)"
     )
+
+    fit = sub.add_parser(
+        "fit",
+        help="fit a fault profile (rtsoak serve --faults) to run directories' drops",
+        epilog="What each parameter comes from: docs/diagnosis.md, 'Fit a profile'",
+    )
+    fit.add_argument("runs", type=Path, nargs="+", help="run directories (read as one run)")
+    fit.add_argument("--out", type=Path, required=True, help="the profile to write (.toml)")
+    fit.add_argument("--variant", help="fit this variant only, as [faults.*] (default: each)")
 
     imp = sub.add_parser(
         "import",
@@ -470,6 +479,55 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_THRESHOLDS if report.failed else EXIT_OK
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    """The blind diagnosis of the runs, turned into a fault profile (harness/report/profile.py)."""
+    from datetime import UTC, datetime
+
+    from harness.log.frames import load_for_report
+    from harness.report.diagnosis import diagnose_variants
+    from harness.report.model import scales, timing_tolerance
+    from harness.report.profile import (
+        FitSource,
+        explained_drops,
+        fit_profile,
+        profile_toml,
+    )
+
+    frames = load_for_report(args.runs)
+    tolerance = timing_tolerance(frames, scales(frames))
+    verdicts = diagnose_variants(frames.connections, frames.sends, tolerance)
+    if args.variant is not None and args.variant not in verdicts:
+        raise UsageError(
+            f"--variant {args.variant!r}: the runs have " + ", ".join(sorted(verdicts))
+        )
+    if not verdicts:
+        raise UsageError("the runs hold no connections: nothing to fit")
+    explained = explained_drops(frames.connections, frames.sends, tolerance, verdicts)
+    fits = fit_profile(
+        frames.connections, verdicts, explained, list(frames.manifests), args.variant
+    )
+    source = FitSource(
+        tuple(f"{name} ({path})" for name, path in zip(frames.manifests, args.runs, strict=False)),
+        datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        _version(),
+    )
+    text = profile_toml(fits, source)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(args.out)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write ({_reason(exc)}); pass another") from None
+    for fit in fits:
+        found = ", ".join(
+            p.policy + " " + " ".join(f"{q.key}={q.value}" for q in p.params) for p in fit.policies
+        )
+        print(f"{fit.variant}: {found or 'nothing fitted'}")
+    print(f"rtsoak: profile {args.out}; next: rtsoak serve --faults {args.out}")
+    return EXIT_OK
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     from harness.log.importer import ImportOptions, LogImportError, import_logs, parse_mapping
 
@@ -559,6 +617,7 @@ _COMMANDS = {
     "serve": _cmd_serve,
     "proxy": _cmd_proxy,
     "report": _cmd_report,
+    "fit": _cmd_fit,
     "import": _cmd_import,
     "validate": _cmd_validate,
     "list": _cmd_list,
