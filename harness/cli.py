@@ -138,6 +138,23 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", type=Path, required=True, help="the profile to write (.toml)")
     fit.add_argument("--variant", help="fit this variant only, as [faults.*] (default: each)")
 
+    rec = sub.add_parser(
+        "recommend",
+        help="what to change (rotation age, keepalive, pacing) from run directories' drops",
+        epilog="The rotation maths and the costs: docs/diagnosis.md, 'Recommend'",
+    )
+    rec.add_argument("runs", type=Path, nargs="+", help="run directories (read as one run)")
+    rec.add_argument("--variant", help="this variant only (default: each)")
+    rec.add_argument(
+        "--cost-drop", type=_duration, help="what a drop costs, e.g. 30s (default: measured)"
+    )
+    rec.add_argument(
+        "--cost-rotate",
+        type=_duration,
+        help="what a planned rotation costs, e.g. 1s (default: measured)",
+    )
+    rec.add_argument("--out", type=Path, help="where recommend.json goes (default RUN/report)")
+
     imp = sub.add_parser(
         "import",
         help="turn your own connection logs (CSV, JSON lines) into a run directory",
@@ -479,6 +496,24 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_THRESHOLDS if report.failed else EXIT_OK
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from harness.report.recommend import recommend_runs
+
+    out = args.out or RunDir(args.runs[0]).report.path
+    if (exc := _cannot_write(out)) is not None:
+        raise UsageError(f"--out {out}: cannot write here ({_reason(exc)}); pass another")
+    try:
+        advice = recommend_runs(args.runs, out, args.variant, args.cost_drop, args.cost_rotate)
+    except KeyError:
+        raise UsageError(f"--variant {args.variant}: no such variant in these runs") from None
+    for a in advice:
+        print(f"{a.variant} ({a.model}):")
+        for line in a.lines:
+            print(f"  {line}")
+    print(f"rtsoak: recommendation {out / 'recommend.json'}")
+    return EXIT_OK
+
+
 def _cmd_fit(args: argparse.Namespace) -> int:
     """The blind diagnosis of the runs, turned into a fault profile (harness/report/profile.py)."""
     from datetime import UTC, datetime
@@ -618,6 +653,7 @@ _COMMANDS = {
     "proxy": _cmd_proxy,
     "report": _cmd_report,
     "fit": _cmd_fit,
+    "recommend": _cmd_recommend,
     "import": _cmd_import,
     "validate": _cmd_validate,
     "list": _cmd_list,
