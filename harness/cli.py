@@ -1,4 +1,4 @@
-"""rtsoak command line: run | serve | proxy | report | fit | import | validate | list.
+"""rtsoak command line: run | serve | proxy | report | fit | recommend | import | validate | list.
 
 Exit codes: 0 ok, 1 thresholds failed, 2 usage or configuration error, 130 interrupted.
 User mistakes print one clear line, never a traceback.

@@ -87,7 +87,7 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 def test_the_top_level_help_hides_run_part_and_there_is_a_version() -> None:
     help_text = rtsoak("--help").stdout
     assert "run-part" not in help_text and "SUPPRESS" not in help_text
-    assert "{run,serve,proxy,report,validate,list}" in help_text
+    assert "{run,serve,proxy,report,fit,recommend,import,validate,list}" in help_text
     version = rtsoak("--version")
     assert version.returncode == 0 and re.fullmatch(r"rtsoak \d+\.\d+\S*\n", version.stdout)
 
