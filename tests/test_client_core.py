@@ -191,3 +191,14 @@ def test_speech_replays_a_lost_or_timed_out_utterance_up_to_max_attempts(
         assert (again.key, again.attempt) == ("v/1/1", attempt + 1)
     else:
         assert (again.key, again.attempt) == ("v/1/2", 1)
+
+
+def test_a_drop_as_the_run_ends_leaves_its_utterance_unfinished_not_lost() -> None:
+    """No replay can follow the run's end, so the drop cuts the utterance short, as a planned
+    close would; the connection is still a drop."""
+    core = _worker_conn()
+    core.begin(1.0, "v/1/7", name="a", crc32=CRC, nbytes=96_000, audio_ms=2000.0)
+    rows = core.closed(2.5, ClosedBy.TRANSPORT, CloseCause.ABNORMAL, 1006, "", run_ended=True)
+    (end,) = _ends(rows)
+    assert end.status is UtteranceStatus.UNFINISHED
+    assert rows[-1].cause is CloseCause.ABNORMAL

@@ -122,11 +122,20 @@ class ClientConnection:
         return [Handshake(now, status, request_id, now - self.opened, error)]
 
     def closed(
-        self, now: float, closed_by: ClosedBy, cause: CloseCause, code: int | None, reason: str
+        self,
+        now: float,
+        closed_by: ClosedBy,
+        cause: CloseCause,
+        code: int | None,
+        reason: str,
+        *,
+        run_ended: bool = False,
     ) -> list[Row]:
         """The connection ended: utterances still open end too (lost, or unfinished when the
-        client itself closed), then the connection's summary."""
-        fate = Status.UNFINISHED if cause in CENSORING_CAUSES else Status.LOST
+        client itself closed it or the run had ended: no replay could follow), then the
+        connection's summary."""
+        censored = cause in CENSORING_CAUSES or run_ended
+        fate = Status.UNFINISHED if censored else Status.LOST
         state = self.state
         rows: list[Row] = []
         open_utts = [u for u in self._awaiting_ack if u is not None] + list(self._by_item.values())

@@ -189,7 +189,9 @@ class Link:
         self.progress.open -= 1
         self.progress.drops += who is not ClosedBy.CLIENT
         closed_at = self.closed_at if self.closed_at is not None else self.clock.now()
-        self.emit(self, self.core.closed(closed_at, who, cause, code, str(reason)))
+        # a drop that came as the run ended cuts its utterance short: unfinished, not lost
+        ended = self.stop.done()
+        self.emit(self, self.core.closed(closed_at, who, cause, code, str(reason), run_ended=ended))
 
     # receiving ------------------------------------------------------------------------------
     async def _read(self) -> None:
