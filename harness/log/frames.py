@@ -669,11 +669,24 @@ def _sorted_sends(sends: pd.DataFrame) -> pd.DataFrame:
     return sends.iloc[order].reset_index(drop=True)
 
 
+# what a chunk's sends keep until their connection key is built, once, for all of them
+_SEND_KEYS = ("run", "variant", "worker", "conn")
+
+
 def _sends(chunk: pa.Table) -> pa.Table:
-    """Of one chunk (with `connection`): the frames a client sent, SEND_COLUMNS only."""
+    """Of one chunk: the frames a client sent, SEND_COLUMNS and the connection's fields."""
     sent = pc.and_(_equal(chunk.column("dir"), "send"), _equal(chunk.column("src"), "client"))
-    names = [c for c in SEND_COLUMNS if c in chunk.column_names]
+    names = [*_SEND_KEYS, *(c for c in SEND_COLUMNS[1:] if c in chunk.column_names)]
     return chunk.select(names).filter(sent)
+
+
+def _sends_frame(parts: list[pa.Table]) -> pd.DataFrame:
+    """The sends of every chunk as one narrow frame, its connection key built once."""
+    if not parts:
+        return pd.DataFrame({c: [] for c in SEND_COLUMNS[:4]})
+    table = _with_connection(pa.concat_tables(parts, promote_options="permissive"))
+    names = [c for c in SEND_COLUMNS if c in table.column_names]
+    return _sorted_sends(table.select(names).unify_dictionaries().to_pandas())
 
 
 def _scan(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -750,7 +763,7 @@ def load_for_report(
                 keep, late = _scan(chunk)
                 kept.append(keep)
                 lateness.append(late)
-                sends.append(_sends(_with_connection(chunk)))
+                sends.append(_sends(chunk))
             torn += chunks.torn
         if np.isfinite(t_max):
             last[name] = (t_max, wall_max)
@@ -778,12 +791,7 @@ def load_for_report(
     )
     late = late.astype({"run": "category", "variant": "category", "lag_ms": "float32"})
     manifests = {name: manifest for name, (_, manifest) in runs.items()}
-    sent = (
-        pa.concat_tables(sends, promote_options="permissive").unify_dictionaries().to_pandas()
-        if sends
-        else pd.DataFrame({c: [] for c in SEND_COLUMNS[:4]})
-    )
-    return ReportFrames(events, late, conns, utts, manifests, torn, rows, _sorted_sends(sent))
+    return ReportFrames(events, late, conns, utts, manifests, torn, rows, _sends_frame(sends))
 
 
 def write_frames(frames: Frames, out_dir: Path) -> None:
