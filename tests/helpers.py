@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -270,3 +274,39 @@ def faults_fired(frames) -> pd.Series:
         & ev["type"].astype(str).isin(["fault", "handshake_fault"]).to_numpy(bool)
     ]
     return rows["text"].astype(str).value_counts()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_listener(banner: Path, args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
+    """`rtsoak serve` or `rtsoak proxy` with `args` (an ephemeral loopback port); its URL, read
+    from its banner in the file `banner` (a file: nobody has to drain a pipe)."""
+    with banner.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "harness", *args],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = banner.read_text()
+        if "ws://" in text:
+            return proc, "ws://" + text.split("ws://", 1)[1].split()[0]
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_listener(proc)
+    raise AssertionError(f"rtsoak {args[0]} did not start: {banner.read_text()}")
+
+
+def stop_listener(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import ROOT, rtsoak
+from helpers import start_listener, stop_listener
 
 from harness.report.diagnosis import HYPOTHESES, THRESHOLD_KEY
 
@@ -52,41 +51,10 @@ IDLE_FAULT = '[faults.idle_timeout]\nafter = "37s"\n'
 def start_serve(
     tmp_path: Path, faults: Path, scale: str, seed: int, timeout: float = 60
 ) -> tuple[subprocess.Popen, str]:
-    """`rtsoak serve` on an ephemeral loopback port at `scale`; its URL, read from the banner
-    (stdout goes to a file: nobody has to drain a pipe)."""
+    """`rtsoak serve` on an ephemeral loopback port at `scale`; its URL."""
     banner = tmp_path / f"serve-{faults.stem}-{scale}.out"
-    command = [
-        sys.executable, "-m", "harness", "serve", "--port", "0", "--time-scale", scale,
-        "--faults", str(faults), "--seed", str(seed),
-    ]  # fmt: skip
-    with banner.open("w") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = banner.read_text()
-        if "ws://" in text:
-            return proc, "ws://" + text.split("ws://", 1)[1].split()[0]
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    stop_serve(proc)
-    raise AssertionError(f"rtsoak serve did not start: {banner.read_text()}")
-
-
-def stop_serve(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    args = ["serve", "--port", "0", "--time-scale", scale, "--faults", str(faults)]
+    return start_listener(banner, [*args, "--seed", str(seed)], timeout)
 
 
 def blind_diagnosis(
@@ -124,7 +92,7 @@ def blind_diagnosis(
             timeout=3 * wall + 120, env=env,
         )  # fmt: skip
     finally:
-        stop_serve(serve)
+        stop_listener(serve)
     assert result.returncode in (0, 1), result.stdout + result.stderr
     (run_dir,) = runs.iterdir()
     report = rtsoak("report", str(run_dir), timeout=300, env=env)

@@ -11,12 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 from conftest import ROOT, rtsoak, write_scenario
+from helpers import start_listener, stop_listener
 
 from harness.config.scenario import TargetSection, load_scenario
 from harness.config.target import LOOPBACK_PLACEHOLDER_KEY, TargetError, build_target
@@ -53,39 +53,6 @@ def start_serve(tmp_path: Path, faults: Path, timeout: float = 60) -> tuple[subp
     return start_listener(tmp_path / "serve.out", args, timeout)
 
 
-def start_listener(banner: Path, args: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
-    """`rtsoak serve` or `rtsoak proxy` with `args`; its URL, read from its banner in the file
-    `banner`."""
-    with banner.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", *args],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = banner.read_text()
-        if "ws://" in text:
-            return proc, "ws://" + text.split("ws://", 1)[1].split()[0]
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    stop_serve(proc)
-    raise AssertionError(f"rtsoak {args[0]} did not start: {banner.read_text()}")
-
-
-def stop_serve(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 def test_a_blind_run_against_a_loopback_serve_is_compressed_uncapped_and_without_ground_truth(
     tmp_path: Path,
 ) -> None:
@@ -105,7 +72,7 @@ def test_a_blind_run_against_a_loopback_serve_is_compressed_uncapped_and_without
             "--out", str(runs), timeout=180, env=env,
         )  # fmt: skip
     finally:
-        stop_serve(serve)
+        stop_listener(serve)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is on this machine: no caps needed" in result.stdout
     assert f"at {SCALE}x against ws://127.0.0.1:" in result.stdout
@@ -324,6 +291,6 @@ def test_a_blind_run_through_rtsoak_proxy_is_refused_even_in_front_of_rtsoak_ser
         )  # fmt: skip
     finally:
         if proxy is not None:
-            stop_serve(proxy)
-        stop_serve(serve)
+            stop_listener(proxy)
+        stop_listener(serve)
     assert_refused_before_any_audio(result.returncode, result.stdout, result.stderr, runs)

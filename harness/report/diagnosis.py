@@ -286,9 +286,12 @@ _WHAT = {
         "low-energy audio streamed for",
         'silence streamed for longer than {x} ([silence] fill = "zeros" or "noise")',
     ),
-    "concurrency_cap": ("sessions open at once:", "more than {x} open at once"),
+    "concurrency_cap": ("arrivals with", "more than {x} open at once"),
     "max_duration": ("session age of", "sessions older than {x} (a longer run, no rotation)"),
 }
+
+
+_DETERMINISTIC = {"sessions": "; every arrival there evicted a session"}
 
 
 def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
@@ -317,7 +320,11 @@ def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
             f"{test.exposure / 3600:.1f} connection-hours: {ratio}. Threshold "
             f"{_fmt(test.threshold or test.tau, cov.unit)} (95 % CI {_fmt(lo, cov.unit)} to "
             f"{_fmt(hi, cov.unit)})"
-            + ("; no connection outlived it" if test.deterministic else "")
+            + (
+                _DETERMINISTIC.get(cov.unit, "; no connection outlived it")
+                if test.deterministic
+                else ""
+            )
             + "."
         )
     if verdict == "not_supported":
