@@ -34,6 +34,7 @@ from harness.core.transcript import BYTES_PER_SECOND, parse_transcript
 __all__ = ["ClientConnection", "Utterance"]
 
 UPDATES = frozenset({"session.update", "transcription_session.update"})
+APPEND = "input_audio_buffer.append"
 PCM16_BYTES_PER_MS = BYTES_PER_SECOND / 1000
 G711_BYTES_PER_MS = 8.0  # 8 kHz, one byte a sample
 # the service answered the commit with a transcript, or its failure: latency is measured
@@ -230,7 +231,7 @@ class ClientConnection:
             return [FrameRow(now, "send", "unparseable", len(data))]
         type_ = event["type"]
         audio_ms = level = None
-        if type_ == "input_audio_buffer.append":
+        if type_ == APPEND:
             pcm = _decode(event.get("audio"))
             if pcm is not None:
                 audio_ms = self._append(now, pcm)
@@ -254,19 +255,35 @@ class ClientConnection:
                 self.phase = ConnState.CONFIGURING
         return []
 
+    def appended(self, now: float, audio_ms: float, level: float | None = None) -> list[Row]:
+        """An append known only by its length (an imported log), counted as `client_frame`
+        counts one; the audio unseen, its utterance's CRC is unknown and a transcript is never
+        judged a mismatch."""
+        self.last_sent, self.last_pcm = now, None
+        self._add_audio(now, audio_ms, None)
+        return [FrameRow(now, "send", APPEND, 0, audio_ms=audio_ms, dbfs=level)]
+
     def _append(self, now: float, pcm: bytes) -> float:
         self.last_pcm = pcm
+        ms = len(pcm) / self.bytes_per_ms
+        self._add_audio(now, ms, pcm)
+        return ms
+
+    def _add_audio(self, now: float, ms: float, pcm: bytes | None) -> None:
         self.configured = True
         if self._current is None:
-            self._current = self._new(now)
+            self._current = self._new(now, crc=0 if pcm is not None else None)
         utt = self._current
         if not utt.declared:
-            utt.nbytes += len(pcm)
-            utt.crc = zlib.crc32(pcm, utt.crc or 0)
-        ms = len(pcm) / self.bytes_per_ms
+            if pcm is None:
+                utt.crc = None
+                utt.nbytes += max(1, round(ms * self.bytes_per_ms)) if ms else 0
+                utt.audio_ms = (utt.audio_ms or 0.0) + ms
+            else:
+                utt.nbytes += len(pcm)
+                utt.crc = None if utt.crc is None else zlib.crc32(pcm, utt.crc)
         self.uncommitted_ms += ms
         self.audio_ms += ms
-        return ms
 
     def _commit(self, now: float) -> list[Row]:
         utt, self._current = self._current, None

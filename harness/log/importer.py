@@ -554,27 +554,6 @@ def _source(path: Path, kind: str, rows: int, bad: int) -> dict[str, Any]:
 
 
 # writing ------------------------------------------------------------------------------------
-class _LoggedConnection(ClientConnection):
-    """A ClientConnection fed from a log, which keeps an append's length but not its audio."""
-
-    def appended(self, now: float, audio_ms: float, level: float | None) -> list[Row]:
-        """An append of `audio_ms` milliseconds at `level` dBFS (None: unknown), counted as
-        `client_frame` counts one; its utterance's CRC is unknown, so a transcript is never
-        judged a mismatch."""
-        self.last_sent, self.last_pcm = now, None
-        self.configured = True
-        if self._current is None:
-            self._current = self._new(now, crc=None)
-        utt = self._current
-        if not utt.declared:
-            utt.crc = None
-            utt.nbytes += max(1, round(audio_ms * self.bytes_per_ms)) if audio_ms else 0
-            utt.audio_ms = (utt.audio_ms or 0.0) + audio_ms
-        self.uncommitted_ms += audio_ms
-        self.audio_ms += audio_ms
-        return [FrameRow(now, "send", APPEND, 0, audio_ms=audio_ms, dbfs=level)]
-
-
 def _server_frame(event: _Event) -> str:
     """The smallest frame of the event's type that says what the log says."""
     frame: dict[str, Any] = {"type": event.type}
@@ -587,7 +566,7 @@ def _server_frame(event: _Event) -> str:
     return json.dumps(frame)
 
 
-def _frames(conn: _LoggedConnection, event: _Event, now: float) -> list[Row]:
+def _frames(conn: ClientConnection, event: _Event, now: float) -> list[Row]:
     if event.dir == "send" and event.type == APPEND:
         rows = conn.appended(now, event.audio_ms or 0.0, event.dbfs)
     elif event.dir == "send":
@@ -701,7 +680,7 @@ def _record_close_unseen(
 
 
 def _connection_rows(c: _Conn, prefix: str, origin: float) -> list[Row]:
-    core = _LoggedConnection(prefix, c.open - origin, infer=True)
+    core = ClientConnection(prefix, c.open - origin, infer=True)
     rows: list[Row] = [ConnOpen(c.open - origin)]
     if c.established is None:  # the handshake failed: when it closed is when it was refused
         now = c.close - origin
