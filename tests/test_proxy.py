@@ -435,3 +435,25 @@ async def test_stopping_the_proxy_closes_open_clients_with_1001_censored(
     conns = run.frames().connections
     assert conns["cause"].astype(str).tolist() == ["scenario_end"] * 3
     assert conns["censored"].all() and not conns["dropped"].any()
+
+
+async def test_a_callers_utterances_on_each_connection_are_its_own_not_replays(
+    tmp_path, fake_server
+) -> None:
+    """A caller that reconnects (same caller header: worker 1, attempts 1 and 2) says new
+    utterances on the new connection; keyed by worker alone, the second would pass for a
+    replay of the first and the first would no longer count."""
+    server = await fake_server(ServerConfig(api_keys=frozenset({UPSTREAM_KEY})))
+    pcm = speech(0.4)
+    async with ProxyRun(tmp_path, server.url) as run, aiohttp.ClientSession() as http:
+        for _ in range(2):
+            ws = await run.connect(http, **{CALLER_HEADER: "bob"})
+            await ws.send_json(VAD_OFF)
+            await ws.send_json({"type": "input_audio_buffer.append", "audio": b64(pcm)})
+            await ws.send_json({"type": "input_audio_buffer.commit"})
+            while (event := await ws.receive_json(timeout=10))["type"] != COMPLETED:
+                assert event["type"] != "error", event
+            await ws.close()
+    utts = run.frames().utterances
+    assert utts["conn"].tolist() == [1, 2] and utts["utterance"].nunique() == 2
+    assert utts["final"].all() and (utts["status"].astype(str) == "completed").all()

@@ -523,7 +523,8 @@ class RealtimeProxy:
         del key
         worker, conn = self._ids(request)
         clock = self.clock
-        obs = ClientConnection(f"{self.variant}/{worker}", clock.now(), infer=True)
+        # keyed by connection too: a caller that reconnects says new utterances, not replays
+        obs = ClientConnection(f"{self.variant}/{worker}/{conn}", clock.now(), infer=True)
         self.record([ConnOpen(clock.now())], worker, conn)
         session_key = request.headers.get(SESSION_KEY_HEADER) or f"proxy/{worker}/{conn}"
         refusal = await self._admit(session_key, key_digest, obs, worker, conn)
