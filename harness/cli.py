@@ -154,6 +154,11 @@ def _parser() -> argparse.ArgumentParser:
         help="what a planned rotation costs, e.g. 1s (default: measured)",
     )
     rec.add_argument("--out", type=Path, help="where recommend.json goes (default RUN/report)")
+    rec.add_argument(
+        "--verify",
+        action="store_true",
+        help="soak the current and the recommended strategy on the fitted faults (~70 s each)",
+    )
 
     imp = sub.add_parser(
         "import",
@@ -503,15 +508,44 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     if (exc := _cannot_write(out)) is not None:
         raise UsageError(f"--out {out}: cannot write here ({_reason(exc)}); pass another")
     try:
-        advice = recommend_runs(args.runs, out, args.variant, args.cost_drop, args.cost_rotate)
+        advice = recommend_runs(
+            args.runs,
+            out,
+            args.variant,
+            args.cost_drop,
+            args.cost_rotate,
+            _verify_runner() if args.verify else None,
+        )
     except KeyError:
         raise UsageError(f"--variant {args.variant}: no such variant in these runs") from None
     for a in advice:
         print(f"{a.variant} ({a.model}):")
         for line in a.lines:
             print(f"  {line}")
+        if a.verify is not None:
+            from harness.report.verify import describe
+
+            for line in describe(a.verify):
+                print(f"  {line}")
     print(f"rtsoak: recommendation {out / 'recommend.json'}")
     return EXIT_OK
+
+
+def _verify_runner():
+    """`recommend --verify`'s runner: a scenario file through `rtsoak run`'s code path on the
+    embedded fake server, no report; its run directory."""
+    from harness.config.scenario import load_scenario
+    from harness.run.runner import run_scenario
+
+    def run(path: Path, out_base: Path) -> Path:
+        result = run_scenario(load_scenario(path), out_base)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if result.error is not None:
+            raise UsageError(f"the verification run {result.run_dir} stopped: {result.error}")
+        return result.run_dir
+
+    return run
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,18 @@ class Advice:
     effect: rotation.RotationEffect | None = None
     recommendation: rotation.Recommendation | None = None
     dist: rotation.Lifetimes | None = None
+    verify: dict[str, Any] | None = None  # `--verify`: harness.report.verify's comparison
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "variant": self.variant,
             "advice": self.lines,
             "model": self.model,
             "rotation": self.rotation,
         }
+        if self.verify is not None:
+            out["verify"] = self.verify
+        return out
 
 
 def measured_costs(
@@ -251,9 +256,13 @@ def recommend_runs(
     variant: str | None = None,
     drop_s: float | None = None,
     rotate_s: float | None = None,
+    run: Callable[[Path, Path], Path] | None = None,
 ) -> list[Advice]:
     """`rtsoak recommend`: the advice for these runs, written to OUT/recommend.json with a
-    chart of the expected cost per hour against the rotation age per variant."""
+    chart of the expected cost per hour against the rotation age per variant. With `run`
+    (`--verify`: it runs a scenario file into a new run directory under a base, as `rtsoak
+    run` does), each variant with a rotation verdict is soaked as it is against as
+    recommended, on the fitted faults (harness.report.verify)."""
     from harness.report.model import fit  # the report's one fitted model, diagnosis included
 
     frames = load_for_report(run_dirs)
@@ -275,6 +284,12 @@ def recommend_runs(
     for a in advice:
         if a.dist is not None and a.recommendation is not None:
             a.rotation["chart"] = _chart(a, out)
+        if run is not None and a.recommendation is not None:
+            from harness.report.verify import verify_variant
+
+            a.verify = verify_variant(
+                frames, run_dirs, a.variant, a.recommendation.rotate_at, out, run
+            )
     write_json(out / "recommend.json", {"variants": [a.as_dict() for a in advice]})
     return advice
 
