@@ -55,6 +55,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/recorder_overhead.py
 	tmp=$$(mktemp -d) && $(BIN)/python bench/load_10m.py all $$tmp/run; rc=$$?; rm -rf $$tmp; exit $$rc
 	$(BIN)/python bench/proxy_overhead.py
+	$(BIN)/python bench/chain.py
 
 # Python by ruff; the workflows by actionlint; the manifests by kubernetes-validate (strict:
 # an unknown field fails); the Dockerfile by hadolint. All come from the `lint` extra.
