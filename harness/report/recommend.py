@@ -290,6 +290,8 @@ def recommend_runs(
             a.verify = verify_variant(
                 frames, run_dirs, a.variant, a.recommendation.rotate_at, out, run
             )
+            if a.verify is not None:
+                a.verify["chart"] = _verify_chart(a, out)
     write_json(out / "recommend.json", {"variants": [a.as_dict() for a in advice]})
     return advice
 
@@ -312,6 +314,40 @@ def _chart(advice: Advice, out: Path) -> str:
     )
     ax.set_title(f"{advice.variant}: expected cost per connection-hour by rotation age")
     name = "rotation-" + "".join(ch if ch.isalnum() else "-" for ch in advice.variant) + ".png"
+    fig.savefig(out / name, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return name
+
+
+def _verify_chart(advice: Advice, out: Path) -> str:
+    """The verification soak's survival as measured (Kaplan-Meier, 95 % band) against the
+    fitted model's prediction, each setting up to the age it rotates at."""
+    from lifelines import KaplanMeierFitter
+
+    from harness.report.analysis import observed_connections
+    from harness.report.charts import plt
+
+    assert advice.verify is not None and advice.dist is not None
+    conns = observed_connections(load_for_report([Path(advice.verify["run"])]).connections)
+    ages = {
+        "current": advice.rotation.get("current_s"),
+        "recommended": advice.verify["rotate_at_s"],
+    }
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, group) in enumerate(conns.groupby(conns["variant"].astype(str))):
+        color = f"C{i}"
+        kmf = KaplanMeierFitter().fit(
+            group["lifetime"] / 60, group["dropped"].astype(bool), label=f"{name}: measured"
+        )
+        kmf.plot_survival_function(ax=ax, ci_show=True, color=color)
+        horizon = ages.get(name) or float(group["lifetime"].max())
+        t = np.linspace(0.0, horizon, 200)
+        ax.plot(t / 60, advice.dist.survival(t), "--", color=color, label=f"{name}: predicted")
+    ax.set_xlabel("session age (min, scenario time)")
+    ax.set_ylabel("share still open")
+    ax.set_title(f"{advice.variant}: verification soak, predicted against measured")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    name = "verify-" + "".join(ch if ch.isalnum() else "-" for ch in advice.variant) + ".png"
     fig.savefig(out / name, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return name
