@@ -140,6 +140,7 @@ def soak_and_verify(tmp_path: Path, name: str, reconnect: str, faults: str) -> d
     (variant,) = json.loads((rec / "recommend.json").read_text())["variants"]
     verify = variant["verify"]
     assert Path(verify["scenario"]).is_file() and "Verify:" in result.stdout
+    assert (rec / verify["chart"]).stat().st_size > 0  # predicted against measured survival
     load_scenario(verify["scenario"])  # what the user runs against the real endpoint
     return variant
 
