@@ -263,11 +263,14 @@ def recommend_runs(
     (`--verify`: it runs a scenario file into a new run directory under a base, as `rtsoak
     run` does), each variant with a rotation verdict is soaked as it is against as
     recommended, on the fitted faults (harness.report.verify)."""
-    from harness.report.model import fit  # the report's one fitted model, diagnosis included
+    from harness.report.diagnosis import diagnose_variants
+    from harness.report.model import scales, timing_tolerance
 
     frames = load_for_report(run_dirs)
-    model = fit(frames)
-    diagnosis = {v: [x.as_dict() for x in vs] for v, vs in model.verdicts.items()}
+    # the diagnosis alone: the report's other models (Cox, log-rank, ...) are not needed here
+    tolerance = timing_tolerance(frames, scales(frames))
+    verdicts = diagnose_variants(frames.connections, frames.sends, tolerance)
+    diagnosis = {v: [x.as_dict() for x in vs] for v, vs in verdicts.items()}
     if variant is not None:
         if variant not in diagnosis:
             raise KeyError(variant)
