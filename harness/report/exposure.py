@@ -8,7 +8,7 @@ once. A theory's table holds spells: within a spell the covariate goes linearly 
 `x1` (equal: it stays put) over `duration` scenario seconds of connection time, and `dropped`
 marks the spell the connection's drop ended (the drop came at `x1`). Spells whose covariate
 never leaves zero are left out: they add exposure only below every threshold, which the total
-connection time of a variant (`exposure_totals`) accounts for.
+connection time of a variant (closed less established, summed) accounts for.
 
 Only client-side rows are read (the connections frame and the frames sent), never the fake
 server's log: the same tables come from a run against the fake, a real endpoint, a proxy or an
@@ -397,9 +397,3 @@ def exposure_tables(
     out += [_speed(conns, appends, w, tolerance_s) for w in SPEED_WINDOWS_S]
     out += [_burst(conns, appends, w, tolerance_s) for w in BURST_WINDOWS_S]
     return out
-
-
-def exposure_totals(connections: pd.DataFrame) -> pd.Series:
-    """Connection-seconds per variant: every state's exposure adds up to it."""
-    conns = _opened(connections)
-    return (conns["closed"] - conns["established"]).groupby(conns["variant"]).sum()

@@ -290,11 +290,12 @@ def recommend_runs(
         if run is not None and a.recommendation is not None:
             from harness.report.verify import verify_variant
 
-            a.verify = verify_variant(
+            verified = verify_variant(
                 frames, run_dirs, a.variant, a.recommendation.rotate_at, out, run
             )
-            if a.verify is not None:
-                a.verify["chart"] = _verify_chart(a, out)
+            if verified is not None:
+                a.verify, measured = verified
+                a.verify["chart"] = _verify_chart(a, measured, out)
     write_json(out / "recommend.json", {"variants": [a.as_dict() for a in advice]})
     return advice
 
@@ -322,7 +323,7 @@ def _chart(advice: Advice, out: Path) -> str:
     return name
 
 
-def _verify_chart(advice: Advice, out: Path) -> str:
+def _verify_chart(advice: Advice, connections: pd.DataFrame, out: Path) -> str:
     """The verification soak's survival as measured (Kaplan-Meier, 95 % band) against the
     fitted model's prediction, each setting up to the age it rotates at."""
     from lifelines import KaplanMeierFitter
@@ -331,7 +332,7 @@ def _verify_chart(advice: Advice, out: Path) -> str:
     from harness.report.charts import plt
 
     assert advice.verify is not None and advice.dist is not None
-    conns = observed_connections(load_for_report([Path(advice.verify["run"])]).connections)
+    conns = observed_connections(connections)
     ages = {
         "current": advice.rotation.get("current_s"),
         "recommended": advice.verify["rotate_at_s"],

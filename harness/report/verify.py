@@ -254,11 +254,11 @@ def verify_variant(
     rotate_at_s: float | None,
     out: Path,
     run: Runner,
-) -> dict[str, Any] | None:
-    """Write, run and compare `variant`'s verification scenario (None: the run kept no
-    scenario, e.g. an imported log). `rotate_at_s` None (rotation will not help): the
-    `recommended` variant rotates at the variant's median lifetime, and the prediction is
-    that it saves nothing."""
+) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """Write, run and compare `variant`'s verification scenario: the comparison, and the
+    verification run's connections (None: the run kept no scenario, e.g. an imported log).
+    `rotate_at_s` None (rotation will not help): the `recommended` variant rotates at the
+    variant's median lifetime, and the prediction is that it saves nothing."""
     scenario = _run_scenario(run_dirs[0])
     if scenario is None:
         return None
@@ -282,7 +282,7 @@ def verify_variant(
         "rotate_at_s": rotate_at_s,
         "prediction": "fewer drops per hour" if expect_fewer else "no fewer drops per hour",
         **result,
-    }
+    }, done.connections
 
 
 def describe(verify: dict[str, Any]) -> list[str]:
