@@ -210,18 +210,19 @@ def test_blind_fixed_session_limit_7_min(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="diagnosis: 8 workers under a cap of 5 (drop_oldest) churn, ~2900 drops, sessions "
-    "live seconds: rate is supported at 0.68x real time (95 % CI 0.68-0.70x, 2909 drops) and "
-    "concurrency_cap at 7 sessions (95 % CI 6-7, 7 drops), which misses 5",
-)
 def test_blind_concurrency_cap_5_drop_oldest_with_8_workers(tmp_path: Path) -> None:
     faults = NO_LIMIT + (
         '[faults.concurrency_cap]\nmax_sessions = 5\nper = "key"\nover = "drop_oldest"\n'
     )
     (verdicts,) = blind_diagnosis(tmp_path, faults).values()
     assert_names(verdicts, "concurrency_cap", 5)
+
+
+@pytest.mark.slow
+def test_blind_concurrency_cap_3_refusing_with_6_workers(tmp_path: Path) -> None:
+    faults = NO_LIMIT + '[faults.concurrency_cap]\nmax_sessions = 3\nper = "key"\nover = "reject"\n'
+    (verdicts,) = blind_diagnosis(tmp_path, faults, workers=6).values()
+    assert_names(verdicts, "concurrency_cap", 3)
 
 
 SILENCE_HAZARD = '[faults.silence_hazard]\nthreshold_dbfs = -50\nafter = "8s"\nmean = "30s"\n'

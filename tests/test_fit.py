@@ -238,8 +238,11 @@ def round_trip(
     extra: str = "",
     audio: Path = AUDIO,
     reconnect: str = RECONNECT,
+    fitted_seed: int = 12,
 ) -> tuple[dict, str]:
-    """Run against `hidden`, fit, run against the fit; the survival comparison and the fit."""
+    """Run against `hidden`, fit, run against the fit; the survival comparison and the fit.
+    `fitted_seed` 11, the hidden run's: common random numbers (the same session draws), so
+    the comparison shows the fit and not two samples' luck."""
     from lifelines.statistics import logrank_test
 
     base = SCENARIO.format(
@@ -256,7 +259,7 @@ def round_trip(
     assert fitted.returncode == 0, fitted.stdout + fitted.stderr
     text = profile.read_text()
     print(text)
-    second = soak(tmp_path, base, text, seed=12, tag="fitted")
+    second = soak(tmp_path, base, text, seed=fitted_seed, tag="fitted")
     runs = [observed_connections(load(r).connections) for r in (first, second)]
     (s1,), _ = survival_by_variant(runs[0])
     (s2,), _ = survival_by_variant(runs[1])
@@ -304,22 +307,35 @@ def test_round_trip_weibull_shape_2_5_scale_11_min(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_round_trip_concurrency_cap_5_refusing_over_random_loss(tmp_path: Path) -> None:
     # 8 workers against a cap of 5 that refuses the rest (429): the three left out keep
-    # retrying; the five let in die of random loss. (A drop_oldest cap under 8 workers churns
-    # so fast and so regularly, each reconnect evicting the oldest, that the diagnosis reads it
-    # as a fixed session limit: see the report of issue 32.)
+    # retrying; the five let in die of random loss. Only five live at once, so an hour holds
+    # about 75 drops, and two seeds differ by more than a fit does: seed 12's random-loss
+    # draws for these sessions average 1.6x their mean (41 drops against 73, log-rank p
+    # 0.002, with the hidden faults fitted back exactly). Common random numbers instead.
     hidden = NO_LIMIT + (
         '[faults.concurrency_cap]\nmax_sessions = 5\nper = "key"\nover = "reject"\n'
         "[faults.random_loss]\nper_hour = 15\n"
     )
     retry = '[reconnect]\ninitial = "2s"\nmax = "30s"\nmax_attempts = 1000\n'
-    result, text = round_trip(tmp_path, hidden, 8, "60m", reconnect=retry)
+    result, text = round_trip(tmp_path, hidden, 8, "60m", reconnect=retry, fitted_seed=11)
     policies = parsed(text)
-    # the refusals come back: as the cap when the diagnosis names it, else as handshake
-    # faults with the status the cap answered
-    if "concurrency_cap" in policies:
-        assert policies["concurrency_cap"].max_sessions == 5, text
-        assert policies["concurrency_cap"].over == "reject", text
-    else:
-        assert list(policies["handshake_faults"].statuses) == [429], text
+    assert policies["concurrency_cap"].max_sessions == 5, text
+    assert policies["concurrency_cap"].over == "reject", text
+    assert "handshake_faults" not in policies, text  # the cap's refusals are the cap's
     assert "random_loss" in policies, text
+    assert_same_survival(result)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_round_trip_concurrency_cap_5_drop_oldest_under_churn(tmp_path: Path) -> None:
+    # 8 workers against a cap of 5 that evicts the oldest: every reconnect evicts another
+    # session, so sessions live seconds and their ages alone look like a short fixed limit
+    hidden = NO_LIMIT + (
+        '[faults.concurrency_cap]\nmax_sessions = 5\nper = "key"\nover = "drop_oldest"\n'
+    )
+    result, text = round_trip(tmp_path, hidden, 8, "20m")
+    policies = parsed(text)
+    assert set(policies) == {"concurrency_cap"}, text
+    assert policies["concurrency_cap"].max_sessions == 5, text
+    assert policies["concurrency_cap"].over == "drop_oldest", text
     assert_same_survival(result)

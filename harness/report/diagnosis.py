@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.stats.contingency import odds_ratio
 
 from harness.report.analysis import MIN_DROPS, weibull_fit
 from harness.report.exposure import Covariate, exposure_tables, handshake_attempts
@@ -135,6 +136,28 @@ def _ratio_ci(d_in: int, d: int, e_in: float, e: float) -> tuple[float, float, f
     return odds(d_in / d), odds(ci.low), odds(ci.high)
 
 
+def _logp(d_in: int, d: int, e_in: float, e: float, per_arrival: bool) -> float:
+    """log p of `d_in` or more of `d` drops past a threshold that holds `e_in` of `e` exposure,
+    if the covariate did not matter: binomial for a rate over time, hypergeometric for
+    arrivals (each evicts or not: a rare-event approximation fails when nearly all do)."""
+    if per_arrival:
+        return float(stats.hypergeom.logsf(d_in - 1, round(e), d, round(e_in)))
+    share = min(1.0, e_in / e)
+    return float(stats.binom.logsf(d_in - 1, d, share)) if share < 1 else 0.0
+
+
+def _odds_ratio_ci(d_in: int, d: int, n_in: float, n: float) -> tuple[float, float, float]:
+    """Odds of an arrival evicting a session past the threshold against below it, with the
+    exact conditional 95 % CI (Fisher's)."""
+    n_in, n = round(n_in), round(n)
+    if d == 0 or n_in <= 0 or n_in >= n:
+        return math.nan, math.nan, math.nan
+    table = [[d_in, n_in - d_in], [d - d_in, n - n_in - (d - d_in)]]
+    result = odds_ratio(table)
+    ci = result.confidence_interval(0.95)
+    return float(result.statistic), float(ci.low), float(ci.high)
+
+
 def _change_point(
     cov: Covariate,
     spells: pd.DataFrame,
@@ -150,6 +173,8 @@ def _change_point(
     # a threshold in scenario seconds finer than the run's timing can resolve is not one
     floor = tol if cov.unit == "s" else 0.0
     drop_x = drop_x[drop_x > floor]
+    if cov.per_arrival:  # evictions among arrivals: the drops no arrival claims are not in it
+        drops, exposure = len(drop_x), float(spells["duration"].sum())
     if drops == 0 or exposure <= 0 or len(drop_x) == 0:
         return None
     # A threshold just under each drop (by the timing tolerance, for covariates that grow
@@ -167,14 +192,13 @@ def _change_point(
     for tau in candidates:
         e_in = float(_above(relevant, tau, cov.linear).sum())
         d_in = int((drop_x >= tau).sum())
-        share = min(1.0, e_in / exposure)
         # log p: past ~1e-300 p-values underflow to 0 and could no longer rank theories
-        logp = float(stats.binom.logsf(d_in - 1, drops, share)) if share < 1 else 0.0
+        logp = _logp(d_in, drops, e_in, exposure, cov.per_arrival)
         if best is None or logp < best[0] or (logp == best[0] and d_in > best[2]):
             best = (logp, tau, d_in, e_in)
     assert best is not None
     logp, tau, d_in, e_in = best
-    ratio, lo, hi = _ratio_ci(d_in, drops, e_in, exposure)
+    ratio, lo, hi = (_odds_ratio_ci if cov.per_arrival else _ratio_ci)(d_in, drops, e_in, exposure)
     alive = ~spells["dropped"].to_numpy(bool) & ~spells["dying"].to_numpy(bool)
     surv_x = spells.loc[alive, "x1"].to_numpy(float)
     in_state = drop_x[drop_x >= tau]
@@ -197,10 +221,14 @@ def _change_point(
         min_drop,
         deterministic,
     )
-    if len(in_state) and np.median(in_state) > 0:
+    if cov.timing_spread is not None:
+        test.spread = cov.timing_spread
+    elif len(in_state) and np.median(in_state) > 0:
         q10, q50, q90 = np.quantile(in_state, [0.1, 0.5, 0.9])
         test.spread = float((q90 - q10) / q50)
-    test.threshold, test.threshold_ci = _threshold(test, relevant, drop_x, exposure, tol)
+    test.threshold, test.threshold_ci = _threshold(
+        test, spells if cov.per_arrival else relevant, drop_x, exposure, tol
+    )
     test.reference = _reference(cov, spells, drop_x, drops, exposure)
     return test
 
@@ -212,8 +240,9 @@ def _threshold(
     dropped): between the most any survivor reached and the least any of its drops came at,
     widened by the run's timing tolerance. Otherwise the profile likelihood of the change point
     (a likelihood-ratio interval over a grid)."""
-    if test.deterministic and test.cov.unit == "sessions":  # a count: the cap is the least
-        return test.min_drop, (min(test.max_survived + 1, test.min_drop), test.min_drop)
+    if test.cov.per_arrival:
+        arrivals = spells.loc[~spells["dropped"].to_numpy(bool), "x1"].to_numpy(float)
+        return _count_threshold(arrivals, drop_x)
     if test.deterministic:
         return test.min_drop, (max(0.0, test.max_survived - tol), test.min_drop + tol)
     grid = np.linspace(0.0, test.min_drop, 60)
@@ -233,6 +262,29 @@ def _threshold(
     inside = grid[values >= best - stats.chi2.ppf(0.95, 1) / 2]
     low = max(0.0, float(inside.min()) - tol)  # where the client saw it, less its timing
     return float(grid[values.argmax()]), (low, test.min_drop + tol)
+
+
+def _count_threshold(trials: np.ndarray, events: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """A cap: the count of sessions open from which a trial (an arrival, a handshake) ends in an
+    event (an eviction, a refusal), and its 95 % interval. The profile likelihood over whole
+    counts of two event probabilities, below the cap and from it, each trial a Bernoulli one.
+    `trials`: every trial's count; `events`: the count of each trial with an event.
+    Deterministic data (every trial from the cap had one, none below) give one count."""
+    counts = np.arange(1, int(max(trials.max(), events.max())) + 1)
+
+    def bernoulli(k: int, n: int) -> float:
+        return sum(m * math.log(m / n) for m in (k, n - k) if m > 0) if n else 0.0
+
+    loglik = np.array(
+        [
+            bernoulli(int((events >= c).sum()), int((trials >= c).sum()))
+            + bernoulli(int((events < c).sum()), int((trials < c).sum()))
+            for c in counts
+        ]
+    )
+    best = int(loglik.argmax())
+    inside = counts[loglik >= loglik[best] - stats.chi2.ppf(0.95, 1) / 2]
+    return float(counts[best]), (float(inside.min()), float(inside.max()))
 
 
 def _reference(
@@ -312,6 +364,27 @@ def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
             f"{test.ratio:.1f}x the rate elsewhere (95 % CI {test.ratio_ci[0]:.1f}–"
             f"{test.ratio_ci[1]:.1f})"
         )
+    if cov.per_arrival:
+        arrivals, elsewhere = round(test.exposure_in), round(test.exposure - test.exposure_in)
+        ratio = (
+            f"{test.drops_in} of {arrivals} arrivals with {_fmt(test.tau, cov.unit)} or more "
+            f"open were followed by a drop, {test.drops - test.drops_in} of {elsewhere} with "
+            "fewer"
+            + (
+                ""
+                if math.isnan(test.ratio)
+                else f" (odds ratio {_fmt_ratio(test.ratio)}, 95 % CI "
+                f"{_fmt_ratio(test.ratio_ci[0])}–{_fmt_ratio(test.ratio_ci[1])})"
+            )
+        )
+    if verdict == "supported" and cov.per_arrival:
+        lo, hi = test.threshold_ci or (math.nan, math.nan)
+        return (
+            f"{ratio}. Threshold {_fmt(test.threshold or test.tau, cov.unit)} (95 % CI "
+            f"{_fmt(lo, cov.unit)} to {_fmt(hi, cov.unit)})"
+            + (_DETERMINISTIC["sessions"] if test.deterministic else "")
+            + "."
+        )
     if verdict == "supported":
         lo, hi = test.threshold_ci or (math.nan, math.nan)
         return (
@@ -326,6 +399,14 @@ def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
                 else ""
             )
             + "."
+        )
+    if cov.per_arrival:
+        if verdict == "not_supported":
+            return f"Arrivals with more sessions open evicted no more often: {ratio}."
+        return (
+            f"Can't tell yet: {ratio}; to settle it, "
+            + more.format(x=_fmt(max(_most(test), test.tau), cov.unit))
+            + " (more workers than the cap you suspect)."
         )
     if verdict == "not_supported":
         most = _fmt(_most(test), cov.unit)
@@ -362,6 +443,10 @@ def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
     )
 
 
+def _fmt_ratio(value: float) -> str:
+    return "unbounded" if math.isinf(value) else f"{value:.1f}"
+
+
 def _most(test: _Test) -> float:
     x = test.cov.spells["x1"]
     return float(x.max()) if len(x) else 0.0
@@ -393,8 +478,12 @@ def _judge(test: _Test | None, cov: Covariate, logp_holm: float, drops: int) -> 
         "rate_ratio_unbounded": math.isinf(test.ratio),
         "p": math.exp(logp_holm),
         "drops_in_state": test.drops_in,
-        "hours_in_state": test.exposure_in / 3600,
     }
+    if cov.per_arrival:  # the ratio is the odds of an arrival evicting a session
+        numbers["arrivals_in_state"] = round(test.exposure_in)
+        numbers["arrivals"] = round(test.exposure)
+    else:
+        numbers["hours_in_state"] = test.exposure_in / 3600
     if cov.window_s:
         numbers["window_s"] = cov.window_s
     supported = (
@@ -531,17 +620,28 @@ def _age_verdicts(
 
 
 def _handshakes(attempts: pd.DataFrame) -> tuple[Verdict, Verdict | None]:
-    """handshake_faults, and a refusing concurrency cap (failures once a number is open)."""
-    n, failed = len(attempts), int(attempts["failed"].sum()) if len(attempts) else 0
-    if n == 0:
+    """handshake_faults, and a refusing concurrency cap: refusals that begin at a count of
+    sessions open (judged like evictions, per attempt). The refusals a supported cap explains
+    are not handshake faults."""
+    if len(attempts) == 0:
         return Verdict("handshake_faults", "inconclusive", "No handshakes."), None
+    trials = attempts["open_now"].to_numpy(float)
+    events = attempts.loc[attempts["failed"].to_numpy(bool), "open_now"].to_numpy(float)
+    cap = _refusing_cap(trials, events)
+    if cap is not None:  # what is left: the refusals below the cap
+        below = trials < cap.numbers["max_sessions"]
+        trials, events = trials[below], events[events < cap.numbers["max_sessions"]]
+    n, failed = len(trials), len(events)
+    if n == 0:
+        return Verdict("handshake_faults", "not_supported", "Every refusal is the cap's."), cap
     ci = stats.binomtest(failed, n).proportion_ci(0.95, "exact")
     numbers = {"failed": failed, "attempts": n, "share_ci": [ci.low, ci.high]}
+    besides = " besides the cap's refusals" if cap is not None else ""
     if failed >= MIN_IN_STATE:
         hs = Verdict(
             "handshake_faults",
             "supported",
-            f"{failed} of {n} handshakes failed "
+            f"{failed} of {n} handshakes failed{besides} "
             f"(95 % CI {100 * ci.low:.1f}–{100 * ci.high:.1f} %).",
             numbers,
         )
@@ -549,31 +649,46 @@ def _handshakes(attempts: pd.DataFrame) -> tuple[Verdict, Verdict | None]:
         hs = Verdict(
             "handshake_faults",
             "not_supported",
-            f"None of {n} handshakes failed (under {100 * ci.high:.1f} %, 95 %).",
+            f"None of {n} handshakes failed{besides} (under {100 * ci.high:.1f} %, 95 %).",
             numbers,
         )
     else:
         hs = Verdict(
             "handshake_faults",
             "inconclusive",
-            f"{failed} of {n} handshakes failed: too few attempts to tell.",
+            f"{failed} of {n} handshakes failed{besides}: too few attempts to tell.",
             numbers,
         )
-    cap = None
-    fails = attempts[attempts["failed"]]
-    if len(fails) >= MIN_IN_STATE:
-        ok_max = attempts.loc[~attempts["failed"], "open_now"].max()
-        low = int(fails["open_now"].min())
-        if pd.notna(ok_max) and ok_max < low:
-            cap = Verdict(
-                "concurrency_cap",
-                "supported",
-                f"Every one of {len(fails)} refused "
-                f"handshakes came with {low} or more sessions open, every accepted "
-                f"one with {int(ok_max)} or fewer: a cap of {low} sessions.",
-                {"max_sessions": low, "threshold_ci": [int(ok_max) + 1, low]},
-            )
     return hs, cap
+
+
+def _refusing_cap(trials: np.ndarray, events: np.ndarray) -> Verdict | None:
+    """concurrency_cap from refused handshakes, when they step up at a count of sessions open
+    (`trials`: every handshake's count, `events`: the refused ones'), else None."""
+    if len(events) < MIN_IN_STATE or trials.max() < 1:
+        return None
+    cap, (lo, hi) = _count_threshold(trials, events)
+    n_in, d_in = int((trials >= cap).sum()), int((events >= cap).sum())
+    n, d = len(trials), len(events)
+    logp = _logp(d_in, d, n_in, n, per_arrival=True) + math.log(trials.max())
+    ratio, r_lo, r_hi = _odds_ratio_ci(d_in, d, n_in, n)
+    if not (logp < math.log(ALPHA) and d_in >= MIN_IN_STATE and r_lo >= MIN_RATE_RATIO):
+        return None
+    return Verdict(
+        "concurrency_cap",
+        "supported",
+        f"{d_in} of {n_in} handshakes with {cap:.0f} or more sessions open were refused, "
+        f"{d - d_in} of {n - n_in} with fewer (odds ratio {_fmt_ratio(ratio)}, 95 % CI "
+        f"{_fmt_ratio(r_lo)}–{_fmt_ratio(r_hi)}): a cap of {cap:.0f} sessions (95 % CI "
+        f"{lo:.0f} to {hi:.0f}).",
+        {
+            "max_sessions": cap,
+            "threshold_ci": [lo, hi],
+            "refused_in_state": d_in,
+            "attempts_in_state": n_in,
+            "p": math.exp(logp),
+        },
+    )
 
 
 def diagnose_variants(

@@ -58,6 +58,11 @@ class Covariate:
     linear: bool
     window_s: float | None = None
     missing: str | None = None  # why it could not be measured (columns the log lacks)
+    # exposure counts arrivals (a spell's duration is 1), not connection-seconds
+    per_arrival: bool = False
+    # how tightly the theory predicts when connections die, relative to their lives (per
+    # arrival: the spread of the delays from arrival to drop over the median life)
+    timing_spread: float | None = None
 
 
 def _spells(**columns: np.ndarray) -> pd.DataFrame:
@@ -294,25 +299,38 @@ def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
 
 
 def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
-    """Sessions already open when another one opens: a cap decides at the handshake, so the
-    covariate is a window of `hold_s` after each arrival, at the variant's connections open
-    just before it (the fake server caps per variant; a real service per key, which a run's
-    variants share: docs/diagnosis.md). A window's exposure is the connection time of those
-    open connections; a drop is at the most any arrival in the `hold_s` before it had open, and
-    a window a drop fell in cannot count as survived."""
-    parts = []
+    """Sessions already open when another one opens. A cap decides at the handshake, so this
+    covariate is judged per arrival, not per connection-second: each arrival is a spell of one
+    (`per_arrival`) at the variant's sessions open just before it (the fake server caps per
+    variant; a real service per key, which a run's variants share: docs/diagnosis.md), and it
+    evicted a session when a drop is matched to it.
+
+    An eviction follows the handshake that caused it, and the client sees the new session
+    before the old one's close. So each drop is matched to the latest arrival at most `hold_s`
+    before it that has no drop yet: one arrival evicts one session. The client may see a close
+    late and still count, at the next arrival, a session the server has let go, so counts
+    overstate. The cap is read where the share of arrivals that evict steps up, which counts
+    overstated past the cap do not move (diagnosis._count_threshold). Taking, for each drop,
+    the most any arrival in the window had open read 8 workers under a cap of 5 as 7. A drop no
+    arrival claims is at 0."""
+    parts, delays, lives = [], [], []
     for variant, mine in conns.groupby("variant", sort=False):
-        began, ended = mine["established"].to_numpy(float), mine["closed"].to_numpy(float)
-        order = np.argsort(began)
-        began = began[order]
-        before = np.searchsorted(began, began, "left") - np.searchsorted(
-            np.sort(ended), began, "right"
-        )
-        drops = mine[mine["dropped"]]
-        drop_t = np.sort(drops["closed"].to_numpy(float))
-        held = np.searchsorted(drop_t, began + hold_s, "right") > np.searchsorted(
-            drop_t, began, "right"
-        )
+        began = np.sort(mine["established"].to_numpy(float))
+        drops = mine[mine["dropped"]].sort_values("closed")
+        closed = drops["closed"].to_numpy(float)
+        match = np.full(len(drops), -1)
+        evicted = np.zeros(len(began), bool)
+        for k, t in enumerate(closed):
+            i = int(np.searchsorted(began, t, "left")) - 1
+            while i >= 0 and began[i] >= t - hold_s and evicted[i]:
+                i -= 1
+            if i >= 0 and began[i] >= t - hold_s:
+                match[k], evicted[i] = i, True
+        matched = match >= 0
+        delays.append(closed[matched] - began[match[matched]])
+        lives.append((drops["closed"] - drops["established"]).to_numpy(float)[matched])
+        ended = np.sort(mine["closed"].to_numpy(float))
+        before = np.searchsorted(began, began, "left") - np.searchsorted(ended, began, "right")
         keep = before > 0
         parts.append(
             _spells(
@@ -320,27 +338,31 @@ def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
                 variant=np.full(keep.sum(), variant, object),
                 x0=before[keep].astype(float),
                 x1=before[keep].astype(float),
-                duration=hold_s * before[keep],
+                duration=np.ones(keep.sum()),
                 dropped=np.zeros(keep.sum(), bool),
-                dying=held[keep],
+                dying=evicted[keep],
             )
         )
-        closed = drops["closed"].to_numpy(float)
-        lo = np.searchsorted(began, closed - hold_s, "left")
-        hi = np.searchsorted(began, closed, "left")
-        at = np.array([before[a:b].max() if b > a else 0 for a, b in zip(lo, hi, strict=True)])
+        at = np.where(matched, before[np.maximum(match, 0)], 0).astype(float)
         parts.append(
             _spells(
                 connection=drops["connection"].to_numpy(object),
                 variant=np.full(len(drops), variant, object),
-                x0=at.astype(float),
-                x1=at.astype(float),
+                x0=at,
+                x1=at,
                 duration=np.zeros(len(drops)),
                 dropped=np.ones(len(drops), bool),
             )
         )
     spells = pd.concat(parts, ignore_index=True) if parts else _empty()
-    return Covariate("concurrency_cap", "sessions", spells, linear=False)
+    delay, life = np.concatenate([[], *delays]), np.concatenate([[], *lives])
+    spread = None
+    if len(delay) and np.median(life) > 0:
+        q10, q90 = np.quantile(delay, [0.1, 0.9])
+        spread = float((q90 - q10) / np.median(life))
+    return Covariate(
+        "concurrency_cap", "sessions", spells, linear=False, per_arrival=True, timing_spread=spread
+    )
 
 
 def handshake_attempts(connections: pd.DataFrame) -> pd.DataFrame:

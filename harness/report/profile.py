@@ -165,7 +165,9 @@ def _poisson_ci(count: int, exposure: float) -> tuple[float, float]:
 
 
 def _in_state(v: dict[str, Any], what: str) -> str:
-    d, h = v.get("drops_in_state"), v.get("hours_in_state")
+    d, h, n = v.get("drops_in_state"), v.get("hours_in_state"), v.get("arrivals_in_state")
+    if d is not None and n is not None:  # a cap: judged per arrival
+        return f"; {d} of {n} arrivals with {what} evicted a session"
     if d is None or h is None:
         return ""
     return f"; {d} drops came with {what} past it, in {h:.2f} connection-hours there"
