@@ -304,6 +304,33 @@ def test_dbfs_on_appends_is_carried_into_the_event_log(tmp_path: Path) -> None:
     assert "dbfs" in manifest["import"]["columns"]["events"]
 
 
+def test_a_frame_logged_just_after_its_close_counts_at_the_close(tmp_path: Path) -> None:
+    """A send in flight when the close came is logged when it returns: up to 5 s after the
+    close it counts at the close; later it is a bad row, named."""
+    (tmp_path / "c.csv").write_text("connection,open,close,code\na,10,20,1006\n")
+    (tmp_path / "e.csv").write_text(
+        "time,connection,dir,type,audio_ms\n"
+        "19,a,send,input_audio_buffer.append,50\n"
+        "23,a,send,input_audio_buffer.append,50\n"  # 3 s late: at the close
+    )
+    import_logs(ImportOptions((tmp_path / "c.csv",), tmp_path / "run", (tmp_path / "e.csv",)))
+    ev = load(tmp_path / "run").events
+    sent = ev[ev["dir"] == "send"]
+    (closed,) = load(tmp_path / "run").connections["closed"]
+    assert sent["t"].tolist() == [pytest.approx(closed - 1), pytest.approx(closed)]
+    (tmp_path / "late.csv").write_text(
+        "time,connection,dir,type,audio_ms\n26,a,send,input_audio_buffer.append,50\n"
+    )
+    result = rtsoak(
+        "import", str(tmp_path / "c.csv"), "--events", str(tmp_path / "late.csv"),
+        "--out", str(tmp_path / "run2"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{tmp_path / 'late.csv'}:2: time: not between its connection's open and close" in (
+        result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("level", "message"),
     [("loud", "not a level in dBFS: 'loud'"), ("3", "3 dBFS: no PCM16 audio is louder")],

@@ -16,7 +16,14 @@ import pytest
 from conftest import ROOT, rtsoak
 
 from harness.config.scenario import load_scenario, scenario_from_doc
-from harness.report.verify import compare, scenario_toml, verification_doc
+from harness.report.rotation import Weibull
+from harness.report.verify import (
+    compare,
+    predicted_lost_per_hour,
+    scenario_toml,
+    verification_doc,
+    verification_hours,
+)
 
 PROFILE = {
     "faults": {"session_age": {"distribution": "weibull", "shape": 3.0, "scale": 600.0}},
@@ -45,6 +52,37 @@ def test_the_verification_scenario_keeps_the_variant_and_rotates_the_recommended
         assert set(v.raw_faults) == {"session_age"}  # the fitted faults only, not hot-sessions
         assert v.server.max_session == 86400.0
     assert Path(loaded.audio.dir).is_absolute()
+
+
+def test_the_verification_lasts_as_long_as_telling_the_predicted_difference_takes() -> None:
+    """n connection-hours a variant tell lost-utterance rates a > b apart when
+    (a - b) / sqrt((a + b) / n) reaches z(0.975) + z(0.95) (= 3.605): checked against a
+    direct simulation of that test's power, not the formula again."""
+    assert verification_hours((3.9, 0.6)) == 8.0  # 5.4 h would do: the least is 8
+    assert verification_hours((2.0, 1.0)) == 32.0  # 39 h: over the most
+    n = verification_hours((2.0, 0.9))
+    assert n == pytest.approx(3.605**2 * 2.9 / 1.1**2, rel=1e-3)  # 31.1 h
+    rng = np.random.default_rng(0)
+    a, b = rng.poisson(2.0 * n, 20000), rng.poisson(0.9 * n, 20000)
+    diff = (b - a) / n
+    hi = diff + 1.959964 * np.sqrt((a + b) / n**2)
+    assert (hi < 0).mean() == pytest.approx(0.95, abs=0.02)  # the power it was sized for
+    assert verification_hours(None) == verification_hours((1.0, 1.0)) == 8.0
+
+
+def test_the_predicted_loss_is_drops_per_hour_at_each_rotation_age_times_loss_per_drop() -> None:
+    dist = Weibull(3.0, 600.0)
+    current, recommended = predicted_lost_per_hour(dist, 1500.0, 180.0, 0.5)
+    t = np.linspace(0, 1500.0, 300001)
+    s = np.exp(-((t / 600.0) ** 3))
+    assert current == pytest.approx(0.5 * 3600 * (1 - s[-1]) / np.trapezoid(s, t), rel=1e-3)
+    assert recommended < current / 5  # young sessions rarely drop
+
+
+def test_a_longer_verification_runs_more_minutes_of_eight_workers(tmp_path: Path) -> None:
+    scenario = load_scenario(ROOT / "scenarios" / "reconnect-compare.toml")
+    doc = verification_doc(scenario, "rotate-25m+replay", PROFILE, 299.6, hours=21.0)
+    assert doc["run"]["workers"] == 8 and doc["run"]["duration"] == "165m"  # 2.75 h, whole 15s
 
 
 def _frames(rates: dict[str, float], hours: float, seed: int = 1):
@@ -162,6 +200,9 @@ def test_wear_out_rotation_is_recommended_and_the_verification_confirms_it(
     assert drops["recommended"]["per_hour"] < drops["current"]["per_hour"]
     assert verify["drops_difference"]["ci"][1] < 0, verify
     assert verify["held"] is True
+    # and fewer lost utterances per hour, with a CI that excludes zero
+    assert verify["lost_difference"]["ci"][1] < 0, verify
+    assert verify["lost_held"] is True
 
 
 @pytest.mark.slow

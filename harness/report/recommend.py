@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.config.scenario import scenario_from_doc
 from harness.core.spec import ConfigError
-from harness.log.frames import load_for_report
+from harness.log.frames import ReportFrames, load_for_report
 from harness.log.rundir import RunDir, write_json
 from harness.report import rotation
 from harness.report.analysis import recovery
@@ -257,12 +257,14 @@ def recommend_runs(
     drop_s: float | None = None,
     rotate_s: float | None = None,
     run: Callable[[Path, Path], Path] | None = None,
+    verify_hours: float | None = None,
 ) -> list[Advice]:
     """`rtsoak recommend`: the advice for these runs, written to OUT/recommend.json with a
     chart of the expected cost per hour against the rotation age per variant. With `run`
     (`--verify`: it runs a scenario file into a new run directory under a base, as `rtsoak
     run` does), each variant with a rotation verdict is soaked as it is against as
-    recommended, on the fitted faults (harness.report.verify)."""
+    recommended, on the fitted faults (harness.report.verify), for `verify_hours`
+    connection-hours a variant (None: as many as telling the predicted difference takes)."""
     from harness.report.diagnosis import diagnose_variants
     from harness.report.model import scales, timing_tolerance
 
@@ -291,13 +293,36 @@ def recommend_runs(
             from harness.report.verify import verify_variant
 
             verified = verify_variant(
-                frames, run_dirs, a.variant, a.recommendation.rotate_at, out, run
+                frames,
+                run_dirs,
+                a.variant,
+                a.recommendation.rotate_at,
+                out,
+                run,
+                verify_hours or _verify_hours(a, frames),
             )
             if verified is not None:
                 a.verify, measured = verified
                 a.verify["chart"] = _verify_chart(a, measured, out)
     write_json(out / "recommend.json", {"variants": [a.as_dict() for a in advice]})
     return advice
+
+
+def _verify_hours(advice: Advice, frames: ReportFrames) -> float:
+    """Connection-hours a variant for the verification: what telling the predicted difference
+    in lost utterances takes (verify.verification_hours)."""
+    from harness.report.verify import (
+        lost_per_drop,
+        predicted_lost_per_hour,
+        verification_hours,
+    )
+
+    rotate_at = advice.recommendation.rotate_at if advice.recommendation else None
+    if advice.dist is None or rotate_at is None:
+        return verification_hours(None)
+    per_drop = lost_per_drop(frames, advice.variant)
+    current = advice.rotation.get("current_s")
+    return verification_hours(predicted_lost_per_hour(advice.dist, current, rotate_at, per_drop))
 
 
 def _chart(advice: Advice, out: Path) -> str:

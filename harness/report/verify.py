@@ -29,6 +29,7 @@ from harness.report.analysis import observed_connections, poisson_rate_ci
 __all__ = [
     "WORKERS",
     "compare",
+    "verification_hours",
     "describe",
     "fitted_faults",
     "scenario_toml",
@@ -36,11 +37,13 @@ __all__ = [
     "verify_variant",
 ]
 
-# the verification soak: per variant, this many workers for this long at this compression
-# (about 60-70 s of wall time on the embedded fake server)
+# the verification soak: per variant, this many workers at this compression, for as long as
+# telling the predicted difference in lost utterances takes (verification_hours), between 8
+# and 32 connection-hours a variant: 60 s to 4 min of wall time on the embedded fake server
 WORKERS = 8
-DURATION = "60m"
+MIN_HOURS, MAX_HOURS = 8.0, 32.0
 TIME_SCALE = 60
+POWER = 0.95  # of the verification, to tell the predicted difference at the 5 % level
 CURRENT, RECOMMENDED = "current", "recommended"
 Z95 = float(stats.norm.ppf(0.975))
 
@@ -73,13 +76,62 @@ def _run_scenario(run_dir: Path) -> Scenario | None:
         return None
 
 
+def verification_hours(lost_per_hour: tuple[float, float] | None) -> float:
+    """Connection-hours per variant that tell the predicted lost utterances per hour (current,
+    recommended) apart with POWER at the 5 % level (two Poisson rates, normal approximation),
+    between MIN_HOURS and MAX_HOURS; MIN_HOURS without a predicted difference."""
+    if lost_per_hour is None:
+        return MIN_HOURS
+    current, recommended = lost_per_hour
+    if not (math.isfinite(current) and math.isfinite(recommended)) or current <= recommended:
+        return MIN_HOURS
+    z = Z95 + float(stats.norm.ppf(POWER))
+    hours = z**2 * (current + recommended) / (current - recommended) ** 2
+    return float(min(MAX_HOURS, max(MIN_HOURS, hours)))
+
+
+def predicted_lost_per_hour(
+    dist: Any, current_s: float | None, rotate_at_s: float, lost_per_drop: float
+) -> tuple[float, float]:
+    """Lost utterances per connection-hour the fitted lifetimes predict as the run rotates
+    and as recommended: drops per hour (rotation.drops_per_hour) times the run's lost
+    utterances per drop (a make-before-break rotation loses none)."""
+    from harness.report.rotation import drops_per_hour
+
+    return (
+        float(drops_per_hour(dist, current_s)) * lost_per_drop,
+        float(drops_per_hour(dist, rotate_at_s)) * lost_per_drop,
+    )
+
+
+def lost_per_drop(frames: ReportFrames, variant: str) -> float:
+    """The run's lost utterances (final status `lost`) per drop, in `variant`."""
+    conns = frames.connections
+    drops = int(conns.loc[conns["variant"].astype(str) == variant, "dropped"].sum())
+    utts = frames.utterances
+    lost = int(
+        (
+            (utts["variant"].astype(str) == variant)
+            & utts["final"].astype(bool)
+            & (utts["status"].astype(str) == "lost")
+        ).sum()
+    )
+    return lost / drops if drops else 0.0
+
+
 def verification_doc(
-    scenario: Scenario, variant: str, profile: dict[str, Any], rotate_at_s: float
+    scenario: Scenario,
+    variant: str,
+    profile: dict[str, Any],
+    rotate_at_s: float,
+    hours: float = MIN_HOURS,
 ) -> dict[str, Any]:
     """The scenario doc: `variant`'s settings as the run had them, its faults replaced by the
-    fitted `profile`, run as two variants of WORKERS workers for DURATION at TIME_SCALE x:
-    `current` (its reconnect as it was) and `recommended` (make-before-break rotation every
-    `rotate_at_s` scenario seconds)."""
+    fitted `profile`, run as two variants of WORKERS workers at TIME_SCALE x for `hours`
+    connection-hours each (in whole quarter-hours of scenario time): `current` (its reconnect
+    as it was) and `recommended` (make-before-break rotation every `rotate_at_s` scenario
+    seconds)."""
+    minutes = 15 * math.ceil(hours * 60 / WORKERS / 15)
     mine = next((v for v in scenario.variants if v.variant == variant), None)
     base = copy.deepcopy((mine or scenario).doc)
     for key in ("variant", "matrix", "faults"):
@@ -88,7 +140,7 @@ def verification_doc(
     run.update(
         name=f"verify-{_slug(variant)}",
         workers=WORKERS,
-        duration=DURATION,
+        duration=f"{minutes}m",
         time_scale=TIME_SCALE,
         target="fake",
     )
@@ -254,11 +306,13 @@ def verify_variant(
     rotate_at_s: float | None,
     out: Path,
     run: Runner,
+    hours: float = MIN_HOURS,
 ) -> tuple[dict[str, Any], pd.DataFrame] | None:
-    """Write, run and compare `variant`'s verification scenario: the comparison, and the
-    verification run's connections (None: the run kept no scenario, e.g. an imported log).
-    `rotate_at_s` None (rotation will not help): the `recommended` variant rotates at the
-    variant's median lifetime, and the prediction is that it saves nothing."""
+    """Write, run and compare `variant`'s verification scenario (`hours`: connection-hours a
+    variant): the comparison, and the verification run's connections (None: the run kept no
+    scenario, e.g. an imported log). `rotate_at_s` None (rotation will not help): the
+    `recommended` variant rotates at the variant's median lifetime, and the prediction is that
+    it saves nothing."""
     scenario = _run_scenario(run_dirs[0])
     if scenario is None:
         return None
@@ -270,7 +324,7 @@ def verify_variant(
             return None
         rotate_at_s = float(np.median(lives))
     profile = fitted_faults(frames, list(frames.manifests), variant)
-    doc = verification_doc(scenario, variant, profile, rotate_at_s)
+    doc = verification_doc(scenario, variant, profile, rotate_at_s, hours)
     path = out / f"verify-{_slug(variant)}.toml"
     path.write_text(scenario_toml(doc, variant, run_dirs), encoding="utf-8")
     run_dir = run(path, out / "verify-runs")
@@ -280,6 +334,8 @@ def verify_variant(
         "scenario": str(path),
         "run": str(run_dir),
         "rotate_at_s": rotate_at_s,
+        "duration_s": float(doc["run"]["duration"][:-1]) * 60,
+        "workers": WORKERS,
         "prediction": "fewer drops per hour" if expect_fewer else "no fewer drops per hour",
         **result,
     }, done.connections
