@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,10 @@ import pyarrow.parquet as pq
 
 from harness.core.outcomes import CENSORING_CAUSES, CloseCause, ClosedBy, ConnState, UtteranceStatus
 from harness.core.transcript import parse_transcript
+from harness.log.keys import connection_codes
 from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
 from harness.log.rundir import APPEND_LOG_GLOB, RunDir, RunDirError
+from harness.log.sends import BATCH_COLUMNS, SendFrame, SendSource, SpilledSends
 
 __all__ = [
     "CONNECTION_COLUMNS",
@@ -259,49 +263,8 @@ def _with_run(table: pa.Table, run: str) -> pa.Table:
     return table.add_column(0, "run", column)
 
 
-def _connection_codes(
-    run: np.ndarray,
-    runs: Sequence[str],
-    variant: np.ndarray,
-    variants: Sequence[str],
-    worker: np.ndarray,
-    conn: np.ndarray,
-) -> tuple[np.ndarray, list[str]]:
-    """Each row's connection as a code (-1: none, e.g. the fake server's own rows) into labels
-    "{run}/{variant}/{worker}/{conn}", in order of first appearance. `run` and `variant` are
-    category codes into `runs` and `variants`, `worker` and `conn` integers; -1 is NA in all
-    four. Worker numbers restart in each variant, hence the variant; each run (or shard) has its
-    own name, hence the run. Vectorised for ten million rows: the four fields as one int64
-    (mixed radix), factorised; a string is made per connection, never per row."""
-    valid = (run >= 0) & (worker >= 0) & (conn >= 0)
-    codes = np.full(len(valid), -1, np.int32)
-    if not valid.any():
-        return codes, []
-    fields = (run, np.add(variant, 1, dtype=np.int64), worker, conn)  # NA variant: 0, ""
-    sizes = [max(int(f.max()) + 1, 1) for f in fields]
-    if np.prod(sizes, dtype=float) >= 2.0**63:
-        raise ValueError(f"too many runs, variants, workers or connections to key: {sizes}")
-    key = np.zeros(len(valid), np.int64)
-    for field, size in zip(fields, sizes, strict=True):
-        key *= size
-        key += field
-    if valid.all():
-        found, uniques = pd.factorize(key)
-        codes[:] = found
-    else:
-        found, uniques = pd.factorize(key[valid])
-        codes[valid] = found
-    parts = []
-    for size in reversed(sizes):
-        uniques, part = np.divmod(uniques, size)
-        parts.append(part.tolist())
-    names = ["", *variants]
-    labels = [f"{runs[r]}/{names[v]}/{w}/{c}" for c, w, v, r in zip(*parts, strict=True)]
-    return codes, labels
-
-
 def _table_connections(table: pa.Table) -> tuple[np.ndarray, list[str]]:
-    """`_connection_codes` of an events table (LOADED_SCHEMA with `run`)."""
+    """`connection_codes` of an events table (LOADED_SCHEMA with `run`)."""
 
     def category(name: str) -> tuple[np.ndarray, list[str]]:
         column = table.column(name).combine_chunks()  # one dictionary for all chunks
@@ -310,7 +273,7 @@ def _table_connections(table: pa.Table) -> tuple[np.ndarray, list[str]]:
     def ints(name: str) -> np.ndarray:
         return pc.fill_null(table.column(name), -1).to_numpy()
 
-    return _connection_codes(*category("run"), *category("variant"), ints("worker"), ints("conn"))
+    return connection_codes(*category("run"), *category("variant"), ints("worker"), ints("conn"))
 
 
 def _with_connection(table: pa.Table) -> pa.Table:
@@ -333,7 +296,7 @@ def connection_key(frame: pd.DataFrame) -> pd.Series:
     def ints(name: str) -> np.ndarray:
         return frame[name].astype("Int64").to_numpy("int64", na_value=-1)
 
-    codes, labels = _connection_codes(
+    codes, labels = connection_codes(
         *category("run"), *category("variant"), ints("worker"), ints("conn")
     )
     return pd.Series(pd.Categorical.from_codes(codes, labels), index=frame.index)
@@ -584,14 +547,16 @@ def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
 
 @dataclass(slots=True)
 class ReportFrames:
-    """What a report reads, without the full events frame (at ten million rows that frame and
-    its making take gigabytes): `events` has the events columns but only the meta rows, the
-    commits sent and, with a drop window, the appends of each dropped connection's last
-    seconds (what the connections and utterances frames and the drop diagnosis read), not in
-    log order; `lateness` has `run`, `variant` and `lag_ms` of every append that has a send
-    lateness; `rows` counts all event rows; `sends` (SEND_COLUMNS) is every frame a client
-    sent, narrow, sorted by connection and time: what the blind diagnosis measures exposure
-    on (time idle, audio in the buffer, sending speed)."""
+    """What a report reads, with memory bounded by connections and utterances rather than by
+    appends (at a hundred million rows the full events frame would take tens of gigabytes):
+    - `events` has the events columns but only the meta rows, the commits sent and, with a
+      drop window, the appends of each dropped connection's last seconds (what the
+      connections and utterances frames and the drop diagnosis read), not in log order;
+    - `lateness` counts the appends that have a send lateness by `run`, `variant` and
+      `lag_ms` (to the microsecond: LATENESS_RESOLUTION_MS), in `count`;
+    - `rows` counts all event rows;
+    - `sends` is every frame a client sent (harness.log.sends), read batch by batch: what the
+      blind diagnosis measures exposure on (time idle, audio in the buffer, sending speed)."""
 
     events: pd.DataFrame
     lateness: pd.DataFrame
@@ -600,7 +565,7 @@ class ReportFrames:
     manifests: dict[str, dict[str, Any]]
     torn_batches: int
     rows: int
-    sends: pd.DataFrame | None = None
+    sends: SendSource | None = None
 
     @classmethod
     def from_frames(cls, frames: Frames) -> ReportFrames:
@@ -608,20 +573,72 @@ class ReportFrames:
         events = frames.events
         appends = (events["type"] == APPEND).to_numpy(bool) & events["lag_ms"].notna().to_numpy()
         sent = ((events["dir"] == "send") & (events["src"] == "client")).to_numpy(bool)
+        columns = [c for c in BATCH_COLUMNS if c in events.columns and c != "connection"]
         return cls(
             events,
-            events.loc[appends, ["run", "variant", "lag_ms"]].reset_index(drop=True),
+            lateness_counts(events.loc[appends, ["run", "variant", "lag_ms"]]),
             frames.connections,
             frames.utterances,
             frames.manifests,
             frames.torn_batches,
             len(events),
-            _sorted_sends(events.loc[sent, [c for c in SEND_COLUMNS if c in events.columns]]),
+            SendFrame(events.loc[sent, columns]),
         )
 
 
-# the frames a client sent, as the blind diagnosis reads them (dbfs: when the log has levels)
-SEND_COLUMNS = ("connection", "t", "type", "audio_ms", "dbfs")
+# send lateness is counted to this resolution (wall ms): a microsecond
+LATENESS_RESOLUTION_MS = 0.001
+
+
+def lateness_counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """(run, variant, lag_ms) rows, one per append, as counts by run, variant and lag_ms to
+    LATENESS_RESOLUTION_MS: what a hundred million appends' lateness takes as a few thousand
+    rows. analysis.weighted_percentiles reads it."""
+    lag = rows["lag_ms"].to_numpy(np.float64, na_value=np.nan)
+    run, variant = (rows[c].astype("category") for c in ("run", "variant"))
+    ok = ~np.isnan(lag) & (run.cat.codes.to_numpy() >= 0) & (variant.cat.codes.to_numpy() >= 0)
+    ticks = np.round(lag[ok] / LATENESS_RESOLUTION_MS).astype(np.int64)
+    # one int64 a row (run, variant, ticks), counted by a sort rather than a groupby
+    group = run.cat.codes.to_numpy()[ok].astype(np.int64) * (len(variant.cat.categories) + 1)
+    group += variant.cat.codes.to_numpy()[ok]
+    low = int(ticks.min()) if len(ticks) else 0
+    span = int(ticks.max()) - low + 1 if len(ticks) else 1
+    key, counts = np.unique(group * span + (ticks - low), return_counts=True)
+    group, ticks = np.divmod(key, span)
+    run_code, variant_code = np.divmod(group, len(variant.cat.categories) + 1)
+    index = pd.MultiIndex.from_arrays(
+        [
+            pd.Categorical.from_codes(run_code, run.cat.categories),
+            pd.Categorical.from_codes(variant_code, variant.cat.categories),
+            ticks + low,
+        ],
+        names=["run", "variant", "ticks"],
+    )
+    return _lateness_frame(pd.Series(counts, index=index))
+
+
+def _lateness_frame(counts: pd.Series) -> pd.DataFrame:
+    """Counts by (run, variant, ticks) as the frame, in one order whatever the input's."""
+    frame = counts.rename("count").reset_index()
+    frame["lag_ms"] = frame.pop("ticks") * LATENESS_RESOLUTION_MS
+    frame = frame.astype({"run": str, "variant": str, "count": np.int64})
+    frame = frame.sort_values(["run", "variant", "lag_ms"], ignore_index=True)
+    return frame.astype({"run": "category", "variant": "category"})[
+        ["run", "variant", "lag_ms", "count"]
+    ]
+
+
+def _merge_lateness(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Counts of several chunks (lateness_counts) as one."""
+    if not parts:
+        return lateness_counts(pd.DataFrame({"run": [], "variant": [], "lag_ms": []}))
+    both = pd.concat(
+        [p.assign(run=p["run"].astype(str), variant=p["variant"].astype(str)) for p in parts],
+        ignore_index=True,
+    )
+    ticks = np.round(both["lag_ms"].to_numpy() / LATENESS_RESOLUTION_MS).astype(np.int64)
+    counts = both.assign(ticks=ticks).groupby(["run", "variant", "ticks"])["count"].sum()
+    return _lateness_frame(counts)
 
 
 def _max(column: pa.ChunkedArray) -> float:
@@ -650,87 +667,95 @@ class _EventsParquet:
         self.schema = pa.schema(fields, metadata=metadata)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.writer = pq.ParquetWriter(str(self.partial), self.schema)
+        # written on a thread of its own, which Parquet's encoder lets run beside the report's
+        # pass (at most two chunks wait, so memory stays a few chunks)
+        self._thread = ThreadPoolExecutor(1)
+        self._pending: deque[Future] = deque()
 
     def write(self, chunk: pa.Table) -> None:
+        self._pending.append(self._thread.submit(self._write, chunk))
+        if len(self._pending) > 2:
+            self._pending.popleft().result()
+
+    def _write(self, chunk: pa.Table) -> None:
         chunk = _with_connection(chunk)
         columns = [chunk.column(f.name).cast(f.type) for f in self.schema]
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
 
     def close(self) -> None:
         """Complete: the file appears under its name only now."""
+        while self._pending:
+            self._pending.popleft().result()
+        self._thread.shutdown()
         self.writer.close()
         os.replace(self.partial, self.path)
 
 
-def _sorted_sends(sends: pd.DataFrame) -> pd.DataFrame:
-    """SEND_COLUMNS in connection and time order, `connection` a category."""
-    sends = sends.astype({"connection": "category", "type": "category"})
-    order = np.lexsort((sends["t"].to_numpy(float), sends["connection"].cat.codes.to_numpy()))
-    return sends.iloc[order].reset_index(drop=True)
-
-
-# what a chunk's sends keep until their connection key is built, once, for all of them
-_SEND_KEYS = ("run", "variant", "worker", "conn")
-
-
 def _sends(chunk: pa.Table) -> pa.Table:
-    """Of one chunk: the frames a client sent, SEND_COLUMNS and the connection's fields."""
+    """Of one chunk: the frames a client sent, with what the sends batches keep."""
     sent = pc.and_(_equal(chunk.column("dir"), "send"), _equal(chunk.column("src"), "client"))
-    names = [*_SEND_KEYS, *(c for c in SEND_COLUMNS[1:] if c in chunk.column_names)]
+    names = [c for c in BATCH_COLUMNS if c in chunk.column_names]
     return chunk.select(names).filter(sent)
 
 
-def _sends_frame(parts: list[pa.Table]) -> pd.DataFrame:
-    """The sends of every chunk as one narrow frame, its connection key built once."""
-    if not parts:
-        return pd.DataFrame({c: [] for c in SEND_COLUMNS[:4]})
-    table = _with_connection(pa.concat_tables(parts, promote_options="permissive"))
-    names = [c for c in SEND_COLUMNS if c in table.column_names]
-    return _sorted_sends(table.select(names).unify_dictionaries().to_pandas())
-
-
-def _scan(chunk: pa.Table) -> tuple[pa.Table, pa.Table]:
+def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     """Of one chunk: the rows the connections and utterances frames read (meta rows, commits
-    sent), and (run, variant, lag_ms) of the appends that carry a lateness."""
+    sent), and the lateness counts of its appends (lateness_counts)."""
     kind, direction = chunk.column("type"), chunk.column("dir")
     keep = pc.or_(
         _equal(direction, "meta"), pc.and_(_equal(kind, COMMIT), _equal(direction, "send"))
     )
     late = pc.and_(_equal(kind, APPEND), pc.is_valid(chunk.column("lag_ms")))
-    lateness = pa.table(
-        {
-            "run": pc.filter(chunk.column("run"), late),
-            "variant": pc.filter(chunk.column("variant"), late),
-            "lag_ms": pc.filter(chunk.column("lag_ms"), late),
-        }
-    )
-    return chunk.filter(keep), lateness
+    lateness = chunk.select(["run", "variant", "lag_ms"]).filter(late).unify_dictionaries()
+    return chunk.filter(keep), lateness_counts(lateness.to_pandas())
 
 
-def _drop_windows(run_dir: Path, drops: pd.DataFrame, window_s: float) -> list[pa.Table]:
+def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa.Table | None:
     """The appends of each dropped connection (`drops`: connection, closed) from `window_s`
-    before its close to the close, read from the run's logs again. Matched by `connection`:
-    worker and conn numbers repeat in each variant."""
-    if drops.empty:
-        return []
-    closed = drops["closed"].to_numpy(float)
-    bounds = pd.DataFrame({"lo": closed - window_s, "hi": closed})
-    bounds = bounds.groupby(drops["connection"].astype(str).to_numpy()).agg(
-        {"lo": "min", "hi": "max"}
+    before its close to the close, from the sends, as event rows (LOADED_SCHEMA with `run`)."""
+    bounds = drops.groupby(drops["connection"].astype(str))["closed"].max()
+
+    def near(batch: pd.DataFrame) -> pd.DataFrame:
+        labels = batch["connection"].cat
+        closed = bounds.reindex(labels.categories.astype(str)).to_numpy(float)
+        closed = np.append(closed, np.nan)[labels.codes.to_numpy()]  # code -1: NaN
+        t = batch["t"].to_numpy(float)
+        recent = (batch["type"] == APPEND).to_numpy() & (t >= closed - window_s) & (t <= closed)
+        return batch[recent]
+
+    parts = [part for part in sends.map(near) if len(part)]
+    if not parts:
+        return None
+    rows = pd.concat(parts, ignore_index=True)
+    columns = {}
+    for f in _with_run(LOADED_SCHEMA.empty_table(), "").schema:
+        if f.name in rows.columns:
+            values = rows[f.name]
+            columns[f.name] = (
+                pa.array(values.astype(str), pa.string()).dictionary_encode()
+                if pa.types.is_dictionary(f.type)
+                else pa.array(values.to_numpy(), f.type, from_pandas=True)
+            )
+        elif f.name in ("src", "dir"):
+            word = {"src": "client", "dir": "send"}[f.name]
+            columns[f.name] = pa.array([word] * len(rows), pa.string()).dictionary_encode()
+        else:
+            columns[f.name] = pa.nulls(len(rows), f.type)
+    return pa.table(columns)
+
+
+def _expected_rows(runs: dict[str, tuple[Path, dict]]) -> int:
+    """Rows the runs' logs hold, about: an append row takes some 40 bytes on disk."""
+    return (
+        sum(p.stat().st_size for run_dir, _ in runs.values() for p in RunDir(run_dir).logs()) // 40
     )
-    slots = {label: i for i, label in enumerate(bounds.index)}
-    # slot -1 (no drop on that connection, or no connection) has NaN bounds: never near
-    lo, hi = np.append(bounds["lo"].to_numpy(), np.nan), np.append(bounds["hi"].to_numpy(), np.nan)
-    parts = []
-    for log in RunDir(run_dir).logs():
-        for chunk in _LogChunks(log, run_dir.name):
-            codes, labels = _table_connections(chunk)
-            i = np.array([slots.get(label, -1) for label in labels] + [-1], np.int64)[codes]
-            t = pc.fill_null(chunk.column("t"), np.nan).to_numpy()
-            near = (t >= lo[i]) & (t <= hi[i]) & _equal(chunk.column("type"), APPEND).to_numpy()
-            if near.any():
-                parts.append(chunk.filter(pa.array(near)))
-    return parts
+
+
+def _spill_dir(runs: dict[str, tuple[Path, dict]]) -> Path | None:
+    """Where sends spill: beside the first run (a disk, not a RAM-backed /tmp), else the
+    system's temporary directory."""
+    first = next(iter(runs.values()))[0]
+    return first if os.access(first, os.W_OK) else None
 
 
 def load_for_report(
@@ -738,16 +763,18 @@ def load_for_report(
     drop_window_s: float | None = None,
     events_parquet: Path | None = None,
 ) -> ReportFrames:
-    """What a report of these runs reads (`ReportFrames`), streaming each log in chunks: peak
-    memory stays far below that of the full events frame (`load`). With `drop_window_s`, a
-    second pass keeps the appends of each drop's last seconds for the drop diagnosis; with
-    `events_parquet`, the full events frame is written there on the way, as `write_frames`
-    writes it, without ever being in memory."""
+    """What a report of these runs reads (`ReportFrames`), in one pass over the logs, chunk by
+    chunk: memory is bounded by the connections and utterances, not by the appends. The
+    clients' sends are spilled beside the run (harness.log.sends; the files go when the
+    frames do). With `drop_window_s`, the appends of each drop's last seconds are kept for the
+    drop diagnosis (read back from the spilled sends); with `events_parquet`, the full events
+    frame is written there on the way, as `write_frames` writes it, without ever being in
+    memory."""
     runs = _run_dirs(run_dirs)
     writer = _EventsParquet(events_parquet) if events_parquet is not None else None
+    sends = SpilledSends(_expected_rows(runs), _spill_dir(runs))
     kept: list[pa.Table] = []
-    lateness: list[pa.Table] = []
-    sends: list[pa.Table] = []
+    lateness: list[pd.DataFrame] = []
     last: dict[str, tuple[float, float]] = {}
     rows = torn = 0
     for name, (run_dir, _) in runs.items():
@@ -763,7 +790,7 @@ def load_for_report(
                 keep, late = _scan(chunk)
                 kept.append(keep)
                 lateness.append(late)
-                sends.append(_sends(chunk))
+                sends.add(_sends(chunk))
             torn += chunks.torn
         if np.isfinite(t_max):
             last[name] = (t_max, wall_max)
@@ -777,21 +804,14 @@ def load_for_report(
     utts = utterances_frame(events)
     dropped = conns[conns["dropped"]]
     if drop_window_s is not None and not dropped.empty:
-        near = [
-            part
-            for name, (run_dir, _) in runs.items()
-            for part in _drop_windows(run_dir, dropped[dropped["run"] == name], drop_window_s)
-        ]
-        if near:
-            events = _to_pandas(_with_connection(pa.concat_tables([base, *near])))
-    late = (
-        pa.concat_tables(lateness).unify_dictionaries().to_pandas()
-        if lateness
-        else pd.DataFrame({"run": [], "variant": [], "lag_ms": []})
-    )
-    late = late.astype({"run": "category", "variant": "category", "lag_ms": "float32"})
+        near = _drop_windows(sends, dropped, drop_window_s)
+        if near is not None:
+            events = _to_pandas(
+                _with_connection(pa.concat_tables([base, near], promote_options="permissive"))
+            )
     manifests = {name: manifest for name, (_, manifest) in runs.items()}
-    return ReportFrames(events, late, conns, utts, manifests, torn, rows, _sends_frame(sends))
+    late = _merge_lateness(lateness)
+    return ReportFrames(events, late, conns, utts, manifests, torn, rows, sends)
 
 
 def write_frames(frames: Frames, out_dir: Path) -> None:

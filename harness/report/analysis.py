@@ -151,6 +151,54 @@ def percentiles(values: np.ndarray, qs: tuple[float, ...] = (50, 90, 99)) -> dic
     return {f"p{q:g}": float(v) for q, v in zip(qs, np.percentile(values, qs), strict=True)}
 
 
+def weighted_percentiles(
+    values: np.ndarray, counts: np.ndarray, qs: tuple[float, ...] = (50, 90, 99)
+) -> np.ndarray:
+    """np.percentile's (linear) percentiles of `values` each repeated `counts` times, without
+    repeating them: what counted lateness (ReportFrames.lateness) needs."""
+    order = np.argsort(values, kind="stable")
+    values, counts = np.asarray(values, float)[order], np.asarray(counts, np.int64)[order]
+    keep = counts > 0
+    values, counts = values[keep], counts[keep]
+    n = int(counts.sum())
+    if n == 0:
+        return np.full(len(qs), np.nan)
+    ends = np.cumsum(counts)  # the rank after each value's last copy
+    rank = (n - 1) * np.asarray(qs, float) / 100
+    lo, hi = np.floor(rank).astype(np.int64), np.ceil(rank).astype(np.int64)
+    at_lo = values[np.searchsorted(ends, lo, side="right")]
+    at_hi = values[np.searchsorted(ends, hi, side="right")]
+    return at_lo + (rank - lo) * (at_hi - at_lo)
+
+
+def lag_counts(lateness: pd.DataFrame | pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(lag_ms values, their counts) of counted lateness (ReportFrames.lateness: a `count`
+    column), of rows one per append (an events frame's appends), or of a series of lags."""
+    if isinstance(lateness, pd.Series):
+        lag = lateness.to_numpy(float, na_value=np.nan)
+        counts = np.ones(len(lag), np.int64)
+    else:
+        lag = lateness["lag_ms"].to_numpy(float, na_value=np.nan)
+        counts = (
+            lateness["count"].to_numpy(np.int64)
+            if "count" in lateness
+            else np.ones(len(lag), np.int64)
+        )
+    ok = ~np.isnan(lag)
+    return lag[ok], counts[ok]
+
+
+def lateness_percentiles(
+    lateness: pd.DataFrame | pd.Series, qs: tuple[float, ...] = (50, 90, 99)
+) -> dict[str, float]:
+    """`percentiles` of send lateness, counted or not (lag_counts)."""
+    values, counts = lag_counts(lateness)
+    return {
+        f"p{q:g}": float(v)
+        for q, v in zip(qs, weighted_percentiles(values, counts, qs), strict=True)
+    }
+
+
 # --- comparisons ------------------------------------------------------------------------------
 def survival_at(kmf: KaplanMeierFitter, age: float) -> tuple[float, float, float]:
     """S(age) with its 95 % CI (lower, upper)."""

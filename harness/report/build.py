@@ -193,7 +193,7 @@ def _summary(frames: ReportFrames, model: ReportModel, verdicts: list[Verdict]) 
         "utterances": {
             str(v): {str(k): int(n) for k, n in row.items()} for v, row in model.outcomes.iterrows()
         },
-        "pacing_lateness_ms": analysis.percentiles(frames.lateness["lag_ms"].to_numpy(float)),
+        "pacing_lateness_ms": analysis.lateness_percentiles(frames.lateness),
         "client_lateness": _records(model.client_lateness),
         "fault_lateness": _records(model.fault_lateness),
         "logrank": _records(model.logrank),

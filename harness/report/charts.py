@@ -13,7 +13,7 @@ from lifelines import KaplanMeierFitter  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MultipleLocator  # noqa: E402
 
-from harness.report.analysis import MIN_DROPS  # noqa: E402
+from harness.report.analysis import MIN_DROPS, lag_counts  # noqa: E402
 
 __all__ = ["close_code_chart", "survival_chart", "timeline_chart", "utterance_chart", "save"]
 
@@ -343,36 +343,43 @@ def latency_chart(ax: Axes, latency: pd.DataFrame) -> Axes:
 CDF_POINTS = 2000
 
 
-def cdf_points(values: np.ndarray, points: int = CDF_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted values, share at or below each) of an empirical CDF, thinned to about `points`
-    points: evenly spaced ranks, plus ranks geometrically closer to the top so the tail (p99
-    and beyond, what lateness is about) keeps its shape; the largest value is always kept."""
-    x = np.sort(values)
-    n = len(x)
-    if n <= points:
-        return x, np.arange(1, n + 1) / n
+def cdf_points(
+    values: np.ndarray, points: int = CDF_POINTS, counts: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted values, share at or below each) of an empirical CDF of `values` (each repeated
+    `counts` times, if given), thinned to about `points` points: evenly spaced ranks, plus
+    ranks geometrically closer to the top so the tail (p99 and beyond, what lateness is
+    about) keeps its shape; the largest value is always kept."""
+    order = np.argsort(values, kind="stable")
+    x = np.asarray(values)[order]
+    weight = np.ones(len(x), np.int64) if counts is None else np.asarray(counts)[order]
+    ends = np.cumsum(weight)  # the rank (from 1) of each value's last copy
+    n = int(ends[-1]) if len(ends) else 0
+    if len(x) <= points:
+        return x, ends / max(n, 1)
     even = np.linspace(0, n - 1, points // 2).astype(np.int64)
     tail = n - np.geomspace(1, n, points // 2).astype(np.int64)
     ranks = np.unique(np.concatenate([even, tail, [n - 1]]))
-    return x[ranks], (ranks + 1) / n
+    at = np.unique(np.searchsorted(ends, ranks + 1, side="left"))
+    return x[at], ends[at] / n
 
 
 def lateness_chart(ax: Axes, lateness: pd.DataFrame) -> Axes:
     """How late append frames left against their deadlines: a CDF per variant. `lateness`
-    has `variant` and `lag_ms` of appends (an events frame works too: its appends are used)."""
+    has `variant` and `lag_ms` of appends, counted (`count`: ReportFrames.lateness) or one
+    row each (an events frame works too: its appends are used)."""
     if "type" in lateness:
         lateness = lateness.loc[
             lateness["type"] == "input_audio_buffer.append", ["variant", "lag_ms"]
         ]
-    # by category code rather than groupby, which would copy every column of millions of rows
     variant = lateness["variant"].astype("category")
     codes = variant.cat.codes.to_numpy()
-    lags = np.asarray(lateness["lag_ms"].to_numpy(na_value=np.nan))  # float32: half the copy
+    lags, counts = lag_counts(lateness)
+    kept = codes[~np.isnan(lateness["lag_ms"].to_numpy(float, na_value=np.nan))]
     for i, v in enumerate(variant.cat.categories):
-        lag = lags[codes == i]
-        lag = lag[~np.isnan(lag)]
-        if len(lag):
-            x, share = cdf_points(lag)
+        mine = kept == i
+        if mine.any():
+            x, share = cdf_points(lags[mine], counts=counts[mine])
             ax.plot(np.maximum(x.astype(float), 0.01), share, label=str(v))
     ax.set_xscale("log")
     ax.axvline(10, color="#d62728", ls="--", lw=1, label="10 ms: saturated above (p99)")

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats
 from scipy.stats.contingency import odds_ratio
 
+from harness.log.sends import SendSource
 from harness.report.analysis import MIN_DROPS, weibull_fit
 from harness.report.exposure import Covariate, exposure_tables, handshake_attempts
 
@@ -692,7 +693,9 @@ def _refusing_cap(trials: np.ndarray, events: np.ndarray) -> Verdict | None:
 
 
 def diagnose_variants(
-    connections: pd.DataFrame, sends: pd.DataFrame | None, tolerance_s: float = 0.0
+    connections: pd.DataFrame,
+    sends: SendSource | pd.DataFrame | None,
+    tolerance_s: float = 0.0,
 ) -> dict[str, list[Verdict]]:
     """Per variant, one Verdict per hypothesis (HYPOTHESES order). `tolerance_s`: scenario
     seconds the client's timing may be off by (send jitter times the time scale)."""

@@ -17,12 +17,14 @@ imported log.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from harness.log.recorder import APPEND
+from harness.log.sends import SendSource
 
 __all__ = [
     "BURST_WINDOWS_S",
@@ -86,40 +88,56 @@ def _opened(connections: pd.DataFrame) -> pd.DataFrame:
 
 
 def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame) -> pd.DataFrame:
-    """The frames each opened connection sent during its life, with its row in `conns` (`c`),
-    in connection and time order."""
+    """The frames each opened connection sent during its life, in connection and time order:
+    `c` (its row in `conns`), `t`, `type`, `audio_ms`, `dbfs`, and `key`: (connection,
+    microseconds since it opened) as one int64, the connection's rank in the batch in the
+    high bits, so that windows compare whole microseconds whatever else the batch holds."""
     index = pd.Series(np.arange(len(conns)), index=conns["connection"].to_numpy())
     labels = sends["connection"].astype("category")  # map each label once, not each row
-    rows = pd.Series(labels.cat.categories.astype(str)).map(index).to_numpy()
-    c = pd.Series(
-        np.where(labels.cat.codes >= 0, rows[labels.cat.codes], np.nan), index=sends.index
-    )
-    sent = sends.assign(c=c).dropna(subset=["c"])
-    sent = sent.astype({"c": np.int64})
-    t = sent["t"].to_numpy(float)
-    life = (t >= conns["established"].to_numpy()[sent["c"]]) & (
-        t <= conns["closed"].to_numpy()[sent["c"]]
-    )
-    sent = sent[life]
-    order = np.lexsort((sent["t"].to_numpy(float), sent["c"].to_numpy()))
-    return sent.iloc[order].reset_index(drop=True)
+    rows = pd.Series(labels.cat.categories.astype(str)).map(index).to_numpy(float, na_value=-1)
+    codes = labels.cat.codes.to_numpy()
+    c = np.where(codes >= 0, rows[codes], -1).astype(np.int64)
+    t = sends["t"].to_numpy(float)
+    ok = c >= 0
+    established = conns["established"].to_numpy(float)
+    ok[ok] = (t[ok] >= established[c[ok]]) & (t[ok] <= conns["closed"].to_numpy(float)[c[ok]])
+    take = np.flatnonzero(ok)
+    c, t = c[take], t[take]
+    block = np.r_[True, c[1:] != c[:-1]]
+    if not (np.all(np.diff(t)[~block[1:]] >= 0) and block.sum() == len(np.unique(c[block]))):
+        order = np.lexsort((t, c))  # batches come sorted; a frame given by hand may not
+        take, c, t = take[order], c[order], t[order]
+        block = np.r_[True, c[1:] != c[:-1]]
+    local = np.cumsum(block) - 1
+    since = np.round((t - established[c]) * 1e6).astype(np.int64)
+    out = {"c": c, "t": t, "key": local.astype(np.int64) << 42 | since}
+    kind = sends["type"].astype("category")
+    out["type"] = pd.Categorical.from_codes(kind.cat.codes.to_numpy()[take], kind.cat.categories)
+    for name in ("audio_ms", "dbfs"):
+        if name in sends:
+            out[name] = sends[name].to_numpy()[take]
+    return pd.DataFrame(out)
 
 
-def _gaps(conns: pd.DataFrame, c: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per connection, the spells between its life's start, the times `t` (rows of connection
-    `c`, sorted) and its end: (connection row, start, end, is the last spell)."""
-    n = len(conns)
-    rows = np.concatenate([np.arange(n), c, np.arange(n)])
-    times = np.concatenate(
-        [conns["established"].to_numpy(float), t, conns["closed"].to_numpy(float)]
-    )
-    rank = np.concatenate([np.zeros(n), np.ones(len(c)), np.full(n, 2.0)])
-    order = np.lexsort((rank, times, rows))
-    rows, times = rows[order], times[order]
-    same = rows[1:] == rows[:-1]
-    start, end, row = times[:-1][same], times[1:][same], rows[:-1][same]
-    last = np.r_[row[1:] != row[:-1], True] if len(row) else np.zeros(0, bool)
-    return row, start, end, last
+def _gaps(
+    conns: pd.DataFrame, c: np.ndarray, t: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Per connection of `rows` (rows of `conns`: those with sends in `c`, or none), the spells
+    between its life's start, the times `t` (of connection rows `c`, sorted by connection and
+    time) and its end: (connection row, start, end, is the last spell)."""
+    established = conns["established"].to_numpy(float)
+    closed = conns["closed"].to_numpy(float)
+    if not len(c):  # connections that sent nothing: one spell each, their whole life
+        return rows, established[rows], closed[rows], np.ones(len(rows), bool)
+    first = np.r_[True, c[1:] != c[:-1]]
+    last = np.r_[c[1:] != c[:-1], True]
+    # each send ends the spell before it; each connection's last spell ends at its close
+    start = np.where(first, established[c], np.r_[np.nan, t[:-1]])
+    row = np.concatenate([c, c[last]])
+    begin = np.concatenate([start, t[last]])
+    end = np.concatenate([t, closed[c[last]]])
+    is_last = np.concatenate([np.zeros(len(c), bool), np.ones(int(last.sum()), bool)])
+    return row, begin, end, is_last
 
 
 def _frame(
@@ -144,28 +162,36 @@ def _age(conns: pd.DataFrame) -> Covariate:
     return Covariate("max_duration", "s", spells, linear=True)
 
 
-def _idle(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> Covariate:
-    """Seconds since the last frame sent. Gaps no longer than the timing tolerance are left
-    out (no threshold is tested below it, so they add exposure only where none is asked for):
-    at 20 ms appends that is nearly every row."""
-    row, start, end, last = _gaps(conns, sent["c"].to_numpy(), sent["t"].to_numpy(float))
+def _idle(conns: pd.DataFrame, sent: pd.DataFrame, rows: np.ndarray, tol: float) -> pd.DataFrame:
+    """Seconds since the last frame sent, for the connections of `rows`. Gaps no longer than
+    the timing tolerance are left out (no threshold is tested below it, so they add exposure
+    only where none is asked for): at 20 ms appends that is nearly every row."""
+    row, start, end, last = _gaps(conns, sent["c"].to_numpy(), sent["t"].to_numpy(float), rows)
     gap = end - start
     dropped = last & conns["dropped"].to_numpy()[row]
     keep = (gap > tol) | dropped
-    spells = _frame(conns, row[keep], 0.0 * gap[keep], gap[keep], gap[keep], dropped[keep])
-    return Covariate("idle_timeout", "s", spells, linear=True)
+    return _frame(conns, row[keep], 0.0 * gap[keep], gap[keep], gap[keep], dropped[keep])
+
+
+@dataclass(slots=True)
+class _StepPart:
+    """A step covariate's share of one batch: connection time (integer nanoseconds, so that
+    batches add up exactly in any order) per (variant, dying, value to 1e-4), and each
+    connection's last value (what its drop is measured at)."""
+
+    key: np.ndarray  # int64: variant code * 2 + dying, << 42 | value quantum
+    ns: np.ndarray  # int64 nanoseconds of connection time at that key
+    last_row: np.ndarray  # connection rows
+    last_value: np.ndarray
 
 
 def _steps(
     conns: pd.DataFrame,
     sent: pd.DataFrame,
     value: np.ndarray,
-    theory: str,
-    unit: str,
     tolerance_s: float,
     segment: np.ndarray | None = None,
-    **kw,
-) -> Covariate:
+) -> _StepPart:
     """A step covariate: `value` after each frame sent holds until the next frame or the
     connection's end; zero before the first frame. Every value is the most the covariate
     reached in the `tolerance_s` before it, and a drop is a spell of no duration at its
@@ -181,32 +207,53 @@ def _steps(
     # The most the covariate reached in the last `tolerance_s`, at every moment: what a drop
     # is measured at, so exposure is measured the same way (else drops look higher than the
     # time spent there, a bias of the window alone).
-    value = _trailing_max(c, t, value, tolerance_s)
+    value = _trailing_max(sent["key"].to_numpy(), value, tolerance_s)
     recent = t >= closed[c] - tolerance_s
-    if segment is not None:
-        recent |= segment == pd.Series(segment).groupby(c).transform("max").to_numpy()
+    if segment is not None:  # the last segment of each connection (sorted by connection)
+        last_segment = segment[last]
+        recent |= segment == last_segment[np.cumsum(np.r_[False, last[:-1]])]
     dying = recent & conns["dropped"].to_numpy()[c]
     keep = value > 0
     # one spell per variant, value and dying: a step covariate's exposure past a threshold
     # needs no more, and ten million rows become thousands (one int64 key, hashed once)
-    variant_code, variants = pd.factorize(conns["variant"].to_numpy())
+    variant_code = conns["variant_code"].to_numpy()
     quantum = np.round(value[keep] * 1e4).astype(np.int64)  # values to 1e-4
     key = (variant_code[c[keep]] * 2 + dying[keep]).astype(np.int64) << 42 | quantum
+    ns = np.round((nxt - t)[keep] * 1e9).astype(np.int64)
     group, first = pd.factorize(key)
-    duration = np.bincount(group, weights=(nxt - t)[keep], minlength=len(first))
+    return _StepPart(
+        first,
+        np.bincount(group, weights=ns, minlength=len(first)).astype(np.int64),
+        c[last],
+        value[last],
+    )
+
+
+def _step_covariate(
+    conns: pd.DataFrame, variants: list[str], parts: list[_StepPart], theory: str, unit: str, **kw
+) -> Covariate:
+    """A step covariate's spells from its batches' parts: one spell per variant, value and
+    dying, and one spell of no duration at each drop (its connection's last value; 0 for a
+    connection that sent nothing)."""
+    key = np.concatenate([np.zeros(0, np.int64), *(p.key for p in parts)])
+    ns = np.concatenate([np.zeros(0, np.int64), *(p.ns for p in parts)])
+    group, first = pd.factorize(key, sort=True)
+    total = np.zeros(len(first), np.int64)
+    np.add.at(total, group, ns)
     held_x = (first & ((1 << 42) - 1)) / 1e4
     spells = _spells(
         connection=np.full(len(first), "", object),
-        variant=np.asarray(variants, object)[(first >> 43)],
+        variant=np.asarray(variants, object)[(first >> 43)] if len(first) else np.zeros(0, object),
         x0=held_x,
         x1=held_x,
-        duration=duration,
+        duration=total / 1e9,
         dropped=np.zeros(len(first), bool),
         dying=((first >> 42) & 1).astype(bool),
     )
-    # a drop is at the (trailing-maximum) value of its connection's last frame: measured as
-    # the exposure is, so the window alone cannot put drops past a threshold
-    final = pd.Series(value[last], index=c[last])
+    final = pd.Series(
+        np.concatenate([np.zeros(0), *(p.last_value for p in parts)]),
+        index=np.concatenate([np.zeros(0, np.int64), *(p.last_row for p in parts)]),
+    )
     dropped = np.flatnonzero(conns["dropped"].to_numpy())
     at = final.reindex(dropped).fillna(0.0).to_numpy()
     zero = np.zeros(len(dropped))
@@ -214,62 +261,61 @@ def _steps(
     return Covariate(theory, unit, pd.concat([spells, markers], ignore_index=True), False, **kw)
 
 
-def _buffer(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> Covariate:
+def _buffer(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> _StepPart:
     """Audio appended since the last clear or commit, in ms, after each frame sent."""
     kind = sent["type"]
     audio = np.where(kind == APPEND, sent["audio_ms"].astype(float).fillna(0.0).to_numpy(), 0.0)
     reset = ((kind == COMMIT) | (kind == CLEAR)).to_numpy()
     c = sent["c"].to_numpy()
-    segment = np.cumsum(reset | np.r_[True, c[1:] != c[:-1]])
-    held = pd.Series(audio).groupby(segment).cumsum().to_numpy()
-    return _steps(conns, sent, held, "buffer_pressure", "ms", tol, segment=segment)
+    starts = reset | np.r_[True, c[1:] != c[:-1]]
+    segment = np.cumsum(starts)
+    total = np.cumsum(audio)
+    before = (total - audio)[starts]  # the running total where each segment begins
+    held = total - before[segment - 1]
+    return _steps(conns, sent, held, tol, segment=segment)
 
 
-def _trailing(c: np.ndarray, t: np.ndarray, weight: np.ndarray, window: float) -> np.ndarray:
+def _trailing(key: np.ndarray, weight: np.ndarray, window: float) -> np.ndarray:
     """Per row, the sum of `weight` over the rows of its connection sent in the `window`
-    seconds up to and including it (rows sorted by connection, then time)."""
+    seconds up to and including it (`key`: the rows' `key` column)."""
     total = np.cumsum(weight)
-    # rows of other connections sort far away: offset each connection's times
-    key = t + c * (np.nanmax(t) - np.nanmin(t) + 2 * window + 1.0) if len(t) else t
-    first = np.searchsorted(key, key - window, side="right")
+    first = np.searchsorted(key, key - round(window * 1e6), side="right")
     before = np.where(first > 0, total[first - 1], 0.0)
     return total - before
 
 
-def _trailing_max(c: np.ndarray, t: np.ndarray, value: np.ndarray, window: float) -> np.ndarray:
+def _trailing_max(key: np.ndarray, value: np.ndarray, window: float) -> np.ndarray:
     """Per row, the largest `value` of its connection's rows in the `window` seconds up to
-    and including it (rows sorted by connection, then time)."""
-    if window <= 0 or not len(t):
+    and including it (`key`: the rows' `key` column)."""
+    if window <= 0 or not len(key):
         return value
-    key = t + c * (np.nanmax(t) - np.nanmin(t) + 2 * window + 1.0)
-    nanos = np.round((key - key[0]) * 1e9).astype(np.int64).view("m8[ns]")  # no per-row parse
-    series = pd.Series(value, index=pd.TimedeltaIndex(nanos))
-    return series.rolling(pd.Timedelta(seconds=window)).max().to_numpy()
+    # the key's microseconds read as nanoseconds, the window alike: no per-row parse
+    series = pd.Series(value, index=pd.TimedeltaIndex(key.view("m8[ns]")))
+    return series.rolling(pd.Timedelta(round(window * 1e6), "ns")).max().to_numpy()
 
 
 def _appends(sent: pd.DataFrame) -> pd.DataFrame:
     return sent[(sent["type"] == APPEND).to_numpy()].reset_index(drop=True)
 
 
-def _speed(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> Covariate:
+def _speed(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> _StepPart:
     audio = appends["audio_ms"].astype(float).fillna(0.0).to_numpy()
-    c, t = appends["c"].to_numpy(), appends["t"].to_numpy(float)
-    speed = _trailing(c, t, audio, window) / (window * 1000.0)
-    return _steps(conns, appends, speed, "rate", "x real time", tol, window_s=window)
+    speed = _trailing(appends["key"].to_numpy(), audio, window) / (window * 1000.0)
+    return _steps(conns, appends, speed, tol)
 
 
-def _burst(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> Covariate:
-    c, t = appends["c"].to_numpy(), appends["t"].to_numpy(float)
-    count = _trailing(c, t, np.ones(len(t)), window)
-    return _steps(conns, appends, count, "micro_burst", "appends", tol, window_s=window)
+def _burst(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> _StepPart:
+    key = appends["key"].to_numpy()
+    count = _trailing(key, np.ones(len(key)), window)
+    return _steps(conns, appends, count, tol)
 
 
-def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
+def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame | None:
     """Seconds since a low-energy streak began: it begins at an append below LOUD_DBFS, goes
-    on through quiet appends and through no audio at all, and ends at a loud append."""
+    on through quiet appends and through no audio at all, and ends at a loud append. None:
+    these sends carry no audio levels."""
     if "dbfs" not in sent.columns or sent["dbfs"].notna().sum() == 0:
-        why = "the log has no audio levels (dbfs) of the appends sent"
-        return Covariate("silence_hazard", "s", _empty(), linear=True, missing=why)
+        return None
     is_append = (sent["type"] == APPEND).to_numpy()
     level = sent["dbfs"].astype(float).to_numpy()
     loud = is_append & (level >= LOUD_DBFS)
@@ -292,10 +338,7 @@ def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> Covariate:
         x0=("x0", "min"), x1=("x1", "max"), duration=("duration", "sum"), dropped=("dropped", "any")
     )
     row = streaks.index.get_level_values("c").to_numpy()
-    spells = _frame(
-        conns, row, streaks["x0"], streaks["x1"], streaks["duration"], streaks["dropped"]
-    )
-    return Covariate("silence_hazard", "s", spells, linear=True)
+    return _frame(conns, row, streaks["x0"], streaks["x1"], streaks["duration"], streaks["dropped"])
 
 
 def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
@@ -390,19 +433,69 @@ def handshake_attempts(connections: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+@dataclass(slots=True)
+class _BatchParts:
+    """What one batch of sends adds to each covariate."""
+
+    rows: int
+    connections: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    idle: pd.DataFrame | None = None
+    silence: pd.DataFrame | None = None
+    steps: dict[tuple[str, float | None], _StepPart] = field(default_factory=dict)
+
+
+def _batch_parts(conns: pd.DataFrame, batch: pd.DataFrame, tol: float) -> _BatchParts:
+    sent = _sends_in_life(batch, conns)
+    if not len(sent):
+        return _BatchParts(len(batch))
+    rows = np.unique(sent["c"].to_numpy())
+    appends = _appends(sent)
+    steps = {("buffer_pressure", None): _buffer(conns, sent, tol)}
+    steps |= {("rate", w): _speed(conns, appends, w, tol) for w in SPEED_WINDOWS_S}
+    steps |= {("micro_burst", w): _burst(conns, appends, w, tol) for w in BURST_WINDOWS_S}
+    return _BatchParts(
+        len(batch), rows, _idle(conns, sent, rows, tol), _silence(conns, sent), steps
+    )
+
+
 def exposure_tables(
-    connections: pd.DataFrame, sends: pd.DataFrame | None, tolerance_s: float = 0.0
+    connections: pd.DataFrame, sends: SendSource | pd.DataFrame | None, tolerance_s: float = 0.0
 ) -> list[Covariate]:
     """Every theory's covariate for these connections. `sends`: the frames the clients sent
-    (`ReportFrames.sends`); None or empty when the log has none (an imported log of
-    connections only), and the covariates that need them say so. `tolerance_s`: scenario
-    seconds the run's timing may be off by (its send jitter times its scale)."""
+    (`ReportFrames.sends`: batches of whole connections, read once; or a frame of them); None
+    or empty when the log has none (an imported log of connections only), and the covariates
+    that need them say so. `tolerance_s`: scenario seconds the run's timing may be off by (its
+    send jitter times its scale). The tables are the same however the sends are batched."""
     conns = _opened(connections)
+    variant_code, variants = pd.factorize(conns["variant"].to_numpy())
+    conns = conns.assign(variant_code=variant_code)
     # a cap's eviction reaches the client within a second on a near endpoint, later at k x
     out = [_age(conns), _concurrency(conns, hold_s=max(1.0, 2 * tolerance_s))]
-    if sends is None or sends.empty:
+    idle: list[pd.DataFrame] = []
+    silence: list[pd.DataFrame] = []
+    steps: dict[tuple[str, float | None], list[_StepPart]] = {}
+    seen = np.zeros(len(conns), bool)
+    rows_read = 0
+
+    def batch_parts(batch: pd.DataFrame) -> _BatchParts:
+        return _batch_parts(conns, batch, tolerance_s)
+
+    if isinstance(sends, pd.DataFrame):
+        parts: Iterable[_BatchParts] = [batch_parts(sends)]
+    else:
+        parts = sends.map(batch_parts) if sends is not None else []
+    for part in parts:
+        rows_read += part.rows
+        if part.idle is None:
+            continue
+        seen[part.connections] = True
+        idle.append(part.idle)
+        if part.silence is not None:
+            silence.append(part.silence)
+        for key, step in part.steps.items():
+            steps.setdefault(key, []).append(step)
+    if not rows_read:
         missing = "the log has no per-frame rows (frames sent)"
-        empty = _empty()
         for theory, unit in (
             ("idle_timeout", "s"),
             ("buffer_pressure", "ms"),
@@ -410,12 +503,38 @@ def exposure_tables(
             ("micro_burst", "appends"),
             ("silence_hazard", "s"),
         ):
-            out.append(Covariate(theory, unit, empty, linear=False, missing=missing))
+            out.append(Covariate(theory, unit, _empty(), linear=False, missing=missing))
         return out
-    sent = _sends_in_life(sends, conns)
-    appends = _appends(sent)
-    out += [_idle(conns, sent, tolerance_s), _buffer(conns, sent, tolerance_s)]
-    out.append(_silence(conns, sent))
-    out += [_speed(conns, appends, w, tolerance_s) for w in SPEED_WINDOWS_S]
-    out += [_burst(conns, appends, w, tolerance_s) for w in BURST_WINDOWS_S]
+    # a connection that sent nothing in its life was idle all of it
+    quiet = np.flatnonzero(~seen)
+    nothing = pd.DataFrame({"c": np.zeros(0, np.int64), "t": np.zeros(0)})
+    idle.append(_idle(conns, nothing, quiet, tolerance_s))
+    out.append(Covariate("idle_timeout", "s", _canonical(idle), linear=True))
+    units = {"buffer_pressure": "ms", "rate": "x real time", "micro_burst": "appends"}
+    names = list(variants)
+    out.append(
+        _step_covariate(
+            conns, names, steps.get(("buffer_pressure", None), []), "buffer_pressure", "ms"
+        )
+    )
+    if silence:
+        out.append(Covariate("silence_hazard", "s", _canonical(silence), linear=True))
+    else:
+        why = "the log has no audio levels (dbfs) of the appends sent"
+        out.append(Covariate("silence_hazard", "s", _empty(), linear=True, missing=why))
+    for theory, windows in (("rate", SPEED_WINDOWS_S), ("micro_burst", BURST_WINDOWS_S)):
+        for w in windows:
+            got = steps.get((theory, w), [])
+            out.append(_step_covariate(conns, names, got, theory, units[theory], window_s=w))
     return out
+
+
+def _canonical(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Spells of several batches in one order whatever the batching (so sums over them are
+    the same to the last bit)."""
+    spells = pd.concat(parts, ignore_index=True)
+    order = np.lexsort(
+        [spells[c].to_numpy() for c in ("duration", "x1", "x0")]
+        + [spells["connection"].astype(str).to_numpy(), spells["variant"].astype(str).to_numpy()]
+    )
+    return spells.iloc[order].reset_index(drop=True)

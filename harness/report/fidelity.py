@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.pacing import SATURATED_P99_MS
+from harness.report.analysis import lag_counts, weighted_percentiles
 
 __all__ = ["CLIENT_COLUMNS", "FAULT_COLUMNS", "client_lateness", "fault_lateness"]
 
@@ -34,16 +35,26 @@ FAULT_COLUMNS = [
 
 def client_lateness(lateness: pd.DataFrame) -> pd.DataFrame:
     """Append send lateness (wall ms after the deadline) per run and variant, from
-    `ReportFrames.lateness` (run, variant, lag_ms). `saturated`: p99 above SATURATED_P99_MS,
-    the verdict the run wrote into its manifest, here per variant."""
+    `ReportFrames.lateness` (run, variant, lag_ms, count; or a row per append).
+    `saturated`: p99 above SATURATED_P99_MS, the verdict the run wrote into its manifest,
+    here per variant."""
     rows = []
     for (run, variant), group in lateness.groupby(["run", "variant"], observed=True):
-        lag = group["lag_ms"].dropna().to_numpy(float)
-        if not len(lag):
+        lag, counts = lag_counts(group)
+        if not counts.sum():
             continue
-        p50, p90, p99 = np.percentile(lag, [50, 90, 99])
+        p50, p90, p99 = weighted_percentiles(lag, counts, (50, 90, 99))
         rows.append(
-            [str(run), str(variant), len(lag), p50, p90, p99, lag.max(), p99 > SATURATED_P99_MS]
+            [
+                str(run),
+                str(variant),
+                int(counts.sum()),
+                p50,
+                p90,
+                p99,
+                lag.max(),
+                p99 > SATURATED_P99_MS,
+            ]
         )
     return pd.DataFrame(rows, columns=CLIENT_COLUMNS)
 

@@ -220,7 +220,9 @@ def _age_sentence(drops: pd.DataFrame, weibull: pd.Series | None) -> str:
     return f"{cluster}; {shape}."
 
 
-def _timing_sentence(diagnosis: pd.Series, n: int, lateness: pd.Series, scale: float | None) -> str:
+def _timing_sentence(
+    diagnosis: pd.Series, n: int, lateness: pd.Series | pd.DataFrame, scale: float | None
+) -> str:
     """Only what happened: a share of zero drops is not said, so a report never talks of
     bursts that were not there."""
     counts = diagnosis.value_counts()
@@ -241,9 +243,9 @@ def _timing_sentence(diagnosis: pd.Series, n: int, lateness: pd.Series, scale: f
         if counts.get(c, 0)
     ]
     head = "; ".join(said) if said else "no drop followed bunched, fast or late appends"
-    lag = lateness.dropna()
+    p99 = analysis.lateness_percentiles(lateness, (99,))["p99"]
     # a proxied client's appends have no deadline rtsoak knows of
-    pacing = f"p99 lateness {np.percentile(lag, 99):.1f} ms" if len(lag) else "no deadlines"
+    pacing = "no deadlines" if np.isnan(p99) else f"p99 lateness {p99:.1f} ms"
     at = f" at {scale:g}x" if scale else ""
     return f"{head}, in the {WINDOW_S:g} s before the drop (all appends{at}: {pacing})."
 
@@ -372,12 +374,10 @@ def findings(
             f"{BUFFER_MS / 1000:g} s or more of uncommitted audio in the buffer (median "
             f"{buffered.median() / 1000:.1f} s, max {buffered.max() / 1000:.1f} s).",
         )
-        if isinstance(lateness, pd.DataFrame):
-            lag = lateness.loc[lateness["variant"].astype(str) == variant, "lag_ms"]
-            lag = lateness["lag_ms"] if variant is None else lag
-        else:
-            lag = lateness
-        say("bursts", _timing_sentence(diagnosis[drops.index], n, lag.astype(float), scale))
+        lag = lateness
+        if isinstance(lateness, pd.DataFrame) and variant is not None:
+            lag = lateness[lateness["variant"].astype(str) == variant]
+        say("bursts", _timing_sentence(diagnosis[drops.index], n, lag, scale))
         # concurrency: drops of different workers close together, against chance
         together = _with_another_worker(
             drops["closed"].to_numpy(float), pd.factorize(_worker_key(drops))[0]

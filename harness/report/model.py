@@ -98,9 +98,10 @@ def timing_tolerance(frames: ReportFrames, by_scale: dict[str, float]) -> float:
     worst = 0.0
     lateness = frames.lateness
     for run, scale in by_scale.items():
-        lag = lateness.loc[lateness["run"].astype(str) == run, "lag_ms"].dropna()
-        p99 = float(np.percentile(lag, 99)) / 1000 if len(lag) else 0.0
-        worst = max(worst, scale * (p99 + REACTION_S))
+        p99 = analysis.lateness_percentiles(lateness[lateness["run"].astype(str) == run], (99,))[
+            "p99"
+        ]
+        worst = max(worst, scale * ((0.0 if np.isnan(p99) else p99 / 1000) + REACTION_S))
     return worst
 
 

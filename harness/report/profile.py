@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.log.sends import SendSource
 from harness.report.analysis import MIN_DROPS
 from harness.report.diagnosis import THRESHOLD_KEY, Verdict
 from harness.report.exposure import LOUD_DBFS, exposure_tables
@@ -103,7 +104,7 @@ def _opened(connections: pd.DataFrame, variant: str) -> pd.DataFrame:
 
 def explained_drops(
     connections: pd.DataFrame,
-    sends: pd.DataFrame | None,
+    sends: SendSource | pd.DataFrame | None,
     tolerance_s: float,
     verdicts: Mapping[str, Iterable[Verdict | Mapping[str, Any]]],
 ) -> dict[str, set[str]]:

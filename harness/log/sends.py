@@ -1,0 +1,219 @@
+"""The frames the clients sent (appends, commits, clears, ...), in connection and time order,
+for a run of any size. A report's one pass over the logs spills each chunk's sends to
+partition files by connection (`SpilledSends.add`); `batches()` then reads one partition at a
+time, sorted, every connection whole. Memory holds one partition (about PARTITION_ROWS rows),
+not the run. A measured comparison with DuckDB's out-of-core sort chose this (bench/RESULTS.md,
+issue 35). `SendFrame` is the same for sends already in memory (`frames.load`).
+
+A batch is a DataFrame of BATCH_COLUMNS: `connection` (a category of the connection keys),
+`t`, `type` (category), `audio_ms`, `dbfs`, `lag_ms`, and the key's parts `run`, `variant`,
+`worker`, `conn`. Rows of one connection are in time order, ties in log order."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from harness.log.keys import connection_codes
+
+__all__ = ["BATCH_COLUMNS", "PARTITION_ROWS", "SendFrame", "SendSource", "SpilledSends"]
+
+BATCH_COLUMNS = (
+    "connection", "t", "type", "audio_ms", "dbfs", "lag_ms", "run", "variant", "worker", "conn"
+)  # fmt: skip
+PARTITION_ROWS = 1 << 21  # rows a partition is sized for: about 100 MB as a batch
+WORKERS = 2  # partitions read and worked on at once
+T = TypeVar("T")
+_VALUES = ("t", "audio_ms", "dbfs", "lag_ms")
+_SCHEMA = pa.schema(
+    [
+        ("run", pa.int32()),
+        ("variant", pa.int32()),
+        ("worker", pa.int32()),
+        ("conn", pa.int32()),
+        ("type", pa.int32()),
+        ("t", pa.float64()),
+        ("audio_ms", pa.float32()),
+        ("dbfs", pa.float32()),
+        ("lag_ms", pa.float32()),
+    ]
+)
+
+
+class SendSource(Protocol):
+    def batches(self) -> Iterator[pd.DataFrame]:
+        """The sends in BATCH_COLUMNS, every connection whole within one batch."""
+        ...
+
+    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = ...) -> Iterator[T]:
+        """`fn` of each batch, in order, several at a time where that helps."""
+        ...
+
+
+def _batch(columns: dict[str, np.ndarray], runs: list[str], variants: list[str], types: list[str]):
+    """A batch frame of integer-coded columns (codes into `runs`, `variants`, `types`; -1:
+    none), sorted by connection, then time (stable: ties stay in log order)."""
+    codes, labels = connection_codes(
+        columns["run"], runs, columns["variant"], variants, columns["worker"], columns["conn"]
+    )
+    order = np.lexsort((columns["t"], codes))
+    frame = pd.DataFrame(
+        {
+            "connection": pd.Categorical.from_codes(codes[order], labels),
+            **{name: columns[name][order] for name in _VALUES},
+            "type": pd.Categorical.from_codes(columns["type"][order], types),
+            "run": pd.Categorical.from_codes(columns["run"][order], runs),
+            "variant": pd.Categorical.from_codes(columns["variant"][order], variants),
+            "worker": columns["worker"][order],
+            "conn": columns["conn"][order],
+        }
+    )
+    return frame[list(BATCH_COLUMNS)]
+
+
+def _codes(column: pa.ChunkedArray, names: dict[str, int]) -> np.ndarray:
+    """A dictionary column as codes into `names` (grown as new values come; -1: null)."""
+    array = column.combine_chunks()
+    if not pa.types.is_dictionary(array.type):
+        array = array.dictionary_encode()
+    mapped = np.array(
+        [names.setdefault(v, len(names)) for v in array.dictionary.to_pylist()] + [-1], np.int32
+    )
+    index = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return mapped[index]
+
+
+def _ints(column: pa.ChunkedArray) -> np.ndarray:
+    return column.fill_null(-1).to_numpy().astype(np.int32)
+
+
+def _floats(table: pa.Table, name: str, dtype: type) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(len(table), np.nan, dtype)
+    return table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+
+
+class SpilledSends:
+    """Sends spilled to partition files in a hidden temporary directory under `directory`
+    (None: the system's), by a hash of their connection; sized for `expected_rows`. The files
+    go when it is closed or collected, or the process exits (a killed process leaves its
+    `.rtsoak-sends-*` directory behind)."""
+
+    def __init__(self, expected_rows: int, directory: Path | None = None) -> None:
+        self.partitions = max(1, math.ceil(expected_rows / PARTITION_ROWS))
+        self.path = Path(tempfile.mkdtemp(prefix=".rtsoak-sends-", dir=directory))
+        self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self.names: dict[str, dict[str, int]] = {"run": {}, "variant": {}, "type": {}}
+        self.rows = 0
+        self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+
+    def add(self, sends: pa.Table) -> None:
+        """One chunk of sends (`run`, `variant`, `type` as dictionaries or strings; `worker`,
+        `conn`, `t`, and `audio_ms`, `dbfs`, `lag_ms` where the log has them)."""
+        if not len(sends):
+            return
+        columns = {
+            **{k: _codes(sends.column(k), self.names[k]) for k in ("run", "variant", "type")},
+            "worker": _ints(sends.column("worker")),
+            "conn": _ints(sends.column("conn")),
+            "t": _floats(sends, "t", np.float64),
+            **{k: _floats(sends, k, np.float32) for k in ("audio_ms", "dbfs", "lag_ms")},
+        }
+        key = (
+            columns["run"].astype(np.int64) * 1_000_003
+            + columns["variant"].astype(np.int64) * 7_919
+            + columns["worker"].astype(np.int64) * 104_729
+            + columns["conn"]
+        )
+        part = key % self.partitions
+        order = np.argsort(part, kind="stable")
+        part = part[order]
+        table = pa.table({f.name: columns[f.name][order] for f in _SCHEMA}, schema=_SCHEMA)
+        bounds = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            k = int(part[a])
+            if k not in self._writers:
+                self._writers[k] = pa.ipc.new_stream(str(self.path / f"{k}.arrows"), _SCHEMA)
+            self._writers[k].write_table(table.slice(a, b - a))
+        self.rows += len(table)
+
+    def batches(self) -> Iterator[pd.DataFrame]:
+        """One batch a partition, in partition order."""
+        return self.map(lambda batch: batch, workers=1)
+
+    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS) -> Iterator[T]:
+        """`fn` of each batch, in partition order, `workers` partitions at a time (threads:
+        numpy and pyarrow let go of the interpreter for the heavy part), so memory holds
+        `workers` partitions."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        names = {k: list(v) for k, v in self.names.items()}
+        paths = [self.path / f"{k}.arrows" for k in range(self.partitions)]
+
+        def one(path: Path) -> T:
+            with pa.OSFile(str(path)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+            columns = {f.name: table.column(f.name).to_numpy() for f in _SCHEMA}
+            del table
+            return fn(_batch(columns, names["run"], names["variant"], names["type"]))
+
+        paths = [p for p in paths if p.exists()]
+        if workers <= 1 or len(paths) <= 1:
+            yield from map(one, paths)
+            return
+        with ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(one, paths)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        self._remove()
+
+    def __enter__(self) -> SpilledSends:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SendFrame:
+    """Sends already in memory (a frame of BATCH_COLUMNS' columns, any order) as one batch."""
+
+    def __init__(self, sends: pd.DataFrame) -> None:
+        self.sends = sends
+
+    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS) -> Iterator[T]:
+        yield from map(fn, self.batches())
+
+    def batches(self) -> Iterator[pd.DataFrame]:
+        if not len(self.sends):
+            return
+        names: dict[str, dict[str, int]] = {"run": {}, "variant": {}, "type": {}}
+        frame = self.sends
+        columns = {
+            k: _codes(pa.chunked_array([pa.array(frame[k].astype(str))]), names[k]) for k in names
+        }
+        columns |= {
+            "worker": frame["worker"].to_numpy(np.int32),
+            "conn": frame["conn"].to_numpy(np.int32),
+            "t": frame["t"].to_numpy(np.float64),
+        }
+        for k in ("audio_ms", "dbfs", "lag_ms"):
+            columns[k] = (
+                frame[k].to_numpy(np.float32, na_value=np.nan)
+                if k in frame
+                else np.full(len(frame), np.nan, np.float32)
+            )
+        yield _batch(columns, *(list(names[k]) for k in ("run", "variant", "type")))
