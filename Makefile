@@ -42,7 +42,7 @@ screenshot:
 	  --screenshot=$(RUN)/report/screenshot.png file://$(abspath $(RUN))/report/index.html
 	@echo "screenshot: $(RUN)/report/screenshot.png"
 
-# Every benchmark of bench/RESULTS.md, in one go (about 45 minutes on 2 cores; quiet machine
+# Every benchmark of bench/RESULTS.md, in one go (about 55 minutes on 2 cores; quiet machine
 # please: capacity re-measures runs another process disturbed). Locust, the capacity peer,
 # lives in its own environment, bench/.venv-peer, created by bench/capacity.py on first use:
 # nothing bench-only goes into .venv. Results: bench/capacity.json and the printed lines.
@@ -54,6 +54,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/server_appends.py --vad
 	$(BIN)/python bench/recorder_overhead.py
 	tmp=$$(mktemp -d) && $(BIN)/python bench/load_10m.py all $$tmp/run; rc=$$?; rm -rf $$tmp; exit $$rc
+	tmp=$$(mktemp -d) && $(BIN)/python bench/load_10m.py night $$tmp; rc=$$?; rm -rf $$tmp; exit $$rc
 	$(BIN)/python bench/proxy_overhead.py
 	$(BIN)/python bench/chain.py
 

@@ -11,14 +11,18 @@ dropped by a server fault. Usage:
     python bench/load_10m.py all DIR         # both, plus write_frames
     python bench/load_10m.py report DIR [--repeat 3]   # `rtsoak report DIR`, fresh processes:
                                              # wall time and peak RSS of each, and medians
+    python bench/load_10m.py night DIR [--sizes 10e6 30e6 100e6]   # night size (issue 35):
+                                             # generate and report each size, fresh processes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,18 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA  # noqa: E402
 
-WORKERS, UTTS, APPENDS, CHUNK_S, GAP_S = 200, 10, 50, 0.02, 2.0
-# One utterance, row by row: (dir, type, bytes, audio_ms)
-UTT = (
-    [("meta", "utt_start", None, 1000.0), ("send", "input_audio_buffer.clear", 36, None)]
-    + [("send", "input_audio_buffer.append", 2618, 20.0)] * APPENDS
-    + [
-        ("send", "input_audio_buffer.commit", 37, None),
-        ("recv", "input_audio_buffer.committed", 180, None),
-        ("recv", "conversation.item.input_audio_transcription.completed", 260, None),
-        ("meta", "utt_end", None, None),
-    ]
-)
+CHUNK_S, GAP_S = 0.02, 2.0
 HEAD = [
     ("meta", "conn_open", None, None),
     ("meta", "handshake", None, None),
@@ -52,8 +45,37 @@ HEAD = [
     ("recv", "session.created", 900, None),
     ("recv", "session.updated", 900, None),
 ]
-CONN = HEAD + UTT * UTTS + [("meta", "conn_close", None, None)]
-UTT_S = APPENDS * CHUNK_S + 0.5 + GAP_S
+# The run's shape: workers, utterances a connection, appends (20 ms) an utterance. `short`
+# (the 10 M benchmarks' since issue 6): connections of 10 utterances of 1 s, about half a
+# minute each. `night` (issue 35): 100 workers, connections of 100 utterances of 4 s (about
+# 11 minutes), as a real night is, so that connections and utterances grow as a night's do.
+SHAPES = {"short": (200, 10, 50), "night": (100, 100, 200)}
+
+
+def use_shape(name: str) -> None:
+    """Set the module's shape: WORKERS, UTTS, APPENDS, one utterance's rows (UTT), one
+    connection's (CONN), and an utterance's seconds (UTT_S)."""
+    global WORKERS, UTTS, APPENDS, UTT, CONN, UTT_S
+    WORKERS, UTTS, APPENDS = SHAPES[name]
+    # One utterance, row by row: (dir, type, bytes, audio_ms)
+    UTT = (
+        [
+            ("meta", "utt_start", None, APPENDS * 20.0),
+            ("send", "input_audio_buffer.clear", 36, None),
+        ]
+        + [("send", "input_audio_buffer.append", 2618, 20.0)] * APPENDS
+        + [
+            ("send", "input_audio_buffer.commit", 37, None),
+            ("recv", "input_audio_buffer.committed", 180, None),
+            ("recv", "conversation.item.input_audio_transcription.completed", 260, None),
+            ("meta", "utt_end", None, None),
+        ]
+    )
+    CONN = HEAD + UTT * UTTS + [("meta", "conn_close", None, None)]
+    UTT_S = APPENDS * CHUNK_S + 0.5 + GAP_S
+
+
+use_shape("short")
 
 
 def _strings(n: int, where: np.ndarray, values: list[str]) -> pa.Array:
@@ -65,7 +87,11 @@ def _strings(n: int, where: np.ndarray, values: list[str]) -> pa.Array:
     )
 
 
-def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.ndarray]:
+def client_table(
+    n_conns: int, rng: np.random.Generator, first: int = 0
+) -> tuple[pa.Table, np.ndarray]:
+    """Connections `first` to `first + n_conns` (a whole number of rounds of WORKERS, so that
+    the next block's rows come after these), in time order, and which of them dropped."""
     per = len(CONN)
     n = n_conns * per
     dirs, types, bytes_, audio = zip(*CONN, strict=True)
@@ -83,14 +109,14 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
         k += len(UTT)
     offsets[-1] = offsets[-2] + 0.1
     conn_s = offsets[-1] + 0.5
-    conn_ix = np.repeat(np.arange(n_conns), per)
+    conn_ix = np.repeat(np.arange(first, first + n_conns), per)
     worker = (conn_ix % WORKERS).astype(np.int32)
     attempt = (conn_ix // WORKERS + 1).astype(np.int32)
     t = (attempt - 1) * conn_s + worker * 0.01 + np.tile(offsets, n_conns)
     order = np.argsort(t, kind="stable")  # the log is in time order across workers
     t0 = 1.79e9
     ty = np.tile(type_codes, n_conns)
-    req = [f"req_{i:032x}" for i in range(n_conns)]
+    req = [f"req_{i:032x}" for i in range(first, first + n_conns)]
     dropped = rng.random(n_conns) < 0.1
     meta_rows = {
         name: np.flatnonzero(ty == kinds.index(name))
@@ -104,7 +130,7 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
             worker[meta_rows["utt_start"]], range(len(meta_rows["utt_start"])), strict=True
         )
     ]
-    item_ids = [f"item_{i:022x}" for i in range(len(completed))]
+    item_ids = [f"item_{first * UTTS + i:022x}" for i in range(len(completed))]
     transcript = "audio 1.000s crc32 e371fa09"
     closes = [
         json.dumps(
@@ -118,7 +144,7 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
                 "uncommitted_ms": 0.0,
                 "audio_ms": 10000.0,
                 "completed": UTTS,
-                "session_id": f"sess_{i}",
+                "session_id": f"sess_{first + i}",
             }
         )
         for i, d in enumerate(dropped)
@@ -195,14 +221,14 @@ def client_table(n_conns: int, rng: np.random.Generator) -> tuple[pa.Table, np.n
         },
         schema=EVENT_SCHEMA,
     )
-    return table.take(pa.array(order)), np.flatnonzero(dropped)
+    return table.take(pa.array(order)), first + np.flatnonzero(dropped)
 
 
-def server_table(n_conns: int, dropped: np.ndarray) -> pa.Table:
-    req = [f"req_{i:032x}" for i in range(n_conns)]
+def server_table(first: int, n_conns: int, dropped: np.ndarray) -> pa.Table:
+    req = [f"req_{i:032x}" for i in range(first, first + n_conns)]
     rows = (
         [("session_open", r, None, None) for r in req]
-        + [("fault", req[i], 1006, "session_age") for i in dropped]
+        + [("fault", f"req_{i:032x}", 1006, "session_age") for i in dropped]
         + [("session_close", r, 1006, None) for r in req]
     )
     types, items, codes, texts = zip(*rows, strict=True)
@@ -230,10 +256,9 @@ def server_table(n_conns: int, dropped: np.ndarray) -> pa.Table:
     )
 
 
-def write_log(table: pa.Table, path: Path, batch_rows: int = 3000) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=batch_rows):
-            writer.write_batch(batch)
+def write_log(table: pa.Table, writer: pa.ipc.RecordBatchStreamWriter, batch_rows: int = 3000):
+    for batch in table.to_batches(max_chunksize=batch_rows):
+        writer.write_batch(batch)
 
 
 def split_appends(client: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -249,21 +274,35 @@ def split_appends(client: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 def generate(run_dir: Path, rows: int) -> None:
+    """The synthetic run, a block of rounds at a time (memory stays that of one block, so a
+    night of 100 M rows is made like 10 M)."""
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     n_conns = max(1, rows // len(CONN))
-    client, dropped = client_table(n_conns, rng)
-    appends, others = split_appends(client)
-    write_log(others, run_dir / "events-client.arrows")
-    write_log(appends, run_dir / "appends-client.arrows")
-    write_log(server_table(n_conns, dropped), run_dir / "events-server.arrows")
+    block = WORKERS * max(1, 1_000_000 // (len(CONN) * WORKERS))  # rounds, about 1 M rows
+    names = ("events-client", "appends-client", "events-server")
+    schemas = (EVENT_SCHEMA, APPEND_SCHEMA, EVENT_SCHEMA)
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(pa.ipc.new_stream(str(run_dir / f"{n}.arrows"), schema))
+            for n, schema in zip(names, schemas, strict=True)
+        ]
+        generated = 0
+        for first in range(0, n_conns, block):
+            count = min(block, n_conns - first)
+            client, dropped = client_table(count, rng, first)
+            appends, others = split_appends(client)
+            write_log(others, writers[0])
+            write_log(appends, writers[1])
+            write_log(server_table(first, count, dropped), writers[2])
+            generated += client.num_rows
     (run_dir / "manifest.json").write_text(json.dumps({"seed": 0, "synthetic": True}))
     size = sum(p.stat().st_size for p in run_dir.glob("*.arrows"))
     print(
         json.dumps(
             {
-                "generated_rows": client.num_rows,
+                "generated_rows": generated,
                 "connections": n_conns,
                 "log_bytes": size,
                 "seconds": round(time.perf_counter() - t0, 1),
@@ -349,21 +388,66 @@ def report(run_dir: Path, repeat: int) -> None:
     )
 
 
+def _timed(args: list[str]) -> dict[str, float]:
+    """A command in a fresh process: its wall seconds and peak RSS."""
+    t0 = time.perf_counter()
+    root = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) not in (0, 1):  # report: 1, a threshold failed
+        raise SystemExit(f"{' '.join(args)} failed: {os.waitstatus_to_exitcode(status)}")
+    return {"wall_s": round(time.perf_counter() - t0, 1), "peak_rss_mib": usage.ru_maxrss // 1024}
+
+
+def night(base: Path, sizes: list[int]) -> None:
+    """The night-size benchmark (issue 35): per size, the synthetic run (shape `night`)
+    generated and `rtsoak report`ed, each in a fresh process, wall time and peak RSS; the run
+    is removed before the next size."""
+    for rows in sizes:
+        run_dir = base / f"night-{rows // 1_000_000}m"
+        gen = _timed(
+            [
+                sys.executable,
+                __file__,
+                "generate",
+                str(run_dir),
+                "--rows",
+                str(rows),
+                "--shape",
+                "night",
+            ]
+        )
+        rep = _timed([sys.executable, "-m", "harness", "report", str(run_dir)])
+        print(json.dumps({"rows": rows, "generate": gen, "report": rep}), flush=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["generate", "load", "all", "report"])
+    parser.add_argument("command", choices=["generate", "load", "all", "report", "night"])
+    parser.add_argument(
+        "--sizes",
+        type=float,
+        nargs="+",
+        default=[10e6, 30e6, 100e6],
+        help="night: event rows of each run",
+    )
     parser.add_argument("dir", type=Path)
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="short", help="generate")
     parser.add_argument("--write", action="store_true", help="also time write_frames")
     parser.add_argument("--repeat", type=int, default=3, help="report: how many times")
     parser.add_argument("--lean", action="store_true", help="load: load_for_report instead")
     args = parser.parse_args()
     if args.command == "generate":
+        use_shape(args.shape)
         generate(args.dir, args.rows)
     if args.command == "load":
         load_lean(args.dir) if args.lean else load(args.dir, args.write)
     if args.command == "report":
         report(args.dir, args.repeat)
+    if args.command == "night":
+        night(args.dir, [int(n) for n in args.sizes])
     if args.command == "all":
         # Every step in a fresh process spawned by this small one: Linux counts the RSS a
         # child had before exec (its parent's) in the child's ru_maxrss, so a large parent

@@ -203,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip bad rows (counted on stderr and in the manifest) instead of failing",
     )
+    imp.add_argument(
+        "--time-scale",
+        type=_time_scale,
+        default=1.0,
+        help="the logs come from a run compressed K times (an rtsoak export): the diagnosis "
+        "allows K times the timing error (default 1: a real client's logs)",
+    )
 
     validate = sub.add_parser(
         "validate", help="check scenario files as `run` would: settings, audio, target, caps"
@@ -620,7 +627,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
     try:
         options = ImportOptions(
-            tuple(args.files), args.out, tuple(args.events), parse_mapping(args.map), args.skip_bad
+            tuple(args.files),
+            args.out,
+            tuple(args.events),
+            parse_mapping(args.map),
+            args.skip_bad,
+            args.time_scale,
         )
         result = import_logs(options)
     except LogImportError as exc:

@@ -396,7 +396,9 @@ def imported(
     """Export `run_dir` (its event rows, with levels or not, or none), import it into `out`,
     report it: its summary.json."""
     conn_file, event_file = export(run_dir, out.with_name(out.name + "-export"), fmt, levels)
-    import_logs(ImportOptions((conn_file,), out, (event_file,) if events else ()))
+    # the export's times are the run's scenario seconds, compressed as the run was
+    scale = json.loads((run_dir / "manifest.json").read_text())["time_scale"]
+    import_logs(ImportOptions((conn_file,), out, (event_file,) if events else (), time_scale=scale))
     return report(out)
 
 

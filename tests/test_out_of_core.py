@@ -87,3 +87,37 @@ def test_counted_lateness_gives_numpys_percentiles_of_the_appends() -> None:
         raw = lag[(rows["variant"] == variant).to_numpy() & np.isfinite(lag)]
         got = weighted_percentiles(mine["lag_ms"].to_numpy(), mine["count"].to_numpy(), (1, 50, 99))
         assert got == pytest.approx(np.percentile(raw, [1, 50, 99]), abs=1e-9)
+
+
+def test_a_big_run_loads_chosen_columns_variants_a_window_and_lazy_appends(
+    several: Path,
+) -> None:
+    full = load(several)
+    events = full.events
+    appends = events[events["type"] == "input_audio_buffer.append"]
+    lazy = load(several, appends="lazy", columns=["t", "type", "audio_ms"])
+    assert "input_audio_buffer.append" not in set(lazy.events["type"].astype(str))
+    assert list(lazy.events.columns) == [
+        "run", "variant", "worker", "conn", "connection", "t", "type", "audio_ms"
+    ]  # fmt: skip
+    assert len(lazy.events) == len(events) - len(appends)
+    assert lazy.appends is not None
+    chunks = list(lazy.appends())
+    again = pd.concat(chunks, ignore_index=True)
+    assert len(again) == len(appends)
+    assert again["audio_ms"].sum() == pytest.approx(appends["audio_ms"].sum())
+    pd.testing.assert_frame_equal(
+        lazy.connections, full.connections, check_categorical=False, check_like=True
+    )
+    idle = load(several, variants=["idle"])
+    assert set(idle.events["variant"].dropna().astype(str)) == {"idle"}
+    want = full.connections[full.connections["variant"].astype(str) == "idle"]
+    assert sorted(idle.connections["connection"].astype(str)) == sorted(
+        want["connection"].astype(str)
+    )
+    window = load(several, between=(30.0, 60.0))
+    t = window.events["t"].to_numpy(float)
+    assert ((t >= 30) & (t <= 60)).all()
+    assert len(window.events) == int(events["t"].between(30, 60).sum())
+    with pytest.raises(ValueError, match="no such events column"):
+        load(several, columns=["nope"])

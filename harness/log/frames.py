@@ -12,7 +12,7 @@ import io
 import json
 import os
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +150,8 @@ class Frames:
     utterances: pd.DataFrame
     manifests: dict[str, dict[str, Any]]
     torn_batches: int
+    # load(..., appends="lazy"): the append rows, read again chunk by chunk on each call
+    appends: Callable[[], Iterator[pd.DataFrame]] | None = None
 
 
 def _batches(source: pa.NativeFile, nonempty: bool) -> Generator[pa.RecordBatch, None, int]:
@@ -532,8 +534,27 @@ def _run_dirs(run_dirs: Path | str | Iterable[Path | str]) -> dict[str, tuple[Pa
     return runs
 
 
-def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
-    """Frames of one run directory or several (rows keep their run in the `run` column)."""
+def load(
+    run_dirs: Path | str | Iterable[Path | str],
+    *,
+    columns: Sequence[str] | None = None,
+    variants: Sequence[str] | None = None,
+    between: tuple[float, float] | None = None,
+    appends: str = "eager",
+) -> Frames:
+    """Frames of one run directory or several (rows keep their run in the `run` column).
+
+    For a run too big for its whole events frame (docs/frames.md, "Big runs"), any of:
+    `columns`, the events columns to keep (`run`, `connection` and the key's parts always
+    stay); `variants`, only these variants' rows, connections and utterances; `between`,
+    (from, to) scenario seconds: only the events rows in that window (connections and
+    utterances stay whole); `appends="lazy"`: no append rows in `events`, and
+    `frames.appends()` yields them chunk by chunk, filtered alike. The logs are then streamed
+    in chunks and only what is kept is held."""
+    if appends not in ("eager", "lazy"):
+        raise ValueError(f"appends={appends!r}: 'eager' or 'lazy'")
+    if columns is not None or variants is not None or between is not None or appends == "lazy":
+        return _load_chosen(run_dirs, columns, variants, between, appends == "lazy")
     runs = _run_dirs(run_dirs)
     tables, torn = [], 0
     for run_dir, _ in runs.values():
@@ -543,6 +564,97 @@ def load(run_dirs: Path | str | Iterable[Path | str]) -> Frames:
     events = _to_pandas(_with_connection(pa.concat_tables(tables)))
     manifests = {name: manifest for name, (_, manifest) in runs.items()}
     return Frames(events, connections_frame(events), utterances_frame(events), manifests, torn)
+
+
+_KEY_COLUMNS = ("run", "variant", "worker", "conn", "connection")
+
+
+def _load_chosen(
+    run_dirs: Path | str | Iterable[Path | str],
+    columns: Sequence[str] | None,
+    variants: Sequence[str] | None,
+    between: tuple[float, float] | None,
+    lazy: bool,
+) -> Frames:
+    """`load` with its big-run options: one streamed pass keeps the meta rows (for the
+    connections and utterances frames) and the chosen events rows and columns."""
+    runs = _run_dirs(run_dirs)
+    known = set(LOADED_SCHEMA.names) | {"run", "connection"}
+    if columns is not None and (unknown := sorted(set(columns) - known)):
+        raise ValueError(f"columns: no such events column {unknown}; see docs/frames.md")
+    wanted = (
+        None if columns is None else [*_KEY_COLUMNS, *(c for c in columns if c not in _KEY_COLUMNS)]
+    )
+
+    def chosen(chunk: pa.Table, appends_only: bool | None) -> pa.Table:
+        mask = pa.array(np.ones(len(chunk), bool))
+        if variants is not None:
+            mask = pc.and_(
+                mask,
+                pc.fill_null(
+                    pc.is_in(chunk.column("variant").cast(pa.string()), pa.array(list(variants))),
+                    False,
+                ),
+            )
+        if between is not None:
+            t = chunk.column("t")
+            inside = pc.and_(pc.greater_equal(t, between[0]), pc.less_equal(t, between[1]))
+            mask = pc.and_(mask, pc.fill_null(inside, False))
+        if appends_only is not None:
+            is_append = _equal(chunk.column("type"), APPEND)
+            mask = pc.and_(mask, is_append if appends_only else pc.invert(is_append))
+        out = _with_connection(chunk.filter(mask))
+        return out if wanted is None else out.select(wanted)
+
+    meta: list[pa.Table] = []
+    rows: list[pa.Table] = []
+    last: dict[str, tuple[float, float]] = {}
+    torn = 0
+    for name, (run_dir, _) in runs.items():
+        t_max = wall_max = -np.inf
+        for log in RunDir(run_dir).logs():
+            chunks = _LogChunks(log, name)
+            for chunk in chunks:
+                t_max = max(t_max, _max(chunk.column("t")))
+                wall_max = max(wall_max, _max(chunk.column("wall")))
+                if variants is not None:
+                    chunk = chunk.filter(
+                        pc.fill_null(
+                            pc.or_(
+                                pc.is_in(
+                                    chunk.column("variant").cast(pa.string()),
+                                    pa.array(list(variants)),
+                                ),
+                                pc.is_null(chunk.column("variant")),
+                            ),
+                            False,
+                        )
+                    )
+                meta.append(_scan(chunk)[0])
+                rows.append(chosen(chunk, False if lazy else None))
+            torn += chunks.torn
+        if np.isfinite(t_max):
+            last[name] = (t_max, wall_max)
+    base = _to_pandas(_with_connection(pa.concat_tables(meta)))
+    ends = pd.DataFrame.from_dict(last, orient="index", columns=["t", "wall"])
+    events = _to_pandas(pa.concat_tables(rows, promote_options="permissive"))
+    manifests = {name: manifest for name, (_, manifest) in runs.items()}
+
+    def read_appends() -> Iterator[pd.DataFrame]:
+        for name, (run_dir, _) in runs.items():
+            for log in RunDir(run_dir).logs():
+                if log.match(APPEND_LOG_GLOB):
+                    for chunk in _LogChunks(log, name):
+                        yield _to_pandas(chosen(chunk, True))
+
+    return Frames(
+        events,
+        connections_frame(base, last=ends),
+        utterances_frame(base),
+        manifests,
+        torn,
+        read_appends if lazy else None,
+    )
 
 
 @dataclass(slots=True)

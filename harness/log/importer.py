@@ -119,6 +119,9 @@ class ImportOptions:
     events: tuple[Path, ...] = ()
     mapping: dict[str, str] = field(default_factory=dict)
     skip_bad: bool = False
+    # the logs' times are those of a run compressed this many times (an export of an rtsoak
+    # run at 60x): the diagnosis's timing tolerance grows with it
+    time_scale: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -717,12 +720,12 @@ def _manifest(
         **run_facts(),
         "kind": "import",
         "scenario": {
-            "run": {"name": name, "time_scale": 1.0, "target": "import"},
+            "run": {"name": name, "time_scale": options.time_scale, "target": "import"},
             "faults": {},
             "thresholds": {},
         },
         "seed": None,
-        "time_scale": 1.0,
+        "time_scale": options.time_scale,
         "target": None,
         "ground_truth": False,
         "import": {
