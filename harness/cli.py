@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.config.audio import AudioError
 from harness.config.target import TargetError
@@ -20,6 +21,9 @@ from harness.core.spec import ConfigError, parse_duration
 from harness.core.timescale import check_time_scale
 from harness.log.recorder import LogWriteError
 from harness.log.rundir import RunDir, RunDirError
+
+if TYPE_CHECKING:
+    from harness.log.frames import ReportFrames
 
 __all__ = ["main"]
 
@@ -575,19 +579,19 @@ def _verify_runner():
 
 def _cmd_fit(args: argparse.Namespace) -> int:
     """The blind diagnosis of the runs, turned into a fault profile (harness/report/profile.py)."""
+    from harness.log.frames import load_for_report
+
+    with load_for_report(args.runs) as frames:
+        return _fit(args, frames)
+
+
+def _fit(args: argparse.Namespace, frames: ReportFrames) -> int:
     from datetime import UTC, datetime
 
-    from harness.log.frames import load_for_report
     from harness.report.diagnosis import diagnose_variants
     from harness.report.model import scales, timing_tolerance
-    from harness.report.profile import (
-        FitSource,
-        explained_drops,
-        fit_profile,
-        profile_toml,
-    )
+    from harness.report.profile import FitSource, explained_drops, fit_profile, profile_toml
 
-    frames = load_for_report(args.runs)
     tolerance = timing_tolerance(frames, scales(frames))
     verdicts = diagnose_variants(frames.connections, frames.sends, tolerance)
     if args.variant is not None and args.variant not in verdicts:

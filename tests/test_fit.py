@@ -329,7 +329,12 @@ def test_round_trip_concurrency_cap_5_refusing_over_random_loss(tmp_path: Path) 
 @pytest.mark.timeout(600)
 def test_round_trip_concurrency_cap_5_drop_oldest_under_churn(tmp_path: Path) -> None:
     # 8 workers against a cap of 5 that evicts the oldest: every reconnect evicts another
-    # session, so sessions live seconds and their ages alone look like a short fixed limit
+    # session, so sessions live seconds and their ages alone look like a short fixed limit.
+    # Those seconds are the clients' own reconnect cadence (backoff plus handshakes, wall
+    # milliseconds times 60), which two runs on a busy machine do not share: one measured
+    # medians of 6.43 and 6.59 s, which a log-rank over 970 drops each tells apart (p 2e-5)
+    # with the fitted profile equal to the hidden one. So the fit is checked exactly, and the
+    # survival by its drops: as many, within Poisson noise.
     hidden = NO_LIMIT + (
         '[faults.concurrency_cap]\nmax_sessions = 5\nper = "key"\nover = "drop_oldest"\n'
     )
@@ -338,4 +343,5 @@ def test_round_trip_concurrency_cap_5_drop_oldest_under_churn(tmp_path: Path) ->
     assert set(policies) == {"concurrency_cap"}, text
     assert policies["concurrency_cap"].max_sessions == 5, text
     assert policies["concurrency_cap"].over == "drop_oldest", text
-    assert_same_survival(result)
+    d1, d2 = result["drops"]
+    assert min(d1, d2) >= 300 and abs(d1 - d2) <= 3 * (d1 + d2) ** 0.5, result

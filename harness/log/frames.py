@@ -679,6 +679,18 @@ class ReportFrames:
     rows: int
     sends: SendSource | None = None
 
+    def close(self) -> None:
+        """Remove the spilled sends (`load_for_report`'s), if any: what reads them is done."""
+        close = getattr(self.sends, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ReportFrames:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @classmethod
     def from_frames(cls, frames: Frames) -> ReportFrames:
         """The same view of frames already loaded whole (their events stay as they are)."""

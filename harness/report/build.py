@@ -75,13 +75,21 @@ def build_report(
     write = frames is None and len(run_dirs) == 1
     first = RunDir(run_dirs[0])
     if frames is None:
-        frames = load_for_report(
+        loaded = load_for_report(
             run_dirs,
             drop_window_s=WINDOW_S,
             events_parquet=first.frame("events") if write else None,
         )
-    elif isinstance(frames, Frames):
+        with loaded:  # its spilled sends go once the report is built
+            return _build(run_dirs, out, loaded, write, first)
+    if isinstance(frames, Frames):
         frames = ReportFrames.from_frames(frames)
+    return _build(run_dirs, out, frames, write, first)
+
+
+def _build(
+    run_dirs: list[Path], out: Path | None, frames: ReportFrames, write: bool, first: RunDir
+) -> Report:
     if frames.connections.empty:
         if write:  # as if never loaded: no frames of a run with nothing in it
             first.frame("events").unlink(missing_ok=True)

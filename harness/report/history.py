@@ -127,8 +127,8 @@ def _load_night(run_dir: Path) -> Night:
         rows = json.loads(summary_path.read_text()).get("trend")
     source = summary_path.name  # "summary.json"
     if rows is None:
-        frames = load_for_report(run_dir)  # connections and utterances: no full events frame
-        rows, source = night_rows(frames.connections, frames.utterances), "event log"
+        with load_for_report(run_dir) as frames:  # connections and utterances: no events
+            rows, source = night_rows(frames.connections, frames.utterances), "event log"
     rows = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in rows]
     night = Night(run_dir.name, manifest.get("started") or "", manifest, rows, source)
     if manifest.get("ended") is None:

@@ -265,10 +265,23 @@ def recommend_runs(
     run` does), each variant with a rotation verdict is soaked as it is against as
     recommended, on the fitted faults (harness.report.verify), for `verify_hours`
     connection-hours a variant (None: as many as telling the predicted difference takes)."""
+    with load_for_report(run_dirs) as frames:
+        return _advise(frames, run_dirs, out, variant, drop_s, rotate_s, run, verify_hours)
+
+
+def _advise(
+    frames: ReportFrames,
+    run_dirs: list[Path],
+    out: Path,
+    variant: str | None,
+    drop_s: float | None,
+    rotate_s: float | None,
+    run: Callable[[Path, Path], Path] | None,
+    verify_hours: float | None,
+) -> list[Advice]:
     from harness.report.diagnosis import diagnose_variants
     from harness.report.model import scales, timing_tolerance
 
-    frames = load_for_report(run_dirs)
     # the diagnosis alone: the report's other models (Cox, log-rank, ...) are not needed here
     tolerance = timing_tolerance(frames, scales(frames))
     verdicts = diagnose_variants(frames.connections, frames.sends, tolerance)

@@ -328,8 +328,8 @@ def verify_variant(
     path = out / f"verify-{_slug(variant)}.toml"
     path.write_text(scenario_toml(doc, variant, run_dirs), encoding="utf-8")
     run_dir = run(path, out / "verify-runs")
-    done = load_for_report([run_dir])
-    result = compare(done.connections, done.utterances, expect_fewer)
+    with load_for_report([run_dir]) as done:
+        result = compare(done.connections, done.utterances, expect_fewer)
     return {
         "scenario": str(path),
         "run": str(run_dir),
