@@ -771,7 +771,18 @@ def _max(column: pa.ChunkedArray) -> float:
 
 
 def _equal(column: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
-    return pc.fill_null(pc.equal(column, value), False)
+    """column == value, null: False. A dictionary column is compared by its dictionary (a few
+    words) and a gather, not word by word."""
+    if not pa.types.is_dictionary(column.type):
+        return pc.fill_null(pc.equal(column, value), False)
+    chunks = []
+    for chunk in column.chunks:
+        words = pc.fill_null(pc.equal(chunk.dictionary, value), False).to_numpy(
+            zero_copy_only=False
+        )
+        codes = chunk.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
+        chunks.append(pa.array(np.append(words, False)[codes]))
+    return pa.chunked_array(chunks, pa.bool_())
 
 
 class _EventsParquet:
@@ -829,25 +840,54 @@ def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     keep = pc.or_(
         _equal(direction, "meta"), pc.and_(_equal(kind, COMMIT), _equal(direction, "send"))
     )
-    late = pc.and_(_equal(kind, APPEND), pc.is_valid(chunk.column("lag_ms")))
-    lateness = chunk.select(["run", "variant", "lag_ms"]).filter(late).unify_dictionaries()
-    return chunk.filter(keep), lateness_counts(lateness.to_pandas())
+    return chunk.filter(keep), _lateness(chunk.filter(_equal(kind, APPEND)))
+
+
+def _lateness(appends: pa.Table) -> pd.DataFrame:
+    """lateness_counts of a table of appends."""
+    rows = appends.select(["run", "variant", "lag_ms"])
+    return lateness_counts(rows.filter(pc.is_valid(rows.column("lag_ms"))).to_pandas())
 
 
 def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa.Table | None:
     """The appends of each dropped connection (`drops`: connection, closed) from `window_s`
     before its close to the close, from the sends, as event rows (LOADED_SCHEMA with `run`)."""
-    bounds = drops.groupby(drops["connection"].astype(str))["closed"].max()
+    ends = drops.groupby(["run", "variant", "worker", "conn"], observed=True)["closed"].max()
 
-    def near(batch: pd.DataFrame) -> pd.DataFrame:
-        labels = batch["connection"].cat
-        closed = bounds.reindex(labels.categories.astype(str)).to_numpy(float)
-        closed = np.append(closed, np.nan)[labels.codes.to_numpy()]  # code -1: NaN
-        t = batch["t"].to_numpy(float)
-        recent = (batch["type"] == APPEND).to_numpy() & (t >= closed - window_s) & (t <= closed)
-        return batch[recent]
+    def near(columns: dict[str, np.ndarray], names: dict[str, list[str]]) -> np.ndarray:
+        """Appends of a dropped connection in its last `window_s`, by integer keys: no
+        labels, no sort (most rows are not near a drop)."""
+        if APPEND not in names["type"]:
+            return np.zeros(len(columns["t"]), bool)
+        runs, variants = ({n: i for i, n in enumerate(names[k])} for k in ("run", "variant"))
+        mine = ends.reset_index()
+        run = mine["run"].astype(str).map(runs)
+        variant = mine["variant"].astype(str).map(variants)
+        known = run.notna() & variant.notna()
+        span = [
+            1 + max(int(columns[k].max(initial=0)), int(mine[k].max())) for k in ("worker", "conn")
+        ]
 
-    parts = [part for part in sends.map(near) if len(part)]
+        def key(r, v, w, c):
+            return ((np.asarray(r, np.int64) * (len(variants) + 1) + v) * span[0] + w) * span[1] + c
+
+        wanted = key(run[known], variant[known], mine["worker"][known], mine["conn"][known])
+        order = np.argsort(wanted)
+        wanted, closed = wanted[order], mine["closed"][known].to_numpy(float)[order]
+        rows = key(columns["run"], columns["variant"], columns["worker"], columns["conn"])
+        at = np.clip(np.searchsorted(wanted, rows), 0, max(len(wanted) - 1, 0))
+        if not len(wanted):
+            return np.zeros(len(rows), bool)
+        hit = wanted[at] == rows
+        t = columns["t"]
+        return (
+            hit
+            & (columns["type"] == names["type"].index(APPEND))
+            & (t >= closed[at] - window_s)
+            & (t <= closed[at])
+        )
+
+    parts = [part for part in sends.map(lambda batch: batch, keep=near) if len(part)]
     if not parts:
         return None
     rows = pd.concat(parts, ignore_index=True)
@@ -911,6 +951,10 @@ def load_for_report(
                 wall_max = max(wall_max, _max(chunk.column("wall")))
                 if writer is not None:
                     writer.write(chunk)
+                if log.match(APPEND_LOG_GLOB):  # appends sent, nothing else: no filtering
+                    lateness.append(_lateness(chunk))
+                    sends.add(chunk.select([c for c in BATCH_COLUMNS if c in chunk.column_names]))
+                    continue
                 keep, late = _scan(chunk)
                 kept.append(keep)
                 lateness.append(late)

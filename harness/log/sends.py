@@ -15,8 +15,9 @@ import math
 import shutil
 import tempfile
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 
 from harness.log.keys import connection_codes
 
-__all__ = ["BATCH_COLUMNS", "PARTITION_ROWS", "SendFrame", "SendSource", "SpilledSends"]
+__all__ = ["BATCH_COLUMNS", "PARTITION_ROWS", "Keep", "SendFrame", "SendSource", "SpilledSends"]
 
 BATCH_COLUMNS = (
     "connection", "t", "type", "audio_ms", "dbfs", "lag_ms", "run", "variant", "worker", "conn"
@@ -55,9 +56,18 @@ class SendSource(Protocol):
         """The sends in BATCH_COLUMNS, every connection whole within one batch."""
         ...
 
-    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = ...) -> Iterator[T]:
-        """`fn` of each batch, in order, several at a time where that helps."""
+    def map(
+        self, fn: Callable[[pd.DataFrame], T], workers: int = ..., keep: Keep = ...
+    ) -> Iterator[T]:
+        """`fn` of each batch, in order, several at a time where that helps; with `keep`,
+        of the rows it picks only (Keep)."""
         ...
+
+
+# Picks rows before a batch is built (cheaper than filtering the batch: no sort, no labels):
+# given the raw columns (`run`, `variant`, `type` as codes into the names given with them;
+# `worker`, `conn`, `t`, ...), a boolean mask.
+Keep = Callable[[dict[str, np.ndarray], dict[str, list[str]]], np.ndarray] | None
 
 
 def _batch(columns: dict[str, np.ndarray], runs: list[str], variants: list[str], types: list[str]):
@@ -113,15 +123,29 @@ class SpilledSends:
         self.partitions = max(1, math.ceil(expected_rows / PARTITION_ROWS))
         self.path = Path(tempfile.mkdtemp(prefix=".rtsoak-sends-", dir=directory))
         self._remove = weakref.finalize(self, shutil.rmtree, self.path, True)
+        self._thread = ThreadPoolExecutor(1)
+        self._pending: deque[Future] = deque()
         self.names: dict[str, dict[str, int]] = {"run": {}, "variant": {}, "type": {}}
-        self.rows = 0
         self._writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
 
     def add(self, sends: pa.Table) -> None:
         """One chunk of sends (`run`, `variant`, `type` as dictionaries or strings; `worker`,
-        `conn`, `t`, and `audio_ms`, `dbfs`, `lag_ms` where the log has them)."""
+        `conn`, `t`, and `audio_ms`, `dbfs`, `lag_ms` where the log has them). Written on a
+        thread of its own, beside the caller's next chunk (at most two wait)."""
         if not len(sends):
             return
+        self._pending.append(self._thread.submit(self._add, sends))
+        if len(self._pending) > 2:
+            self._pending.popleft().result()
+
+    def _flush(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+
+    def _add(self, sends: pa.Table) -> None:
         columns = {
             **{k: _codes(sends.column(k), self.names[k]) for k in ("run", "variant", "type")},
             "worker": _ints(sends.column("worker")),
@@ -135,8 +159,8 @@ class SpilledSends:
             + columns["worker"].astype(np.int64) * 104_729
             + columns["conn"]
         )
-        part = key % self.partitions
-        order = np.argsort(part, kind="stable")
+        part = (key % self.partitions).astype(np.uint16 if self.partitions < 1 << 16 else np.int64)
+        order = np.argsort(part, kind="stable")  # a radix sort, for 16-bit keys
         part = part[order]
         table = pa.table({f.name: columns[f.name][order] for f in _SCHEMA}, schema=_SCHEMA)
         bounds = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
@@ -145,19 +169,18 @@ class SpilledSends:
             if k not in self._writers:
                 self._writers[k] = pa.ipc.new_stream(str(self.path / f"{k}.arrows"), _SCHEMA)
             self._writers[k].write_table(table.slice(a, b - a))
-        self.rows += len(table)
 
     def batches(self) -> Iterator[pd.DataFrame]:
         """One batch a partition, in partition order."""
         return self.map(lambda batch: batch, workers=1)
 
-    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS) -> Iterator[T]:
+    def map(
+        self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS, keep: Keep = None
+    ) -> Iterator[T]:
         """`fn` of each batch, in partition order, `workers` partitions at a time (threads:
         numpy and pyarrow let go of the interpreter for the heavy part), so memory holds
-        `workers` partitions."""
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
+        `workers` partitions; with `keep`, of the rows it picks only."""
+        self._flush()
         names = {k: list(v) for k, v in self.names.items()}
         paths = [self.path / f"{k}.arrows" for k in range(self.partitions)]
 
@@ -166,7 +189,7 @@ class SpilledSends:
                 table = pa.ipc.open_stream(source).read_all()
             columns = {f.name: table.column(f.name).to_numpy() for f in _SCHEMA}
             del table
-            return fn(_batch(columns, names["run"], names["variant"], names["type"]))
+            return fn(_picked(columns, names, keep))
 
         paths = [p for p in paths if p.exists()]
         if workers <= 1 or len(paths) <= 1:
@@ -176,10 +199,11 @@ class SpilledSends:
             yield from pool.map(one, paths)
 
     def close(self) -> None:
-        for writer in self._writers.values():
-            writer.close()
-        self._writers = {}
-        self._remove()
+        try:
+            self._flush()
+        finally:
+            self._thread.shutdown()
+            self._remove()
 
     def __enter__(self) -> SpilledSends:
         return self
@@ -188,16 +212,30 @@ class SpilledSends:
         self.close()
 
 
+def _picked(
+    columns: dict[str, np.ndarray], names: dict[str, list[str]], keep: Keep
+) -> pd.DataFrame:
+    if keep is not None:
+        mask = keep(columns, names)
+        columns = {k: v[mask] for k, v in columns.items()}
+    return _batch(columns, names["run"], names["variant"], names["type"])
+
+
 class SendFrame:
     """Sends already in memory (a frame of BATCH_COLUMNS' columns, any order) as one batch."""
 
     def __init__(self, sends: pd.DataFrame) -> None:
         self.sends = sends
 
-    def map(self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS) -> Iterator[T]:
-        yield from map(fn, self.batches())
+    def map(
+        self, fn: Callable[[pd.DataFrame], T], workers: int = WORKERS, keep: Keep = None
+    ) -> Iterator[T]:
+        yield from map(fn, self._batches(keep))
 
     def batches(self) -> Iterator[pd.DataFrame]:
+        return self._batches(None)
+
+    def _batches(self, keep: Keep) -> Iterator[pd.DataFrame]:
         if not len(self.sends):
             return
         names: dict[str, dict[str, int]] = {"run": {}, "variant": {}, "type": {}}
@@ -216,4 +254,4 @@ class SendFrame:
                 if k in frame
                 else np.full(len(frame), np.nan, np.float32)
             )
-        yield _batch(columns, *(list(names[k]) for k in ("run", "variant", "type")))
+        yield _picked(columns, {k: list(v) for k, v in names.items()}, keep)
