@@ -586,16 +586,15 @@ def _load_chosen(
         None if columns is None else [*_KEY_COLUMNS, *(c for c in columns if c not in _KEY_COLUMNS)]
     )
 
+    def of_variants(chunk: pa.Table) -> pa.ChunkedArray:
+        """Rows of the chosen variants (no variant: False)."""
+        column = chunk.column("variant").cast(pa.string())
+        return pc.fill_null(pc.is_in(column, pa.array(list(variants or ()))), False)
+
     def chosen(chunk: pa.Table, appends_only: bool | None) -> pa.Table:
         mask = pa.array(np.ones(len(chunk), bool))
         if variants is not None:
-            mask = pc.and_(
-                mask,
-                pc.fill_null(
-                    pc.is_in(chunk.column("variant").cast(pa.string()), pa.array(list(variants))),
-                    False,
-                ),
-            )
+            mask = pc.and_(mask, of_variants(chunk))
         if between is not None:
             t = chunk.column("t")
             inside = pc.and_(pc.greater_equal(t, between[0]), pc.less_equal(t, between[1]))
@@ -617,18 +616,9 @@ def _load_chosen(
             for chunk in chunks:
                 t_max = max(t_max, _max(chunk.column("t")))
                 wall_max = max(wall_max, _max(chunk.column("wall")))
-                if variants is not None:
+                if variants is not None:  # and the server's rows, which have no variant
                     chunk = chunk.filter(
-                        pc.fill_null(
-                            pc.or_(
-                                pc.is_in(
-                                    chunk.column("variant").cast(pa.string()),
-                                    pa.array(list(variants)),
-                                ),
-                                pc.is_null(chunk.column("variant")),
-                            ),
-                            False,
-                        )
+                        pc.or_(of_variants(chunk), pc.is_null(chunk.column("variant")))
                     )
                 meta.append(_scan(chunk)[0])
                 rows.append(chosen(chunk, False if lazy else None))
