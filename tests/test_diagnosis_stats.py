@@ -231,3 +231,17 @@ def test_refusals_at_any_count_are_handshake_faults_not_a_cap() -> None:
     verdicts = _verdicts(connections, None, tolerance=1.0)
     assert verdicts["handshake_faults"].verdict == "supported"
     assert verdicts["concurrency_cap"].verdict != "supported", verdicts["concurrency_cap"]
+
+
+def test_the_per_arrival_p_value_and_odds_ratio_match_fishers_exact_test() -> None:
+    """The cap's evidence, against scipy's own Fisher test on the 2x2 table: 30 of 40
+    arrivals from the count evicted, 5 of 60 below it."""
+    table = [[30, 10], [5, 55]]
+    logp = diagnosis._logp(30, 35, 40.0, 100.0, per_arrival=True)
+    assert np.exp(logp) == pytest.approx(stats.fisher_exact(table, "greater").pvalue)
+    ratio, lo, hi = diagnosis._odds_ratio_ci(30, 35, 40.0, 100.0)
+    exact = stats.contingency.odds_ratio(table)
+    assert ratio == pytest.approx(exact.statistic)
+    assert (lo, hi) == pytest.approx(tuple(exact.confidence_interval(0.95)))
+    # the conditional MLE is near the sample odds ratio (30 * 55) / (10 * 5)
+    assert ratio == pytest.approx(33.0, rel=0.1)
