@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
@@ -708,22 +709,41 @@ def lateness_counts(rows: pd.DataFrame) -> pd.DataFrame:
     """(run, variant, lag_ms) rows, one per append, as counts by run, variant and lag_ms to
     LATENESS_RESOLUTION_MS: what a hundred million appends' lateness takes as a few thousand
     rows. analysis.weighted_percentiles reads it."""
-    lag = rows["lag_ms"].to_numpy(np.float64, na_value=np.nan)
     run, variant = (rows[c].astype("category") for c in ("run", "variant"))
-    ok = ~np.isnan(lag) & (run.cat.codes.to_numpy() >= 0) & (variant.cat.codes.to_numpy() >= 0)
+    return _count_lateness(
+        (run.cat.codes.to_numpy(), run.cat.categories),
+        (variant.cat.codes.to_numpy(), variant.cat.categories),
+        rows["lag_ms"].to_numpy(np.float64, na_value=np.nan),
+    )
+
+
+def _count_lateness(
+    run: tuple[np.ndarray, Sequence[str]],
+    variant: tuple[np.ndarray, Sequence[str]],
+    lag: np.ndarray,
+) -> pd.DataFrame:
+    """lateness_counts of columns: `run` and `variant` as (codes, names), -1 none; `lag`."""
+    (run_codes, runs), (variant_codes, variants) = run, variant
+    ok = ~np.isnan(lag) & (run_codes >= 0) & (variant_codes >= 0)
     ticks = np.round(lag[ok] / LATENESS_RESOLUTION_MS).astype(np.int64)
-    # one int64 a row (run, variant, ticks), counted by a sort rather than a groupby
-    group = run.cat.codes.to_numpy()[ok].astype(np.int64) * (len(variant.cat.categories) + 1)
-    group += variant.cat.codes.to_numpy()[ok]
+    # one int64 a row (run, variant, ticks), counted by a bincount when the keys span no
+    # more than twice the rows (lateness spans a few thousand ticks), else by a sort
+    group = run_codes[ok].astype(np.int64) * (len(variants) + 1) + variant_codes[ok]
     low = int(ticks.min()) if len(ticks) else 0
     span = int(ticks.max()) - low + 1 if len(ticks) else 1
-    key, counts = np.unique(group * span + (ticks - low), return_counts=True)
+    keys = group * span + (ticks - low)
+    if len(keys) and int(group.max() + 1) * span <= 2 * len(keys):
+        counts = np.bincount(keys)
+        key = np.flatnonzero(counts)
+        counts = counts[key]
+    else:
+        key, counts = np.unique(keys, return_counts=True)
     group, ticks = np.divmod(key, span)
-    run_code, variant_code = np.divmod(group, len(variant.cat.categories) + 1)
+    run_code, variant_code = np.divmod(group, len(variants) + 1)
     index = pd.MultiIndex.from_arrays(
         [
-            pd.Categorical.from_codes(run_code, run.cat.categories),
-            pd.Categorical.from_codes(variant_code, variant.cat.categories),
+            pd.Categorical.from_codes(run_code, runs),
+            pd.Categorical.from_codes(variant_code, variants),
             ticks + low,
         ],
         names=["run", "variant", "ticks"],
@@ -775,6 +795,17 @@ def _equal(column: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
     return pa.chunked_array(chunks, pa.bool_())
 
 
+# How events.parquet is written: dictionaries for the text columns only (the others never
+# repeat enough to gain), statistics for the times only (what a reader filters by), and lz4.
+# Half the CPU of the defaults, a smaller file (bench/RESULTS.md, issue 35).
+_TEXT = ("run", "src", "variant", "connection", "dir", "type", "item", "text", "detail")
+EVENTS_PARQUET = {
+    "compression": "lz4",
+    "use_dictionary": list(_TEXT),
+    "write_statistics": ["t", "wall"],
+}
+
+
 class _EventsParquet:
     """events.parquet written chunk by chunk, with the schema (and pandas metadata) that
     `frames.events.to_parquet` gives, so `pandas.read_parquet` returns the same frame."""
@@ -791,7 +822,7 @@ class _EventsParquet:
         metadata = pa.Schema.from_pandas(_to_pandas(empty), preserve_index=False).metadata
         self.schema = pa.schema(fields, metadata=metadata)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pq.ParquetWriter(str(self.partial), self.schema)
+        self.writer = pq.ParquetWriter(str(self.partial), self.schema, **EVENTS_PARQUET)
         # written on a thread of its own, which Parquet's encoder lets run beside the report's
         # pass (at most two chunks wait, so memory stays a few chunks)
         self._thread = ThreadPoolExecutor(1)
@@ -830,13 +861,22 @@ def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     keep = pc.or_(
         _equal(direction, "meta"), pc.and_(_equal(kind, COMMIT), _equal(direction, "send"))
     )
-    return chunk.filter(keep), _lateness(chunk.filter(_equal(kind, APPEND)))
+    late = chunk.select(["run", "variant", "lag_ms"]).filter(_equal(kind, APPEND))
+    return chunk.filter(keep), _lateness(late)
 
 
 def _lateness(appends: pa.Table) -> pd.DataFrame:
-    """lateness_counts of a table of appends."""
-    rows = appends.select(["run", "variant", "lag_ms"])
-    return lateness_counts(rows.filter(pc.is_valid(rows.column("lag_ms"))).to_pandas())
+    """lateness_counts of a table of appends (its run, variant and lag_ms)."""
+
+    def codes(name: str) -> tuple[np.ndarray, list[str]]:
+        column = appends.column(name).combine_chunks()  # one dictionary for all chunks
+        if not pa.types.is_dictionary(column.type):
+            column = column.dictionary_encode()
+        indices = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False)
+        return indices, column.dictionary.to_pylist()
+
+    lag = appends.column("lag_ms").to_numpy().astype(np.float64)  # null: NaN
+    return _count_lateness(codes("run"), codes("variant"), lag)
 
 
 def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa.Table | None:
@@ -975,16 +1015,18 @@ def load_for_report(
 def write_frames(frames: Frames, out_dir: Path) -> None:
     """Parquet copies of the frames (and CSV of the small ones) for people and other tools."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames.events.to_parquet(out_dir / "events.parquet", index=False)
+    frames.events.to_parquet(out_dir / "events.parquet", index=False, **EVENTS_PARQUET)
     write_small_frames(frames.connections, frames.utterances, out_dir)
 
 
 def write_small_frames(connections: pd.DataFrame, utterances: pd.DataFrame, out_dir: Path) -> None:
-    """connections and utterances as Parquet and CSV."""
+    """connections and utterances as Parquet and CSV (Arrow's writer: a night's utterances
+    in a fraction of pandas' time)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in (("connections", connections), ("utterances", utterances)):
-        frame.to_parquet(out_dir / f"{name}.parquet", index=False)
-        frame.to_csv(out_dir / f"{name}.csv", index=False)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table, out_dir / f"{name}.parquet")
+        csv.write_csv(table, out_dir / f"{name}.csv", csv.WriteOptions(quoting_style="needed"))
 
 
 def pacing_lateness(events: pd.DataFrame) -> np.ndarray:

@@ -87,65 +87,123 @@ def _opened(connections: pd.DataFrame) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame) -> pd.DataFrame:
-    """The frames each opened connection sent during its life, in connection and time order:
-    `c` (its row in `conns`), `t`, `type`, `audio_ms`, `dbfs`, and `key`: (connection,
-    microseconds since it opened) as one int64, the connection's rank in the batch in the
-    high bits, so that windows compare whole microseconds whatever else the batch holds."""
-    index = pd.Series(np.arange(len(conns)), index=conns["connection"].to_numpy())
+@dataclass(slots=True)
+class _Sent:
+    """Frames sent during their connections' lives, in connection and time order, as arrays:
+    `c` (the connection's row in `conns`), `t`, `key`: (connection, microseconds since it
+    opened) as one int64, the connection's rank in the batch in the high bits, so that windows
+    compare whole microseconds whatever else the batch holds; `nxt`: when what the frame set
+    ends (the next frame, or the connection's close), and `ns`: the nanoseconds until then;
+    `last`: its connection's last frame; `closed`, `dropped` and `variant_bits` (the variant's
+    code << 43, or 0 when there is one variant): its connection's."""
+
+    c: np.ndarray
+    t: np.ndarray
+    key: np.ndarray
+    nxt: np.ndarray
+    last: np.ndarray
+    ns: np.ndarray
+    closed: np.ndarray
+    dropped: np.ndarray
+    variant_bits: np.ndarray | int
+
+    @classmethod
+    def of(cls, c: np.ndarray, t: np.ndarray, key: np.ndarray, conns: _Conns) -> _Sent:
+        last = np.ones(len(c), bool)
+        np.not_equal(c[1:], c[:-1], out=last[:-1])
+        closed = conns.closed[c]
+        nxt = np.empty_like(t)
+        nxt[:-1] = t[1:]
+        nxt[last] = closed[last]
+        ns = np.round((nxt - t) * 1e9).astype(np.int64)
+        code = conns.variant_code
+        bits = code[c].astype(np.int64) << 43 if code.any() else 0
+        return cls(c, t, key, nxt, last, ns, closed, conns.dropped[c], bits)
+
+    def where(self, mask: np.ndarray, conns: _Conns) -> _Sent:
+        return _Sent.of(self.c[mask], self.t[mask], self.key[mask], conns)
+
+
+@dataclass(slots=True)
+class _Conns:
+    """The opened connections' columns the tables read, as arrays (rows of `_opened`)."""
+
+    connection: np.ndarray
+    variant: np.ndarray
+    variant_code: np.ndarray
+    established: np.ndarray
+    closed: np.ndarray
+    dropped: np.ndarray
+
+    @classmethod
+    def of(cls, conns: pd.DataFrame) -> _Conns:
+        return cls(
+            conns["connection"].to_numpy(),
+            conns["variant"].to_numpy(),
+            conns["variant_code"].to_numpy(),
+            conns["established"].to_numpy(float),
+            conns["closed"].to_numpy(float),
+            conns["dropped"].to_numpy(bool),
+        )
+
+
+@dataclass(slots=True)
+class _Frames:
+    """One batch's frames sent in life (`sent`), what each was (`append`; `reset`: a commit
+    or a clear), its audio (ms, 0 when none) and level (dBFS; None: the batch has none)."""
+
+    sent: _Sent
+    append: np.ndarray
+    reset: np.ndarray
+    audio_ms: np.ndarray
+    dbfs: np.ndarray | None
+
+
+def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame, arrays: _Conns) -> _Frames:
+    """The frames each opened connection sent during its life, in connection and time order."""
+    index = pd.Series(np.arange(len(conns)), index=arrays.connection)
     labels = sends["connection"].astype("category")  # map each label once, not each row
     rows = pd.Series(labels.cat.categories.astype(str)).map(index).to_numpy(float, na_value=-1)
-    codes = labels.cat.codes.to_numpy()
-    c = np.where(codes >= 0, rows[codes], -1).astype(np.int64)
+    c = rows.astype(np.int64)[labels.cat.codes.to_numpy()]
+    c[labels.cat.codes.to_numpy() < 0] = -1
     t = sends["t"].to_numpy(float)
     ok = c >= 0
-    established = conns["established"].to_numpy(float)
-    ok[ok] = (t[ok] >= established[c[ok]]) & (t[ok] <= conns["closed"].to_numpy(float)[c[ok]])
+    life = c[ok]
+    ok[ok] = (t[ok] >= arrays.established[life]) & (t[ok] <= arrays.closed[life])
     take = np.flatnonzero(ok)
     c, t = c[take], t[take]
-    block = np.r_[True, c[1:] != c[:-1]]
-    if not (np.all(np.diff(t)[~block[1:]] >= 0) and block.sum() == len(np.unique(c[block]))):
+    block = np.r_[True, c[1:] != c[:-1]] if len(c) else np.zeros(0, bool)
+    within = ~block[1:]
+    if not (np.all(t[1:][within] >= t[:-1][within]) and block.sum() == len(np.unique(c[block]))):
         order = np.lexsort((t, c))  # batches come sorted; a frame given by hand may not
         take, c, t = take[order], c[order], t[order]
         block = np.r_[True, c[1:] != c[:-1]]
     local = np.cumsum(block) - 1
-    since = np.round((t - established[c]) * 1e6).astype(np.int64)
-    out = {"c": c, "t": t, "key": local.astype(np.int64) << 42 | since}
+    since = np.round((t - arrays.established[c]) * 1e6).astype(np.int64)
+    sent = _Sent.of(c, t, local << 42 | since, arrays)
     kind = sends["type"].astype("category")
-    out["type"] = pd.Categorical.from_codes(kind.cat.codes.to_numpy()[take], kind.cat.categories)
-    for name in ("audio_ms", "dbfs"):
-        if name in sends:
-            out[name] = sends[name].to_numpy()[take]
-    return pd.DataFrame(out)
+    codes = kind.cat.codes.to_numpy()[take]
+    names = list(kind.cat.categories)
+
+    def of_kind(*kinds: str) -> np.ndarray:
+        wanted = [names.index(k) for k in kinds if k in names]
+        return np.isin(codes, wanted) if len(wanted) > 1 else codes == (wanted or [-2])[0]
+
+    append = of_kind(APPEND)
+    audio = np.zeros(len(take))
+    if "audio_ms" in sends:
+        audio = np.nan_to_num(sends["audio_ms"].to_numpy(float, na_value=np.nan)[take])
+    dbfs = None
+    if "dbfs" in sends:
+        dbfs = sends["dbfs"].to_numpy(float, na_value=np.nan)[take]
+        dbfs = None if np.isnan(dbfs).all() else dbfs
+    return _Frames(sent, append, of_kind(COMMIT, CLEAR), np.where(append, audio, 0.0), dbfs)
 
 
-def _gaps(
-    conns: pd.DataFrame, c: np.ndarray, t: np.ndarray, rows: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """Per connection of `rows` (rows of `conns`: those with sends in `c`, or none), the spells
-    between its life's start, the times `t` (of connection rows `c`, sorted by connection and
-    time) and its end: (connection row, start, end, is the last spell)."""
-    established = conns["established"].to_numpy(float)
-    closed = conns["closed"].to_numpy(float)
-    if not len(c):  # connections that sent nothing: one spell each, their whole life
-        return rows, established[rows], closed[rows], np.ones(len(rows), bool)
-    first = np.r_[True, c[1:] != c[:-1]]
-    last = np.r_[c[1:] != c[:-1], True]
-    # each send ends the spell before it; each connection's last spell ends at its close
-    start = np.where(first, established[c], np.r_[np.nan, t[:-1]])
-    row = np.concatenate([c, c[last]])
-    begin = np.concatenate([start, t[last]])
-    end = np.concatenate([t, closed[c[last]]])
-    is_last = np.concatenate([np.zeros(len(c), bool), np.ones(int(last.sum()), bool)])
-    return row, begin, end, is_last
-
-
-def _frame(
-    conns: pd.DataFrame, row: np.ndarray, x0, x1, duration, dropped, dying=None
-) -> pd.DataFrame:
+def _frame(conns: _Conns, row: np.ndarray, x0, x1, duration, dropped, dying=None) -> pd.DataFrame:
     return _spells(
-        connection=conns["connection"].to_numpy()[row],
-        variant=conns["variant"].to_numpy()[row],
+        connection=conns.connection[row],
+        variant=conns.variant[row],
         x0=np.asarray(x0, float),
         x1=np.asarray(x1, float),
         duration=np.asarray(duration, float),
@@ -154,23 +212,35 @@ def _frame(
     )
 
 
-def _age(conns: pd.DataFrame) -> Covariate:
-    life = (conns["closed"] - conns["established"]).to_numpy(float)
-    spells = _frame(
-        conns, np.arange(len(conns)), np.zeros(len(conns)), life, life, conns["dropped"]
-    )
+def _age(conns: _Conns) -> Covariate:
+    life = conns.closed - conns.established
+    rows = np.arange(len(life))
+    spells = _frame(conns, rows, np.zeros(len(life)), life, life, conns.dropped)
     return Covariate("max_duration", "s", spells, linear=True)
 
 
-def _idle(conns: pd.DataFrame, sent: pd.DataFrame, rows: np.ndarray, tol: float) -> pd.DataFrame:
-    """Seconds since the last frame sent, for the connections of `rows`. Gaps no longer than
-    the timing tolerance are left out (no threshold is tested below it, so they add exposure
-    only where none is asked for): at 20 ms appends that is nearly every row."""
-    row, start, end, last = _gaps(conns, sent["c"].to_numpy(), sent["t"].to_numpy(float), rows)
+def _idle(conns: _Conns, sent: _Sent | None, rows: np.ndarray, tol: float) -> pd.DataFrame:
+    """Seconds since the last frame sent (the spells before each connection's first frame,
+    and after each frame), for the connections of `rows` (None: they sent nothing, one spell
+    each, their whole life). Gaps no longer than the timing tolerance are left out (no
+    threshold is tested below it, so they add exposure only where none is asked for): at
+    20 ms appends that is nearly every row."""
+    if sent is None:
+        row, start, end = rows, conns.established[rows], conns.closed[rows]
+        last = np.ones(len(rows), bool)
+    else:
+        first = np.r_[True, sent.last[:-1]]
+        row = np.concatenate([sent.c[first], sent.c])
+        start = np.concatenate([conns.established[sent.c[first]], sent.t])
+        end = np.concatenate([sent.t[first], sent.nxt])
+        last = np.concatenate([np.zeros(int(first.sum()), bool), sent.last])
     gap = end - start
-    dropped = last & conns["dropped"].to_numpy()[row]
+    dropped = last & conns.dropped[row]
     keep = (gap > tol) | dropped
     return _frame(conns, row[keep], 0.0 * gap[keep], gap[keep], gap[keep], dropped[keep])
+
+
+_NO_VALUE = 1 << 62
 
 
 @dataclass(slots=True)
@@ -186,8 +256,8 @@ class _StepPart:
 
 
 def _steps(
-    conns: pd.DataFrame,
-    sent: pd.DataFrame,
+    conns: _Conns,
+    sent: _Sent,
     value: np.ndarray,
     tolerance_s: float,
     segment: np.ndarray | None = None,
@@ -199,38 +269,29 @@ def _steps(
     server had acted (audio into a buffer already over its limit, a clear and the next
     utterance). The dying stretch (the last `tolerance_s`, and for a covariate that resets
     the last `segment`) cannot count as survived."""
-    c, t = sent["c"].to_numpy(), sent["t"].to_numpy(float)
-    nxt = np.r_[t[1:], np.nan]
-    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
-    closed = conns["closed"].to_numpy(float)
-    nxt[last] = closed[c[last]]
     # The most the covariate reached in the last `tolerance_s`, at every moment: what a drop
     # is measured at, so exposure is measured the same way (else drops look higher than the
     # time spent there, a bias of the window alone).
-    value = _trailing_max(sent["key"].to_numpy(), value, tolerance_s)
-    recent = t >= closed[c] - tolerance_s
+    value = _trailing_max(sent.key, value, tolerance_s)
+    recent = sent.t >= sent.closed - tolerance_s
     if segment is not None:  # the last segment of each connection (sorted by connection)
-        last_segment = segment[last]
-        recent |= segment == last_segment[np.cumsum(np.r_[False, last[:-1]])]
-    dying = recent & conns["dropped"].to_numpy()[c]
-    keep = value > 0
-    # one spell per variant, value and dying: a step covariate's exposure past a threshold
-    # needs no more, and ten million rows become thousands (one int64 key, hashed once)
-    variant_code = conns["variant_code"].to_numpy()
-    quantum = np.round(value[keep] * 1e4).astype(np.int64)  # values to 1e-4
-    key = (variant_code[c[keep]] * 2 + dying[keep]).astype(np.int64) << 42 | quantum
-    ns = np.round((nxt - t)[keep] * 1e9).astype(np.int64)
+        last_segment = segment[sent.last]
+        recent |= segment == last_segment[np.cumsum(np.r_[False, sent.last[:-1]])]
+    # one spell per variant, value (to 1e-4) and dying: a step covariate's exposure past a
+    # threshold needs no more, and ten million rows become thousands (one int64 key, hashed
+    # once); rows at no value add nothing (a key no spell has, left out)
+    key = np.round(value * 1e4).astype(np.int64)
+    key |= sent.variant_bits
+    key[recent & sent.dropped] |= 1 << 42
+    key[~(value > 0)] = _NO_VALUE
     group, first = pd.factorize(key)
-    return _StepPart(
-        first,
-        np.bincount(group, weights=ns, minlength=len(first)).astype(np.int64),
-        c[last],
-        value[last],
-    )
+    ns = np.bincount(group, weights=sent.ns, minlength=len(first)).astype(np.int64)
+    kept = first != _NO_VALUE
+    return _StepPart(first[kept], ns[kept], sent.c[sent.last], value[sent.last])
 
 
 def _step_covariate(
-    conns: pd.DataFrame, variants: list[str], parts: list[_StepPart], theory: str, unit: str, **kw
+    conns: _Conns, variants: list[str], parts: list[_StepPart], theory: str, unit: str, **kw
 ) -> Covariate:
     """A step covariate's spells from its batches' parts: one spell per variant, value and
     dying, and one spell of no duration at each drop (its connection's last value; 0 for a
@@ -254,32 +315,49 @@ def _step_covariate(
         np.concatenate([np.zeros(0), *(p.last_value for p in parts)]),
         index=np.concatenate([np.zeros(0, np.int64), *(p.last_row for p in parts)]),
     )
-    dropped = np.flatnonzero(conns["dropped"].to_numpy())
+    dropped = np.flatnonzero(conns.dropped)
     at = final.reindex(dropped).fillna(0.0).to_numpy()
     zero = np.zeros(len(dropped))
     markers = _frame(conns, dropped, at, at, zero, np.ones(len(dropped), bool))
     return Covariate(theory, unit, pd.concat([spells, markers], ignore_index=True), False, **kw)
 
 
-def _buffer(conns: pd.DataFrame, sent: pd.DataFrame, tol: float) -> _StepPart:
+def _buffer(conns: _Conns, frames: _Frames, tol: float) -> _StepPart:
     """Audio appended since the last clear or commit, in ms, after each frame sent."""
-    kind = sent["type"]
-    audio = np.where(kind == APPEND, sent["audio_ms"].astype(float).fillna(0.0).to_numpy(), 0.0)
-    reset = ((kind == COMMIT) | (kind == CLEAR)).to_numpy()
-    c = sent["c"].to_numpy()
-    starts = reset | np.r_[True, c[1:] != c[:-1]]
+    audio = frames.audio_ms
+    starts = frames.reset | np.r_[True, frames.sent.last[:-1]]
     segment = np.cumsum(starts)
     total = np.cumsum(audio)
     before = (total - audio)[starts]  # the running total where each segment begins
     held = total - before[segment - 1]
-    return _steps(conns, sent, held, tol, segment=segment)
+    return _steps(conns, frames.sent, held, tol, segment=segment)
+
+
+# A window holding fewer rows than this is worked on with shifted arrays (a pass per row it
+# holds); a longer one by a general method. At 20 ms appends the tolerance and burst windows
+# hold a few rows; the speed window a hundred.
+_SHIFTS = 8
+
+
+def _few_rows(key: np.ndarray, span: int) -> bool:
+    """No row has `_SHIFTS` earlier rows of its connection within `span` microseconds."""
+    return len(key) <= _SHIFTS or not (key[_SHIFTS:] - key[:-_SHIFTS] < span).any()
 
 
 def _trailing(key: np.ndarray, weight: np.ndarray, window: float) -> np.ndarray:
     """Per row, the sum of `weight` over the rows of its connection sent in the `window`
     seconds up to and including it (`key`: the rows' `key` column)."""
+    span = round(window * 1e6)
+    if _few_rows(key, span):
+        out = np.array(weight, float)
+        for k in range(1, min(_SHIFTS, len(key))):
+            near = key[k:] - key[:-k] < span
+            if not near.any():
+                break
+            out[k:] += np.where(near, weight[:-k], 0.0)
+        return out
     total = np.cumsum(weight)
-    first = np.searchsorted(key, key - round(window * 1e6), side="right")
+    first = np.searchsorted(key, key - span, side="right")
     before = np.where(first > 0, total[first - 1], 0.0)
     return total - before
 
@@ -289,56 +367,56 @@ def _trailing_max(key: np.ndarray, value: np.ndarray, window: float) -> np.ndarr
     and including it (`key`: the rows' `key` column)."""
     if window <= 0 or not len(key):
         return value
+    span = round(window * 1e6)
+    if _few_rows(key, span):
+        out = value.copy()
+        for k in range(1, min(_SHIFTS, len(key))):
+            near = key[k:] - key[:-k] < span
+            if not near.any():
+                break
+            np.maximum(out[k:], np.where(near, value[:-k], -np.inf), out=out[k:])
+        return out
     # the key's microseconds read as nanoseconds, the window alike: no per-row parse
     series = pd.Series(value, index=pd.TimedeltaIndex(key.view("m8[ns]")))
-    return series.rolling(pd.Timedelta(round(window * 1e6), "ns")).max().to_numpy()
+    return series.rolling(pd.Timedelta(span, "ns")).max().to_numpy()
 
 
-def _appends(sent: pd.DataFrame) -> pd.DataFrame:
-    return sent[(sent["type"] == APPEND).to_numpy()].reset_index(drop=True)
-
-
-def _speed(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> _StepPart:
-    audio = appends["audio_ms"].astype(float).fillna(0.0).to_numpy()
-    speed = _trailing(appends["key"].to_numpy(), audio, window) / (window * 1000.0)
+def _speed(conns: _Conns, appends: _Sent, audio: np.ndarray, window: float, tol: float):
+    speed = _trailing(appends.key, audio, window) / (window * 1000.0)
     return _steps(conns, appends, speed, tol)
 
 
-def _burst(conns: pd.DataFrame, appends: pd.DataFrame, window: float, tol: float) -> _StepPart:
-    key = appends["key"].to_numpy()
-    count = _trailing(key, np.ones(len(key)), window)
+def _burst(conns: _Conns, appends: _Sent, window: float, tol: float) -> _StepPart:
+    count = _trailing(appends.key, np.ones(len(appends.key)), window)
     return _steps(conns, appends, count, tol)
 
 
-def _silence(conns: pd.DataFrame, sent: pd.DataFrame) -> pd.DataFrame | None:
+def _silence(conns: _Conns, frames: _Frames) -> pd.DataFrame | None:
     """Seconds since a low-energy streak began: it begins at an append below LOUD_DBFS, goes
     on through quiet appends and through no audio at all, and ends at a loud append. None:
     these sends carry no audio levels."""
-    if "dbfs" not in sent.columns or sent["dbfs"].notna().sum() == 0:
+    if frames.dbfs is None:
         return None
-    is_append = (sent["type"] == APPEND).to_numpy()
-    level = sent["dbfs"].astype(float).to_numpy()
-    loud = is_append & (level >= LOUD_DBFS)
-    quiet = is_append & (level < LOUD_DBFS)
-    c, t = sent["c"].to_numpy(), sent["t"].to_numpy(float)
-    segment = np.cumsum(loud | np.r_[True, c[1:] != c[:-1]])
-    began = pd.Series(np.where(quiet, t, np.inf)).groupby(segment).cummin().to_numpy()
-    nxt = np.r_[t[1:], np.nan]
-    last = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, bool)
-    nxt[last] = conns["closed"].to_numpy(float)[c[last]]
-    streak = np.isfinite(began)
-    x0, x1 = t - began, nxt - began
-    dropped = last & conns["dropped"].to_numpy()[c]
-    keep = streak & (nxt > t)
+    sent, n = frames.sent, len(frames.sent.t)
+    loud = frames.append & (frames.dbfs >= LOUD_DBFS)
+    quiet = frames.append & (frames.dbfs < LOUD_DBFS)
+    # a segment runs from a loud append (or a connection's first frame) to the next; its
+    # streak from its first quiet append to its end
+    starts = loud | np.r_[True, sent.last[:-1]]
+    segment = np.cumsum(starts) - 1
+    first_quiet = np.minimum.reduceat(np.where(quiet, np.arange(n), n), np.flatnonzero(starts))
+    began_at = first_quiet[segment]
+    rows = np.flatnonzero((np.arange(n) >= began_at) & (sent.nxt > sent.t))
+    if not len(rows):
+        return _empty()
     # a streak is one spell: its rows follow each other, the covariate rising through them
-    rows = pd.DataFrame(
-        {"c": c[keep], "began": began[keep], "x0": x0[keep], "x1": x1[keep]}
-    ).assign(duration=(nxt - t)[keep], dropped=dropped[keep])
-    streaks = rows.groupby(["c", "began"], sort=False).agg(
-        x0=("x0", "min"), x1=("x1", "max"), duration=("duration", "sum"), dropped=("dropped", "any")
-    )
-    row = streaks.index.get_level_values("c").to_numpy()
-    return _frame(conns, row, streaks["x0"], streaks["x1"], streaks["duration"], streaks["dropped"])
+    seg = segment[rows]
+    head = rows[np.r_[True, seg[1:] != seg[:-1]]]
+    tail = rows[np.r_[seg[1:] != seg[:-1], True]]
+    began = sent.t[began_at[head]]
+    x0, x1 = sent.t[head] - began, sent.nxt[tail] - began
+    dropped = sent.last[tail] & sent.dropped[tail]
+    return _frame(conns, sent.c[head], x0, x1, sent.nxt[tail] - sent.t[head], dropped)
 
 
 def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
@@ -444,17 +522,21 @@ class _BatchParts:
     steps: dict[tuple[str, float | None], _StepPart] = field(default_factory=dict)
 
 
-def _batch_parts(conns: pd.DataFrame, batch: pd.DataFrame, tol: float) -> _BatchParts:
-    sent = _sends_in_life(batch, conns)
-    if not len(sent):
+def _batch_parts(
+    conns: pd.DataFrame, arrays: _Conns, batch: pd.DataFrame, tol: float
+) -> _BatchParts:
+    frames = _sends_in_life(batch, conns, arrays)
+    sent = frames.sent
+    if not len(sent.c):
         return _BatchParts(len(batch))
-    rows = np.unique(sent["c"].to_numpy())
-    appends = _appends(sent)
-    steps = {("buffer_pressure", None): _buffer(conns, sent, tol)}
-    steps |= {("rate", w): _speed(conns, appends, w, tol) for w in SPEED_WINDOWS_S}
-    steps |= {("micro_burst", w): _burst(conns, appends, w, tol) for w in BURST_WINDOWS_S}
+    appends = sent.where(frames.append, arrays)
+    audio = frames.audio_ms[frames.append]
+    steps = {("buffer_pressure", None): _buffer(arrays, frames, tol)}
+    steps |= {("rate", w): _speed(arrays, appends, audio, w, tol) for w in SPEED_WINDOWS_S}
+    steps |= {("micro_burst", w): _burst(arrays, appends, w, tol) for w in BURST_WINDOWS_S}
+    rows = sent.c[sent.last]
     return _BatchParts(
-        len(batch), rows, _idle(conns, sent, rows, tol), _silence(conns, sent), steps
+        len(batch), rows, _idle(arrays, sent, rows, tol), _silence(arrays, frames), steps
     )
 
 
@@ -469,8 +551,9 @@ def exposure_tables(
     conns = _opened(connections)
     variant_code, variants = pd.factorize(conns["variant"].to_numpy())
     conns = conns.assign(variant_code=variant_code)
+    arrays = _Conns.of(conns)
     # a cap's eviction reaches the client within a second on a near endpoint, later at k x
-    out = [_age(conns), _concurrency(conns, hold_s=max(1.0, 2 * tolerance_s))]
+    out = [_age(arrays), _concurrency(conns, hold_s=max(1.0, 2 * tolerance_s))]
     idle: list[pd.DataFrame] = []
     silence: list[pd.DataFrame] = []
     steps: dict[tuple[str, float | None], list[_StepPart]] = {}
@@ -478,7 +561,7 @@ def exposure_tables(
     rows_read = 0
 
     def batch_parts(batch: pd.DataFrame) -> _BatchParts:
-        return _batch_parts(conns, batch, tolerance_s)
+        return _batch_parts(conns, arrays, batch, tolerance_s)
 
     if isinstance(sends, pd.DataFrame):
         parts: Iterable[_BatchParts] = [batch_parts(sends)]
@@ -506,15 +589,13 @@ def exposure_tables(
             out.append(Covariate(theory, unit, _empty(), linear=False, missing=missing))
         return out
     # a connection that sent nothing in its life was idle all of it
-    quiet = np.flatnonzero(~seen)
-    nothing = pd.DataFrame({"c": np.zeros(0, np.int64), "t": np.zeros(0)})
-    idle.append(_idle(conns, nothing, quiet, tolerance_s))
+    idle.append(_idle(arrays, None, np.flatnonzero(~seen), tolerance_s))
     out.append(Covariate("idle_timeout", "s", _canonical(idle), linear=True))
     units = {"buffer_pressure": "ms", "rate": "x real time", "micro_burst": "appends"}
     names = list(variants)
     out.append(
         _step_covariate(
-            conns, names, steps.get(("buffer_pressure", None), []), "buffer_pressure", "ms"
+            arrays, names, steps.get(("buffer_pressure", None), []), "buffer_pressure", "ms"
         )
     )
     if silence:
@@ -525,7 +606,7 @@ def exposure_tables(
     for theory, windows in (("rate", SPEED_WINDOWS_S), ("micro_burst", BURST_WINDOWS_S)):
         for w in windows:
             got = steps.get((theory, w), [])
-            out.append(_step_covariate(conns, names, got, theory, units[theory], window_s=w))
+            out.append(_step_covariate(arrays, names, got, theory, units[theory], window_s=w))
     return out
 
 
