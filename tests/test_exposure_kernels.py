@@ -159,3 +159,24 @@ def test_lateness_counts_are_the_same_dense_and_sparse() -> None:
         got = frames.lateness_counts(case).astype({"variant": str})
         want = case.groupby(["variant", "lag_ms"]).size().rename("count").reset_index()
         pd.testing.assert_frame_equal(got[["variant", "lag_ms", "count"]], want)
+
+
+def test_the_tables_leave_the_callers_sends_as_they_were() -> None:
+    """A frame given by hand (float64 audio with gaps, frames other than appends) is read,
+    never written: the kernels work in place only on copies."""
+    connections = pd.DataFrame(
+        [("r/v/0/1", "v", 0.0, 0.0, 5.0, True)],
+        columns=["connection", "variant", "opened", "established", "closed", "dropped"],
+    )
+    frame = pd.DataFrame(
+        {
+            "connection": "r/v/0/1",
+            "t": [0.5, 1.0, 1.5, 2.0],
+            "type": [APPEND, "input_audio_buffer.commit", APPEND, APPEND],
+            "audio_ms": [20.0, 7.0, np.nan, 20.0],
+            "dbfs": [-20.0, np.nan, -70.0, -20.0],
+        }
+    )
+    before = frame.copy()
+    exposure_tables(connections, frame, 0.0)
+    pd.testing.assert_frame_equal(frame, before)

@@ -115,7 +115,9 @@ class _Sent:
         nxt = np.empty_like(t)
         nxt[:-1] = t[1:]
         nxt[last] = closed[last]
-        ns = np.round((nxt - t) * 1e9).astype(np.int64)
+        ns = nxt - t
+        ns *= 1e9
+        ns = np.rint(ns, out=ns).astype(np.int64)
         code = conns.variant_code
         bits = code[c].astype(np.int64) << 43 if code.any() else 0
         return cls(c, t, key, nxt, last, ns, closed, conns.dropped[c], bits)
@@ -167,22 +169,32 @@ def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame, arrays: _Conns) -> 
     c = rows.astype(np.int64)[labels.cat.codes.to_numpy()]
     c[labels.cat.codes.to_numpy() < 0] = -1
     t = sends["t"].to_numpy(float)
-    ok = c >= 0
-    life = c[ok]
-    ok[ok] = (t[ok] >= arrays.established[life]) & (t[ok] <= arrays.closed[life])
-    take = np.flatnonzero(ok)
-    c, t = c[take], t[take]
+    ok = np.zeros(len(c), bool)
+    if len(conns):  # (a row of no connection, -1, reads the last one's life, and is masked)
+        ok = (c >= 0) & (t >= arrays.established[c]) & (t <= arrays.closed[c])
+    take = None if ok.all() else np.flatnonzero(ok)  # None: every row (most batches)
+    if take is not None:
+        c, t = c[take], t[take]
     block = np.r_[True, c[1:] != c[:-1]] if len(c) else np.zeros(0, bool)
     within = ~block[1:]
     if not (np.all(t[1:][within] >= t[:-1][within]) and block.sum() == len(np.unique(c[block]))):
         order = np.lexsort((t, c))  # batches come sorted; a frame given by hand may not
-        take, c, t = take[order], c[order], t[order]
+        take = order if take is None else take[order]
+        c, t = c[order], t[order]
         block = np.r_[True, c[1:] != c[:-1]]
+
+    def picked(column: str) -> np.ndarray:
+        """A copy of `column`'s rows in life, in order."""
+        values = sends[column].to_numpy(float, na_value=np.nan, copy=take is None)
+        return values if take is None else values[take]
+
     local = np.cumsum(block) - 1
-    since = np.round((t - arrays.established[c]) * 1e6).astype(np.int64)
-    sent = _Sent.of(c, t, local << 42 | since, arrays)
+    since = t - arrays.established[c]
+    since *= 1e6
+    sent = _Sent.of(c, t, local << 42 | np.rint(since, out=since).astype(np.int64), arrays)
     kind = sends["type"].astype("category")
-    codes = kind.cat.codes.to_numpy()[take]
+    codes = kind.cat.codes.to_numpy()
+    codes = codes if take is None else codes[take]
     names = list(kind.cat.categories)
 
     def of_kind(*kinds: str) -> np.ndarray:
@@ -190,14 +202,15 @@ def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame, arrays: _Conns) -> 
         return np.isin(codes, wanted) if len(wanted) > 1 else codes == (wanted or [-2])[0]
 
     append = of_kind(APPEND)
-    audio = np.zeros(len(take))
+    audio = np.zeros(len(c))
     if "audio_ms" in sends:
-        audio = np.nan_to_num(sends["audio_ms"].to_numpy(float, na_value=np.nan)[take])
+        audio = np.nan_to_num(picked("audio_ms"), copy=False)
+        audio[~append] = 0.0
     dbfs = None
     if "dbfs" in sends:
-        dbfs = sends["dbfs"].to_numpy(float, na_value=np.nan)[take]
+        dbfs = picked("dbfs")
         dbfs = None if np.isnan(dbfs).all() else dbfs
-    return _Frames(sent, append, of_kind(COMMIT, CLEAR), np.where(append, audio, 0.0), dbfs)
+    return _Frames(sent, append, of_kind(COMMIT, CLEAR), audio, dbfs)
 
 
 def _frame(conns: _Conns, row: np.ndarray, x0, x1, duration, dropped, dying=None) -> pd.DataFrame:
