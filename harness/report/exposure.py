@@ -161,16 +161,18 @@ class _Frames:
     dbfs: np.ndarray | None
 
 
-def _sends_in_life(sends: pd.DataFrame, conns: pd.DataFrame, arrays: _Conns) -> _Frames:
+def _sends_in_life(sends: pd.DataFrame, arrays: _Conns) -> _Frames:
     """The frames each opened connection sent during its life, in connection and time order."""
-    index = pd.Series(np.arange(len(conns)), index=arrays.connection)
+    index = pd.Series(np.arange(len(arrays.connection)), index=arrays.connection)
     labels = sends["connection"].astype("category")  # map each label once, not each row
     rows = pd.Series(labels.cat.categories.astype(str)).map(index).to_numpy(float, na_value=-1)
     c = rows.astype(np.int64)[labels.cat.codes.to_numpy()]
     c[labels.cat.codes.to_numpy() < 0] = -1
     t = sends["t"].to_numpy(float)
     ok = np.zeros(len(c), bool)
-    if len(conns):  # (a row of no connection, -1, reads the last one's life, and is masked)
+    if len(
+        arrays.connection
+    ):  # (a row of no connection, -1, reads the last one's life, and is masked)
         ok = (c >= 0) & (t >= arrays.established[c]) & (t <= arrays.closed[c])
     take = None if ok.all() else np.flatnonzero(ok)  # None: every row (most batches)
     if take is not None:
@@ -232,15 +234,15 @@ def _age(conns: _Conns) -> Covariate:
     return Covariate("max_duration", "s", spells, linear=True)
 
 
-def _idle(conns: _Conns, sent: _Sent | None, rows: np.ndarray, tol: float) -> pd.DataFrame:
-    """Seconds since the last frame sent (the spells before each connection's first frame,
-    and after each frame), for the connections of `rows` (None: they sent nothing, one spell
-    each, their whole life). Gaps no longer than the timing tolerance are left out (no
-    threshold is tested below it, so they add exposure only where none is asked for): at
-    20 ms appends that is nearly every row."""
-    if sent is None:
-        row, start, end = rows, conns.established[rows], conns.closed[rows]
-        last = np.ones(len(rows), bool)
+def _idle(conns: _Conns, sent: _Sent | np.ndarray, tol: float) -> pd.DataFrame:
+    """Seconds since the last frame sent: the spells before each connection's first frame of
+    `sent` and after each frame; or, given rows of `conns` that sent nothing, their whole
+    lives. Gaps no longer than the timing tolerance are left out (no threshold is tested below
+    it, so they add exposure only where none is asked for): at 20 ms appends that is nearly
+    every row."""
+    if isinstance(sent, np.ndarray):
+        row, start, end = sent, conns.established[sent], conns.closed[sent]
+        last = np.ones(len(sent), bool)
     else:
         first = np.r_[True, sent.last[:-1]]
         row = np.concatenate([sent.c[first], sent.c])
@@ -535,10 +537,8 @@ class _BatchParts:
     steps: dict[tuple[str, float | None], _StepPart] = field(default_factory=dict)
 
 
-def _batch_parts(
-    conns: pd.DataFrame, arrays: _Conns, batch: pd.DataFrame, tol: float
-) -> _BatchParts:
-    frames = _sends_in_life(batch, conns, arrays)
+def _batch_parts(arrays: _Conns, batch: pd.DataFrame, tol: float) -> _BatchParts:
+    frames = _sends_in_life(batch, arrays)
     sent = frames.sent
     if not len(sent.c):
         return _BatchParts(len(batch))
@@ -548,9 +548,7 @@ def _batch_parts(
     steps |= {("rate", w): _speed(arrays, appends, audio, w, tol) for w in SPEED_WINDOWS_S}
     steps |= {("micro_burst", w): _burst(arrays, appends, w, tol) for w in BURST_WINDOWS_S}
     rows = sent.c[sent.last]
-    return _BatchParts(
-        len(batch), rows, _idle(arrays, sent, rows, tol), _silence(arrays, frames), steps
-    )
+    return _BatchParts(len(batch), rows, _idle(arrays, sent, tol), _silence(arrays, frames), steps)
 
 
 def exposure_tables(
@@ -574,7 +572,7 @@ def exposure_tables(
     rows_read = 0
 
     def batch_parts(batch: pd.DataFrame) -> _BatchParts:
-        return _batch_parts(conns, arrays, batch, tolerance_s)
+        return _batch_parts(arrays, batch, tolerance_s)
 
     if isinstance(sends, pd.DataFrame):
         parts: Iterable[_BatchParts] = [batch_parts(sends)]
@@ -602,7 +600,7 @@ def exposure_tables(
             out.append(Covariate(theory, unit, _empty(), linear=False, missing=missing))
         return out
     # a connection that sent nothing in its life was idle all of it
-    idle.append(_idle(arrays, None, np.flatnonzero(~seen), tolerance_s))
+    idle.append(_idle(arrays, np.flatnonzero(~seen), tolerance_s))
     out.append(Covariate("idle_timeout", "s", _canonical(idle), linear=True))
     units = {"buffer_pressure": "ms", "rate": "x real time", "micro_burst": "appends"}
     names = list(variants)
