@@ -118,22 +118,34 @@ def test_an_age_verdict_waits_for_the_theories_the_log_cannot_judge() -> None:
     assert "silence_hazard" in verdicts["random_loss"].evidence
 
 
-def _churn(rng: np.random.Generator, workers: int, cap: int, late_s: float, hours: float = 1):
+def _churn(
+    rng: np.random.Generator,
+    workers: int,
+    cap: int,
+    late_s: float,
+    hours: float = 1,
+    stall: tuple[int, float] | None = None,
+):
     """`workers` clients against a drop-oldest cap of `cap`: each admission over the cap ends
     the oldest session; its client sees the close up to `late_s` later (so it may still count
     that session at the next arrival) and reconnects 0.5-1.5 s after that. Sessions live
-    seconds, so their ages alone look like a short fixed limit."""
+    seconds, so their ages alone look like a short fixed limit. `stall` (k, s): the client sees
+    the k-th eviction s seconds late (a stalled process)."""
     end = hours * 3600.0
     pending = sorted((float(rng.uniform(0, 20)), w) for w in range(workers))
     server: list[tuple[float, int]] = []  # (admitted, row) of the sessions it holds
     rows: list[list] = []
+    evictions = 0
     while pending:
         t, w = pending.pop(0)
         if t >= end:
             continue
         if len(server) >= cap:
             _, victim = server.pop(0)
+            evictions += 1
             seen = t + 0.01 + float(rng.uniform(0, late_s))
+            if stall is not None and evictions == stall[0]:
+                seen = t + stall[1]
             rows[victim][4:6] = [seen, True]
             pending.append((seen + float(rng.uniform(0.5, 1.5)), rows[victim][6]))
             pending.sort()
@@ -169,6 +181,20 @@ def test_a_drop_oldest_cap_under_churn_is_the_cap_not_a_session_limit(workers, c
     assert cap_verdict.verdict == "supported", cap_verdict.evidence
     lo, hi = cap_verdict.numbers["threshold_ci"]
     assert lo <= cap <= hi and cap_verdict.numbers["max_sessions"] == cap
+    assert [h for h, v in verdicts.items() if v.verdict == "supported"] == ["concurrency_cap"]
+
+
+def test_an_eviction_seen_too_late_to_match_leaves_the_cap_deterministic() -> None:
+    """A stalled client sees one eviction 8 s late, past the 3 s in which a drop is matched
+    to the arrival that caused it: that arrival looks as if it evicted nothing. One such
+    arrival among hundreds must not make the cap read as a hazard, and the sessions' equal
+    ages as a fixed session limit in its place (a loaded 60x run read so)."""
+    connections = _churn(np.random.default_rng(8), 8, 5, late_s=0.2, stall=(300, 8.0))
+    verdicts = _verdicts(connections, None, tolerance=1.5)
+    cap_verdict = verdicts["concurrency_cap"]
+    assert cap_verdict.verdict == "supported", cap_verdict.evidence
+    assert cap_verdict.numbers["max_sessions"] == 5
+    assert "the other came shortly before a drop no arrival claimed" in cap_verdict.evidence
     assert [h for h, v in verdicts.items() if v.verdict == "supported"] == ["concurrency_cap"]
 
 

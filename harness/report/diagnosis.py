@@ -347,6 +347,16 @@ _WHAT = {
 _DETERMINISTIC = {"sessions": "; every arrival there evicted a session"}
 
 
+def _evicted_all(test: _Test) -> str:
+    """A deterministic cap's clause: every arrival past it evicted, or came shortly before a
+    drop no arrival claimed (exposure.py: an eviction the client saw late)."""
+    late = round(test.exposure_in) - test.drops_in
+    if late <= 0:
+        return _DETERMINISTIC["sessions"]
+    which = "the other" if late == 1 else f"the other {late} each"
+    return f"; {which} came shortly before a drop no arrival claimed (an eviction seen late)"
+
+
 def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
     cov = test.cov
     what, more = _WHAT[cov.theory]
@@ -383,7 +393,7 @@ def _sentence(test: _Test, verdict: str, variant_drops: int) -> str:
         return (
             f"{ratio}. Threshold {_fmt(test.threshold or test.tau, cov.unit)} (95 % CI "
             f"{_fmt(lo, cov.unit)} to {_fmt(hi, cov.unit)})"
-            + (_DETERMINISTIC["sessions"] if test.deterministic else "")
+            + (_evicted_all(test) if test.deterministic else "")
             + "."
         )
     if verdict == "supported":

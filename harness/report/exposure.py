@@ -463,6 +463,17 @@ def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
             if i >= 0 and began[i] >= t - hold_s:
                 match[k], evicted[i] = i, True
         matched = match >= 0
+        # A client that stalls sees an eviction later than `hold_s`: a drop no arrival claims,
+        # and an arrival that seems to have evicted nothing. Each such drop is paired with the
+        # latest arrival without a drop in the 4 * hold_s before it, which then cannot count as
+        # having survived (one stall must not make a cap look like a hazard).
+        late = np.zeros(len(began), bool)
+        for t in closed[~matched]:
+            i = int(np.searchsorted(began, t, "left")) - 1
+            while i >= 0 and began[i] >= t - 4 * hold_s and (evicted[i] or late[i]):
+                i -= 1
+            if i >= 0 and began[i] >= t - 4 * hold_s:
+                late[i] = True
         delays.append(closed[matched] - began[match[matched]])
         lives.append((drops["closed"] - drops["established"]).to_numpy(float)[matched])
         ended = np.sort(mine["closed"].to_numpy(float))
@@ -476,7 +487,7 @@ def _concurrency(conns: pd.DataFrame, hold_s: float) -> Covariate:
                 x1=before[keep].astype(float),
                 duration=np.ones(keep.sum()),
                 dropped=np.zeros(keep.sum(), bool),
-                dying=evicted[keep],
+                dying=(evicted | late)[keep],
             )
         )
         at = np.where(matched, before[np.maximum(match, 0)], 0).astype(float)
