@@ -266,17 +266,23 @@ def _with_run(table: pa.Table, run: str) -> pa.Table:
     return table.add_column(0, "run", column)
 
 
+def _category(table: pa.Table, name: str) -> tuple[np.ndarray, list[str]]:
+    """A text column as (codes, names), one dictionary for all its chunks; null: -1."""
+    column = table.column(name).combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False)
+    return codes, column.dictionary.to_pylist()
+
+
 def _table_connections(table: pa.Table) -> tuple[np.ndarray, list[str]]:
     """`connection_codes` of an events table (LOADED_SCHEMA with `run`)."""
-
-    def category(name: str) -> tuple[np.ndarray, list[str]]:
-        column = table.column(name).combine_chunks()  # one dictionary for all chunks
-        return pc.fill_null(column.indices, -1).to_numpy(), column.dictionary.to_pylist()
 
     def ints(name: str) -> np.ndarray:
         return pc.fill_null(table.column(name), -1).to_numpy()
 
-    return connection_codes(*category("run"), *category("variant"), ints("worker"), ints("conn"))
+    run, variant = _category(table, "run"), _category(table, "variant")
+    return connection_codes(*run, *variant, ints("worker"), ints("conn"))
 
 
 def _with_connection(table: pa.Table) -> pa.Table:
@@ -867,16 +873,8 @@ def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
 
 def _lateness(appends: pa.Table) -> pd.DataFrame:
     """lateness_counts of a table of appends (its run, variant and lag_ms)."""
-
-    def codes(name: str) -> tuple[np.ndarray, list[str]]:
-        column = appends.column(name).combine_chunks()  # one dictionary for all chunks
-        if not pa.types.is_dictionary(column.type):
-            column = column.dictionary_encode()
-        indices = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False)
-        return indices, column.dictionary.to_pylist()
-
     lag = appends.column("lag_ms").to_numpy().astype(np.float64)  # null: NaN
-    return _count_lateness(codes("run"), codes("variant"), lag)
+    return _count_lateness(_category(appends, "run"), _category(appends, "variant"), lag)
 
 
 def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa.Table | None:
