@@ -192,7 +192,10 @@ def compare_faults(a, b) -> FaultComparison:
     timing: a slow start or a slow handshake leaves a worker fewer attempts. So a fault seen in
     one run only is *explained* when, in the other run, that key never opened (its worker ran
     out of time first) or its session ended, without a fault, before the due age plus the
-    fault lateness that run measured (plus one wall millisecond: asyncio's timer rounding)."""
+    fault lateness that run measured (plus one wall millisecond: asyncio's timer rounding).
+    A session the client closed at the scenario's end ended, for this purpose, at that end:
+    the server logs its close only after the closing handshake, and a fault due in between
+    races the client's close frame."""
     sa, sb = server_sessions(a), server_sessions(b)
     fa, fb = sa[sa["policy"].notna()], sb[sb["policy"].notna()]
     common = sorted(set(fa.index) & set(fb.index))
@@ -203,6 +206,7 @@ def compare_faults(a, b) -> FaultComparison:
     slack = {id(a): _timer_slack_s(a), id(b): _timer_slack_s(b)}
     unexplained = []
     for faulted, other, frames in ((fa, sb, b), (fb, sa, a)):
+        ends = {run: float(m["scenario"]["run"]["duration"]) for run, m in frames.manifests.items()}
         for key in sorted(set(faulted.index) - set(common)):
             if key not in other.index:
                 continue  # never opened there: that worker ran out of time first
@@ -211,7 +215,10 @@ def compare_faults(a, b) -> FaultComparison:
             if due is None or pd.isna(due):
                 unexplained.append(key)  # a fault without a deadline, seen in one run only
                 continue
-            lived = session["closed"] - session["opened"]
+            closed = session["closed"]
+            if session["ended_by"] == "client":
+                closed = min(closed, ends[session["run"]])
+            lived = closed - session["opened"]
             if pd.isna(lived) or lived > due + slack[id(frames)]:
                 unexplained.append(key)
     return FaultComparison(common, mismatched, unexplained, max(slack.values()))
