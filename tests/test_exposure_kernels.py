@@ -180,3 +180,62 @@ def test_the_tables_leave_the_callers_sends_as_they_were() -> None:
     before = frame.copy()
     exposure_tables(connections, frame, 0.0)
     pd.testing.assert_frame_equal(frame, before)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 40), max_size=60),
+    st.dictionaries(st.integers(0, 40), st.floats(0, 1e4), min_size=1, max_size=8),
+)
+def test_drop_times_by_table_and_by_search_agree(rows, dropped) -> None:
+    """Each row's connection's drop time (NaN: it did not drop), looked up in a table over a
+    small key space, or by binary search over a large one, as a dict lookup says."""
+    rows_ = np.asarray(rows, np.int64)
+    wanted = np.asarray(list(dropped), np.int64)
+    closed = np.asarray(list(dropped.values()), float)
+    want = np.array([dropped.get(r, np.nan) for r in rows], float)
+    for domain in (41, 1 << 40):  # the table; the search
+        np.testing.assert_array_equal(frames._drop_times(rows_, wanted, closed, domain), want)
+
+
+def test_spilled_sends_are_the_frames_sends_whatever_the_chunk(monkeypatch) -> None:
+    """Chunks with one word in a column (held as one code, not one a row) and chunks with
+    several, nulls among the floats, spilled to many partitions: the batches hold the rows a
+    frame of the same sends gives, connection by connection."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(3)
+    chunks = []
+    for variants in (["a"], ["a", "b"], ["b"]):
+        n = 400
+        lag = rng.random(n).astype(np.float32)
+        chunks.append(
+            pa.table(
+                {
+                    "run": pa.array(["r"] * n).dictionary_encode(),
+                    "variant": pa.array(rng.choice(variants, n)).dictionary_encode(),
+                    "type": pa.array(rng.choice([APPEND, APPEND, "x.commit"], n)),
+                    "worker": pa.array(rng.integers(0, 5, n), pa.int32()),
+                    "conn": pa.array(rng.integers(0, 3, n), pa.int32()),
+                    "t": pa.array(rng.random(n) * 100),
+                    "audio_ms": pa.array(np.full(n, 20.0, np.float32)),
+                    "lag_ms": pa.array(lag, mask=lag < 0.2),
+                }
+            )
+        )
+
+    def rows(batches) -> pd.DataFrame:
+        frame = pd.concat(list(batches), ignore_index=True)
+        frame = frame.astype({c: str for c in ("connection", "type", "run", "variant")})
+        return frame.sort_values(["connection", "t"], ignore_index=True)
+
+    monkeypatch.setattr(sends, "PARTITION_ROWS", 100)
+    with sends.SpilledSends(expected_rows=1200) as spill:
+        for chunk in chunks:
+            spill.add(chunk)
+        assert spill.partitions == 12
+        got = rows(spill.batches())
+    whole = pa.concat_tables(chunks, promote_options="permissive").to_pandas()
+    want = rows(sends.SendFrame(whole).batches())
+    assert len(got) == 1200 and got["dbfs"].isna().all()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)

@@ -716,29 +716,40 @@ def lateness_counts(rows: pd.DataFrame) -> pd.DataFrame:
     LATENESS_RESOLUTION_MS: what a hundred million appends' lateness takes as a few thousand
     rows. analysis.weighted_percentiles reads it."""
     run, variant = (rows[c].astype("category") for c in ("run", "variant"))
-    return _count_lateness(
+    counts = _count_lateness(
         (run.cat.codes.to_numpy(), run.cat.categories),
         (variant.cat.codes.to_numpy(), variant.cat.categories),
         rows["lag_ms"].to_numpy(np.float64, na_value=np.nan),
     )
+    return _lateness_frame(counts)
 
 
 def _count_lateness(
     run: tuple[np.ndarray, Sequence[str]],
     variant: tuple[np.ndarray, Sequence[str]],
     lag: np.ndarray,
-) -> pd.DataFrame:
-    """lateness_counts of columns: `run` and `variant` as (codes, names), -1 none; `lag`."""
+) -> pd.Series:
+    """Counts of columns by (run, variant, ticks of LATENESS_RESOLUTION_MS): `run` and
+    `variant` as (codes, names), -1 none; `lag`, wall ms."""
     (run_codes, runs), (variant_codes, variants) = run, variant
     ok = ~np.isnan(lag) & (run_codes >= 0) & (variant_codes >= 0)
-    ticks = np.round(lag[ok] / LATENESS_RESOLUTION_MS).astype(np.int64)
+    if not ok.all():
+        lag, run_codes, variant_codes = lag[ok], run_codes[ok], variant_codes[ok]
+    ticks = np.divide(lag, LATENESS_RESOLUTION_MS)
+    ticks = np.round(ticks, out=ticks).astype(np.int64)
     # one int64 a row (run, variant, ticks), counted by a bincount when the keys span no
-    # more than twice the rows (lateness spans a few thousand ticks), else by a sort
-    group = run_codes[ok].astype(np.int64) * (len(variants) + 1) + variant_codes[ok]
+    # more than twice the rows (lateness spans a few thousand ticks), else by a sort; built
+    # in place (a hundred million rows come through here)
+    keys = run_codes.astype(np.int64)
+    keys *= len(variants) + 1
+    keys += variant_codes
+    groups = int(keys.max()) + 1 if len(keys) else 1
     low = int(ticks.min()) if len(ticks) else 0
     span = int(ticks.max()) - low + 1 if len(ticks) else 1
-    keys = group * span + (ticks - low)
-    if len(keys) and int(group.max() + 1) * span <= 2 * len(keys):
+    keys *= span
+    keys += ticks
+    keys -= low
+    if len(keys) and groups * span <= 2 * len(keys):
         counts = np.bincount(keys)
         key = np.flatnonzero(counts)
         counts = counts[key]
@@ -748,13 +759,13 @@ def _count_lateness(
     run_code, variant_code = np.divmod(group, len(variants) + 1)
     index = pd.MultiIndex.from_arrays(
         [
-            pd.Categorical.from_codes(run_code, runs),
-            pd.Categorical.from_codes(variant_code, variants),
+            np.asarray(runs, object)[run_code],
+            np.asarray(variants, object)[variant_code],
             ticks + low,
         ],
         names=["run", "variant", "ticks"],
     )
-    return _lateness_frame(pd.Series(counts, index=index))
+    return pd.Series(counts, index=index)
 
 
 def _lateness_frame(counts: pd.Series) -> pd.DataFrame:
@@ -768,17 +779,11 @@ def _lateness_frame(counts: pd.Series) -> pd.DataFrame:
     ]
 
 
-def _merge_lateness(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Counts of several chunks (lateness_counts) as one."""
+def _merge_lateness(parts: list[pd.Series]) -> pd.DataFrame:
+    """Counts of several chunks (`_count_lateness`) as the frame of lateness_counts."""
     if not parts:
         return lateness_counts(pd.DataFrame({"run": [], "variant": [], "lag_ms": []}))
-    both = pd.concat(
-        [p.assign(run=p["run"].astype(str), variant=p["variant"].astype(str)) for p in parts],
-        ignore_index=True,
-    )
-    ticks = np.round(both["lag_ms"].to_numpy() / LATENESS_RESOLUTION_MS).astype(np.int64)
-    counts = both.assign(ticks=ticks).groupby(["run", "variant", "ticks"])["count"].sum()
-    return _lateness_frame(counts)
+    return _lateness_frame(pd.concat(parts).groupby(level=["run", "variant", "ticks"]).sum())
 
 
 def _max(column: pa.ChunkedArray) -> float:
@@ -860,9 +865,9 @@ def _sends(chunk: pa.Table) -> pa.Table:
     return chunk.select(names).filter(sent)
 
 
-def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
+def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.Series]:
     """Of one chunk: the rows the connections and utterances frames read (meta rows, commits
-    sent), and the lateness counts of its appends (lateness_counts)."""
+    sent), and the lateness counts of its appends (`_count_lateness`)."""
     kind, direction = chunk.column("type"), chunk.column("dir")
     keep = pc.or_(
         _equal(direction, "meta"), pc.and_(_equal(kind, COMMIT), _equal(direction, "send"))
@@ -871,10 +876,27 @@ def _scan(chunk: pa.Table) -> tuple[pa.Table, pd.DataFrame]:
     return chunk.filter(keep), _lateness(late)
 
 
-def _lateness(appends: pa.Table) -> pd.DataFrame:
-    """lateness_counts of a table of appends (its run, variant and lag_ms)."""
+def _lateness(appends: pa.Table) -> pd.Series:
+    """`_count_lateness` of a table of appends (its run, variant and lag_ms)."""
     lag = appends.column("lag_ms").to_numpy().astype(np.float64)  # null: NaN
     return _count_lateness(_category(appends, "run"), _category(appends, "variant"), lag)
+
+
+_DENSE_KEYS = 1 << 20  # key spaces up to this size are looked up in a table
+
+
+def _drop_times(rows: np.ndarray, wanted: np.ndarray, closed: np.ndarray, domain: int):
+    """Each row's connection's drop time, NaN where it did not drop: `rows` and `wanted` (one
+    key each, `closed` their times) are integer keys below `domain`. A table over the keys
+    when they are few enough (one gather a row), else a binary search a row."""
+    if domain <= max(_DENSE_KEYS, 2 * len(rows)) and rows.min(initial=0) >= 0:
+        table = np.full(domain, np.nan)
+        table[wanted] = closed
+        return table[rows]
+    order = np.argsort(wanted)
+    wanted, closed = wanted[order], closed[order]
+    at = np.minimum(np.searchsorted(wanted, rows), len(wanted) - 1)
+    return np.where(wanted[at] == rows, closed[at], np.nan)
 
 
 def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa.Table | None:
@@ -899,21 +921,16 @@ def _drop_windows(sends: SendSource, drops: pd.DataFrame, window_s: float) -> pa
         def key(r, v, w, c):
             return ((np.asarray(r, np.int64) * (len(variants) + 1) + v) * span[0] + w) * span[1] + c
 
-        wanted = key(run[known], variant[known], mine["worker"][known], mine["conn"][known])
-        order = np.argsort(wanted)
-        wanted, closed = wanted[order], mine["closed"][known].to_numpy(float)[order]
-        rows = key(columns["run"], columns["variant"], columns["worker"], columns["conn"])
-        at = np.clip(np.searchsorted(wanted, rows), 0, max(len(wanted) - 1, 0))
-        if not len(wanted):
-            return np.zeros(len(rows), bool)
-        hit = wanted[at] == rows
-        t = columns["t"]
-        return (
-            hit
-            & (columns["type"] == names["type"].index(APPEND))
-            & (t >= closed[at] - window_s)
-            & (t <= closed[at])
+        wanted = key(
+            *(c[known].to_numpy(np.int64) for c in (run, variant, mine["worker"], mine["conn"]))
         )
+        if not len(wanted):
+            return np.zeros(len(columns["t"]), bool)
+        rows = key(columns["run"], columns["variant"], columns["worker"], columns["conn"])
+        domain = len(runs) * (len(variants) + 1) * span[0] * span[1]
+        end = _drop_times(rows, wanted, mine["closed"][known].to_numpy(float), domain)
+        t = columns["t"]
+        return (columns["type"] == names["type"].index(APPEND)) & (t >= end - window_s) & (t <= end)
 
     parts = [part for part in sends.map(lambda batch: batch, keep=near) if len(part)]
     if not parts:
@@ -966,7 +983,7 @@ def load_for_report(
     writer = _EventsParquet(events_parquet) if events_parquet is not None else None
     sends = SpilledSends(_expected_rows(runs), _spill_dir(runs))
     kept: list[pa.Table] = []
-    lateness: list[pd.DataFrame] = []
+    lateness: list[pd.Series] = []
     last: dict[str, tuple[float, float]] = {}
     rows = torn = 0
     for name, (run_dir, _) in runs.items():

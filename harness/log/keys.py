@@ -29,14 +29,16 @@ def connection_codes(
     codes = np.full(len(valid), -1, np.int32)
     if not valid.any():
         return codes, []
-    fields = (run, np.add(variant, 1, dtype=np.int64), worker, conn)  # NA variant: 0, ""
-    sizes = [max(int(f.max()) + 1, 1) for f in fields]
+    fields, shifts = (run, variant, worker, conn), (0, 1, 0, 0)  # NA variant: 0, ""
+    sizes = [max(int(f.max()) + 1 + shift, 1) for f, shift in zip(fields, shifts, strict=True)]
     if np.prod(sizes, dtype=float) >= 2.0**63:
         raise ValueError(f"too many runs, variants, workers or connections to key: {sizes}")
-    key = np.zeros(len(valid), np.int64)
-    for field, size in zip(fields, sizes, strict=True):
+    key = run.astype(np.int64)  # in place from here: one int64 array, not one a field
+    for field, size, shift in zip(fields[1:], sizes[1:], shifts[1:], strict=True):
         key *= size
         key += field
+        if shift:
+            key += shift
     if valid.all():
         found, uniques = pd.factorize(key)
         codes[:] = found

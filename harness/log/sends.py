@@ -101,25 +101,39 @@ def _connection_order(codes: np.ndarray, labels: int, t: np.ndarray) -> np.ndarr
 
 
 def _codes(column: pa.ChunkedArray, names: dict[str, int]) -> np.ndarray:
-    """A dictionary column as codes into `names` (grown as new values come; -1: null)."""
+    """A dictionary column as codes into `names` (grown as new values come; -1: null). A
+    column of one word is a read-only view of one code (stride 0): no array a row."""
     array = column.combine_chunks()
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
     mapped = np.array(
         [names.setdefault(v, len(names)) for v in array.dictionary.to_pylist()] + [-1], np.int32
     )
-    index = array.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if len(mapped) == 2 and not array.null_count:
+        return np.broadcast_to(mapped[:1], len(array))
+    index = array.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     return mapped[index]
 
 
 def _ints(column: pa.ChunkedArray) -> np.ndarray:
-    return column.fill_null(-1).to_numpy().astype(np.int32)
+    return column.fill_null(-1).to_numpy().astype(np.int32, copy=False)
 
 
 def _floats(table: pa.Table, name: str, dtype: type) -> np.ndarray:
     if name not in table.column_names:
-        return np.full(len(table), np.nan, dtype)
-    return table.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+        return np.broadcast_to(np.array(np.nan, dtype), len(table))
+    return table.column(name).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+def _one_value(column: np.ndarray) -> bool:
+    """A stride-0 view (`_codes`, `_floats`): one value for every row."""
+    return column.strides == (0,)
+
+
+def _taken(column: np.ndarray, order: np.ndarray) -> np.ndarray:
+    if _one_value(column):
+        return np.full(len(order), column[0], column.dtype)
+    return np.take(column, order)
 
 
 class SpilledSends:
@@ -162,16 +176,15 @@ class SpilledSends:
             "t": _floats(sends, "t", np.float64),
             **{k: _floats(sends, k, np.float32) for k in ("audio_ms", "dbfs", "lag_ms")},
         }
-        key = (
-            columns["run"].astype(np.int64) * 1_000_003
-            + columns["variant"].astype(np.int64) * 7_919
-            + columns["worker"].astype(np.int64) * 104_729
-            + columns["conn"]
-        )
+        key = columns["worker"].astype(np.int64) * 104_729
+        key += columns["conn"]
+        for name, factor in (("run", 1_000_003), ("variant", 7_919)):
+            codes = columns[name]
+            key += int(codes[0]) * factor if _one_value(codes) else codes.astype(np.int64) * factor
         part = (key % self.partitions).astype(np.uint16 if self.partitions < 1 << 16 else np.int64)
         order = np.argsort(part, kind="stable")  # a radix sort, for 16-bit keys
         part = part[order]
-        table = pa.table({f.name: columns[f.name][order] for f in _SCHEMA}, schema=_SCHEMA)
+        table = pa.table({f.name: _taken(columns[f.name], order) for f in _SCHEMA}, schema=_SCHEMA)
         bounds = np.flatnonzero(np.r_[True, part[1:] != part[:-1], True])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             k = int(part[a])
