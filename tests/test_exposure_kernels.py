@@ -161,6 +161,23 @@ def test_lateness_counts_are_the_same_dense_and_sparse() -> None:
         pd.testing.assert_frame_equal(got[["variant", "lag_ms", "count"]], want)
 
 
+def test_lateness_counted_chunk_by_chunk_is_the_whole_runs_count() -> None:
+    """The report's pass counts each chunk's lateness and merges the counts: the same frame
+    as counting every append at once (NaN lateness left out)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    lag = rng.integers(0, 300, n) / 1000
+    lag[rng.random(n) < 0.05] = np.nan
+    rows = pd.DataFrame(
+        {"run": rng.choice(["r1", "r2"], n), "variant": rng.choice(["a", "b"], n), "lag_ms": lag}
+    )
+    chunks = [rows.iloc[i : i + 450] for i in range(0, n, 450)]
+    parts = [frames._lateness(pa.Table.from_pandas(chunk)) for chunk in chunks]
+    pd.testing.assert_frame_equal(frames._merge_lateness(parts), frames.lateness_counts(rows))
+
+
 def test_the_tables_leave_the_callers_sends_as_they_were() -> None:
     """A frame given by hand (float64 audio with gaps, frames other than appends) is read,
     never written: the kernels work in place only on copies."""
