@@ -787,8 +787,13 @@ def _merge_lateness(parts: list[pd.Series]) -> pd.DataFrame:
 
 
 def _max(column: pa.ChunkedArray) -> float:
-    value = pc.max(column).as_py()
-    return -np.inf if value is None else value
+    """The largest value, NaN and nulls aside (-inf: none), by numpy: Arrow's `max` takes
+    several times as long over a float column."""
+    largest = -np.inf
+    for chunk in column.chunks:
+        if len(chunk):
+            largest = np.fmax(largest, np.fmax.reduce(chunk.to_numpy(zero_copy_only=False)))
+    return float(largest)
 
 
 def _equal(column: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
