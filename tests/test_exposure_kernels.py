@@ -256,3 +256,31 @@ def test_spilled_sends_are_the_frames_sends_whatever_the_chunk(monkeypatch) -> N
     want = rows(sends.SendFrame(whole).batches())
     assert len(got) == 1200 and got["dbfs"].isna().all()
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-1, 2), st.integers(-1, 2), st.integers(-1, 300), st.integers(-1, 9)),
+        max_size=50,
+    )
+)
+def test_connection_codes_match_a_loop(rows) -> None:
+    """Each row's "{run}/{variant}/{worker}/{conn}" as a code into labels in order of first
+    appearance; -1 where run, worker or conn is missing; a missing variant reads ""."""
+    from harness.log.keys import connection_codes
+
+    runs, variants = ["r0", "r1", "r2"], ["a", "b", "c"]
+    labels: list[str] = []
+    want = []
+    for run, variant, worker, conn in rows:
+        if min(run, worker, conn) < 0:
+            want.append(-1)
+            continue
+        label = f"{runs[run]}/{variants[variant] if variant >= 0 else ''}/{worker}/{conn}"
+        if label not in labels:
+            labels.append(label)
+        want.append(labels.index(label))
+    columns = [np.array([row[i] for row in rows], np.int32) for i in range(4)]
+    codes, got = connection_codes(columns[0], runs, columns[1], variants, *columns[2:])
+    assert codes.tolist() == want and got == labels
