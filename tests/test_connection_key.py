@@ -317,11 +317,10 @@ def test_identical_variants_in_one_run_match_each_run_alone(tmp_path: Path) -> N
         )
         differ = d2["diagnosis"].astype(str) != d1["diagnosis"].astype(str)
         assert differ.sum() <= STALLS, f"{variant}: {differ.sum()} diagnoses differ"
-        # a drop near the 1 s edge may cross it by the runs' jitter, and no further
-        said = concurrency(both, variant)
-        assert (
-            together(alone, variant, 1.0 - jitter) <= said <= together(alone, variant, 1.0 + jitter)
-        )
+        # the variant's own drops, counted by plain pairs in the same run: its twin's drops
+        # must not count (the run alone is no yardstick here: a drop's time drifts by more than
+        # the jitter over a worker's attempts, and a pair near 1 s crosses the edge)
+        assert concurrency(both, variant) == together(both, variant, 1.0), variant
 
 
 def concurrency(frames: Frames, variant: str) -> int:
