@@ -31,7 +31,7 @@ from harness.core.transcript import parse_transcript
 from harness.log.keys import connection_codes
 from harness.log.recorder import APPEND, APPEND_SCHEMA, EVENT_SCHEMA
 from harness.log.rundir import APPEND_LOG_GLOB, RunDir, RunDirError
-from harness.log.sends import BATCH_COLUMNS, SendFrame, SendSource, SpilledSends
+from harness.log.sends import BATCH_COLUMNS, SendFrame, SendSource, SpilledSends, dictionary_of
 
 __all__ = [
     "CONNECTION_COLUMNS",
@@ -268,9 +268,7 @@ def _with_run(table: pa.Table, run: str) -> pa.Table:
 
 def _category(table: pa.Table, name: str) -> tuple[np.ndarray, list[str]]:
     """A text column as (codes, names), one dictionary for all its chunks; null: -1."""
-    column = table.column(name).combine_chunks()
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
+    column = dictionary_of(table.column(name))
     codes = pc.fill_null(column.indices, -1).to_numpy(zero_copy_only=False)
     return codes, column.dictionary.to_pylist()
 

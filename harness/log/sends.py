@@ -27,7 +27,15 @@ import pyarrow as pa
 
 from harness.log.keys import connection_codes
 
-__all__ = ["BATCH_COLUMNS", "PARTITION_ROWS", "Keep", "SendFrame", "SendSource", "SpilledSends"]
+__all__ = [
+    "BATCH_COLUMNS",
+    "PARTITION_ROWS",
+    "Keep",
+    "SendFrame",
+    "SendSource",
+    "SpilledSends",
+    "dictionary_of",
+]
 
 BATCH_COLUMNS = (
     "connection", "t", "type", "audio_ms", "dbfs", "lag_ms", "run", "variant", "worker", "conn"
@@ -100,12 +108,16 @@ def _connection_order(codes: np.ndarray, labels: int, t: np.ndarray) -> np.ndarr
     return by_time[np.argsort(shifted, kind="stable")]
 
 
+def dictionary_of(column: pa.ChunkedArray) -> pa.DictionaryArray:
+    """A text column (plain or dictionary-encoded) as one dictionary array for all its chunks."""
+    array = column.combine_chunks()
+    return array if pa.types.is_dictionary(array.type) else array.dictionary_encode()
+
+
 def _codes(column: pa.ChunkedArray, names: dict[str, int]) -> np.ndarray:
     """A dictionary column as codes into `names` (grown as new values come; -1: null). A
     column of one word is a read-only view of one code (stride 0): no array a row."""
-    array = column.combine_chunks()
-    if not pa.types.is_dictionary(array.type):
-        array = array.dictionary_encode()
+    array = dictionary_of(column)
     mapped = np.array(
         [names.setdefault(v, len(names)) for v in array.dictionary.to_pylist()] + [-1], np.int32
     )
